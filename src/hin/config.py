@@ -1,0 +1,129 @@
+"""Typed configuration: dataclasses, YAML files and `key=value` command-line overrides.
+
+Every run and checkpoint stores its resolved configuration as a plain dict produced here,
+so a saved model can always be rebuilt without the files it was trained from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+POSITION_TABLES = ("frozen-random", "sinusoid")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used, with what would be accepted."""
+
+
+@dataclass(frozen=True)
+class HINConfig:
+    """Architecture of one HIN model (spec §1–6). Defaults are the paper's."""
+
+    vocab_size: int = 10201
+    num_layers: int = 3
+    d_model: int = 512
+    num_heads: int = 8
+    d_ff: int = 2048
+    dropout: float = 0.1
+    max_len: int = 54
+    grid_dim: int = 1024
+    region_dim: int = 2048
+    unk_id: int = 0
+    pad_id: int = 1
+    bos_id: int = 2
+    eos_id: int = 3
+    position_table: str = "frozen-random"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len",
+                     "grid_dim", "region_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"HINConfig.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.num_heads:
+            raise ConfigError(
+                f"HINConfig.d_model ({self.d_model}) must be divisible by num_heads "
+                f"({self.num_heads}); e.g. d_model=512 with 8 heads gives 64 per head")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"HINConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        specials = {"unk_id": self.unk_id, "pad_id": self.pad_id, "bos_id": self.bos_id,
+                    "eos_id": self.eos_id}
+        for name, value in specials.items():
+            if not 0 <= value < self.vocab_size:
+                raise ConfigError(
+                    f"HINConfig.{name}={value} is outside the vocabulary (size {self.vocab_size})")
+        if len(set(specials.values())) != len(specials):
+            raise ConfigError(f"HINConfig special token ids must be distinct, got {specials}")
+        if self.position_table not in POSITION_TABLES:
+            raise ConfigError(
+                f"HINConfig.position_table must be one of {POSITION_TABLES}, "
+                f"got {self.position_table!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> HINConfig:
+        return from_dict(cls, values)
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys by name."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = from_dict(hint, value, f"{where}{name}.")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as YAML, so 3 is an int and true a bool)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.lr=1e-4)")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of nested dict `values` with `key.path=value` overrides applied."""
+    result = yaml.safe_load(yaml.safe_dump(values))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return result
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with path.open() as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return values
