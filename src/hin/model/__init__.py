@@ -1,0 +1,7 @@
+"""The HIN network (spec §1–6): layers, encoder, decoder and the model that joins them."""
+
+from hin.model.decoder import DecoderCache
+from hin.model.encoder import EncoderOutput
+from hin.model.hin import HIN
+
+__all__ = ["HIN", "DecoderCache", "EncoderOutput"]

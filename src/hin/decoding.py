@@ -1,0 +1,117 @@
+"""Caption decoding: beam search (spec §7) for one model or an ensemble, and greedy.
+
+Each model's encoder memory is projected once per image and shared by all beams; beams
+only carry their own self-attention cache, which is gathered when beams reorder. The
+search reproduces the reference's rule exactly: no length normalisation, a finished
+hypothesis competes with its unchanged score as a single candidate, top-k over all
+(hypothesis, word) pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from hin.model import HIN, DecoderCache
+
+
+def _as_models(model_or_list: HIN | Sequence[HIN]) -> list[HIN]:
+    models = [model_or_list] if isinstance(model_or_list, HIN) else list(model_or_list)
+    if not models:
+        raise ValueError("decoding needs at least one model")
+    first = models[0].config
+    for other in models[1:]:
+        fields = ("vocab_size", "pad_id", "bos_id", "eos_id", "max_len")
+        different = [f for f in fields if getattr(other.config, f) != getattr(first, f)]
+        if different:
+            raise ValueError(f"ensemble members disagree on {different}: they must share one "
+                             "vocabulary and its special tokens")
+    return models
+
+
+class _Ensemble:
+    """Steps several models together; their per-step log-probabilities are averaged."""
+
+    def __init__(self, models: list[HIN], grid: Tensor, region: Tensor):
+        self.models = models
+        self.caches: list[DecoderCache] = []
+        for model in models:
+            features = (grid.to(model.device), region.to(model.device))
+            self.caches.append(model.init_cache(model.encode(*features)))
+
+    def step(self, tokens: Tensor) -> Tensor:
+        logprobs = []
+        for i, model in enumerate(self.models):
+            out, self.caches[i] = model.step(tokens.to(model.device), self.caches[i])
+            logprobs.append(out.to(tokens.device))
+        return logprobs[0] if len(logprobs) == 1 else torch.stack(logprobs).mean(dim=0)
+
+    def reorder(self, source: Tensor) -> None:
+        self.caches = [cache.reorder(source.to(cache.region_bias.device)) for cache in self.caches]
+
+
+@torch.inference_mode()
+def beam_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor,
+                beam_size: int = 5, max_len: int = 20, out_size: int = 1
+                ) -> tuple[Tensor, Tensor]:
+    """Beam search over one model or an ensemble (a list: per-step log-probs averaged).
+
+    grid [B, Ng, Dg], region [B, Nr, Dr] -> (ids [B, out_size, T], per-token log-probs
+    [B, out_size, T]), hypotheses best first, T <= max_len (the search stops once every
+    hypothesis has emitted <eos>). After <eos> ids are <pad> and log-probs 0.
+    """
+    models = _as_models(model_or_list)
+    if not 1 <= out_size <= beam_size:
+        raise ValueError(f"out_size must be between 1 and beam_size ({beam_size}), got {out_size}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    config = models[0].config
+    device = models[0].device
+    grid, region = grid.to(device), region.to(device)
+    batch = grid.shape[0]
+    ensemble = _Ensemble(models, grid, region)
+
+    tokens = torch.full((batch, 1), config.bos_id, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, 1, device=device)
+    alive = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    history = torch.empty(batch, 1, 0, dtype=torch.long, device=device)
+    history_logprobs = torch.empty(batch, 1, 0, device=device)
+    for step in range(max_len):
+        logprobs = ensemble.step(tokens)                                     # [B, K, V]
+        vocab = logprobs.shape[-1]
+        if step > 0:
+            alive = alive & (tokens != config.eos_id)
+            logprobs = logprobs.masked_fill(~alive[..., None], 0.0)
+        candidates = scores[..., None] + logprobs
+        # A finished hypothesis stays as one candidate (extended by <pad>) with its score.
+        finished = torch.full_like(candidates, float("-inf"))
+        finished[..., config.pad_id] = scores
+        candidates = torch.where(alive[..., None], candidates, finished)
+
+        top_scores, top_index = candidates.reshape(batch, -1).topk(beam_size, dim=-1)
+        source, words = top_index // vocab, top_index % vocab
+        ensemble.reorder(source)
+        scores = top_scores
+        alive = alive.gather(1, source)
+        word_logprobs = logprobs.reshape(batch, -1).gather(1, top_index)
+        history = torch.cat((history.gather(1, source[..., None].expand(-1, -1, step)),
+                             words[..., None]), dim=-1)
+        history_logprobs = torch.cat(
+            (history_logprobs.gather(1, source[..., None].expand(-1, -1, step)),
+             word_logprobs[..., None]), dim=-1)
+        tokens = words
+        if not (alive & (words != config.eos_id)).any():
+            break
+
+    order = scores.argsort(dim=1, descending=True, stable=True)[:, :out_size]
+    index = order[..., None].expand(-1, -1, history.shape[-1])
+    return history.gather(1, index), history_logprobs.gather(1, index)
+
+
+def greedy_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor,
+                  max_len: int = 20) -> tuple[Tensor, Tensor]:
+    """Most probable word at each step: beam search with one beam. -> ([B, T], [B, T])."""
+    ids, logprobs = beam_search(model_or_list, grid, region, beam_size=1, max_len=max_len)
+    return ids[:, 0], logprobs[:, 0]

@@ -1,0 +1,186 @@
+"""BGAF decoder (spec §5) and its decoding cache.
+
+Tokens are laid out [B, K, T]: K hypotheses (beams) per image. Cross-attention treats
+an image's K·T tokens as one query set over that image's memory, so the encoder
+keys/values are projected once per image and shared by every beam without copying.
+Self-attention runs per hypothesis and can be extended one step at a time from a
+`DecoderCache`, which is a value passed in and returned — never state on the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hin.config import HINConfig
+from hin.model.encoder import EncoderOutput
+from hin.model.layers import Attention, FeedForward, KeyValue, PickAttention, mask_to_bias
+
+
+def sinusoid_table(rows: int, d_model: int) -> Tensor:
+    """P[p, 2i] = sin(p / 10000^(2i/d)), P[p, 2i+1] = cos(...), row 0 zeros (padding)."""
+    position = torch.arange(rows, dtype=torch.float64)[:, None]
+    frequency = torch.pow(10000.0, torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    table = torch.zeros(rows, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position / frequency)
+    table[:, 1::2] = torch.cos(position / frequency[: d_model // 2])
+    table[0] = 0
+    return table.float()
+
+
+@dataclass
+class LayerMemory:
+    """One decoder layer's projections of its encoder level, computed once per image."""
+
+    grid: KeyValue             # grid_att over G_i
+    region: KeyValue           # region_att over R_i
+    grid_cross_region: KeyValue   # over R_i
+    region_cross_grid: KeyValue   # over G_i
+
+
+@dataclass
+class DecoderCache:
+    """Everything incremental decoding carries from one step to the next.
+
+    memory and region_bias are per image ([B, ...]) and never reordered; self_kv holds each
+    layer's self-attention keys/values per hypothesis ([B·K, h, t, d_k]); `length` is t.
+    """
+
+    memory: list[LayerMemory]
+    region_bias: Tensor
+    self_kv: list[KeyValue]
+    length: int
+
+    def reorder(self, source: Tensor) -> DecoderCache:
+        """Keep hypotheses `source` [B, K_new] (indices into the current K per image)."""
+        batch = source.shape[0]
+        current = self.self_kv[0].key.shape[0] // batch
+        flat = (source + torch.arange(batch, device=source.device)[:, None] * current).reshape(-1)
+        self_kv = [KeyValue(kv.key.index_select(0, flat), kv.value.index_select(0, flat))
+                   for kv in self.self_kv]
+        return DecoderCache(self.memory, self.region_bias, self_kv, self.length)
+
+
+class DecoderLayer(nn.Module):
+    """Bottom-up Gated Attention Fusion layer reading one encoder level."""
+
+    def __init__(self, config: HINConfig):
+        super().__init__()
+        d, h, p = config.d_model, config.num_heads, config.dropout
+        self.self_att = Attention(d, h, p)
+        self.grid_att = Attention(d, h, p)
+        self.region_att = Attention(d, h, p)
+        self.grid_cross_region = Attention(d, h, p)
+        self.region_cross_grid = Attention(d, h, p)
+        self.pick_direct = PickAttention(d, h, p)
+        self.pick_crossed = PickAttention(d, h, p)
+        self.gate = nn.Linear(d, d)
+        self.proj_direct = nn.Linear(d, d)
+        self.proj_crossed = nn.Linear(d, d)
+        self.dropout = nn.Dropout(p)
+        self.norm = nn.LayerNorm(d)
+        self.ff = FeedForward(d, config.d_ff, p)
+
+    def project_memory(self, grid: Tensor, region: Tensor) -> LayerMemory:
+        return LayerMemory(
+            grid=self.grid_att.project_kv(grid),
+            region=self.region_att.project_kv(region),
+            grid_cross_region=self.grid_cross_region.project_kv(region),
+            region_cross_grid=self.region_cross_grid.project_kv(grid),
+        )
+
+    def forward(self, x: Tensor, keep: Tensor, self_kv: KeyValue, self_bias: Tensor | None,
+                memory: LayerMemory, region_bias: Tensor) -> Tensor:
+        """x [B, K, T, d] new tokens; keep [B, K, T, 1] (0 at padding); self_kv: keys/values
+        of all visible tokens per hypothesis [B·K, h, t, d_k]; self_bias [B·K, 1, T, t]."""
+        batch, hyps, steps, d = x.shape
+        s = self.self_att.attend(x.reshape(batch * hyps, steps, d), self_kv, self_bias)
+        s = s.reshape(batch, hyps * steps, d)     # an image's tokens query its memory together
+        keep = keep.reshape(batch, hyps * steps, 1)
+        s = s * keep
+        g = self.grid_att.attend(s, memory.grid) * keep
+        r = self.region_att.attend(s, memory.region, region_bias) * keep
+        gc = self.grid_cross_region.attend(g, memory.grid_cross_region, region_bias) * keep
+        rc = self.region_cross_grid.attend(r, memory.region_cross_grid) * keep
+        direct = self.pick_direct(s, g, r) * keep
+        crossed = self.pick_crossed(s, gc, rc) * keep
+        z = torch.sigmoid(self.gate(s + direct + crossed))
+        fused = self.proj_direct(direct) * z + self.proj_crossed(crossed) * (1 - z)
+        y = self.norm(s + self.dropout(fused)) * keep
+        return (self.ff(y) * keep).reshape(batch, hyps, steps, d)
+
+
+class Decoder(nn.Module):
+    """Word + position embeddings, L BGAF layers (layer i reads level i), output head."""
+
+    def __init__(self, config: HINConfig):
+        super().__init__()
+        self.config = config
+        self.word_emb = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
+        self.register_buffer("position_table", torch.zeros(config.max_len + 1, config.d_model))
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+
+    def reset_position_table(self) -> None:
+        """Fill the frozen table as configured (spec §1): Xavier-random or sinusoid."""
+        rows, d = self.position_table.shape
+        if self.config.position_table == "sinusoid":
+            self.position_table.copy_(sinusoid_table(rows, d))
+        else:
+            nn.init.xavier_uniform_(self.position_table)
+
+    def init_cache(self, enc: EncoderOutput) -> DecoderCache:
+        """Project each level's memory once; start with empty self-attention state."""
+        memory = [layer.project_memory(*enc.level(i)) for i, layer in enumerate(self.layers)]
+        batch, d = enc.grid.shape[0], self.config.d_model
+        empty = enc.grid.new_zeros(batch, self.config.num_heads, 0, d // self.config.num_heads)
+        self_kv = [KeyValue(empty, empty) for _ in self.layers]
+        return DecoderCache(memory, enc.region_bias, self_kv, 0)
+
+    def _embed(self, tokens: Tensor, positions: Tensor, length: int) -> Tensor:
+        if length > self.config.max_len:
+            raise ValueError(f"a sequence of {length} tokens exceeds the model's max_len "
+                             f"{self.config.max_len}")
+        return self.word_emb(tokens) + self.position_table[positions]
+
+    def _logprobs(self, x: Tensor) -> Tensor:
+        return F.log_softmax(self.head(x).float(), dim=-1)
+
+    def forward(self, tokens: Tensor, enc: EncoderOutput) -> Tensor:
+        """Teacher forcing: tokens [B, K, T] -> log-probabilities [B, K, T, V]."""
+        batch, hyps, steps = tokens.shape
+        keep = (tokens != self.config.pad_id)
+        positions = torch.arange(1, steps + 1, device=tokens.device).expand_as(tokens) * keep
+        x = self._embed(tokens, positions, steps)
+        causal = torch.ones(steps, steps, dtype=torch.bool, device=tokens.device).triu(1)
+        hidden = causal | ~keep.reshape(batch * hyps, 1, 1, steps)
+        self_bias = mask_to_bias(hidden, x.dtype)
+        keep = keep[..., None].to(x.dtype)
+        region_bias = enc.region_bias
+        for i, layer in enumerate(self.layers):
+            memory = layer.project_memory(*enc.level(i))
+            self_kv = layer.self_att.project_kv(x.reshape(batch * hyps, steps, -1))
+            x = layer(x, keep, self_kv, self_bias, memory, region_bias)
+        return self._logprobs(x)
+
+    def step(self, tokens: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
+        """One token per hypothesis: tokens [B, K] (never padding) -> ([B, K, V], cache)."""
+        batch, hyps = tokens.shape
+        position = torch.full_like(tokens, cache.length + 1)
+        x = self._embed(tokens, position, cache.length + 1)[:, :, None]                # [B, K, 1, d]
+        keep = torch.ones(batch, hyps, 1, 1, dtype=x.dtype, device=x.device)
+        self_kv = []
+        for layer, memory, past in zip(self.layers, cache.memory, cache.self_kv):
+            new = layer.self_att.project_kv(x.reshape(batch * hyps, 1, -1))
+            if past.key.shape[0] != batch * hyps:   # first step: one past per image, expand
+                past = KeyValue(past.key.repeat_interleave(hyps, 0),
+                                past.value.repeat_interleave(hyps, 0))
+            kv = KeyValue(torch.cat((past.key, new.key), dim=2),
+                          torch.cat((past.value, new.value), dim=2))
+            self_kv.append(kv)
+            x = layer(x, keep, kv, None, memory, cache.region_bias)
+        logprobs = self._logprobs(x[:, :, 0])
+        return logprobs, DecoderCache(cache.memory, cache.region_bias, self_kv, cache.length + 1)

@@ -1,0 +1,127 @@
+"""HIN's building blocks (spec §1): attention, feed-forward, and the two-candidate pick.
+
+Attention splits its key/value projection from the attention itself, so that decoding can
+project the constant encoder memory once per image and reuse it at every step and for
+every beam. Nothing here knows about captions, files or checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MASK_VALUE = -1e9
+"""Added to attention scores of hidden keys (spec §1): finite, so a fully padded row is
+uniform instead of NaN."""
+
+
+def mask_to_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Boolean mask (True = hidden) -> additive attention bias of `dtype`."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, MASK_VALUE)
+
+
+class KeyValue:
+    """Projected keys and values, heads split: each [B, h, N, d_k]."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, key: Tensor, value: Tensor):
+        self.key = key
+        self.value = value
+
+
+class Attention(nn.Module):
+    """Multi-head attention + dropout + optional residual + LayerNorm (always applied).
+
+    out = LayerNorm(query + dropout(o)) with the residual, LayerNorm(dropout(o)) without.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float, residual: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.residual = residual
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.zeros_(proj.bias)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """[B, N, d] -> [B, h, N, d_k]"""
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def project_kv(self, key: Tensor, value: Tensor | None = None) -> KeyValue:
+        """Project keys/values [B, N, d] once; `value` defaults to `key` (self/cross attention
+        over one memory, the only use in HIN)."""
+        value = key if value is None else value
+        return KeyValue(self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value)))
+
+    def attend(self, query: Tensor, kv: KeyValue, bias: Tensor | None = None) -> Tensor:
+        """query [B, Q, d] over projected `kv`; `bias` broadcasts to [B, h, Q, N] (additive)."""
+        q = self._split_heads(self.q_proj(query))
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        heads = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=bias)
+        out = self.out_proj(heads.transpose(1, 2).flatten(-2))
+        out = self.dropout(out)
+        return self.norm(query + out if self.residual else out)
+
+    def forward(self, query: Tensor, memory: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.attend(query, self.project_kv(memory), bias)
+
+
+class FeedForward(nn.Module):
+    """LayerNorm(x + dropout(W2 · dropout(relu(W1 x)))) (spec §1)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.inner_dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.inner_dropout(F.relu(self.fc1(x)))
+        return self.norm(x + self.dropout(self.fc2(hidden)))
+
+
+class PickAttention(nn.Module):
+    """Each token attends over its own two candidates (spec §1, "Pick"), with the residual.
+
+    For token s_t and candidates (a_t, b_t): per head, softmax over the two scores
+    q_t·k(a_t) and q_t·k(b_t), then the weighted values, output projection, dropout,
+    residual and LayerNorm — attention over a sequence of length two per token.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, query: Tensor, first: Tensor, second: Tensor) -> Tensor:
+        """query, first, second: [..., d] -> [..., d]"""
+        heads = (self.num_heads, self.head_dim)
+        candidates = torch.stack((first, second), dim=-2)                    # [..., 2, d]
+        q = self.q_proj(query).unflatten(-1, heads)                          # [..., h, d_k]
+        k = self.k_proj(candidates).unflatten(-1, heads)                     # [..., 2, h, d_k]
+        v = self.v_proj(candidates).unflatten(-1, heads)
+        scores = torch.einsum("...hd,...chd->...hc", q, k) / math.sqrt(self.head_dim)
+        weights = scores.softmax(dim=-1)
+        out = torch.einsum("...hc,...chd->...hd", weights, v).flatten(-2)
+        return self.norm(query + self.dropout(self.out_proj(out)))
