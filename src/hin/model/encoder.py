@@ -42,7 +42,7 @@ class InputProjection(nn.Sequential):
     """LayerNorm(dropout(relu(x W + b))): raw feature size -> d_model."""
 
     def __init__(self, in_dim: int, d_model: int, dropout: float):
-        super().__init__(nn.Linear(in_dim, d_model), nn.ReLU(), nn.Dropout(dropout),
+        super().__init__(nn.Linear(in_dim, d_model), nn.ReLU(inplace=True), nn.Dropout(dropout),
                          nn.LayerNorm(d_model))
 
 

@@ -89,7 +89,7 @@ class FeedForward(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = self.inner_dropout(F.relu(self.fc1(x)))
+        hidden = self.inner_dropout(self.fc1(x).relu_())   # in place: one large buffer fewer
         return self.norm(x + self.dropout(self.fc2(hidden)))
 
 
