@@ -127,3 +127,40 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return values
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a dataset's files are and how batches are made from them (spec §2, §6, §9).
+
+    Defaults point at the synthetic dataset written by `hin data synth --out data/synth`.
+    `annotations` is a directory with captions_{train,val}2014.json and the Karpathy split
+    files coco_{train,restval,dev,test}_ids.npy, or the path of Karpathy's dataset_coco.json.
+    """
+
+    annotations: str = "data/synth"
+    grid_features: str = "data/synth/grid.hdf5"
+    region_features: str = "data/synth/region.hdf5"
+    vocabulary: str = "data/synth/vocab.json"
+    max_regions: int = 50
+    max_caption_tokens: int = 54
+    cache_features: bool = False
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("max_regions", "max_caption_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"DataConfig.{name} must be a positive integer, got {value!r}")
+        if self.max_caption_tokens < 2:
+            raise ConfigError("DataConfig.max_caption_tokens must leave room for <bos> and <eos>")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ConfigError(
+                f"DataConfig.num_workers must be a non-negative integer, got {self.num_workers!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataConfig:
+        return from_dict(cls, values)

@@ -1,0 +1,196 @@
+"""COCO caption annotations and the Karpathy splits, as the paper used them (spec §9).
+
+Two sources give the same in-memory result, a `Split` per name (image id -> file name ->
+reference captions):
+- a directory with COCO's `captions_train2014.json` / `captions_val2014.json` and the split
+  annotation-id arrays `coco_{train,restval,dev,test}_ids.npy` (train = train + restval);
+- Karpathy's `dataset_coco.json` (train = train + restval).
+
+This module must never guess: ids missing from the annotations, duplicated ids and empty
+captions are errors naming the file, the count and the first ids.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hin.data.errors import DataError, first_ids
+
+SPLITS = ("train", "val", "test")
+CAPTION_FILES = ("captions_train2014.json", "captions_val2014.json")
+SPLIT_ID_FILES = {
+    "train": ("coco_train_ids.npy", "coco_restval_ids.npy"),
+    "val": ("coco_dev_ids.npy",),
+    "test": ("coco_test_ids.npy",),
+}
+KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a split: its COCO id, its file name and all its reference captions."""
+
+    image_id: int
+    file_name: str
+    captions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Split:
+    """The images of one split, ordered by image id; captions in annotation order."""
+
+    name: str
+    images: dict[int, ImageRecord]
+    source: str
+
+    @property
+    def image_ids(self) -> list[int]:
+        return list(self.images)
+
+    def pairs(self) -> list[tuple[int, str]]:
+        """(image id, caption) for every caption: what cross-entropy training iterates."""
+        return [(image.image_id, caption)
+                for image in self.images.values() for caption in image.captions]
+
+    def captions(self) -> list[str]:
+        return [caption for image in self.images.values() for caption in image.captions]
+
+    def references(self) -> dict[int, list[str]]:
+        """Image id -> its reference captions: what evaluation and SCST score against."""
+        return {image_id: list(image.captions) for image_id, image in self.images.items()}
+
+
+def load_splits(source: str | Path, names: Sequence[str] = SPLITS) -> dict[str, Split]:
+    """Load the named splits from an annotation directory or a `dataset_coco.json` file."""
+    source = Path(source)
+    unknown = [name for name in names if name not in SPLITS]
+    if unknown:
+        raise DataError(f"unknown split(s) {unknown}; the splits are {list(SPLITS)}")
+    if source.is_dir():
+        return _load_coco_directory(source, names)
+    if source.is_file() and source.suffix == ".json":
+        return _load_karpathy_json(source, names)
+    raise FileNotFoundError(
+        f"annotations {source} not found: give a directory holding {' and '.join(CAPTION_FILES)} "
+        f"with the Karpathy split files coco_{{train,restval,dev,test}}_ids.npy, "
+        f"or Karpathy's dataset_coco.json")
+
+
+def load_split(source: str | Path, name: str) -> Split:
+    return load_splits(source, [name])[name]
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} does not exist")
+    with path.open(encoding="utf-8") as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise DataError(f"annotation file {path} is not valid JSON: {error}") from error
+
+
+def _fail_if_any(ids: Sequence[object], where: str, problem: str, fix: str) -> None:
+    if ids:
+        raise DataError(f"{where}: {len(ids)} {problem} (first: {first_ids(ids)}); {fix}")
+
+
+def _duplicates(ids: Iterable[object]) -> list[object]:
+    return [item for item, count in collections.Counter(ids).items() if count > 1]
+
+
+@dataclass(frozen=True)
+class _Annotation:
+    image_id: int
+    caption: str
+    file: str
+
+
+def _read_coco_captions(directory: Path) -> tuple[dict[int, _Annotation], dict[int, str]]:
+    """All annotations (by annotation id) and image file names (by image id) of the COCO files."""
+    annotations: dict[int, _Annotation] = {}
+    file_names: dict[int, str] = {}
+    for name in CAPTION_FILES:
+        path = directory / name
+        content = _read_json(path)
+        if not isinstance(content, dict) or "annotations" not in content or "images" not in content:
+            raise DataError(f"{path} is not a COCO caption file (needs 'images' and 'annotations')")
+        images = {int(image["id"]): str(image["file_name"]) for image in content["images"]}
+        repeated = [ann["id"] for ann in content["annotations"] if int(ann["id"]) in annotations]
+        _fail_if_any(repeated, str(path), "annotation ids also appear in an earlier caption file",
+                     "each annotation id must be listed once")
+        orphans = [ann["id"] for ann in content["annotations"] if int(ann["image_id"]) not in images]
+        _fail_if_any(orphans, str(path), "annotations name an image id absent from its 'images'",
+                     "the caption file is incomplete; re-download it")
+        file_names.update(images)
+        for ann in content["annotations"]:
+            annotations[int(ann["id"])] = _Annotation(int(ann["image_id"]), str(ann["caption"]), name)
+    return annotations, file_names
+
+
+def _read_id_file(path: Path) -> list[int]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Karpathy split file {path} does not exist (an annotation directory needs "
+            f"coco_{{train,restval,dev,test}}_ids.npy next to {' and '.join(CAPTION_FILES)})")
+    ids = np.load(path, allow_pickle=False)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise DataError(f"{path} must hold a 1-D integer array of annotation ids, "
+                        f"got {ids.dtype} of shape {ids.shape}")
+    return ids.tolist()
+
+
+def _load_coco_directory(directory: Path, names: Sequence[str]) -> dict[str, Split]:
+    annotations, file_names = _read_coco_captions(directory)
+    splits = {}
+    for name in names:
+        files = [directory / file for file in SPLIT_ID_FILES[name]]
+        where = " + ".join(str(path) for path in files)
+        annotation_ids = [ann_id for path in files for ann_id in _read_id_file(path)]
+        _fail_if_any(_duplicates(annotation_ids), where, "annotation ids are listed more than once",
+                     "each caption may appear in one split file once")
+        missing = [ann_id for ann_id in annotation_ids if ann_id not in annotations]
+        _fail_if_any(missing, where, f"annotation ids are not in {' or '.join(CAPTION_FILES)}",
+                     "use the caption files the split files were made for (COCO 2014)")
+        chosen = sorted(annotation_ids)
+        empty = [ann_id for ann_id in chosen if not annotations[ann_id].caption.strip()]
+        _fail_if_any(empty, where, "annotation ids have empty captions",
+                     "remove them from the split file or fix the caption file")
+        captions: dict[int, list[str]] = collections.defaultdict(list)
+        for ann_id in chosen:
+            captions[annotations[ann_id].image_id].append(annotations[ann_id].caption)
+        splits[name] = Split(name, {
+            image_id: ImageRecord(image_id, file_names[image_id], tuple(captions[image_id]))
+            for image_id in sorted(captions)}, str(directory))
+    return splits
+
+
+def _load_karpathy_json(path: Path, names: Sequence[str]) -> dict[str, Split]:
+    content = _read_json(path)
+    if not isinstance(content, dict) or not isinstance(content.get("images"), list):
+        raise DataError(f"{path} is not Karpathy's dataset_coco.json (needs an 'images' list)")
+    splits = {}
+    for name in names:
+        chosen = [image for image in content["images"] if image.get("split") in KARPATHY_SPLITS[name]]
+        where = f"{path} (split {name})"
+        image_ids = [int(image["cocoid"]) for image in chosen]
+        _fail_if_any(_duplicates(image_ids), where, "image ids (cocoid) are listed more than once",
+                     "each image may belong to one split once")
+        empty = [int(image["cocoid"]) for image in chosen
+                 if not image.get("sentences")
+                 or any(not sentence["raw"].strip() for sentence in image["sentences"])]
+        _fail_if_any(empty, where, "image ids have no captions or an empty caption",
+                     "fix or remove these images in the file")
+        records = {int(image["cocoid"]): ImageRecord(
+            int(image["cocoid"]), str(image["filename"]),
+            tuple(sentence["raw"] for sentence in image["sentences"])) for image in chosen}
+        splits[name] = Split(name, {image_id: records[image_id] for image_id in sorted(records)},
+                             str(path))
+    return splits

@@ -1,0 +1,146 @@
+"""Datasets and batching: image·caption pairs for cross-entropy training, images with all
+their references for evaluation and SCST, and the one `collate` that turns either into a `Batch`.
+
+Features stay in their on-disk dtype per sample and are cast to float32 once per batch.
+Region padding rows are exactly zero: the model derives its padding mask from them (spec §2).
+This module must never know about the model beyond the tensors a `Batch` carries.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from hin.data.coco import Split
+from hin.data.errors import DataError
+from hin.data.features import FeatureStore
+from hin.data.vocab import Vocabulary
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One dataset item: an image's features, optionally one encoded caption, all references."""
+
+    image_id: int
+    grid: np.ndarray
+    region: np.ndarray
+    tokens: list[int] | None
+    references: tuple[str, ...]
+
+
+@dataclass
+class Batch:
+    """What the model and the metrics consume.
+
+    grid [B, Ng, Dg] and region [B, Nr, Dr] float32 (region padding rows all zero);
+    tokens [B, T] int64 `<bos> ... <eos>` padded with `<pad>`, or None for image datasets;
+    image_ids and references (all reference captions of each image) in batch order.
+    """
+
+    grid: torch.Tensor
+    region: torch.Tensor
+    tokens: torch.Tensor | None
+    image_ids: list[int]
+    references: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return replace(self, grid=self.grid.to(device, non_blocking=non_blocking),
+                       region=self.region.to(device, non_blocking=non_blocking),
+                       tokens=None if self.tokens is None
+                       else self.tokens.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True) for faster host-to-GPU copies."""
+        return replace(self, grid=self.grid.pin_memory(), region=self.region.pin_memory(),
+                       tokens=None if self.tokens is None else self.tokens.pin_memory())
+
+
+class CaptionPairs(Dataset):
+    """Every (image, caption) pair of a split, captions encoded once up front: XE training."""
+
+    def __init__(self, split: Split, features: FeatureStore, vocab: Vocabulary, max_len: int,
+                 check_features: bool = True, progress: bool = False) -> None:
+        if check_features:
+            features.require(split.image_ids, split.name)
+        self.split = split
+        self.features = features
+        self.pad_id = vocab.pad_id
+        pairs = split.pairs()
+        self.image_ids = [image_id for image_id, _ in pairs]
+        self.tokens = [vocab.encode(caption, max_len)
+                       for _, caption in tqdm(pairs, desc=f"encoding {split.name} captions",
+                                              unit="caption", disable=not progress)]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.image_ids[index]
+        grid, region = self.features[image_id]
+        return Sample(image_id, grid, region, self.tokens[index],
+                      self.split.images[image_id].captions)
+
+
+class ImageReferences(Dataset):
+    """Every image of a split once, with all its reference captions: evaluation and SCST."""
+
+    pad_id = None
+
+    def __init__(self, split: Split, features: FeatureStore, check_features: bool = True) -> None:
+        if check_features:
+            features.require(split.image_ids, split.name)
+        self.split = split
+        self.features = features
+        self.image_ids = split.image_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.image_ids[index]
+        grid, region = self.features[image_id]
+        return Sample(image_id, grid, region, None, self.split.images[image_id].captions)
+
+
+def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
+    """Stack samples into a `Batch`; token rows are padded to the longest with `pad_id`."""
+    grid_sizes = {sample.grid.shape for sample in samples}
+    if len(grid_sizes) > 1:
+        sizes = {sample.image_id: list(sample.grid.shape) for sample in samples}
+        raise DataError(f"grid features of one batch differ in shape {sizes}; all images of a "
+                        f"dataset must have the same number of grid tokens (re-extract them alike)")
+    tokens = None
+    if samples[0].tokens is not None:
+        if pad_id is None:
+            raise DataError("collate needs pad_id (the vocabulary's <pad> id) to batch captions")
+        length = max(len(sample.tokens) for sample in samples)
+        tokens = torch.full((len(samples), length), pad_id, dtype=torch.long)
+        for row, sample in enumerate(samples):
+            tokens[row, :len(sample.tokens)] = torch.tensor(sample.tokens, dtype=torch.long)
+    return Batch(
+        grid=torch.from_numpy(np.stack([sample.grid for sample in samples])).float(),
+        region=torch.from_numpy(np.stack([sample.region for sample in samples])).float(),
+        tokens=tokens,
+        image_ids=[sample.image_id for sample in samples],
+        references=[list(sample.references) for sample in samples])
+
+
+def make_loader(dataset: CaptionPairs | ImageReferences, batch_size: int, *, shuffle: bool = False,
+                num_workers: int = 0, seed: int = 0, sampler: Sampler[Any] | None = None,
+                drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader yielding `Batch`es; shuffling is seeded so runs repeat exactly."""
+    generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=num_workers, collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
+                      generator=generator, drop_last=drop_last, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)

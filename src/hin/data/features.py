@@ -1,0 +1,192 @@
+"""Precomputed image features in the released HDF5 layout: lookup, padding and validation.
+
+Grid file: `<image_id>_features` [Ng, Dg] (optionally `<image_id>_global`). Region file:
+`<image_id>_features` [n, Dr] with `<image_id>_boxes`, `<image_id>_size`, `<image_id>_cls_prob`.
+Regions are padded with zero rows or truncated to `max_regions`; the model recognises
+padding as all-zero rows (spec §2), so padding is exactly zero. Zero regions is valid.
+
+Each process opens its own read-only handle lazily (safe under fork, spawn and forkserver
+DataLoader workers); arrays are read one entry at a time in their on-disk dtype (fp16 stays
+fp16 until the batch is built). This module must never substitute anything for a missing or
+malformed entry: it raises, naming the image id, the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from hin.data.errors import DataError, first_ids
+
+FEATURES_SUFFIX = "_features"
+CHECK_FIX = "run `hin data check` to list every problem entry, then re-extract those images"
+
+
+def feature_key(image_id: int) -> str:
+    return f"{image_id}{FEATURES_SUFFIX}"
+
+
+class HDF5File:
+    """A read-only HDF5 file opened on first use in each process; picklable (the handle is not)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._handle: h5py.File | None = None
+        self._pid: int | None = None
+
+    @property
+    def handle(self) -> h5py.File:
+        if self._handle is None or self._pid != os.getpid():
+            if not self.path.is_file():
+                raise FileNotFoundError(
+                    f"feature file {self.path} does not exist; extract features with "
+                    f"`hin extract` or generate the synthetic set with `hin data synth`")
+            self._handle = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._handle
+
+    def image_ids(self) -> set[int]:
+        """Ids with a `<id>_features` entry (reads names only, no data)."""
+        return {int(name[:-len(FEATURES_SUFFIX)]) for name in self.handle
+                if name.endswith(FEATURES_SUFFIX)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_handle": None, "_pid": None}
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+        self._pid = None
+
+
+@dataclass
+class FeatureProblems:
+    """What `FeatureStore.check` found, entry by entry; empty lists mean a usable split."""
+
+    checked: int = 0
+    missing: dict[str, list[int]] = field(default_factory=dict)
+    malformed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.missing.values()) and not any(self.malformed.values())
+
+    def summary(self) -> str:
+        lines = [f"checked {self.checked} images"]
+        for path, ids in self.missing.items():
+            if ids:
+                lines.append(f"{path}: {len(ids)} image ids missing (first: {first_ids(ids)})")
+        for path, problems in self.malformed.items():
+            for image_id, reason in problems[:10]:
+                lines.append(f"{path}: image {image_id}: {reason}")
+            if len(problems) > 10:
+                lines.append(f"{path}: ... {len(problems) - 10} more malformed entries")
+        if self.ok:
+            lines.append("all entries present and well-formed")
+        return "\n".join(lines)
+
+
+class FeatureStore:
+    """Grid and region features of each image, read from the two HDF5 files on demand."""
+
+    def __init__(self, grid_path: str | Path, region_path: str | Path, *, max_regions: int = 50,
+                 grid_dim: int = 1024, region_dim: int = 2048, cache: bool = False) -> None:
+        if max_regions <= 0:
+            raise DataError(f"max_regions must be positive, got {max_regions}")
+        self.grid = HDF5File(grid_path)
+        self.region = HDF5File(region_path)
+        self.max_regions = max_regions
+        self.grid_dim = grid_dim
+        self.region_dim = region_dim
+        # Per process: each DataLoader worker fills its own copy, so keep it for small sets.
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __getitem__(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(grid [Ng, Dg], region [max_regions, Dr]) in their on-disk dtype; padding rows are 0."""
+        if self._cache is not None and image_id in self._cache:
+            return self._cache[image_id]
+        grid = self._read(self.grid, image_id, self.grid_dim)
+        region = self._read(self.region, image_id, self.region_dim)
+        padded = np.zeros((self.max_regions, self.region_dim), dtype=region.dtype)
+        kept = min(len(region), self.max_regions)
+        padded[:kept] = region[:kept]
+        entry = (grid, padded)
+        if self._cache is not None:
+            self._cache[image_id] = entry
+        return entry
+
+    def _read(self, file: HDF5File, image_id: int, dim: int) -> np.ndarray:
+        dataset = file.handle.get(feature_key(image_id))
+        if dataset is None:
+            raise DataError(
+                f"image {image_id} has no '{feature_key(image_id)}' entry in {file.path}; {CHECK_FIX}")
+        problem = _shape_problem(dataset.shape, dim)
+        if problem is None:
+            array = dataset[()]
+            problem = _value_problem(array)
+        if problem is not None:
+            raise DataError(f"{file.path}: image {image_id}: {problem}; {CHECK_FIX}")
+        return array
+
+    def missing(self, image_ids: Iterable[int]) -> dict[str, list[int]]:
+        """Per file, the given ids without a features entry (names only; fast)."""
+        result = {}
+        for file in (self.grid, self.region):
+            present = file.image_ids()
+            result[str(file.path)] = [image_id for image_id in image_ids if image_id not in present]
+        return result
+
+    def require(self, image_ids: Sequence[int], split: str) -> None:
+        """Fail before any work starts if a split's images lack features, saying how many."""
+        for path, absent in self.missing(image_ids).items():
+            if absent:
+                raise DataError(
+                    f"{path}: {len(absent)} of the {len(image_ids)} images of split {split!r} "
+                    f"have no features (first ids: {first_ids(absent)}); {CHECK_FIX}")
+
+    def check(self, image_ids: Sequence[int], read_values: bool = True,
+              progress: bool = True) -> FeatureProblems:
+        """Find every missing or malformed entry of `image_ids` (shapes, dims, NaN/inf)."""
+        problems = FeatureProblems(checked=len(image_ids), missing=self.missing(image_ids))
+        for file, dim in ((self.grid, self.grid_dim), (self.region, self.region_dim)):
+            absent = set(problems.missing[str(file.path)])
+            found = []
+            for image_id in tqdm(image_ids, desc=f"checking {file.path.name}", unit="image",
+                                 disable=not progress):
+                if image_id in absent:
+                    continue
+                dataset = file.handle[feature_key(image_id)]
+                problem = _shape_problem(dataset.shape, dim)
+                if problem is None and read_values:
+                    problem = _value_problem(dataset[()])
+                if problem is not None:
+                    found.append((image_id, problem))
+            problems.malformed[str(file.path)] = found
+        return problems
+
+    def close(self) -> None:
+        self.grid.close()
+        self.region.close()
+
+
+def _shape_problem(shape: tuple[int, ...], dim: int) -> str | None:
+    if len(shape) != 2 or shape[1] != dim:
+        return f"features have shape {list(shape)}, expected [n, {dim}]"
+    return None
+
+
+def _value_problem(array: np.ndarray) -> str | None:
+    if not np.issubdtype(array.dtype, np.floating):
+        return f"features have dtype {array.dtype}, expected float16 or float32"
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        return f"features hold {bad} NaN/inf values"
+    return None

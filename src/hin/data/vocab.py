@@ -1,0 +1,205 @@
+"""Caption vocabulary: the tokenisation rule, word ids, JSON storage and the legacy-pickle import.
+
+The rule (spec §6) is the reference's, so that the standard 10,201-entry COCO vocabulary comes
+out: lower-case, spaCy's rule-based English tokenizer, punctuation tokens dropped, words kept
+at frequency >= `min_freq`, specials first, then descending frequency with ties alphabetical.
+The same `tokenize` makes the training targets.
+
+This module must never execute pickled code: the legacy import goes through an unpickler
+that resolves only the few classes the reference's vocabulary file names.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import pickle
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
+SPECIALS = (UNK, PAD, BOS, EOS)
+PUNCTUATION = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-",
+     "--", "...", ";"])
+JSON_FORMAT = "hin-vocabulary"
+JSON_VERSION = 1
+
+
+class VocabularyError(ValueError):
+    """A vocabulary file or value that cannot be used, with what would be accepted."""
+
+
+@functools.lru_cache(maxsize=1)
+def _spacy_tokenizer() -> Any:
+    """spaCy's rule-based English tokenizer, built once per process (no model download)."""
+    from spacy.lang.en import English
+
+    return English().tokenizer
+
+
+def tokenize(caption: str) -> list[str]:
+    """Caption -> word tokens by the reference's rule (lower-case, spaCy, punctuation dropped)."""
+    text = caption.lower().rstrip("\n")
+    return [token.text for token in _spacy_tokenizer()(text) if token.text not in PUNCTUATION]
+
+
+def _ordered_words(counts: Mapping[str, int], min_freq: int) -> list[str]:
+    kept = [(word, count) for word, count in counts.items()
+            if count >= min_freq and word not in SPECIALS]
+    kept.sort(key=lambda item: (-item[1], item[0]))
+    return [word for word, _ in kept]
+
+
+class Vocabulary:
+    """Word <-> id mapping with the four specials at ids 0..3 (`<unk>`, `<pad>`, `<bos>`, `<eos>`)."""
+
+    unk_id = SPECIALS.index(UNK)
+    pad_id = SPECIALS.index(PAD)
+    bos_id = SPECIALS.index(BOS)
+    eos_id = SPECIALS.index(EOS)
+
+    def __init__(self, words: Sequence[str], counts: Sequence[int]) -> None:
+        """`words` starts with the specials; `counts[i]` is the corpus frequency of `words[i]`."""
+        words = list(words)
+        if tuple(words[:len(SPECIALS)]) != SPECIALS:
+            raise VocabularyError(
+                f"a vocabulary must start with the specials {list(SPECIALS)}, got {words[:4]}")
+        if len(counts) != len(words):
+            raise VocabularyError(
+                f"a vocabulary needs one count per word: {len(words)} words, {len(counts)} counts")
+        if len(set(words)) != len(words):
+            repeated = [word for word, n in collections.Counter(words).items() if n > 1]
+            raise VocabularyError(f"a vocabulary lists words more than once: {repeated[:5]}")
+        self.words = words
+        self.counts = [int(count) for count in counts]
+        self._ids = {word: index for index, word in enumerate(words)}
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_freq: int = 5,
+              progress: bool = False) -> Vocabulary:
+        """Count the tokens of `captions` and keep words seen at least `min_freq` times."""
+        counts: collections.Counter[str] = collections.Counter()
+        for caption in tqdm(captions, desc="tokenising captions", unit="caption",
+                            disable=not progress):
+            counts.update(tokenize(caption))
+        return cls.from_counts(counts, min_freq)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], min_freq: int) -> Vocabulary:
+        words = _ordered_words(counts, min_freq)
+        return cls([*SPECIALS, *words], [0] * len(SPECIALS) + [counts[word] for word in words])
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self._ids
+
+    def index(self, word: str) -> int:
+        """Id of `word`, or `<unk>`'s id for a word outside the vocabulary."""
+        return self._ids.get(word, self.unk_id)
+
+    def encode(self, caption: str, max_len: int | None = None) -> list[int]:
+        """Caption -> `[<bos>, w1, ..., <eos>]`; at most `max_len` ids, `<eos>` always kept."""
+        ids = [self.bos_id, *(self.index(word) for word in tokenize(caption)), self.eos_id]
+        if max_len is not None:
+            if max_len < 2:
+                raise VocabularyError(f"max_len must leave room for <bos> and <eos>, got {max_len}")
+            if len(ids) > max_len:
+                ids = ids[:max_len - 1] + [self.eos_id]
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> caption text: stops at `<eos>` and skips the other specials."""
+        special_ids = {self.unk_id, self.pad_id, self.bos_id}
+        words = []
+        for token_id in ids:
+            token_id = int(token_id)
+            if token_id == self.eos_id:
+                break
+            if token_id not in special_ids:
+                words.append(self.words[token_id])
+        return " ".join(words)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, stored inside checkpoints and vocabulary files."""
+        return {"format": JSON_FORMAT, "version": JSON_VERSION,
+                "words": list(self.words), "counts": list(self.counts)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "vocabulary") -> Vocabulary:
+        if values.get("format") != JSON_FORMAT or values.get("version") != JSON_VERSION:
+            raise VocabularyError(
+                f"{source} is not a hin vocabulary (format {values.get('format')!r}, version "
+                f"{values.get('version')!r}; expected {JSON_FORMAT!r} version {JSON_VERSION}); "
+                f"a reference .pkl vocabulary is imported with Vocabulary.from_legacy_pickle")
+        try:
+            return cls(values["words"], values["counts"])
+        except VocabularyError as error:
+            raise VocabularyError(f"{source}: {error}") from error
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=0) + "\n",
+                              encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"vocabulary file {path} does not exist; build one with `hin data vocab` "
+                f"or import the reference's pickle with `hin data vocab --legacy FILE.pkl`")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise VocabularyError(f"vocabulary file {path} is not valid JSON: {error}") from error
+        return cls.from_dict(values, source=str(path))
+
+    @classmethod
+    def from_legacy_pickle(cls, path: str | Path) -> Vocabulary:
+        """Import the torchtext-style `Vocab` pickle of the reference and M2, safely."""
+        path = Path(path)
+        with path.open("rb") as handle:
+            legacy = _LegacyUnpickler(handle, path).load()
+        if not isinstance(legacy, _LegacyVocab) or not hasattr(legacy, "itos"):
+            raise VocabularyError(f"{path} does not hold a torchtext-style Vocab (no 'itos' list)")
+        freqs = getattr(legacy, "freqs", {})
+        return cls(legacy.itos, [0 if word in SPECIALS else freqs.get(word, 0)
+                                 for word in legacy.itos])
+
+
+class _LegacyVocab:
+    """Inert stand-in for the reference's `Vocab`: pickle restores its attributes, nothing runs."""
+
+
+def _default_unk_index() -> int:
+    return Vocabulary.unk_id
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """Resolves exactly the classes a reference vocabulary pickle names; refuses all others."""
+
+    ALLOWED = {
+        ("common.data.vocab", "Vocab"): _LegacyVocab,
+        ("common.data.vocab", "_default_unk_index"): _default_unk_index,
+        ("collections", "Counter"): collections.Counter,
+        ("collections", "defaultdict"): collections.defaultdict,
+    }
+
+    def __init__(self, handle: Any, path: Path) -> None:
+        super().__init__(handle)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            allowed = sorted(f"{m}.{n}" for m, n in self.ALLOWED)
+            raise VocabularyError(
+                f"{self.path} refers to {module}.{name}, which a vocabulary pickle has no need "
+                f"for; refusing to load it (allowed: {', '.join(allowed)})") from None
