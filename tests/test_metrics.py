@@ -22,6 +22,7 @@ from hin.metrics import (
     collapse_repeats,
     find_corenlp,
     find_java,
+    ptb_tokenize,
     read_coco_results,
     score_captions,
 )
@@ -32,6 +33,11 @@ def test_collapse_repeats():
     assert collapse_repeats("a a dog dog on on a a couch") == "a dog on a couch"
     assert collapse_repeats("  a man   and a woman ") == "a man and a woman"
     assert collapse_repeats("") == ""
+
+
+def test_ptb_tokenize_keeps_one_line_per_caption():
+    captions = ["A dog, on a couch.", "", "two\rcats\u2028here", "x\x0bY", ""]
+    assert ptb_tokenize(captions) == ["a dog on a couch", "", "two cats here", "x y", ""]
 
 
 def test_pipeline_equals_direct_pycocoevalcap_calls_on_the_real_captions():

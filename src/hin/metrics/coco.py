@@ -109,12 +109,13 @@ def find_corenlp() -> tuple[Path | None, str]:
 def ptb_tokenize(captions: Sequence[str], java: str | None = None) -> list[str]:
     """PTB-tokenise, lower-case and drop punctuation exactly as pycocoevalcap's PTBTokenizer.
 
-    One Java process for the whole list, however long.
+    One Java process for the whole list, however long. Line breaks inside a caption (which
+    the tokenizer would take as a new caption) become spaces.
     """
     if not captions:
         return []
     java = java or find_java()
-    text = "\n".join(caption.replace("\n", " ") for caption in captions)
+    text = "\n".join(" ".join(caption.splitlines()) for caption in captions)
     with tempfile.TemporaryDirectory(prefix="hin-ptb-") as tmp:
         path = Path(tmp) / "captions.txt"
         path.write_bytes(text.encode())
@@ -123,11 +124,11 @@ def ptb_tokenize(captions: Sequence[str], java: str | None = None) -> list[str]:
              "-preserveLines", "-lowerCase", str(path)],
             capture_output=True, check=False)
     lines = result.stdout.decode().split("\n")
-    if result.returncode != 0 or len(lines) < len(captions):
+    if result.returncode != 0 or len(lines) != len(captions):
         raise MetricsError(f"the PTB tokenizer ({_PTB_JAR.name}, run with {java}) failed: "
                            f"{_tail(result.stderr)}")
     return [" ".join(word for word in line.rstrip().split(" ") if word not in _PUNCTUATION)
-            for line in lines[:len(captions)]]
+            for line in lines]
 
 
 class _Meteor(Meteor):
