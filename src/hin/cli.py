@@ -103,6 +103,25 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_data_vocab)
 
 
+def _score(args: argparse.Namespace) -> int:
+    import json
+
+    from hin.metrics import read_coco_references, read_coco_results, score_captions
+
+    captions = read_coco_results(args.results)
+    references = read_coco_references(args.annotations)
+    if args.only_results:
+        references = {i: refs for i, refs in references.items() if i in captions}
+    report = score_captions(captions, references, collapse_repeats=not args.keep_repeats,
+                            spice=not args.no_spice)
+    print(report.format_table())
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(report.to_dict(), handle, indent=2)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hin", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -116,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_import_checkpoint)
 
     _add_data_commands(commands)
+
+    p = commands.add_parser("score", help="score a COCO results file (BLEU, METEOR, ROUGE-L, "
+                                          "CIDEr, SPICE) against COCO caption annotations")
+    p.add_argument("--results", required=True,
+                   help='captions.json: [{"image_id": ..., "caption": ...}, ...]')
+    p.add_argument("--annotations", required=True, help="e.g. captions_val2014.json")
+    p.add_argument("--only-results", action="store_true",
+                   help="score only the annotated images that have a result (default: all "
+                        "annotated images, each must have one)")
+    p.add_argument("--keep-repeats", action="store_true",
+                   help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
+    p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.set_defaults(handler=_score)
     return parser
 
 
