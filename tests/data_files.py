@@ -19,8 +19,10 @@ def write_features(directory: Path, region_counts: dict[int, int], dtype: str = 
     grid_path, region_path = directory / "grid.hdf5", directory / "region.hdf5"
     with h5py.File(grid_path, "w") as grid, h5py.File(region_path, "w") as region:
         for image_id, count in region_counts.items():
-            grid[f"{image_id}_features"] = rng.uniform(0.5, 1.5, (GRID_TOKENS, GRID_DIM)).astype(dtype)
-            region[f"{image_id}_features"] = rng.uniform(0.5, 1.5, (count, REGION_DIM)).astype(dtype)
+            grid_values = rng.uniform(0.5, 1.5, (GRID_TOKENS, GRID_DIM))
+            grid[f"{image_id}_features"] = grid_values.astype(dtype)
+            region_values = rng.uniform(0.5, 1.5, (count, REGION_DIM))
+            region[f"{image_id}_features"] = region_values.astype(dtype)
             region[f"{image_id}_boxes"] = np.zeros((count, 4), np.float32)
     return grid_path, region_path
 
@@ -32,10 +34,12 @@ def write_coco(directory: Path, captions: dict[int, list[str]], val_images: set[
              for name in ("captions_train2014.json", "captions_val2014.json")}
     annotation_id = 1
     for image_id, texts in captions.items():
-        content = files["captions_val2014.json" if image_id in val_images else "captions_train2014.json"]
+        name = "captions_val2014.json" if image_id in val_images else "captions_train2014.json"
+        content = files[name]
         content["images"].append({"id": image_id, "file_name": f"COCO_{image_id:012d}.jpg"})
         for text in texts:
-            content["annotations"].append({"id": annotation_id, "image_id": image_id, "caption": text})
+            content["annotations"].append(
+                {"id": annotation_id, "image_id": image_id, "caption": text})
             annotation_id += 1
     directory.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():

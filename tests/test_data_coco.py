@@ -22,7 +22,8 @@ def test_real_karpathy_id_files_load(tmp_path):
     (tmp_path / "captions_val2014.json").write_text(json.dumps(content))
     (tmp_path / "captions_train2014.json").write_text(json.dumps({"images": [], "annotations": []}))
     for name in ("dev", "test"):
-        (tmp_path / f"coco_{name}_ids.npy").write_bytes((FIXTURES / "coco" / f"coco_{name}_ids.npy").read_bytes())
+        source = FIXTURES / "coco" / f"coco_{name}_ids.npy"
+        (tmp_path / source.name).write_bytes(source.read_bytes())
 
     splits = load_splits(tmp_path, ["val", "test"])
     assert len(splits["val"].pairs()) == 25000 and len(splits["test"].pairs()) == 25000

@@ -39,7 +39,8 @@ def test_pickle_naming_another_class_is_refused(tmp_path):
 
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps(Exploit()))
-    with pytest.raises(VocabularyError, match=r"evil\.pkl refers to (posix|os|nt)\.system.*refusing"):
+    with pytest.raises(VocabularyError,
+                       match=r"evil\.pkl refers to (posix|os|nt)\.system.*refusing"):
         Vocabulary.from_legacy_pickle(path)
 
 

@@ -35,8 +35,8 @@ def _data_check(args: argparse.Namespace) -> int:
     from hin.data.coco import SPLITS, load_splits
     from hin.data.features import FeatureStore
 
-    store = FeatureStore(args.grid, args.region, max_regions=args.max_regions,
-                         grid_dim=args.grid_dim, region_dim=args.region_dim)
+    store = FeatureStore(args.grid, args.region, grid_dim=args.grid_dim,
+                         region_dim=args.region_dim)
     healthy = True
     for name, split in load_splits(args.annotations, args.split or SPLITS).items():
         problems = store.check(split.image_ids, read_values=not args.shapes_only)
@@ -63,9 +63,9 @@ def _data_vocab(args: argparse.Namespace) -> int:
 
 
 def _add_data_commands(commands: argparse._SubParsersAction) -> None:
-    from hin.config import DataConfig
+    from hin.config import DataConfig, HINConfig
 
-    defaults = DataConfig()
+    defaults, model = DataConfig(), HINConfig()
     data = commands.add_parser("data", help="datasets: synthetic set, feature checks, vocabulary")
     actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
@@ -86,9 +86,10 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--region", default=defaults.region_features, help="region feature HDF5 file")
     p.add_argument("--split", action="append", choices=["train", "val", "test"],
                    help="split to check (repeatable; default: all three)")
-    p.add_argument("--max-regions", type=int, default=defaults.max_regions)
-    p.add_argument("--grid-dim", type=int, default=1024, help="expected grid feature size")
-    p.add_argument("--region-dim", type=int, default=2048, help="expected region feature size")
+    p.add_argument("--grid-dim", type=int, default=model.grid_dim,
+                   help="expected grid feature size")
+    p.add_argument("--region-dim", type=int, default=model.region_dim,
+                   help="expected region feature size")
     p.add_argument("--shapes-only", action="store_true",
                    help="check names and shapes only, skip reading values for NaN/inf")
     p.set_defaults(handler=_data_check)

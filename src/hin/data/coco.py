@@ -126,12 +126,14 @@ def _read_coco_captions(directory: Path) -> tuple[dict[int, _Annotation], dict[i
         repeated = [ann["id"] for ann in content["annotations"] if int(ann["id"]) in annotations]
         _fail_if_any(repeated, str(path), "annotation ids also appear in an earlier caption file",
                      "each annotation id must be listed once")
-        orphans = [ann["id"] for ann in content["annotations"] if int(ann["image_id"]) not in images]
+        orphans = [ann["id"] for ann in content["annotations"]
+                   if int(ann["image_id"]) not in images]
         _fail_if_any(orphans, str(path), "annotations name an image id absent from its 'images'",
                      "the caption file is incomplete; re-download it")
         file_names.update(images)
         for ann in content["annotations"]:
-            annotations[int(ann["id"])] = _Annotation(int(ann["image_id"]), str(ann["caption"]), name)
+            annotations[int(ann["id"])] = _Annotation(int(ann["image_id"]), str(ann["caption"]),
+                                                      name)
     return annotations, file_names
 
 
@@ -178,7 +180,8 @@ def _load_karpathy_json(path: Path, names: Sequence[str]) -> dict[str, Split]:
         raise DataError(f"{path} is not Karpathy's dataset_coco.json (needs an 'images' list)")
     splits = {}
     for name in names:
-        chosen = [image for image in content["images"] if image.get("split") in KARPATHY_SPLITS[name]]
+        chosen = [image for image in content["images"]
+                  if image.get("split") in KARPATHY_SPLITS[name]]
         where = f"{path} (split {name})"
         image_ids = [int(image["cocoid"]) for image in chosen]
         _fail_if_any(_duplicates(image_ids), where, "image ids (cocoid) are listed more than once",

@@ -141,6 +141,7 @@ def make_loader(dataset: CaptionPairs | ImageReferences, batch_size: int, *, shu
     """A DataLoader yielding `Batch`es; shuffling is seeded so runs repeat exactly."""
     generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=num_workers, collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
+                      sampler=sampler, num_workers=num_workers,
+                      collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
                       generator=generator, drop_last=drop_last, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0)

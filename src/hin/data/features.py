@@ -127,7 +127,8 @@ class FeatureStore:
         dataset = file.handle.get(feature_key(image_id))
         if dataset is None:
             raise DataError(
-                f"image {image_id} has no '{feature_key(image_id)}' entry in {file.path}; {CHECK_FIX}")
+                f"image {image_id} has no '{feature_key(image_id)}' entry in {file.path}; "
+                f"{CHECK_FIX}")
         problem = _shape_problem(dataset.shape, dim)
         if problem is None:
             array = dataset[()]

@@ -1,16 +1,16 @@
 """The bundled synthetic captioning world: small, seeded, offline, in exactly COCO's formats.
 
-Each image is a 64x64 scene of one to three coloured shapes (circle, square, triangle,
-diamond; small or large) in a 3x3 layout. Five varied captions per image name colours,
-shapes, sizes, positions and relations. Features come from the rendered pixels through
-fixed random projections (the same for every seed, like a fixed feature extractor):
+Each image is a 64x64 scene of one to three shapes (six kinds, ten colours, small or
+large) in a 3x3 layout. Five varied captions per image name colours, shapes, sizes,
+positions and relations. Features come from the rendered pixels through fixed random
+projections (the same for every seed, like a fixed feature extractor):
 - grid: 4x4 patches, each pooled to 4x4 RGB plus its patch position -> 1024-d;
-- region: one per object, its crop resampled to 8x8 RGB plus its box -> 2048-d;
+- region: one per object, its crop (8x8 RGB), mean colour and box -> 2048-d;
 so colour, shape, size and position are recoverable only by looking at the features, and a
 caption chosen without looking (the most frequent one) scores poorly by design.
 
-Files written (the real layouts, so the whole pipeline runs unchanged): `captions_train2014.json`,
-`captions_val2014.json`, `coco_{train,restval,dev,test}_ids.npy`, `grid.hdf5`, `region.hdf5`
+Files written (the real layouts, so the whole pipeline runs unchanged):
+`captions_train2014.json`, `captions_val2014.json`, `coco_{train,restval,dev,test}_ids.npy`, `grid.hdf5`, `region.hdf5`
 (fp16), `vocab.json`, `manifest.json` (parameters and statistics) and a short `README.md`.
 This module must never read anything but its arguments: the same seed gives the same files.
 """
@@ -55,8 +55,10 @@ CAPTIONS_PER_IMAGE = 5
 FIRST_IMAGE_ID = 100001
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-           "yellow": (230, 200, 30), "purple": (140, 60, 170), "orange": (245, 140, 30)}
-SHAPES = ("circle", "square", "triangle", "diamond")
+           "yellow": (230, 200, 30), "purple": (140, 60, 170), "orange": (245, 140, 30),
+           "pink": (245, 150, 200), "brown": (130, 80, 40), "cyan": (40, 200, 220),
+           "black": (20, 20, 20)}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 OBJECT_COUNT_PROBABILITIES = (0.3, 0.45, 0.25)
 NUMBER_WORDS = ("one", "two", "three")
 POSITION_PHRASES = {
@@ -85,8 +87,9 @@ class SceneObject:
 
     def box(self) -> tuple[float, float, float, float]:
         """(x1, y1, x2, y2) in pixels, clipped to the canvas."""
-        return (max(self.cx - self.radius, 0.0), max(self.cy - self.radius, 0.0),
-                min(self.cx + self.radius, float(CANVAS)), min(self.cy + self.radius, float(CANVAS)))
+        low, high = 0.0, float(CANVAS)
+        return (max(self.cx - self.radius, low), max(self.cy - self.radius, low),
+                min(self.cx + self.radius, high), min(self.cy + self.radius, high))
 
 
 def random_scene(rng: np.random.Generator) -> list[SceneObject]:
@@ -113,7 +116,13 @@ def _shape_mask(obj: SceneObject, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         return (np.abs(dx) <= 0.8 * obj.radius) & (np.abs(dy) <= 0.8 * obj.radius)
     if obj.shape == "triangle":
         return (np.abs(dy) <= obj.radius) & (np.abs(dx) <= (dy + obj.radius) / 2)
-    return np.abs(dx) + np.abs(dy) <= obj.radius
+    if obj.shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= obj.radius
+    if obj.shape == "cross":
+        arm = obj.radius / 3
+        return ((np.abs(dx) <= arm) & (np.abs(dy) <= obj.radius)) | \
+            ((np.abs(dy) <= arm) & (np.abs(dx) <= obj.radius))
+    return (dx ** 2 + dy ** 2 <= obj.radius ** 2) & (dx ** 2 + dy ** 2 >= (obj.radius / 2) ** 2)
 
 
 def render(objects: Sequence[SceneObject]) -> np.ndarray:
@@ -231,15 +240,14 @@ def _attributes(objs: list[SceneObject], rng: np.random.Generator) -> str:
 def _colours(objs: list[SceneObject], rng: np.random.Generator) -> str:
     if len(objs) == 1:
         return f"one {objs[0].colour} shape, {_article(objs[0].shape)}, {_position(objs[0], rng)}"
-    return f"{NUMBER_WORDS[len(objs) - 1]} shapes in " + _join([obj.colour for obj in objs])
-
-
-def _shapes_only(objs: list[SceneObject], rng: np.random.Generator) -> str:
-    return "a white picture with " + _join([_article(obj.shape) for obj in objs])
+    colours = list(dict.fromkeys(obj.colour for obj in objs))
+    if len(colours) == 1:
+        return f"{NUMBER_WORDS[len(objs) - 1]} {colours[0]} shapes"
+    return f"{NUMBER_WORDS[len(objs) - 1]} shapes in " + _join(colours)
 
 
 TEMPLATES: tuple[Callable[[list[SceneObject], np.random.Generator], str], ...] = (
-    _listing, _counting, _positions, _relations, _sizes, _attributes, _colours, _shapes_only)
+    _listing, _counting, _positions, _relations, _sizes, _attributes, _colours)
 
 
 def describe(objects: Sequence[SceneObject], rng: np.random.Generator) -> list[str]:
@@ -344,8 +352,9 @@ def _write_features(out: Path, images: list[_Image], rng: np.random.Generator,
             chunk = images[start:start + FEATURE_CHUNK]
             pictures = [render(image.objects) for image in chunk]
             grids = np.stack([grid_descriptors(picture) for picture in pictures]) @ grid_projection
-            regions = np.concatenate([region_descriptors(picture, image.objects)
-                                      for picture, image in zip(pictures, chunk)]) @ region_projection
+            regions = np.concatenate([
+                region_descriptors(picture, image.objects)
+                for picture, image in zip(pictures, chunk)]) @ region_projection
             grids += rng.normal(0.0, FEATURE_NOISE, grids.shape).astype(np.float32)
             regions += rng.normal(0.0, FEATURE_NOISE, regions.shape).astype(np.float32)
             grids, regions = grids.astype(np.float16), regions.astype(np.float16)
@@ -359,7 +368,7 @@ def _write_features(out: Path, images: list[_Image], rng: np.random.Generator,
 
 def _write_image(grid_file: h5py.File, region_file: h5py.File, image: _Image, grid: np.ndarray,
                  regions: np.ndarray) -> None:
-    """One image's entries in the released layout (`<id>_features`, `_boxes`, `_size`, `_cls_prob`)."""
+    """One image's entries in the released layout (`<id>_features`, `_boxes`, `_size`, ...)."""
     key = feature_key(image.image_id)
     grid_file.create_dataset(key, data=grid)
     region_file.create_dataset(key, data=regions)

@@ -56,7 +56,7 @@ def _ordered_words(counts: Mapping[str, int], min_freq: int) -> list[str]:
 
 
 class Vocabulary:
-    """Word <-> id mapping with the four specials at ids 0..3 (`<unk>`, `<pad>`, `<bos>`, `<eos>`)."""
+    """Word <-> id mapping; the specials `<unk>`, `<pad>`, `<bos>`, `<eos>` are ids 0..3."""
 
     unk_id = SPECIALS.index(UNK)
     pad_id = SPECIALS.index(PAD)
