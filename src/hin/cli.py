@@ -123,6 +123,26 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from hin.config import DataConfig
+    from hin.evaluate import evaluate
+
+    data = DataConfig(annotations=args.annotations, grid_features=args.grid,
+                      region_features=args.region, vocabulary=args.vocab,
+                      max_regions=args.max_regions, num_workers=args.workers)
+    result = evaluate(args.checkpoint, args.split, data, beam_size=args.beam,
+                      max_len=args.max_len, batch_size=args.batch_size, out_dir=args.out,
+                      collapse=not args.keep_repeats, spice=not args.no_spice,
+                      device=args.device)
+    if result.report is not None:
+        print(result.report.format_table())
+    else:
+        print(f"{len(result.captions)} images captioned; they have no references, so no metrics")
+    for path in result.written:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hin", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -150,6 +170,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.set_defaults(handler=_score)
+
+    from hin.config import DataConfig
+
+    data = DataConfig()
+    p = commands.add_parser("evaluate", help="caption a split with one or more checkpoints "
+                                             "(an ensemble), score it, write metrics.json and "
+                                             "captions.json")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="hin checkpoint (repeat for an ensemble)")
+    p.add_argument("--split", required=True, choices=["val", "test", "features"],
+                   help="Karpathy val/test, or every image of the grid feature file (no "
+                        "references: captions.json only, e.g. for the COCO server)")
+    p.add_argument("--beam", type=int, default=5, help="beam size (paper: 5)")
+    p.add_argument("--max-len", type=int, default=20, help="maximum caption length (paper: 20)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--out", default="runs/evaluate", help="directory for the two JSON files")
+    p.add_argument("--annotations", default=data.annotations,
+                   help="annotation directory (COCO json + Karpathy .npy) or dataset_coco.json")
+    p.add_argument("--grid", default=data.grid_features, help="grid feature HDF5 file")
+    p.add_argument("--region", default=data.region_features, help="region feature HDF5 file")
+    p.add_argument("--vocab", default=data.vocabulary, help="vocabulary JSON file")
+    p.add_argument("--max-regions", type=int, default=data.max_regions)
+    p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
+    p.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+    p.add_argument("--keep-repeats", action="store_true",
+                   help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
+    p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")
+    p.set_defaults(handler=_evaluate)
     return parser
 
 

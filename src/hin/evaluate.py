@@ -1,0 +1,132 @@
+"""Decode a split with one checkpoint or an ensemble, score it, and write what was done.
+
+Writes `captions.json` (COCO results format, what the COCO evaluation server accepts) and,
+when the images have references, `metrics.json`: the scores with the checkpoints' sha256,
+their configurations, the decoding settings, the post-processing switches and the tool
+versions, so that a number can always be traced to what produced it. The captions written
+are the ones scored (post-processing applied), so `hin score` on them gives the same numbers.
+
+This module must never train, never fall back to an untrained model, and never invent
+references: images without references get captions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from hin import __version__
+from hin.checkpoint import load
+from hin.config import DataConfig
+from hin.data.coco import ImageRecord, Split, load_split
+from hin.data.dataset import ImageReferences, make_loader
+from hin.data.features import FeatureStore
+from hin.data.vocab import Vocabulary
+from hin.decoding import beam_search
+from hin.metrics import MetricsReport, collapse_repeats, score_captions
+
+SPLITS = ("val", "test", "features")
+CAPTIONS_FILE = "captions.json"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Captions by image id, and the metrics report (None when the images have no references)."""
+
+    captions: dict[int, str]
+    report: MetricsReport | None
+    written: list[Path]
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_images(data: DataConfig, split: str, store: FeatureStore) -> Split:
+    """A Karpathy split ("val", "test") with its references, or "features": every image of
+    the grid feature file, without references (e.g. COCO test2014 for the evaluation server)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split != "features":
+        return load_split(data.annotations, split)
+    ids = sorted(store.grid.image_ids())
+    if not ids:
+        raise ValueError(f"{data.grid_features} holds no `<image_id>_features` entries")
+    return Split("features", {i: ImageRecord(i, "", ()) for i in ids}, data.grid_features)
+
+
+def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
+             beam_size: int = 5, max_len: int = 20, batch_size: int = 50,
+             out_dir: str | Path | None = None, collapse: bool = True, spice: bool = True,
+             device: str = "cpu", progress: bool = True) -> Evaluation:
+    """Caption every image of `split` by beam search (an ensemble when several checkpoints
+    are given), score against the references, write captions.json / metrics.json to out_dir."""
+    if not checkpoints:
+        raise ValueError("evaluate needs at least one checkpoint")
+    models = [load(path, map_location=device)[0] for path in checkpoints]
+    config = models[0].config
+    vocab = Vocabulary.load(data.vocabulary)
+    if len(vocab) != config.vocab_size:
+        raise ValueError(f"vocabulary {data.vocabulary} has {len(vocab)} entries but "
+                         f"{checkpoints[0]} was trained with {config.vocab_size}; give the "
+                         "vocabulary the checkpoint was trained with")
+    store = FeatureStore(data.grid_features, data.region_features, max_regions=data.max_regions,
+                         grid_dim=config.grid_dim, region_dim=config.region_dim)
+    images = load_images(data, split, store)
+    loader = make_loader(ImageReferences(images, store), batch_size,
+                         num_workers=data.num_workers)
+
+    captions: dict[int, str] = {}
+    for batch in tqdm(loader, desc=f"decoding {split}", unit="batch", disable=not progress):
+        sequences, _ = beam_search(models, batch.grid, batch.region, beam_size=beam_size,
+                                   max_len=max_len, out_size=1)
+        for image_id, ids in zip(batch.image_ids, sequences[:, 0].tolist()):
+            caption = vocab.decode(ids)
+            captions[image_id] = collapse_repeats(caption) if collapse else caption
+
+    references = {i: list(image.captions) for i, image in images.images.items() if image.captions}
+    report = (score_captions(captions, references, collapse_repeats=collapse, spice=spice,
+                             progress=progress) if references else None)
+    written = []
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
+        written.append(_write_json(out / CAPTIONS_FILE, results))
+        if report is not None:
+            provenance = _provenance(checkpoints, models, split, data, beam_size, max_len,
+                                     batch_size)
+            written.append(_write_json(out / METRICS_FILE, {**report.to_dict(), **provenance}))
+    return Evaluation(captions, report, written)
+
+
+def _provenance(checkpoints: Sequence[str | Path], models: list[Any], split: str,
+                data: DataConfig, beam_size: int, max_len: int, batch_size: int
+                ) -> dict[str, Any]:
+    return {
+        "split": split,
+        "checkpoints": [{"path": str(path), "sha256": sha256(path),
+                         "config": model.config.to_dict()}
+                        for path, model in zip(checkpoints, models)],
+        "decoding": {"beam_size": beam_size, "max_len": max_len, "batch_size": batch_size,
+                     "ensemble": len(models)},
+        "data": data.to_dict(),
+        "versions": {"hin": __version__, "torch": torch.__version__},
+    }
+
+
+def _write_json(path: Path, value: Any) -> Path:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,105 @@
+"""`hin evaluate` end to end on a tiny synthetic set with tiny untrained models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from hin.checkpoint import load, save
+from hin.cli import main
+from hin.config import DataConfig, HINConfig
+from hin.data.coco import load_split
+from hin.data.dataset import ImageReferences, collate
+from hin.data.features import FeatureStore
+from hin.data.synth import generate
+from hin.data.vocab import Vocabulary
+from hin.decoding import beam_search
+from hin.evaluate import evaluate
+from hin.metrics import collapse_repeats
+from hin.model import HIN
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    generate(root / "synth", train=20, val=4, test=6, min_freq=1, progress=False)
+    vocab = Vocabulary.load(root / "synth" / "vocab.json")
+    checkpoints = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = HIN(HINConfig(vocab_size=len(vocab), num_layers=2, d_model=16, num_heads=2,
+                              d_ff=32, dropout=0.0))
+        checkpoints.append(save(root / f"model{seed}.pt", model))
+    data = DataConfig(annotations=str(root / "synth"),
+                      grid_features=str(root / "synth" / "grid.hdf5"),
+                      region_features=str(root / "synth" / "region.hdf5"),
+                      vocabulary=str(root / "synth" / "vocab.json"), num_workers=0)
+    return root, data, checkpoints, vocab
+
+
+def _cli_args(data: DataConfig, checkpoints, split: str, out) -> list[str]:
+    return ["evaluate", *(arg for c in checkpoints for arg in ("--checkpoint", str(c))),
+            "--split", split, "--beam", "3", "--max-len", "8", "--batch-size", "4",
+            "--annotations", data.annotations, "--grid", data.grid_features,
+            "--region", data.region_features, "--vocab", data.vocabulary, "--workers", "0",
+            "--no-spice", "--out", str(out)]
+
+
+@pytest.mark.slow
+def test_hin_evaluate_ensemble_end_to_end(world, capsys):
+    root, data, checkpoints, vocab = world
+    out = root / "run"
+    assert main(_cli_args(data, checkpoints, "test", out)) == 0
+    printed = capsys.readouterr().out
+    assert "CIDEr" in printed and "6 images; collapse immediate repeats: on" in printed
+
+    # captions.json holds exactly what beam search over the ensemble decodes.
+    split = load_split(data.annotations, "test")
+    models = [load(c)[0] for c in checkpoints]
+    batch = collate([ImageReferences(split, FeatureStore(data.grid_features,
+                                                         data.region_features))[i]
+                     for i in range(len(split.images))])
+    sequences, _ = beam_search(models, batch.grid, batch.region, beam_size=3, max_len=8)
+    expected = [{"image_id": i, "caption": collapse_repeats(vocab.decode(ids))}
+                for i, ids in sorted(zip(batch.image_ids, sequences[:, 0].tolist()))]
+    assert json.loads((out / "captions.json").read_text()) == expected
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["num_images"] == 6
+    assert metrics["postprocessing"] == {"collapse_repeats": True}
+    assert metrics["decoding"] == {"beam_size": 3, "max_len": 8, "batch_size": 4, "ensemble": 2}
+    assert [c["sha256"] for c in metrics["checkpoints"]] == [
+        hashlib.sha256(c.read_bytes()).hexdigest() for c in checkpoints]
+    assert metrics["checkpoints"][0]["config"]["d_model"] == 16
+    assert metrics["unavailable"] == {"SPICE": "not requested"}
+    assert set(metrics["tools"]) == {"pycocoevalcap", "java"}
+    assert set(metrics["versions"]) == {"hin", "torch"}
+
+    # Scoring the written captions again reproduces the numbers.
+    assert main(["score", "--results", str(out / "captions.json"), "--annotations",
+                 f"{data.annotations}/captions_val2014.json", "--only-results", "--no-spice",
+                 "--out", str(root / "rescored.json")]) == 0
+    rescored = json.loads((root / "rescored.json").read_text())
+    assert rescored["scores"] == pytest.approx(metrics["scores"], abs=1e-12)
+
+
+def test_images_without_references_get_captions_only(world):
+    root, data, checkpoints, _ = world
+    result = evaluate(checkpoints[:1], "features", data, beam_size=2, max_len=5,
+                      out_dir=root / "server", progress=False)
+    assert result.report is None
+    assert [path.name for path in result.written] == ["captions.json"]
+    assert not (root / "server" / "metrics.json").exists()
+    assert len(result.captions) == 30  # every image of the feature files
+
+
+def test_vocabulary_must_match_the_checkpoint(world, tmp_path):
+    root, data, checkpoints, vocab = world
+    Vocabulary(vocab.words[:-1], [1] * (len(vocab) - 1)).save(tmp_path / "small.json")
+    small = DataConfig(**{**data.to_dict(), "vocabulary": str(tmp_path / "small.json")})
+    with pytest.raises(ValueError, match=f"has {len(vocab) - 1} entries but .*model0.pt was "
+                                         f"trained with {len(vocab)}"):
+        evaluate(checkpoints[:1], "test", small, progress=False)
