@@ -21,6 +21,14 @@ class ConfigError(ValueError):
     """A configuration value or key that cannot be used, with what would be accepted."""
 
 
+def require_positive_ints(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(
+                f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class HINConfig:
     """Architecture of one HIN model (spec §1–6). Defaults are the paper's."""
@@ -41,11 +49,8 @@ class HINConfig:
     position_table: str = "frozen-random"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len",
-                     "grid_dim", "region_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"HINConfig.{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "vocab_size", "num_layers", "d_model", "num_heads", "d_ff",
+                              "max_len", "grid_dim", "region_dim")
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"HINConfig.d_model ({self.d_model}) must be divisible by num_heads "
@@ -84,8 +89,8 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(
-            f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: unknown key(s) {unknown}; "
+                          f"valid keys are {sorted(known)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
@@ -148,10 +153,7 @@ class DataConfig:
     num_workers: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("max_regions", "max_caption_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"DataConfig.{name} must be a positive integer, got {value!r}")
+        require_positive_ints(self, "max_regions", "max_caption_tokens")
         if self.max_caption_tokens < 2:
             raise ConfigError("DataConfig.max_caption_tokens must leave room for <bos> and <eos>")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -164,3 +166,75 @@ class DataConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:
         return from_dict(cls, values)
+
+
+STAGES = ("xe", "scst")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage (spec §8): cross-entropy (`xe`) or self-critical (`scst`).
+
+    `lr` is the stage's base rate; the epoch-wise schedule of the stage scales it.
+    Validation always uses the validation split; the test split is never read here.
+    """
+
+    stage: str = "xe"
+    epochs: int = 20
+    batch_size: int = 50
+    lr: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    seed: int = 0
+    beam_size: int = 5
+    max_len: int = 20
+    val_batch_size: int = 50
+    val_full_metrics: bool = True
+    patience: int = 5
+    min_epochs: int = 15
+    checkpoint_every: int = 0
+    max_steps: int = 0
+    nonfinite: str = "stop"
+    device: str = "auto"
+    bf16: bool = True
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        require_positive_ints(self, "epochs", "batch_size", "beam_size", "max_len",
+                              "val_batch_size", "log_every")
+        if self.stage not in STAGES:
+            raise ConfigError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"TrainConfig.nonfinite must be one of {NONFINITE_POLICIES}, "
+                              f"got {self.nonfinite!r}")
+        for name in ("patience", "min_epochs", "checkpoint_every", "max_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name} must be a non-negative integer "
+                                  f"(0 = off), got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"TrainConfig.lr must be positive, got {self.lr!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs; saved resolved in the run directory and every
+    checkpoint. `model.vocab_size` is always taken from the vocabulary file."""
+
+    run_dir: str = "runs/xe"
+    model: HINConfig = HINConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        return from_dict(cls, values)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+        """A YAML file (any section may be omitted) with `section.key=value` overrides."""
+        values = load_yaml(path) if path else {}
+        return cls.from_dict(apply_overrides(values, list(overrides)))

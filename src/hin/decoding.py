@@ -9,10 +9,11 @@ hypothesis competes with its unchanged score as a single candidate, top-k over a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from hin.model import HIN, DecoderCache
 
@@ -115,3 +116,18 @@ def greedy_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tens
     """Most probable word at each step: beam search with one beam. -> ([B, T], [B, T])."""
     ids, logprobs = beam_search(model_or_list, grid, region, beam_size=1, max_len=max_len)
     return ids[:, 0], logprobs[:, 0]
+
+
+def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable,
+                    to_text: Callable[[list[int]], str], *, beam_size: int = 5,
+                    max_len: int = 20, desc: str = "decoding", progress: bool = True
+                    ) -> dict[int, str]:
+    """Best beam of every image in `batches` (objects with .grid, .region, .image_ids) as
+    text, via `to_text` (e.g. a vocabulary's decode). Shared by evaluation and validation."""
+    captions: dict[int, str] = {}
+    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        sequences, _ = beam_search(model_or_list, batch.grid, batch.region, beam_size=beam_size,
+                                   max_len=max_len, out_size=1)
+        for image_id, ids in zip(batch.image_ids, sequences[:, 0].tolist()):
+            captions[image_id] = to_text(ids)
+    return captions

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from hin import __version__
 from hin.checkpoint import load
@@ -29,7 +28,7 @@ from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary
-from hin.decoding import beam_search
+from hin.decoding import caption_batches
 from hin.metrics import MetricsReport, collapse_repeats, score_captions
 
 SPLITS = ("val", "test", "features")
@@ -88,13 +87,10 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     loader = make_loader(ImageReferences(images, store), batch_size,
                          num_workers=data.num_workers)
 
-    captions: dict[int, str] = {}
-    for batch in tqdm(loader, desc=f"decoding {split}", unit="batch", disable=not progress):
-        sequences, _ = beam_search(models, batch.grid, batch.region, beam_size=beam_size,
-                                   max_len=max_len, out_size=1)
-        for image_id, ids in zip(batch.image_ids, sequences[:, 0].tolist()):
-            caption = vocab.decode(ids)
-            captions[image_id] = collapse_repeats(caption) if collapse else caption
+    captions = caption_batches(models, loader, vocab.decode, beam_size=beam_size,
+                               max_len=max_len, desc=f"decoding {split}", progress=progress)
+    if collapse:
+        captions = {image_id: collapse_repeats(text) for image_id, text in captions.items()}
 
     references = {i: list(image.captions) for i, image in images.images.items() if image.captions}
     report = (score_captions(captions, references, collapse_repeats=collapse, spice=spice,

@@ -138,8 +138,9 @@ def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
 def make_loader(dataset: CaptionPairs | ImageReferences, batch_size: int, *, shuffle: bool = False,
                 num_workers: int = 0, seed: int = 0, sampler: Sampler[Any] | None = None,
                 drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader yielding `Batch`es; shuffling is seeded so runs repeat exactly."""
-    generator = torch.Generator().manual_seed(seed) if shuffle and sampler is None else None
+    """A DataLoader yielding `Batch`es. Shuffling and worker seeds come from its own seeded
+    generator, never from the global RNG, so a resumed training run repeats exactly."""
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=num_workers,
                       collate_fn=functools.partial(collate, pad_id=dataset.pad_id),

@@ -1,0 +1,111 @@
+"""One process or many (torchrun): process group, data order per rank, gathers.
+
+Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) each process joins a group — NCCL on GPUs,
+gloo on CPU — and takes its slice of every global batch; rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; "
+                         "use train.device=auto or cpu")
+    return device
+
+
+def setup(device_name: str) -> Context:
+    """Join the torchrun process group when launched by torchrun; otherwise one process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Context(0, 1, resolve_device(device_name))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return Context(dist.get_rank(), dist.get_world_size(), device)
+
+
+def teardown(context: Context) -> None:
+    if context.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_objects(context: Context, value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order (all ranks receive the list)."""
+    if not context.distributed:
+        return [value]
+    values: list[Any] = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def broadcast_object(context: Context, value: Any) -> Any:
+    """Rank 0's `value` on every rank."""
+    if not context.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(context: Context, value: torch.Tensor) -> torch.Tensor:
+    if context.distributed:
+        dist.all_reduce(value)
+    return value
+
+
+class EpochOrder(Sampler[int]):
+    """This rank's indices for one epoch: a permutation seeded by (seed, epoch), cut into
+    global batches of `batch_size`, each split evenly across ranks, starting at global batch
+    `start_batch`. The order is a pure function of its arguments, which is what makes
+    resuming mid-epoch exact. The last incomplete global batch is dropped."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int, context: Context,
+                 start_batch: int = 0):
+        if batch_size % context.world_size:
+            raise ValueError(f"train.batch_size ({batch_size}) must be divisible by the number "
+                             f"of processes ({context.world_size})")
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(size, generator=generator)
+        batches = size // batch_size
+        per_rank = batch_size // context.world_size
+        rows = order[: batches * batch_size].view(batches, context.world_size, per_rank)
+        self.indices = rows[start_batch:, context.rank].reshape(-1).tolist()
+        self.batches = batches
+        self.per_rank = per_rank
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

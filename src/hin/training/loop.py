@@ -1,0 +1,425 @@
+"""Training runs (spec §8): cross-entropy, then self-critical CIDEr-D optimisation.
+
+A run directory holds `config.yaml` (resolved), `log.jsonl` (one JSON object per step and
+per epoch), `last.pt` (everything needed to continue: weights, optimiser, position in the
+data order, RNG states, best score) and `best.pt` (chosen on validation CIDEr-D only; the
+test split is never read here). Checkpoints are atomic; SIGINT/SIGTERM save `last.pt`
+before exiting; a non-finite loss stops the run (or skips the batch) and never overwrites
+the last good checkpoint. On CPU a resumed run equals the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from hin import checkpoint
+from hin.config import RunConfig
+from hin.data.coco import load_splits
+from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
+from hin.data.features import FeatureStore
+from hin.data.vocab import Vocabulary, tokenize
+from hin.decoding import beam_search, caption_batches
+from hin.metrics import CiderDTable, JavaNotFoundError, cider_d, collapse_repeats, find_java
+from hin.metrics import score_captions
+from hin.model import HIN
+from hin.training import distributed
+from hin.training.schedule import lr_factor, should_stop
+from hin.training.scst import scst_loss, sequence_mask, teacher_forcing_inputs
+
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.jsonl"
+LAST = "last.pt"
+BEST = "best.pt"
+CIDER_TABLE = "cider_train.npz"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, inconsistent files); says what to do."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; `last.pt` was saved and the run can be resumed."""
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved in every `last.pt`."""
+
+    epoch: int = 1              # the epoch in progress (1-based)
+    batch: int = 0              # global batches already done in this epoch
+    step: int = 0               # optimiser steps since the run began
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    done: bool = False
+
+
+def capture_rng() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": _numpy_state_to_plain(np.random.get_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(_numpy_state_from_plain(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, gauss = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _numpy_state_from_plain(state: dict[str, Any]) -> tuple:
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"],
+            state["has_gauss"], state["gauss"])
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):   # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._receive)
+        return self
+
+    def _receive(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """One stage of training over one run directory."""
+
+    def __init__(self, config: RunConfig, *, init: str | Path | None = None,
+                 resume_state: dict[str, Any] | None = None, progress: bool = True):
+        self.context = distributed.setup(config.train.device)
+        self.show_progress = progress and self.context.is_main
+        self.vocab = Vocabulary.load(config.data.vocabulary)
+        init_model = self._init_model(init) if init else None
+        model_config = init_model.config if init_model else replace(
+            config.model, vocab_size=len(self.vocab))
+        self.config = replace(config, model=model_config)
+        self.run_dir = Path(self.config.run_dir)
+        train, data = self.config.train, self.config.data
+
+        splits = load_splits(data.annotations, ["train", "val"])
+        store = FeatureStore(data.grid_features, data.region_features,
+                             max_regions=data.max_regions, grid_dim=model_config.grid_dim,
+                             region_dim=model_config.region_dim, cache=data.cache_features)
+        self.train_set = (CaptionPairs(splits["train"], store, self.vocab,
+                                       data.max_caption_tokens, progress=self.show_progress)
+                          if train.stage == "xe" else ImageReferences(splits["train"], store))
+        self.val_set = ImageReferences(splits["val"], store)
+        self.val_references = {image_id: list(image.captions)
+                               for image_id, image in splits["val"].images.items()}
+        self.val_tokenised = {image_id: [" ".join(tokenize(c)) for c in captions]
+                              for image_id, captions in self.val_references.items()}
+
+        torch.manual_seed(train.seed)
+        self.model = (init_model or HIN(model_config)).to(self.context.device)
+        self.network = (DistributedDataParallel(self.model) if self.context.distributed
+                        else self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr,
+                                          betas=(train.adam_beta1, train.adam_beta2))
+        self.progress = Progress()
+        if resume_state is not None:
+            self.model.load_state_dict(resume_state["model"])
+            self.optimizer.load_state_dict(resume_state["optimizer"])
+            self.progress = Progress(**resume_state["progress"])
+            restore_rng(resume_state["rng"])
+        self.java = self._find_java()
+        self.cider_table = self._cider_table(splits["train"]) if train.stage == "scst" else None
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(self.config.to_dict(),
+                                                                   sort_keys=False))
+
+    def _init_model(self, path: str | Path) -> HIN:
+        model, extra = checkpoint.load(path)
+        if "vocab" in extra and Vocabulary.from_dict(extra["vocab"]).words != self.vocab.words:
+            raise TrainingError(f"{path} was trained with another vocabulary than "
+                                f"{self.config_vocab_hint()}; use the vocabulary it was trained with")
+        return model
+
+    @staticmethod
+    def config_vocab_hint() -> str:
+        return "data.vocabulary"
+
+    def _find_java(self) -> str | None:
+        if not self.config.train.val_full_metrics:
+            return None
+        try:
+            return find_java()
+        except JavaNotFoundError as error:
+            self._say(f"validation: full metric table off ({error}); CIDEr-D is still computed")
+            return None
+
+    def _cider_table(self, split: Any) -> CiderDTable:
+        """Training-reference document frequencies for the SCST reward, built once."""
+        path = self.run_dir / CIDER_TABLE
+        if self.context.is_main and not path.is_file():
+            self._say(f"building the CIDEr-D table of {len(split.images)} training images")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            CiderDTable.from_references(split.references()).save(path)
+        distributed.broadcast_object(self.context, None)   # others wait for the file
+        return CiderDTable.load(path)
+
+    def _say(self, message: str) -> None:
+        if self.context.is_main:
+            tqdm.write(message)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.context.is_main:
+            with (self.run_dir / LOG_FILE).open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        device = self.context.device
+        enabled = device.type == "cuda" and self.config.train.bf16
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _xe_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Next-token NLL summed over non-pad targets, normalised by the global count so
+        that averaging gradients over ranks gives exactly the single-process loss."""
+        tokens = batch.tokens
+        targets = tokens[:, 1:]
+        with self._autocast():
+            logprobs = self.network(batch.grid, batch.region, tokens[:, :-1])
+        total = F.nll_loss(logprobs.reshape(-1, logprobs.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=self.vocab.pad_id, reduction="sum")
+        count = (targets != self.vocab.pad_id).sum().float()
+        global_count = distributed.all_reduce_sum(self.context, count.clone())
+        loss = total * self.context.world_size / global_count
+        return loss, {"loss": float(total / count)}
+
+    def _scst_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Beams without gradients, rewards from the training-df CIDEr-D, then one
+        teacher-forced pass with gradients over all beams."""
+        train = self.config.train
+        self.model.eval()
+        with self._autocast():
+            beams, _ = beam_search(self.model, batch.grid, batch.region,
+                                   beam_size=train.beam_size, max_len=train.max_len,
+                                   out_size=train.beam_size)
+        beams = beams.clone()   # an ordinary tensor: inference tensors cannot enter autograd
+        self.model.train()
+        captions = [self.vocab.decode(ids) for ids in beams.reshape(-1, beams.shape[-1]).tolist()]
+        owners = [image_id for image_id in batch.image_ids for _ in range(train.beam_size)]
+        rewards = torch.as_tensor(self.cider_table.score(captions, owners), dtype=torch.float32,
+                                  device=beams.device).view(beams.shape[:2])
+        inputs = teacher_forcing_inputs(beams, self.vocab.bos_id)
+        with self._autocast():
+            logprobs = self.network(batch.grid, batch.region, inputs)
+        token_logprobs = logprobs.float().gather(-1, beams[..., None]).squeeze(-1)
+        loss = scst_loss(token_logprobs, sequence_mask(beams, self.vocab.pad_id), rewards,
+                         train.max_len)
+        return loss, {"loss": float(loss), "reward": float(rewards.mean())}
+
+    # -- validation and checkpoints ----------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """Beam search over this rank's share of the validation split; rank 0 scores all.
+        CIDEr-D (Java-free, document frequencies of the validation references) selects the
+        best checkpoint; the full COCO table is logged when Java is present."""
+        train = self.config.train
+        self.model.eval()
+        indices = list(range(self.context.rank, len(self.val_set), self.context.world_size))
+        loader = make_loader(self.val_set, train.val_batch_size, sampler=indices,
+                             num_workers=self.config.data.num_workers)
+        mine = caption_batches(self.model, (b.to(self.context.device) for b in loader),
+                               self.vocab.decode, beam_size=train.beam_size,
+                               max_len=train.max_len, desc="validating",
+                               progress=self.show_progress)
+        metrics: dict[str, float] = {}
+        if self.context.is_main:
+            captions = {}
+            for part in distributed.gather_objects(self.context, mine):
+                captions.update(part)
+            captions = {i: collapse_repeats(text) for i, text in captions.items()}
+            metrics["CIDEr-D"] = cider_d(captions, {i: self.val_tokenised[i] for i in captions})[0]
+            if self.java:
+                report = score_captions(captions, {i: self.val_references[i] for i in captions},
+                                        spice=False, java=self.java, progress=False)
+                metrics.update(report.scores)
+        else:
+            distributed.gather_objects(self.context, mine)
+        self.model.train()
+        return distributed.broadcast_object(self.context, metrics)
+
+    def _extra(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "vocab": self.vocab.to_dict()}
+
+    def save_last(self) -> None:
+        if self.context.is_main:
+            checkpoint.save(self.run_dir / LAST, self.model, **self._extra(), training={
+                "optimizer": self.optimizer.state_dict(), "progress": asdict(self.progress),
+                "rng": capture_rng()})
+
+    def _save_best(self, metrics: dict[str, float]) -> None:
+        if self.context.is_main:
+            checkpoint.save(self.run_dir / BEST, self.model, **self._extra(),
+                            validation=metrics, epoch=self.progress.epoch)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def fit(self) -> Path:
+        """Train until the epoch limit, the stopping rule or train.max_steps; -> best.pt."""
+        train = self.config.train
+        step_loss = self._xe_loss if train.stage == "xe" else self._scst_loss
+        per_rank = train.batch_size // self.context.world_size
+        self.model.train()
+        with _StopSignals() as stop:
+            while not self.progress.done and self.progress.epoch <= train.epochs:
+                epoch = self.progress.epoch
+                lr = train.lr * lr_factor(train.stage, epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                order = distributed.EpochOrder(len(self.train_set), train.batch_size, train.seed,
+                                               epoch, self.context, self.progress.batch)
+                loader = make_loader(self.train_set, per_rank, sampler=order,
+                                     num_workers=self.config.data.num_workers,
+                                     seed=train.seed + epoch)
+                bar = tqdm(loader, desc=f"{train.stage} epoch {epoch}", unit="batch",
+                           initial=self.progress.batch, total=order.batches,
+                           disable=not self.show_progress)
+                losses = []
+                for batch in bar:
+                    started = time.perf_counter()
+                    loss, values = step_loss(batch.to(self.context.device))
+                    if not torch.isfinite(loss):
+                        self._nonfinite(loss)
+                        continue
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    self.progress.batch += 1
+                    self.progress.step += 1
+                    losses.append(values["loss"])
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
+                    if self.progress.step % train.log_every == 0:
+                        self._log({"event": "step", "stage": train.stage, "epoch": epoch,
+                                   "step": self.progress.step, "lr": lr,
+                                   "seconds": time.perf_counter() - started, **values})
+                    if train.checkpoint_every and self.progress.step % train.checkpoint_every == 0:
+                        self.save_last()
+                    if self._stop_requested(stop):
+                        self.save_last()
+                        self._log({"event": "stop", "reason": "signal", "step": self.progress.step})
+                        raise TrainingInterrupted(
+                            f"interrupted at epoch {epoch}, step {self.progress.step}; saved "
+                            f"{self.run_dir / LAST}; continue with `hin train --resume {self.run_dir}`")
+                    if train.max_steps and self.progress.step >= train.max_steps:
+                        self.save_last()
+                        self._log({"event": "stop", "reason": "max_steps", "step": self.progress.step})
+                        return self.run_dir / BEST
+                bar.close()
+                self._end_epoch(epoch, lr, losses)
+        return self.run_dir / BEST
+
+    def _stop_requested(self, stop: _StopSignals) -> bool:
+        flag = torch.tensor([0.0 if stop.received is None else 1.0], device=self.context.device)
+        return bool(distributed.all_reduce_sum(self.context, flag).item())
+
+    def _nonfinite(self, loss: torch.Tensor) -> None:
+        where = f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batch + 1})"
+        self._log({"event": "nonfinite", "step": self.progress.step + 1, "loss": float(loss),
+                   "policy": self.config.train.nonfinite})
+        if self.config.train.nonfinite == "stop":
+            raise TrainingError(
+                f"non-finite loss ({float(loss)}) at {where}; the last good checkpoint is "
+                f"{self.run_dir / LAST} (not overwritten). Lower train.lr, or set "
+                "train.nonfinite=skip to skip such batches")
+        self._say(f"skipping a batch with non-finite loss at {where}")
+        self.progress.batch += 1
+
+    def _end_epoch(self, epoch: int, lr: float, losses: list[float]) -> None:
+        train = self.config.train
+        metrics = self.validate()
+        score = metrics["CIDEr-D"]
+        improved = score > self.progress.best_score
+        if improved:
+            self.progress.best_score, self.progress.best_epoch = score, epoch
+            self.progress.epochs_since_best = 0
+        else:
+            self.progress.epochs_since_best += 1
+        self._say(f"epoch {epoch}: validation " + ", ".join(
+            f"{name} {100 * value:.1f}" for name, value in metrics.items())
+            + (" (best)" if improved else f" (best {100 * self.progress.best_score:.1f} at "
+                                          f"epoch {self.progress.best_epoch})"))
+        self._log({"event": "epoch", "stage": train.stage, "epoch": epoch,
+                   "step": self.progress.step, "lr": lr,
+                   "train_loss": float(np.mean(losses)) if losses else None,
+                   "val": metrics, "best": improved})
+        if improved:
+            self._save_best(metrics)
+        self.progress.done = should_stop(epoch, self.progress.epochs_since_best, train.patience,
+                                         train.min_epochs)
+        self.progress.epoch += 1
+        self.progress.batch = 0
+        self.save_last()
+
+
+def start(config: RunConfig, *, init: str | Path | None = None, progress: bool = True) -> Path:
+    """A new run in config.run_dir (which must not hold one already) -> best.pt path."""
+    last = Path(config.run_dir) / LAST
+    if last.exists():
+        raise TrainingError(f"{config.run_dir} already holds a run ({last}); continue it with "
+                            f"`hin train --resume {config.run_dir}` or set run_dir=<new directory>")
+    return _fit(Trainer(config, init=init, progress=progress))
+
+
+def resume(run_dir: str | Path, overrides: list[str] = (), progress: bool = True) -> Path:
+    """Continue the run saved in run_dir/last.pt, optionally with `key=value` overrides."""
+    last = Path(run_dir) / LAST
+    _, extra = checkpoint.load(last)
+    config = RunConfig.from_dict(extra["config"])
+    if overrides:
+        from hin.config import apply_overrides
+        config = RunConfig.from_dict(apply_overrides(config.to_dict(), list(overrides)))
+    config = replace(config, run_dir=str(run_dir))
+    payload = torch.load(last, map_location="cpu", weights_only=True)
+    state = {"model": payload["model"], **extra["training"]}
+    trainer = Trainer(config, resume_state=state, progress=progress)
+    trainer._log({"event": "resume", "step": trainer.progress.step,
+                  "epoch": trainer.progress.epoch})
+    return _fit(trainer)
+
+
+def _fit(trainer: Trainer) -> Path:
+    try:
+        return trainer.fit()
+    finally:
+        distributed.teardown(trainer.context)
