@@ -33,17 +33,13 @@ class KeyValue:
         self.value = value
 
 
-class Attention(nn.Module):
-    """Multi-head attention + dropout + optional residual + LayerNorm (always applied).
+class _HeadProjections(nn.Module):
+    """Query/key/value/output projections (biases start at 0, spec §6), dropout, LayerNorm."""
 
-    out = LayerNorm(query + dropout(o)) with the residual, LayerNorm(dropout(o)) without.
-    """
-
-    def __init__(self, d_model: int, num_heads: int, dropout: float, residual: bool = True):
+    def __init__(self, d_model: int, num_heads: int, dropout: float):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
-        self.residual = residual
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -52,6 +48,17 @@ class Attention(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             nn.init.zeros_(proj.bias)
+
+
+class Attention(_HeadProjections):
+    """Multi-head attention + dropout + optional residual + LayerNorm (always applied).
+
+    out = LayerNorm(query + dropout(o)) with the residual, LayerNorm(dropout(o)) without.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float, residual: bool = True):
+        super().__init__(d_model, num_heads, dropout)
+        self.residual = residual
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """[B, N, d] -> [B, h, N, d_k]"""
@@ -93,26 +100,13 @@ class FeedForward(nn.Module):
         return self.norm(x + self.dropout(self.fc2(hidden)))
 
 
-class PickAttention(nn.Module):
+class PickAttention(_HeadProjections):
     """Each token attends over its own two candidates (spec §1, "Pick"), with the residual.
 
     For token s_t and candidates (a_t, b_t): per head, softmax over the two scores
     q_t·k(a_t) and q_t·k(b_t), then the weighted values, output projection, dropout,
     residual and LayerNorm — attention over a sequence of length two per token.
     """
-
-    def __init__(self, d_model: int, num_heads: int, dropout: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = d_model // num_heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(d_model)
-        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.zeros_(proj.bias)
 
     def forward(self, query: Tensor, first: Tensor, second: Tensor) -> Tensor:
         """query, first, second: [..., d] -> [..., d]"""
