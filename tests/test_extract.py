@@ -110,9 +110,9 @@ def test_grid_features_are_post_layernorm_patches_and_projected_class_token(clip
     np.testing.assert_allclose(embedding, hidden.image_embeds[0].numpy(), atol=2e-3)
     assert not np.allclose(features, hidden.last_hidden_state[0, 1:].numpy(), atol=0.1)
     assert read_attributes(out) == {
-        "hin_extractor": "clip-grid", "hin_kind": "grid", "hin_model": str(clip_dir),
-        "hin_feature_dim": CLIP_HIDDEN, "hin_tokens": CLIP_TOKENS,
-        "hin_global_dim": CLIP_PROJECTION, "hin_image_size": 32, "hin_compute_dtype": "float32"}
+        "extractor": "clip-grid", "kind": "grid", "model": str(clip_dir),
+        "feature_dim": CLIP_HIDDEN, "tokens": CLIP_TOKENS, "global_dim": CLIP_PROJECTION,
+        "image_size": 32, "compute_dtype": "float32"}
 
 
 def test_rerun_skips_done_ids_and_adds_new_pictures(clip_dir, pictures, tmp_path):
@@ -176,8 +176,8 @@ def test_detr_regions_keep_confident_queries_with_boxes_in_picture_pixels(detr_d
             assert handle[f"{image_id}_size"][()].tolist() == [height, width]
             assert np.all(np.diff(scores) <= 0)
             assert np.all(boxes[:, 2] >= boxes[:, 0]) and np.all(boxes[:, 3] >= boxes[:, 1])
-    assert read_attributes(out)["hin_feature_dim"] == DETR_D_MODEL
-    assert read_attributes(out)["hin_extractor"] == "detr"
+    assert read_attributes(out)["feature_dim"] == DETR_D_MODEL
+    assert read_attributes(out)["extractor"] == "detr"
 
 
 def test_detr_regions_are_the_decoder_states_of_the_most_confident_queries(detr_dir, pictures):

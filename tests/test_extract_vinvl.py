@@ -61,8 +61,8 @@ def test_round_trip_keeps_appearance_drops_geometry_and_reads_predictions(vinvl_
         empty = {suffix: handle[f"42_{suffix}"].shape
                  for suffix in ("features", "boxes", "cls_prob", "size")}
     assert empty == {"features": (0, 2048), "boxes": (0, 4), "cls_prob": (0,), "size": (2,)}
-    assert read_attributes(out)["hin_extractor"] == "vinvl-tsv"
-    assert read_attributes(out)["hin_feature_dim"] == 2048
+    assert read_attributes(out)["extractor"] == "vinvl-tsv"
+    assert read_attributes(out)["feature_dim"] == 2048
 
 
 def test_default_storage_is_float16_and_without_predictions_only_features(vinvl_files, tmp_path):
@@ -74,7 +74,7 @@ def test_default_storage_is_float16_and_without_predictions_only_features(vinvl_
         assert handle["7_features"].dtype == np.float16
         np.testing.assert_allclose(handle["7_features"][()],
                                    rows["COCO_train2014_000000000007"][:, :2048], atol=2e-3)
-    assert read_attributes(out)["hin_has_boxes"] == 0
+    assert read_attributes(out)["has_boxes"] == 0
 
 
 def test_rerun_skips_imported_images(vinvl_files, tmp_path):

@@ -174,6 +174,28 @@ def _extract_regions(args: argparse.Namespace) -> int:
     return _extract_pictures(extractor, args)
 
 
+def _caption(args: argparse.Namespace) -> int:
+    import json
+
+    from hin.caption import Captioner
+
+    precomputed = (args.grid, args.region, args.ids)
+    if args.pictures and any(value is not None for value in precomputed):
+        raise ValueError("give pictures or --grid/--region/--ids, not both")
+    if not args.pictures and None in precomputed:
+        raise ValueError("give pictures, or all of --grid, --region and --ids")
+    captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
+                          beam_size=args.beam, max_len=args.max_len, top_k=args.top_k,
+                          collapse=not args.keep_repeats, batch_size=args.batch_size)
+    results = (captioner.caption_pictures(args.pictures) if args.pictures
+               else captioner.caption_features(args.grid, args.region, args.ids))
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+    else:
+        print("\n".join(str(result) for result in results))
+    return 0
+
+
 def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
                                                   "regions) or VinVL TSV import, as HDF5")
@@ -215,6 +237,24 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-regions", type=int, help="regions kept per picture (default 50)")
     add_run_options(p, batch_size=8)
     p.set_defaults(handler=_extract_regions)
+
+    p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
+                                            "checkpoint")
+    p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...)")
+    p.add_argument("--checkpoint", required=True, help="hin checkpoint")
+    p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
+    p.add_argument("--region", help="precomputed region feature HDF5")
+    p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
+    p.add_argument("--vocab", help="vocabulary JSON (default: the checkpoint's own)")
+    p.add_argument("--beam", type=int, default=5, help="beam size (paper: 5)")
+    p.add_argument("--max-len", type=int, default=20, help="maximum caption length (paper: 20)")
+    p.add_argument("--top-k", type=int, default=1, help="captions per picture, best first")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
+    p.add_argument("--keep-repeats", action="store_true",
+                   help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=_caption)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,12 @@ class ClipGridExtractor:
         self.tokens = (config.image_size // config.patch_size) ** 2
         self.preprocess = ClipPreprocessor(size=config.image_size)
 
+    @classmethod
+    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+                        dtype: str = "auto") -> ClipGridExtractor:
+        """The extractor that wrote a file with these attributes (see `attributes`)."""
+        return cls(str(recorded["model"]), device=device, dtype=dtype)
+
     def attributes(self) -> dict[str, object]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "feature_dim": self.feature_dim, "tokens": self.tokens,

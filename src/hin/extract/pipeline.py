@@ -79,6 +79,11 @@ class PictureExtractor(Protocol):
     feature_dim: int
     preprocess: Callable[[Image.Image], Any]     # picklable; runs in loader workers
 
+    @classmethod
+    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+                        dtype: str = "auto") -> PictureExtractor:
+        """Rebuild the extractor that wrote `recorded` (a file's `attributes()`)."""
+
     def attributes(self) -> dict[str, object]:
         """What made these features (recorded in the output file, and so in checkpoints)."""
 
@@ -104,6 +109,16 @@ def build_extractor(name: str, **options: Any) -> PictureExtractor:
     if name not in EXTRACTORS:
         raise ValueError(f"no extractor named {name!r}; registered: {sorted(EXTRACTORS)}")
     return EXTRACTORS[name](**options)
+
+
+def extractor_from_attributes(recorded: dict[str, object], device: str = "auto",
+                              dtype: str = "auto") -> PictureExtractor:
+    """The registered extractor that wrote features with these attributes, rebuilt."""
+    name = recorded.get("extractor")
+    if name not in EXTRACTORS:
+        raise ValueError(f"features made by {name!r} cannot be computed from pictures here; "
+                         f"picture extractors: {sorted(EXTRACTORS)}")
+    return EXTRACTORS[name].from_attributes(recorded, device=device, dtype=dtype)
 
 
 def prepare_pictures(extractor: PictureExtractor,

@@ -84,6 +84,14 @@ class DetrRegionExtractor:
         self.preprocess = DetrPreprocessor(processor)
         self.feature_dim = self.model.config.d_model
 
+    @classmethod
+    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+                        dtype: str = "auto") -> DetrRegionExtractor:
+        """The extractor that wrote a file with these attributes (see `attributes`)."""
+        return cls(str(recorded["model"]), revision=str(recorded["revision"]) or None,
+                   device=device, dtype=dtype, threshold=float(recorded["threshold"]),
+                   max_regions=int(recorded["max_regions"]))
+
     def attributes(self) -> dict[str, object]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "revision": self.revision or "", "feature_dim": self.feature_dim,

@@ -37,15 +37,20 @@ class FeatureFileError(ValueError):
 
 
 def read_attributes(path: str | Path) -> dict[str, object]:
-    """The `hin_*` attributes of a feature file: which extractor and model wrote it (empty for
-    files not written by `hin extract`, e.g. released or synthetic features)."""
+    """What made a feature file (its `hin_*` attributes, without the prefix): extractor, model,
+    feature_dim, ... Empty for files not written by `hin extract` (released or synthetic
+    features). Training stores this in checkpoints so that `hin caption` can redo it."""
     with h5py.File(path, "r") as handle:
-        return {key: _plain(value) for key, value in handle.attrs.items()
-                if key.startswith(ATTRIBUTE_PREFIX)}
+        return {key.removeprefix(ATTRIBUTE_PREFIX): _plain(value)
+                for key, value in handle.attrs.items() if key.startswith(ATTRIBUTE_PREFIX)}
 
 
 def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _record(handle: h5py.File, attributes: Mapping[str, object]) -> None:
+    handle.attrs.update({ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()})
 
 
 def _ids_in(handle: h5py.File) -> set[int]:
@@ -66,7 +71,7 @@ class FeatureWriter:
     def __init__(self, out: str | Path, attributes: Mapping[str, object]) -> None:
         self.out = Path(out)
         self.parts = self.out.with_name(self.out.name + ".parts")
-        self.attributes = {ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()}
+        self.attributes = dict(attributes)
         self._done: set[int] = set()
         if self.out.exists():
             self._adopt(self.out, "delete it or choose another --out")
@@ -88,7 +93,7 @@ class FeatureWriter:
         different = {key: (recorded.get(key), value) for key, value in self.attributes.items()
                      if recorded.get(key) != value}
         if different:
-            shown = "; ".join(f"{key[len(ATTRIBUTE_PREFIX):]}: file has {old!r}, this run {new!r}"
+            shown = "; ".join(f"{key}: file has {old!r}, this run {new!r}"
                               for key, (old, new) in sorted(different.items()))
             raise FeatureFileError(f"{path} holds features made differently ({shown}); adding to "
                                    f"it would mix two kinds of features: {fix}")
@@ -106,7 +111,7 @@ class FeatureWriter:
         final = self.parts / f"part-{self._next_part:06d}.h5"
         temporary = final.with_name(final.name + ".tmp")
         with h5py.File(temporary, "w") as handle:
-            handle.attrs.update(self.attributes)
+            _record(handle, self.attributes)
             for image_id, arrays in entries.items():
                 for suffix, array in arrays.items():
                     handle.create_dataset(f"{image_id}_{suffix}", data=array)
@@ -121,11 +126,11 @@ class FeatureWriter:
         if not parts:
             if not self.out.exists():
                 with h5py.File(self.out, "w") as handle:
-                    handle.attrs.update(self.attributes)
+                    _record(handle, self.attributes)
             return len(self._done)
         merged = self.out.with_name(f".{self.out.name}.merging.tmp")
         with h5py.File(merged, "w") as target:
-            target.attrs.update(self.attributes)
+            _record(target, self.attributes)
             for source_path in ([self.out] if self.out.exists() else []) + parts:
                 with h5py.File(source_path, "r") as source:
                     for name in source:
