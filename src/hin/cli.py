@@ -143,6 +143,120 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract_pictures(extractor: object, args: argparse.Namespace) -> int:
+    from hin.extract import extract_to_file, list_images
+
+    report = extract_to_file(extractor, list_images(args.images), args.out,
+                             batch_size=args.batch_size, chunk_size=args.chunk_size,
+                             workers=args.workers)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+def _extract_grid(args: argparse.Namespace) -> int:
+    from hin.extract import ClipGridExtractor
+
+    return _extract_pictures(ClipGridExtractor(args.model, device=args.device, dtype=args.dtype),
+                             args)
+
+
+def _extract_regions(args: argparse.Namespace) -> int:
+    from hin.extract import build_extractor, import_vinvl
+
+    if args.vinvl_tsv:
+        report = import_vinvl(args.vinvl_tsv, args.out, args.predictions, dtype=args.store_as)
+        print(report.summary())
+        return 0
+    options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
+               "max_regions": args.max_regions}
+    extractor = build_extractor(args.extractor, device=args.device, dtype=args.dtype,
+                                **{k: v for k, v in options.items() if v is not None})
+    return _extract_pictures(extractor, args)
+
+
+def _caption(args: argparse.Namespace) -> int:
+    import json
+
+    from hin.caption import Captioner
+
+    precomputed = (args.grid, args.region, args.ids)
+    if args.pictures and any(value is not None for value in precomputed):
+        raise ValueError("give pictures or --grid/--region/--ids, not both")
+    if not args.pictures and None in precomputed:
+        raise ValueError("give pictures, or all of --grid, --region and --ids")
+    captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
+                          beam_size=args.beam, max_len=args.max_len, top_k=args.top_k,
+                          collapse=not args.keep_repeats, batch_size=args.batch_size)
+    results = (captioner.caption_pictures(args.pictures) if args.pictures
+               else captioner.caption_features(args.grid, args.region, args.ids))
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+    else:
+        print("\n".join(str(result) for result in results))
+    return 0
+
+
+def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
+    extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
+                                                  "regions) or VinVL TSV import, as HDF5")
+    actions = extract.add_subparsers(dest="extract_command", required=True, metavar="ACTION")
+
+    def add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
+        p.add_argument("--batch-size", type=int, default=batch_size)
+        p.add_argument("--chunk-size", type=int, default=512,
+                       help="images per atomically written part (a kill loses at most one)")
+        p.add_argument("--workers", type=int, default=2, help="picture decoding processes")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
+        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16",
+                                                           "bfloat16"],
+                       help="compute dtype (auto: float16 on CUDA, float32 on CPU)")
+
+    p = actions.add_parser("grid", help="CLIP grid features: <id>_features [256, 1024] and "
+                                        "<id>_global [768], fp16")
+    p.add_argument("--images", required=True,
+                   help="folder of pictures, or a text file listing one path per line")
+    p.add_argument("--out", required=True, help="grid HDF5 file (re-running resumes)")
+    p.add_argument("--model", default="openai/clip-vit-large-patch14",
+                   help="CLIP checkpoint: hub name (from the HF cache) or local folder")
+    add_run_options(p, batch_size=32)
+    p.set_defaults(handler=_extract_grid)
+
+    p = actions.add_parser("regions", help="region features: import VinVL TSV, or detect "
+                                           "in pictures with a built-in extractor")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vinvl-tsv", help="VinVL features.tsv (what the paper used)")
+    source.add_argument("--images", help="folder of pictures, or a text file of paths")
+    p.add_argument("--out", required=True, help="region HDF5 file (re-running resumes)")
+    p.add_argument("--predictions", help="VinVL predictions.tsv (boxes, size, confidences)")
+    p.add_argument("--store-as", default="float16", choices=["float16", "float32"],
+                   help="VinVL import: stored feature dtype")
+    p.add_argument("--extractor", default="detr", help="registered picture extractor")
+    p.add_argument("--model", help="detector checkpoint (default facebook/detr-resnet-50)")
+    p.add_argument("--revision", help="hub revision (default for DETR: no_timm)")
+    p.add_argument("--threshold", type=float, help="minimum class probability (default 0.5)")
+    p.add_argument("--max-regions", type=int, help="regions kept per picture (default 50)")
+    add_run_options(p, batch_size=8)
+    p.set_defaults(handler=_extract_regions)
+
+    p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
+                                            "checkpoint")
+    p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...)")
+    p.add_argument("--checkpoint", required=True, help="hin checkpoint")
+    p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
+    p.add_argument("--region", help="precomputed region feature HDF5")
+    p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
+    p.add_argument("--vocab", help="vocabulary JSON (default: the checkpoint's own)")
+    p.add_argument("--beam", type=int, default=5, help="beam size (paper: 5)")
+    p.add_argument("--max-len", type=int, default=20, help="maximum caption length (paper: 20)")
+    p.add_argument("--top-k", type=int, default=1, help="captions per picture, best first")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
+    p.add_argument("--keep-repeats", action="store_true",
+                   help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=_caption)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hin", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -198,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")
     p.set_defaults(handler=_evaluate)
+
+    _add_extract_commands(commands)
     return parser
 
 
@@ -205,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as error:
         print(f"hin {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,21 @@
+"""Features from pictures, in the released HDF5 layout: CLIP grid features, region features
+(VinVL TSV import, or the built-in DETR extractor), written resumably and never half-written.
+
+Importing this package registers the built-in extractors; `transformers` is imported only
+when a model is loaded, so the TSV import works without it.
+"""
+
+from hin.extract.grid import ClipGridExtractor
+from hin.extract.images import ClipPreprocessor, ImageFile, image_id_from_name, list_images
+from hin.extract.pipeline import (EXTRACTORS, ExtractionReport, PictureExtractor,
+                                  build_extractor, extract_to_file, extractor_from_attributes,
+                                  prepare_pictures, register_extractor)
+from hin.extract.regions import DetrRegionExtractor
+from hin.extract.vinvl import import_vinvl
+from hin.extract.writer import FeatureWriter, read_attributes
+
+__all__ = ["EXTRACTORS", "ClipGridExtractor", "ClipPreprocessor", "DetrRegionExtractor",
+           "ExtractionReport", "FeatureWriter", "ImageFile", "PictureExtractor",
+           "build_extractor", "extract_to_file", "extractor_from_attributes",
+           "image_id_from_name", "import_vinvl", "list_images", "prepare_pictures",
+           "read_attributes", "register_extractor"]

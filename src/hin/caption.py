@@ -1,0 +1,194 @@
+"""Caption your own pictures, or precomputed features, with a trained checkpoint.
+
+    from hin import Captioner
+    captioner = Captioner("hin.pt")
+    print(captioner("photo.jpg"))
+
+A checkpoint records which features it was trained on (`extra["features"]`: the attributes
+`hin.extract.read_attributes` reads from the grid and region files it was trained with).
+Pictures are turned into exactly those features by rebuilding the same extractors (from
+`hin.extract`, which knows nothing of captioning); when a checkpoint was trained on features
+that cannot be computed here (VinVL's, or files not made by `hin extract`), the Captioner says
+so and what to pass instead. It never guesses an extractor and never substitutes other
+features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hin.checkpoint import CheckpointError, load
+from hin.config import DataConfig
+from hin.data.features import FeatureStore
+from hin.data.vocab import Vocabulary
+from hin.decoding import beam_search
+from hin.extract.images import load_rgb
+from hin.extract.pipeline import (EXTRACTORS, extractor_from_attributes, prepare_pictures,
+                                  resolve_device)
+from hin.metrics import collapse_repeats
+
+Picture = str | Path | Image.Image
+FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
+                    "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...` "
+                    "(Captioner.caption_features)")
+VINVL_INSTEAD = ("VinVL region features come from VinVL's Faster R-CNN "
+                 "(microsoft/scene_graph_benchmark), which does not run here: run it on your "
+                 "pictures, import its TSV with `hin extract regions --vinvl-tsv features.tsv "
+                 "--predictions predictions.tsv --out region.h5`, make grid features with "
+                 "`hin extract grid --images DIR --out grid.h5`, then caption with "
+                 "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...`")
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    log_prob: float          # summed token log-probability: the beam-search score
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    """Captions of one picture or image id, best first."""
+
+    source: str
+    captions: tuple[Caption, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.source,
+                "captions": [{"caption": c.text, "log_prob": round(c.log_prob, 4)}
+                             for c in self.captions]}
+
+    def __str__(self) -> str:
+        lines = [self.source]
+        lines += [f"  {rank}. {c.text}  (log-prob {c.log_prob:.2f})"
+                  for rank, c in enumerate(self.captions, start=1)]
+        return "\n".join(lines)
+
+
+class Captioner:
+    """A checkpoint, its vocabulary and (for pictures) its feature extractors, ready to caption."""
+
+    def __init__(self, checkpoint: str | Path, *, vocab: str | Path | None = None,
+                 device: str = "auto", beam_size: int = 5, max_len: int = 20, top_k: int = 1,
+                 collapse: bool = True, batch_size: int = 8,
+                 max_regions: int = DataConfig.max_regions) -> None:
+        if not 1 <= top_k <= beam_size:
+            raise ValueError(f"top_k must be between 1 and the beam size ({beam_size}), "
+                             f"got {top_k}")
+        self.checkpoint = Path(checkpoint)
+        self.device = resolve_device(device)
+        self.model, self.extra = load(self.checkpoint, map_location=self.device)
+        self.vocab = self._vocabulary(vocab)
+        self.beam_size, self.max_len, self.top_k = beam_size, max_len, top_k
+        self.collapse, self.batch_size, self.max_regions = collapse, batch_size, max_regions
+        self._extractors: tuple[Any, Any] | None = None
+
+    def _vocabulary(self, vocab: str | Path | None) -> Vocabulary:
+        if vocab is not None:
+            loaded = Vocabulary.load(vocab)
+        elif isinstance(self.extra.get("vocabulary"), dict):
+            loaded = Vocabulary.from_dict(self.extra["vocabulary"], source=str(self.checkpoint))
+        else:
+            raise CheckpointError(f"{self.checkpoint} carries no vocabulary; pass the one it was "
+                                  "trained with (--vocab vocab.json, or vocab=...)")
+        if len(loaded) != self.model.config.vocab_size:
+            raise CheckpointError(f"the vocabulary has {len(loaded)} entries but "
+                                  f"{self.checkpoint} was trained with "
+                                  f"{self.model.config.vocab_size}; give the vocabulary it was "
+                                  "trained with")
+        return loaded
+
+    def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
+        """Caption one picture or several (paths or PIL images)."""
+        if isinstance(pictures, (str, Path, Image.Image)):
+            pictures = [pictures]
+        return self.caption_pictures(pictures)
+
+    def caption_pictures(self, pictures: Sequence[Picture]) -> list[CaptionedImage]:
+        grid_extractor, region_extractor = self.extractors()
+        results = []
+        for start in range(0, len(pictures), self.batch_size):
+            chunk = pictures[start:start + self.batch_size]
+            loaded = [p if isinstance(p, Image.Image) else load_rgb(p) for p in chunk]
+            grids = [entry["features"] for entry in prepare_pictures(grid_extractor, loaded)]
+            regions = [entry["features"] for entry in prepare_pictures(region_extractor, loaded)]
+            names = [_name(p, start + i) for i, p in enumerate(chunk)]
+            results += self.caption_arrays(names, grids, regions)
+        return results
+
+    def caption_features(self, grid_path: str | Path, region_path: str | Path,
+                         image_ids: Sequence[int]) -> list[CaptionedImage]:
+        """Caption precomputed features (the released HDF5 layout) of the given image ids."""
+        config = self.model.config
+        store = FeatureStore(grid_path, region_path, max_regions=self.max_regions,
+                             grid_dim=config.grid_dim, region_dim=config.region_dim)
+        try:
+            results = []
+            for start in range(0, len(image_ids), self.batch_size):
+                chunk = list(image_ids[start:start + self.batch_size])
+                grids, regions = zip(*(store[image_id] for image_id in chunk))
+                results += self.caption_arrays([str(i) for i in chunk], grids, regions)
+            return results
+        finally:
+            store.close()
+
+    def caption_arrays(self, names: Sequence[str], grids: Sequence[np.ndarray],
+                       regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
+        """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
+        rows (or cut) to `max_regions`, exactly as the training loader does."""
+        grid = torch.from_numpy(np.stack(grids).astype(np.float32))
+        region = torch.zeros(len(regions), self.max_regions, self.model.config.region_dim)
+        for i, rows in enumerate(regions):
+            kept = rows[:self.max_regions]
+            region[i, :len(kept)] = torch.from_numpy(np.asarray(kept, dtype=np.float32))
+        ids, logprobs = beam_search(self.model, grid, region, beam_size=self.beam_size,
+                                    max_len=self.max_len, out_size=self.top_k)
+        scores = logprobs.sum(-1).tolist()
+        results = []
+        for name, hypotheses, hypothesis_scores in zip(names, ids.tolist(), scores):
+            captions = []
+            for tokens, score in zip(hypotheses, hypothesis_scores):
+                text = self.vocab.decode(tokens)
+                captions.append(Caption(collapse_repeats(text) if self.collapse else text, score))
+            results.append(CaptionedImage(name, tuple(captions)))
+        return results
+
+    def extractors(self) -> tuple[Any, Any]:
+        """The grid and region extractors this checkpoint's features came from (built once)."""
+        if self._extractors is None:
+            self._extractors = (self._extractor("grid"), self._extractor("region"))
+        return self._extractors
+
+    def _extractor(self, kind: str) -> Any:
+        recorded = (self.extra.get("features") or {}).get(kind) or {}
+        made_by = recorded.get("extractor")
+        if made_by == "vinvl-tsv":
+            raise CheckpointError(f"{self.checkpoint} was trained on VinVL {kind} features, "
+                                  f"which cannot be computed from pictures here. {VINVL_INSTEAD}")
+        if made_by not in EXTRACTORS:
+            what = (f"{kind} features made by {made_by!r}" if made_by else
+                    f"{kind} features that were not made by `hin extract` (the checkpoint "
+                    "records no extractor for them)")
+            raise CheckpointError(f"{self.checkpoint} was trained on {what}, so hin cannot "
+                                  f"compute them from pictures; {FEATURES_INSTEAD}")
+        extractor = extractor_from_attributes(recorded, device=str(self.device))
+        expected = getattr(self.model.config, f"{kind}_dim")
+        if extractor.kind != kind or extractor.feature_dim != expected:
+            raise CheckpointError(
+                f"{self.checkpoint} expects {kind} features of size {expected}, but its recorded "
+                f"{kind} extractor {made_by!r} ({recorded.get('model')}) makes "
+                f"{extractor.kind} features of size {extractor.feature_dim}; the checkpoint's "
+                "feature record is inconsistent with its weights")
+        return extractor
+
+
+def _name(picture: Picture, index: int) -> str:
+    if isinstance(picture, Image.Image):
+        return getattr(picture, "filename", "") or f"picture {index + 1}"
+    return str(picture)

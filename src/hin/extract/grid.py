@@ -1,0 +1,70 @@
+"""CLIP grid features (what the paper used): patch tokens and the projected class token.
+
+Per image, from transformers' CLIP vision tower (ViT-L/14 at 224 px by default):
+- `features` [256, 1024]: the last layer's patch tokens (class token dropped) after the
+  post-layer-norm. In transformers, `last_hidden_state` is taken *before* `post_layernorm`
+  and `pooler_output` is `post_layernorm(class token)`, so the norm is applied here;
+- `global` [768]: `visual_projection(pooler_output)`, i.e. CLIP's image embedding, not
+  normalised.
+Both are stored as float16, the released layout. Pictures are prepared as CLIP does
+(images.ClipPreprocessor). Weights come from a local folder or the Hugging Face cache; this
+module never substitutes anything for weights it cannot load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from hin.extract.images import ClipPreprocessor
+from hin.extract.pipeline import (ImageEntry, load_pretrained, register_extractor,
+                                  resolve_device, resolve_dtype, transformers_module)
+
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
+
+@register_extractor("clip-grid")
+class ClipGridExtractor:
+    """CLIP ViT patch-token grid + projected global token for a batch of prepared pictures."""
+
+    name: str
+    kind = "grid"
+
+    def __init__(self, model: str = DEFAULT_CLIP, device: str = "auto",
+                 dtype: str = "auto") -> None:
+        transformers = transformers_module()
+        self.model_name = str(model)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = load_pretrained(transformers.CLIPVisionModelWithProjection, self.model_name,
+                                     self.device, self.dtype)
+        config = self.model.config
+        self.feature_dim = config.hidden_size
+        self.global_dim = config.projection_dim
+        self.tokens = (config.image_size // config.patch_size) ** 2
+        self.preprocess = ClipPreprocessor(size=config.image_size)
+
+    @classmethod
+    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+                        dtype: str = "auto") -> ClipGridExtractor:
+        """The extractor that wrote a file with these attributes (see `attributes`)."""
+        return cls(str(recorded["model"]), device=device, dtype=dtype)
+
+    def attributes(self) -> dict[str, object]:
+        return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
+                "feature_dim": self.feature_dim, "tokens": self.tokens,
+                "global_dim": self.global_dim, "image_size": self.preprocess.size,
+                "compute_dtype": str(self.dtype).removeprefix("torch.")}
+
+    @torch.inference_mode()
+    def __call__(self, prepared: Sequence[np.ndarray]) -> list[ImageEntry]:
+        pixels = torch.from_numpy(np.stack(prepared)).to(self.device, self.dtype)
+        vision = self.model.vision_model(pixel_values=pixels)
+        patches = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
+        embeddings = self.model.visual_projection(vision.pooler_output)
+        patches = patches.to(torch.float16).cpu().numpy()
+        embeddings = embeddings.to(torch.float16).cpu().numpy()
+        return [{"features": grid, "global": embedding}
+                for grid, embedding in zip(patches, embeddings)]

@@ -1,0 +1,140 @@
+"""Pictures on disk -> (image id, RGB picture), and CLIP's exact picture preparation.
+
+Image ids follow the released feature files, whose entries are named `<integer id>_features`:
+the id is the integer after the last `_` of the file stem (`COCO_val2014_000000391895.jpg`
+-> 391895), or the whole stem when it is all digits (`391895.png` -> 391895). Any other name
+is refused up front, naming the file, rather than hashed or numbered: an id must let a user
+find the picture again. The same rule reads VinVL's TSV keys.
+
+CLIP's preparation is re-implemented with Pillow and NumPy (torchvision must never be
+imported here): shorter side to `size` with bicubic resampling, centre crop `size` x `size`,
+scale to [0, 1], subtract CLIP's mean and divide by its std, channels first. The crop offset
+is rounded as OpenAI's CLIP package rounds it (torchvision's `round((h - size) / 2)`, ties to
+even), which is what the released features used; transformers' CLIPImageProcessor floors it
+instead, so the two differ by one pixel when the excess is 3 modulo 4 (e.g. 640x427 COCO
+pictures).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_TRAILING_INTEGER = re.compile(r"(?:^|_)(\d+)$")
+
+
+class ImageListError(ValueError):
+    """Pictures that cannot be listed or named: the message names the files and the fix."""
+
+
+class PictureError(ValueError):
+    """One picture that could not be read or decoded (the run records it and goes on)."""
+
+
+def image_id_from_name(name: str) -> int:
+    """`COCO_val2014_000000391895` or `391895` (a file stem or a TSV key) -> 391895."""
+    match = _TRAILING_INTEGER.search(name)
+    if match is None:
+        raise ImageListError(
+            f"cannot read an image id from {name!r}: ids are the integer after the last '_' "
+            f"(COCO_val2014_000000391895 -> 391895) or an all-digit name (391895); rename it")
+    return int(match.group(1))
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    image_id: int
+    path: Path
+
+
+def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
+    """A directory (its pictures, by name), a text file (one path per line, relative paths
+    from the file's folder) or a list of paths -> pictures sorted by id, ids checked unique."""
+    if isinstance(source, (str, Path)):
+        source = Path(source)
+        if source.is_dir():
+            paths = sorted(p for p in source.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not paths:
+                raise ImageListError(f"{source} holds no pictures (looked for "
+                                     f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif source.is_file() and source.suffix.lower() not in IMAGE_SUFFIXES:
+            paths = _read_list_file(source)
+        elif source.is_file():
+            paths = [source]
+        else:
+            raise ImageListError(f"{source} does not exist: give a folder of pictures, a "
+                                 "text file listing one picture path per line, or pictures")
+    else:
+        paths = [Path(p) for p in source]
+    return _named(paths)
+
+
+def _read_list_file(list_file: Path) -> list[Path]:
+    lines = list_file.read_text(encoding="utf-8").splitlines()
+    paths = [Path(line.strip()) for line in lines if line.strip()]
+    if not paths:
+        raise ImageListError(f"list file {list_file} names no pictures")
+    return [path if path.is_absolute() else list_file.parent / path for path in paths]
+
+
+def _named(paths: Iterable[Path]) -> list[ImageFile]:
+    files, problems, seen = [], [], {}
+    for path in paths:
+        try:
+            image_id = image_id_from_name(path.stem)
+        except ImageListError as error:
+            problems.append(f"{path}: {error}")
+            continue
+        if image_id in seen:
+            problems.append(f"{path} and {seen[image_id]} both give image id {image_id}")
+            continue
+        seen[image_id] = path
+        files.append(ImageFile(image_id, path))
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ImageListError(f"{len(problems)} picture name problem(s):\n  {shown}{more}")
+    return sorted(files, key=lambda file: file.image_id)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode a picture fully as RGB, or raise PictureError saying why."""
+    try:
+        with Image.open(path) as picture:
+            return picture.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise PictureError(f"{path}: {type(error).__name__}: {error}") from error
+
+
+@dataclass(frozen=True)
+class ClipPreprocessor:
+    """CLIP's picture preparation for square inputs of side `size` (224 for ViT-L/14)."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def resized_shape(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) with the shorter side `size`, the longer truncated like CLIP's."""
+        if width <= height:
+            return self.size, int(self.size * height / width)
+        return int(self.size * width / height), self.size
+
+    def __call__(self, picture: Image.Image) -> np.ndarray:
+        """RGB picture -> float32 [3, size, size]."""
+        width, height = self.resized_shape(*picture.size)
+        resized = picture.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        left, top = round((width - self.size) / 2), round((height - self.size) / 2)
+        cropped = np.asarray(resized, dtype=np.float32)[top:top + self.size, left:left + self.size]
+        scaled = cropped / np.float32(255.0)
+        normalised = (scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(normalised.transpose(2, 0, 1))

@@ -1,0 +1,222 @@
+"""Pictures -> feature file at scale, for any picture extractor (CLIP grid, DETR regions, ...).
+
+An extractor is registered under a name and has two halves: `preprocess`, a picklable
+picture -> array step that runs in DataLoader workers, and `__call__`, which turns a batch
+of prepared pictures into one `{suffix: array}` entry per image (`features`, `global`,
+`boxes`, ...). This module batches, shows images/s, skips the ids the output already holds
+(re-running resumes), writes a chunk at a time through `FeatureWriter` (a kill loses at most
+one chunk, see writer.py) and lists pictures that fail to decode in a report while the run
+goes on. It must never write a substitute entry for a picture it could not read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from hin.extract.images import ImageFile, PictureError, load_rgb
+from hin.extract.writer import FeatureWriter
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+ImageEntry = dict[str, np.ndarray]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` -> the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` -> float16 on CUDA (how the released CLIP features were computed), float32 on CPU."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def transformers_module() -> Any:
+    """The `transformers` package, or an error saying how to install it."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ImportError("feature extraction needs the `transformers` package: "
+                          "pip install 'hin[extract]'") from error
+    return transformers
+
+
+def load_pretrained(model_class: type, model: str, device: torch.device, dtype: torch.dtype,
+                    revision: str | None = None) -> Any:
+    """A transformers model from a local folder or the Hugging Face cache/hub, in eval mode."""
+    try:
+        loaded = model_class.from_pretrained(model, revision=revision, dtype=dtype)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"could not load {model_class.__name__} weights {model!r}"
+            f"{f' (revision {revision})' if revision else ''}: {error}. Give a local folder "
+            "written by save_pretrained, or a hub name that is in the Hugging Face cache "
+            "(downloaded once with network access)") from error
+    return loaded.to(device).eval()
+
+
+class PictureExtractor(Protocol):
+    """What every registered extractor provides."""
+
+    name: str
+    kind: str                                    # "grid" or "region"
+    feature_dim: int
+    preprocess: Callable[[Image.Image], Any]     # picklable; runs in loader workers
+
+    @classmethod
+    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+                        dtype: str = "auto") -> PictureExtractor:
+        """Rebuild the extractor that wrote `recorded` (a file's `attributes()`)."""
+
+    def attributes(self) -> dict[str, object]:
+        """What made these features (recorded in the output file, and so in checkpoints)."""
+
+    def __call__(self, prepared: Sequence[Any]) -> list[ImageEntry]:
+        """Prepared pictures -> per image `{"features": [n, feature_dim], ...}` (numpy)."""
+
+
+EXTRACTORS: dict[str, Callable[..., PictureExtractor]] = {}
+
+
+def register_extractor(name: str) -> Callable[[type], type]:
+    """Class decorator: make an extractor available by name (`build_extractor(name, ...)`)."""
+    def register(cls: type) -> type:
+        if name in EXTRACTORS:
+            raise ValueError(f"an extractor named {name!r} is already registered")
+        EXTRACTORS[name] = cls
+        cls.name = name
+        return cls
+    return register
+
+
+def build_extractor(name: str, **options: Any) -> PictureExtractor:
+    if name not in EXTRACTORS:
+        raise ValueError(f"no extractor named {name!r}; registered: {sorted(EXTRACTORS)}")
+    return EXTRACTORS[name](**options)
+
+
+def extractor_from_attributes(recorded: dict[str, object], device: str = "auto",
+                              dtype: str = "auto") -> PictureExtractor:
+    """The registered extractor that wrote features with these attributes, rebuilt."""
+    name = recorded.get("extractor")
+    if name not in EXTRACTORS:
+        raise ValueError(f"features made by {name!r} cannot be computed from pictures here; "
+                         f"picture extractors: {sorted(EXTRACTORS)}")
+    return EXTRACTORS[name].from_attributes(recorded, device=device, dtype=dtype)
+
+
+def prepare_pictures(extractor: PictureExtractor,
+                     pictures: Sequence[Image.Image]) -> list[ImageEntry]:
+    """In-memory path (no files, no workers): pictures -> one entry per picture."""
+    return extractor([extractor.preprocess(picture) for picture in pictures])
+
+
+class _PreparedPictures(Dataset):
+    """Decodes and prepares one picture per item; a failure is returned, not raised, so one
+    bad file does not stop the run."""
+
+    def __init__(self, files: Sequence[ImageFile], preprocess: Callable[[Image.Image], Any]):
+        self.files = files
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[ImageFile, Any, str | None]:
+        file = self.files[index]
+        try:
+            return file, self.preprocess(load_rgb(file.path)), None
+        except PictureError as error:
+            return file, None, str(error)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+@dataclass
+class ExtractionReport:
+    """What a run did: images written now, skipped (already there), failed, and where."""
+
+    out: Path
+    written: int = 0
+    skipped: int = 0
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    images_in_file: int = 0
+    seconds: float = 0.0
+    failure_report: Path | None = None
+
+    def summary(self) -> str:
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"{self.out}: wrote {self.written} images ({rate:.2f} images/s), skipped "
+                 f"{self.skipped} already present; the file holds {self.images_in_file} images"]
+        if self.failed:
+            lines.append(f"{len(self.failed)} pictures could not be read; listed in "
+                         f"{self.failure_report}")
+        return "\n".join(lines)
+
+
+def failure_report_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".failed.tsv")
+
+
+def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out: str | Path, *,
+                    batch_size: int = 32, chunk_size: int = 512, workers: int = 2,
+                    progress: bool = True) -> ExtractionReport:
+    """Extract every picture of `files` not yet in `out`; see the module docstring."""
+    if batch_size < 1 or chunk_size < 1 or workers < 0:
+        raise ValueError("batch_size and chunk_size must be positive and workers >= 0, got "
+                         f"{batch_size}, {chunk_size}, {workers}")
+    started = time.perf_counter()
+    writer = FeatureWriter(out, extractor.attributes())
+    todo = [file for file in files if file.image_id not in writer.done_ids]
+    report = ExtractionReport(Path(out), skipped=len(files) - len(todo))
+    loader = DataLoader(_PreparedPictures(todo, extractor.preprocess), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_as_list)
+    chunk: dict[int, ImageEntry] = {}
+    with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
+              disable=not progress) as bar:
+        for batch in loader:
+            good = [(file, prepared) for file, prepared, error in batch if error is None]
+            report.failed += [(file.path, error) for file, _, error in batch if error is not None]
+            if good:
+                entries = extractor([prepared for _, prepared in good])
+                chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
+            if len(chunk) >= chunk_size:
+                writer.write_chunk(chunk)
+                report.written += len(chunk)
+                chunk = {}
+            bar.update(len(batch))
+        writer.write_chunk(chunk)
+        report.written += len(chunk)
+    report.images_in_file = writer.finish()
+    report.failure_report = _write_failures(failure_report_path(out), report.failed)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _write_failures(path: Path, failed: list[tuple[Path, str]]) -> Path | None:
+    """The pictures this run could not read (a clean run removes an older report)."""
+    if not failed:
+        path.unlink(missing_ok=True)
+        return None
+    lines = ["path\terror"] + [f"{file}\t{' '.join(error.split())}" for file, error in failed]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

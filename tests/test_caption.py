@@ -1,0 +1,192 @@
+"""`hin caption` / `hin.Captioner`: precomputed features and pictures, end to end on tiny
+checkpoints, and clear refusals when a checkpoint's features cannot be made from pictures.
+
+The features-path checkpoint is a tiny HIN briefly fitted here (Adam, teacher forcing through
+`model.decode`) on the synthetic dataset's features: the training package is not on main yet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hin
+from extract_models import (CLIP_HIDDEN, DETR_D_MODEL, write_pictures, write_tiny_clip,
+                            write_tiny_detr)
+from hin.checkpoint import CheckpointError, load, save
+from hin.cli import main
+from hin.config import HINConfig
+from hin.data.coco import load_split
+from hin.data.dataset import CaptionPairs, make_loader
+from hin.data.features import FeatureStore
+from hin.data.synth import generate
+from hin.data.vocab import Vocabulary
+from hin.decoding import beam_search
+from hin.extract import (build_extractor, extract_to_file, image_id_from_name, list_images,
+                         read_attributes)
+from hin.model import HIN
+
+pytest.importorskip("transformers")
+
+PICTURES = {"COCO_val2014_000000000011.jpg": (40, 60), "12.png": (50, 30), "13.jpg": (32, 32)}
+
+
+def _tiny_config(vocab: Vocabulary, grid_dim: int, region_dim: int) -> HINConfig:
+    return HINConfig(vocab_size=len(vocab), num_layers=2, d_model=32, num_heads=4, d_ff=64,
+                     dropout=0.0, grid_dim=grid_dim, region_dim=region_dim)
+
+
+@pytest.fixture(scope="module")
+def synth_checkpoint(tmp_path_factory):
+    """A tiny HIN fitted for 40 Adam steps on the synthetic training split's features."""
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, train=40, val=5, test=5, min_freq=1, progress=False)
+    vocab = Vocabulary.load(root / "vocab.json")
+    store = FeatureStore(root / "grid.hdf5", root / "region.hdf5", max_regions=50)
+    pairs = CaptionPairs(load_split(root, "train"), store, vocab, max_len=20)
+    torch.manual_seed(0)
+    model = HIN(_tiny_config(vocab, 1024, 2048))
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for step, batch in zip(range(40), _forever(make_loader(pairs, 50, shuffle=True))):
+        logprobs = model.decode(batch.tokens[:, :-1], model.encode(batch.grid, batch.region))
+        loss = torch.nn.functional.nll_loss(logprobs.flatten(0, 1), batch.tokens[:, 1:].flatten(),
+                                            ignore_index=vocab.pad_id)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    store.close()
+    features = {"grid": read_attributes(root / "grid.hdf5"),
+                "region": read_attributes(root / "region.hdf5")}
+    checkpoint = save(root / "tiny.pt", model.eval(), vocabulary=vocab.to_dict(),
+                      features=features)
+    return checkpoint, root
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+@pytest.fixture(scope="module")
+def picture_setup(tmp_path_factory):
+    """Tiny CLIP + DETR, their features of three pictures, and a tiny HIN recording them."""
+    root = tmp_path_factory.mktemp("pictures")
+    pictures = write_pictures(root / "pictures", PICTURES)
+    grid = build_extractor("clip-grid", model=str(write_tiny_clip(root / "clip")), device="cpu")
+    region = build_extractor("detr", model=str(write_tiny_detr(root / "detr")), revision=None,
+                             device="cpu", threshold=0.0, max_regions=4)
+    files = list_images(pictures)
+    for extractor, out in ((grid, root / "grid.h5"), (region, root / "region.h5")):
+        extract_to_file(extractor, files, out, workers=0, progress=False)
+    vocab = Vocabulary.from_counts({"a": 9, "red": 8, "dog": 7, "on": 6, "grass": 5}, min_freq=1)
+    torch.manual_seed(1)
+    model = HIN(_tiny_config(vocab, CLIP_HIDDEN, DETR_D_MODEL)).eval()
+    features = {"grid": read_attributes(root / "grid.h5"),
+                "region": read_attributes(root / "region.h5")}
+    checkpoint = save(root / "tiny.pt", model, vocabulary=vocab.to_dict(), features=features)
+    return checkpoint, root, model, vocab
+
+
+def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsys):
+    checkpoint, root = synth_checkpoint
+    ids = [100001, 100002, 100003]
+    assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.hdf5"),
+                 "--region", str(root / "region.hdf5"), "--ids", *map(str, ids), "--top-k", "2",
+                 "--beam", "3", "--json", "--keep-repeats"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+
+    model, extra = load(checkpoint)
+    vocab = Vocabulary.from_dict(extra["vocabulary"])
+    store = FeatureStore(root / "grid.hdf5", root / "region.hdf5")
+    grid = torch.from_numpy(np.stack([store[i][0] for i in ids])).float()
+    region = torch.from_numpy(np.stack([store[i][1] for i in ids])).float()
+    sequences, logprobs = beam_search(model, grid, region, beam_size=3, max_len=20, out_size=2)
+    assert [entry["image"] for entry in printed] == [str(i) for i in ids]
+    for entry, hypotheses, scores in zip(printed, sequences, logprobs.sum(-1)):
+        assert [c["caption"] for c in entry["captions"]] == [vocab.decode(h) for h in hypotheses]
+        assert [c["log_prob"] for c in entry["captions"]] == pytest.approx(scores.tolist(),
+                                                                          abs=1e-4)
+        assert entry["captions"][0]["log_prob"] >= entry["captions"][1]["log_prob"]
+        assert len(entry["captions"][0]["caption"].split()) >= 2
+
+
+def test_caption_missing_feature_entry_names_the_id(synth_checkpoint, capsys):
+    checkpoint, root = synth_checkpoint
+    assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.hdf5"),
+                 "--region", str(root / "region.hdf5"), "--ids", "5"]) == 2
+    assert "image 5 has no '5_features' entry" in capsys.readouterr().err
+
+
+def test_pictures_with_a_checkpoint_trained_on_unrecorded_features_are_refused(
+        synth_checkpoint, tmp_path):
+    checkpoint, _ = synth_checkpoint
+    picture = write_pictures(tmp_path, {"1.png": (20, 20)}) / "1.png"
+    with pytest.raises(CheckpointError, match=r"trained on grid features that were not made by "
+                                              r"`hin extract`.*--grid grid.h5 --region"):
+        hin.Captioner(checkpoint)(picture)
+
+
+def test_caption_pictures_matches_captioning_their_extracted_features(picture_setup, capsys):
+    checkpoint, root, _, _ = picture_setup
+    pictures = [str(path) for path in sorted((root / "pictures").iterdir())]
+    assert main(["caption", *pictures, "--checkpoint", str(checkpoint), "--top-k", "3",
+                 "--json"]) == 0
+    from_pictures = json.loads(capsys.readouterr().out)
+    assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.h5"),
+                 "--region", str(root / "region.h5"), "--ids", "11", "12", "13", "--top-k", "3",
+                 "--json"]) == 0
+    from_features = json.loads(capsys.readouterr().out)
+    assert [entry["image"] for entry in from_pictures] == pictures
+    assert [len(entry["captions"]) for entry in from_pictures] == [3, 3, 3]
+    by_id = {int(entry["image"]): entry["captions"] for entry in from_features}
+    for picture, entry in zip(pictures, from_pictures):
+        assert entry["captions"] == by_id[image_id_from_name(Path(picture).stem)]
+
+
+def test_captioner_in_three_lines_and_text_output(picture_setup):
+    checkpoint, root, _, vocab = picture_setup
+    captioner = hin.Captioner(checkpoint, beam_size=2, top_k=2)
+    result = captioner(root / "pictures" / "12.png")[0]
+    assert result.source.endswith("12.png") and len(result.captions) == 2
+    assert all(word in vocab for c in result.captions for word in c.text.split())
+    text = str(result).splitlines()
+    assert text[0].endswith("12.png") and text[1].startswith("  1. ")
+
+
+def test_vinvl_checkpoint_says_what_to_pass_instead(picture_setup, tmp_path):
+    _, root, model, vocab = picture_setup
+    features = {"grid": read_attributes(root / "grid.h5"),
+                "region": {"extractor": "vinvl-tsv", "feature_dim": 2048}}
+    checkpoint = save(tmp_path / "vinvl.pt", model, vocabulary=vocab.to_dict(), features=features)
+    with pytest.raises(CheckpointError, match=r"trained on VinVL region features, which cannot "
+                                              r"be computed from pictures here.*--vinvl-tsv"):
+        hin.Captioner(checkpoint)(root / "pictures" / "12.png")
+
+
+def test_inconsistent_checkpoint_and_missing_vocabulary_are_refused(picture_setup, tmp_path):
+    _, root, model, vocab = picture_setup
+    swapped = {"grid": read_attributes(root / "region.h5"),
+               "region": read_attributes(root / "region.h5")}
+    checkpoint = save(tmp_path / "bad.pt", model, vocabulary=vocab.to_dict(), features=swapped)
+    with pytest.raises(CheckpointError, match=r"expects grid features of size 32, but its "
+                                              r"recorded grid extractor 'detr'"):
+        hin.Captioner(checkpoint)(root / "pictures" / "12.png")
+    bare = save(tmp_path / "bare.pt", model)
+    with pytest.raises(CheckpointError, match=r"carries no vocabulary; pass the one it was "
+                                              r"trained with"):
+        hin.Captioner(bare)
+
+
+def test_unreadable_picture_is_named(picture_setup, tmp_path, capsys):
+    checkpoint, _, _, _ = picture_setup
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"no picture here")
+    assert main(["caption", str(broken), "--checkpoint", str(checkpoint)]) == 2
+    assert "broken.jpg: UnidentifiedImageError" in capsys.readouterr().err
