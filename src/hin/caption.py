@@ -5,7 +5,7 @@
     print(captioner("photo.jpg"))
 
 A checkpoint records which features it was trained on (`extra["features"]`: the attributes
-`hin.extract.read_attributes` reads from the grid and region files it was trained with).
+`hin.data.features.read_attributes` reads from the grid and region files it was trained with).
 Pictures are turned into exactly those features by rebuilding the same extractors (from
 `hin.extract`, which knows nothing of captioning); when a checkpoint was trained on features
 that cannot be computed here (VinVL's, or files not made by `hin extract`), the Captioner says

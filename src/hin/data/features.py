@@ -26,11 +26,25 @@ from tqdm import tqdm
 from hin.data.errors import DataError, first_ids
 
 FEATURES_SUFFIX = "_features"
+ATTRIBUTE_PREFIX = "hin_"
 CHECK_FIX = "run `hin data check` to list every problem entry, then re-extract those images"
 
 
 def feature_key(image_id: int) -> str:
     return f"{image_id}{FEATURES_SUFFIX}"
+
+
+def read_attributes(path: str | Path) -> dict[str, object]:
+    """What made a feature file (its `hin_*` attributes, without the prefix): extractor, model,
+    feature_dim, ... Empty for files not written by `hin extract` (released or synthetic
+    features). Training stores this in checkpoints so that `hin caption` can redo it."""
+    with h5py.File(path, "r") as handle:
+        return {key.removeprefix(ATTRIBUTE_PREFIX): _plain(value)
+                for key, value in handle.attrs.items() if key.startswith(ATTRIBUTE_PREFIX)}
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class HDF5File:

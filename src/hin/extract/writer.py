@@ -24,9 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hin.data.features import FEATURES_SUFFIX
+from hin.data.features import ATTRIBUTE_PREFIX, FEATURES_SUFFIX, read_attributes
 
-ATTRIBUTE_PREFIX = "hin_"
 PART_GLOB = "part-*.h5"
 
 Entries = Mapping[int, Mapping[str, np.ndarray]]
@@ -34,19 +33,6 @@ Entries = Mapping[int, Mapping[str, np.ndarray]]
 
 class FeatureFileError(ValueError):
     """An output file or part that cannot be extended safely; the message says which and why."""
-
-
-def read_attributes(path: str | Path) -> dict[str, object]:
-    """What made a feature file (its `hin_*` attributes, without the prefix): extractor, model,
-    feature_dim, ... Empty for files not written by `hin extract` (released or synthetic
-    features). Training stores this in checkpoints so that `hin caption` can redo it."""
-    with h5py.File(path, "r") as handle:
-        return {key.removeprefix(ATTRIBUTE_PREFIX): _plain(value)
-                for key, value in handle.attrs.items() if key.startswith(ATTRIBUTE_PREFIX)}
-
-
-def _plain(value: object) -> object:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _record(handle: h5py.File, attributes: Mapping[str, object]) -> None:

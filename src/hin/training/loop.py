@@ -28,14 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hin import checkpoint
-from hin.config import RunConfig
+from hin.config import RunConfig, apply_overrides
 from hin.data.coco import load_splits
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
-from hin.data.features import FeatureStore
+from hin.data.features import FeatureStore, read_attributes
 from hin.data.vocab import Vocabulary, tokenize
 from hin.decoding import beam_search, caption_batches
-from hin.metrics import CiderDTable, JavaNotFoundError, cider_d, collapse_repeats, find_java
-from hin.metrics import score_captions
+from hin.metrics import (CiderDTable, JavaNotFoundError, cider_d, collapse_repeats, find_java,
+                         score_captions)
 from hin.model import HIN
 from hin.training import distributed
 from hin.training.schedule import lr_factor, should_stop
@@ -167,14 +167,11 @@ class Trainer:
 
     def _init_model(self, path: str | Path) -> HIN:
         model, extra = checkpoint.load(path)
-        if "vocab" in extra and Vocabulary.from_dict(extra["vocab"]).words != self.vocab.words:
+        if ("vocabulary" in extra
+                and Vocabulary.from_dict(extra["vocabulary"]).words != self.vocab.words):
             raise TrainingError(f"{path} was trained with another vocabulary than "
-                                f"{self.config_vocab_hint()}; use the vocabulary it was trained with")
+                                "data.vocabulary; point data.vocabulary at the one it used")
         return model
-
-    @staticmethod
-    def config_vocab_hint() -> str:
-        return "data.vocabulary"
 
     def _find_java(self) -> str | None:
         if not self.config.train.val_full_metrics:
@@ -280,7 +277,11 @@ class Trainer:
         return distributed.broadcast_object(self.context, metrics)
 
     def _extra(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "vocab": self.vocab.to_dict()}
+        """Stored in every checkpoint: what `hin evaluate` and `hin caption` need to use it."""
+        data = self.config.data
+        return {"config": self.config.to_dict(), "vocabulary": self.vocab.to_dict(),
+                "features": {"grid": read_attributes(data.grid_features),
+                             "region": read_attributes(data.region_features)}}
 
     def save_last(self) -> None:
         if self.context.is_main:
@@ -407,7 +408,6 @@ def resume(run_dir: str | Path, overrides: list[str] = (), progress: bool = True
     _, extra = checkpoint.load(last)
     config = RunConfig.from_dict(extra["config"])
     if overrides:
-        from hin.config import apply_overrides
         config = RunConfig.from_dict(apply_overrides(config.to_dict(), list(overrides)))
     config = replace(config, run_dir=str(run_dir))
     payload = torch.load(last, map_location="cpu", weights_only=True)
