@@ -257,6 +257,26 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_caption)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from hin.config import RunConfig
+    from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
+
+    try:
+        if args.resume:
+            best = resume(args.resume, args.overrides)
+        else:
+            best = start(RunConfig.load(args.config, args.overrides), init=args.init)
+    except TrainingInterrupted as stopped:
+        print(f"hin train: {stopped}", file=sys.stderr)
+        return 130
+    except TrainingError as error:
+        print(f"hin train: error: {error}", file=sys.stderr)
+        return 1
+    print(f"best checkpoint: {best}" if best.exists() else
+          f"stopped before the first validation; continue with `hin train --resume {best.parent}`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hin", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -314,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_evaluate)
 
     _add_extract_commands(commands)
+    p = commands.add_parser("train", help="train HIN: cross-entropy, or SCST from an XE "
+                                          "checkpoint; resumable, one process or torchrun")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML run configuration (configs/*.yaml)")
+    source.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    p.add_argument("--init", help="start from this hin checkpoint's weights (SCST from XE best.pt)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.batch_size=20 run_dir=runs/try")
+    p.set_defaults(handler=_train)
+
     return parser
 
 
