@@ -277,6 +277,13 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from hin.demo import run_demo
+
+    run_demo(args.data, args.runs, args.configs)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hin", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -343,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. train.batch_size=20 run_dir=runs/try")
     p.set_defaults(handler=_train)
+
+    p = commands.add_parser("demo", help="the whole pipeline on the bundled synthetic dataset "
+                                         "(what `make demo` runs)")
+    p.add_argument("--data", default="data/synth", help="synthetic dataset directory")
+    p.add_argument("--runs", default="runs/demo", help="where the demo's runs go (replaced)")
+    p.add_argument("--configs", default="configs", help="directory with synth_xe/synth_scst.yaml")
+    p.set_defaults(handler=_demo)
 
     return parser
 
