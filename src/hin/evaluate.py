@@ -74,9 +74,12 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     are given), score against the references, write captions.json / metrics.json to out_dir."""
     if not checkpoints:
         raise ValueError("evaluate needs at least one checkpoint")
-    models = [load(path, map_location=device)[0] for path in checkpoints]
+    loaded = [load(path, map_location=device) for path in checkpoints]
+    models = [model for model, _ in loaded]
     config = models[0].config
-    vocab = Vocabulary.load(data.vocabulary)
+    recorded = loaded[0][1].get("vocabulary")   # checkpoints written by `hin train` carry it
+    vocab = (Vocabulary.from_dict(recorded, source=str(checkpoints[0])) if recorded
+             else Vocabulary.load(data.vocabulary))
     if len(vocab) != config.vocab_size:
         raise ValueError(f"vocabulary {data.vocabulary} has {len(vocab)} entries but "
                          f"{checkpoints[0]} was trained with {config.vocab_size}; give the "
