@@ -277,6 +277,13 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from hin.training.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from hin.demo import run_demo
 
@@ -350,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. train.batch_size=20 run_dir=runs/try")
     p.set_defaults(handler=_train)
+
+    p = commands.add_parser("plot", help="draw a run's loss, learning rate and validation "
+                                         "metrics (from its log.jsonl) to a PNG")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `hin train` run directory")
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    p.set_defaults(handler=_plot)
 
     p = commands.add_parser("demo", help="the whole pipeline on the bundled synthetic dataset "
                                          "(what `make demo` runs)")

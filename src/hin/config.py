@@ -178,6 +178,7 @@ class TrainConfig:
 
     `lr` is the stage's base rate; the epoch-wise schedule of the stage scales it.
     Validation always uses the validation split; the test split is never read here.
+    `tensorboard` mirrors the run's log to TensorBoard when that package is installed.
     """
 
     stage: str = "xe"
@@ -199,6 +200,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = True
     log_every: int = 20
+    tensorboard: bool = True
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "epochs", "batch_size", "beam_size", "max_len",

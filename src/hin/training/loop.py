@@ -11,7 +11,6 @@ the last good checkpoint. On CPU a resumed run equals the uninterrupted one bit 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import signal
@@ -39,10 +38,10 @@ from hin.metrics import (CiderDTable, JavaNotFoundError, cider_d, collapse_repea
 from hin.model import HIN
 from hin.training import distributed
 from hin.training.schedule import lr_factor, should_stop
-from hin.training.scst import scst_loss, sequence_mask, teacher_forcing_inputs
+from hin.training.runlog import LOG_FILE, RunLog
+from hin.training.scst import self_critical_loss
 
 CONFIG_FILE = "config.yaml"
-LOG_FILE = "log.jsonl"
 LAST = "last.pt"
 BEST = "best.pt"
 CIDER_TABLE = "cider_train.npz"
@@ -160,10 +159,12 @@ class Trainer:
             restore_rng(resume_state["rng"])
         self.java = self._find_java()
         self.cider_table = self._cider_table(splits["train"]) if train.stage == "scst" else None
+        self.log: RunLog | None = None
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(self.config.to_dict(),
                                                                    sort_keys=False))
+            self.log = RunLog(self.run_dir, use_tensorboard=train.tensorboard)
 
     def _init_model(self, path: str | Path) -> HIN:
         model, extra = checkpoint.load(path)
@@ -197,9 +198,14 @@ class Trainer:
             tqdm.write(message)
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.context.is_main:
-            with (self.run_dir / LOG_FILE).open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        if self.log is not None:
+            self.log.write(record)
+
+    def close(self) -> None:
+        """Flush the log and leave the process group."""
+        if self.log is not None:
+            self.log.close()
+        distributed.teardown(self.context)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         device = self.context.device
@@ -220,30 +226,22 @@ class Trainer:
         count = (targets != self.vocab.pad_id).sum().float()
         global_count = distributed.all_reduce_sum(self.context, count.clone())
         loss = total * self.context.world_size / global_count
-        return loss, {"loss": float(total / count)}
+        return loss, {"loss": (total.detach() / count).item()}
 
     def _scst_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Beams without gradients, rewards from the training-df CIDEr-D, then one
         teacher-forced pass with gradients over all beams."""
         train = self.config.train
-        self.model.eval()
-        with self._autocast():
-            beams, _ = beam_search(self.model, batch.grid, batch.region,
-                                   beam_size=train.beam_size, max_len=train.max_len,
-                                   out_size=train.beam_size)
-        beams = beams.clone()   # an ordinary tensor: inference tensors cannot enter autograd
-        self.model.train()
-        captions = [self.vocab.decode(ids) for ids in beams.reshape(-1, beams.shape[-1]).tolist()]
-        owners = [image_id for image_id in batch.image_ids for _ in range(train.beam_size)]
-        rewards = torch.as_tensor(self.cider_table.score(captions, owners), dtype=torch.float32,
-                                  device=beams.device).view(beams.shape[:2])
-        inputs = teacher_forcing_inputs(beams, self.vocab.bos_id)
-        with self._autocast():
-            logprobs = self.network(batch.grid, batch.region, inputs)
-        token_logprobs = logprobs.float().gather(-1, beams[..., None]).squeeze(-1)
-        loss = scst_loss(token_logprobs, sequence_mask(beams, self.vocab.pad_id), rewards,
-                         train.max_len)
-        return loss, {"loss": float(loss), "reward": float(rewards.mean())}
+
+        def reward(beams: torch.Tensor) -> torch.Tensor:
+            captions = [self.vocab.decode(ids) for ids in beams.flatten(0, 1).tolist()]
+            owners = [image_id for image_id in batch.image_ids for _ in range(beams.shape[1])]
+            return torch.from_numpy(self.cider_table.score(captions, owners)).view(beams.shape[:2])
+
+        loss, rewards = self_critical_loss(self.model, batch.grid, batch.region, reward,
+                                           beam_size=train.beam_size, max_len=train.max_len,
+                                           network=self.network, autocast=self._autocast)
+        return loss, {"loss": loss.item(), "reward": rewards.mean().item()}
 
     # -- validation and checkpoints ----------------------------------------------------
 
@@ -320,7 +318,7 @@ class Trainer:
                 for batch in bar:
                     started = time.perf_counter()
                     loss, values = step_loss(batch.to(self.context.device))
-                    if not torch.isfinite(loss):
+                    if not self._finite_everywhere(loss):
                         self._nonfinite(loss)
                         continue
                     self.optimizer.zero_grad(set_to_none=True)
@@ -351,16 +349,25 @@ class Trainer:
         return self.run_dir / BEST
 
     def _stop_requested(self, stop: _StopSignals) -> bool:
-        flag = torch.tensor([0.0 if stop.received is None else 1.0], device=self.context.device)
-        return bool(distributed.all_reduce_sum(self.context, flag).item())
+        return self._any_rank(stop.received is not None)
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether every rank's loss is finite: ranks must skip or stop together, or the
+        others would wait forever in the gradient all-reduce."""
+        return not self._any_rank(not bool(torch.isfinite(loss)))
+
+    def _any_rank(self, flag: bool) -> bool:
+        value = torch.tensor([1.0 if flag else 0.0], device=self.context.device)
+        return bool(distributed.all_reduce_sum(self.context, value).item())
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
         where = f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batch + 1})"
-        self._log({"event": "nonfinite", "step": self.progress.step + 1, "loss": float(loss),
+        value = loss.item()
+        self._log({"event": "nonfinite", "step": self.progress.step + 1, "loss": value,
                    "policy": self.config.train.nonfinite})
         if self.config.train.nonfinite == "stop":
             raise TrainingError(
-                f"non-finite loss ({float(loss)}) at {where}; the last good checkpoint is "
+                f"non-finite loss ({value} on rank {self.context.rank}) at {where}; the last good checkpoint is "
                 f"{self.run_dir / LAST} (not overwritten). Lower train.lr, or set "
                 "train.nonfinite=skip to skip such batches")
         self._say(f"skipping a batch with non-finite loss at {where}")
@@ -422,4 +429,4 @@ def _fit(trainer: Trainer) -> Path:
     try:
         return trainer.fit()
     finally:
-        distributed.teardown(trainer.context)
+        trainer.close()

@@ -1,0 +1,96 @@
+"""The training log of a run directory: one JSON object per line in `log.jsonl`, mirrored
+to TensorBoard when the `tensorboard` package is installed.
+
+Records are plain dicts with an `event` key ("step", "epoch", "resume", "stop",
+"nonfinite"). This module only appends and reads records; it never decides what a run does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+LOG_FILE = "log.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class ScalarWriter(Protocol):
+    """What the log needs of a TensorBoard `SummaryWriter`."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def tensorboard_writer(run_dir: Path) -> ScalarWriter | None:
+    """A SummaryWriter into run_dir/tensorboard, or None when tensorboard is not installed."""
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a step or epoch record as TensorBoard tags, e.g. `xe/loss`,
+    `xe/val/CIDEr-D`; nested dicts are flattened, non-numbers left out."""
+    prefix = f"{record.get('stage', 'run')}/"
+    found: dict[str, float] = {}
+
+    def walk(values: dict[str, Any], path: str) -> None:
+        for key, value in values.items():
+            if key in ("event", "stage", "step", "epoch", "best"):
+                continue
+            if isinstance(value, dict):
+                walk(value, f"{path}{key}/")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                found[f"{path}{key}"] = float(value)
+
+    walk(record, prefix)
+    return found
+
+
+class RunLog:
+    """Appends records to run_dir/log.jsonl (and TensorBoard). Only the writing process
+    (rank 0) should hold one; `writer` defaults to TensorBoard when installed."""
+
+    def __init__(self, run_dir: str | Path, writer: ScalarWriter | None = None,
+                 use_tensorboard: bool = True):
+        self.path = Path(run_dir) / LOG_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = writer or (tensorboard_writer(self.path.parent) if use_tensorboard else None)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None and record["event"] in ("step", "epoch"):
+            for tag, value in scalars(record).items():
+                self.writer.add_scalar(tag, value, record["step"])
+            if record["event"] == "epoch":
+                self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of run_dir/log.jsonl, in order."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a `hin train` run "
+                                "directory (it has config.yaml and log.jsonl)?")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} line {number} is not JSON ({error}); the file was "
+                             "edited or cut short — delete that line and retry") from error
+    return records
