@@ -16,7 +16,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class Progress:
     best_epoch: int = 0
     epochs_since_best: int = 0
     done: bool = False
+    epoch_losses: list[float] = field(default_factory=list)   # so a resumed epoch logs the
+                                                                # same mean training loss
 
 
 def capture_rng() -> dict[str, Any]:
@@ -316,7 +318,6 @@ class Trainer:
                 bar = tqdm(loader, desc=f"{train.stage} epoch {epoch}", unit="batch",
                            initial=self.progress.batch, total=order.batches,
                            disable=not self.show_progress)
-                losses = []
                 for batch in bar:
                     started = time.perf_counter()
                     loss, values = step_loss(batch.to(self.context.device))
@@ -328,7 +329,7 @@ class Trainer:
                     self.optimizer.step()
                     self.progress.batch += 1
                     self.progress.step += 1
-                    losses.append(values["loss"])
+                    self.progress.epoch_losses.append(values["loss"])
                     bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
                     if self.progress.step % train.log_every == 0:
                         self._log({"event": "step", "stage": train.stage, "epoch": epoch,
@@ -347,7 +348,7 @@ class Trainer:
                         self._log({"event": "stop", "reason": "max_steps", "step": self.progress.step})
                         return self.run_dir / BEST
                 bar.close()
-                self._end_epoch(epoch, lr, losses)
+                self._end_epoch(epoch, lr)
         return self.run_dir / BEST
 
     def _stop_requested(self, stop: _StopSignals) -> bool:
@@ -366,8 +367,9 @@ class Trainer:
         self._say(f"skipping a batch with non-finite loss at {where}")
         self.progress.batch += 1
 
-    def _end_epoch(self, epoch: int, lr: float, losses: list[float]) -> None:
+    def _end_epoch(self, epoch: int, lr: float) -> None:
         train = self.config.train
+        losses = self.progress.epoch_losses
         metrics = self.validate()
         score = metrics["CIDEr-D"]
         improved = score > self.progress.best_score
@@ -390,6 +392,7 @@ class Trainer:
                                          train.min_epochs)
         self.progress.epoch += 1
         self.progress.batch = 0
+        self.progress.epoch_losses = []
         self.save_last()
 
 
