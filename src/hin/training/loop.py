@@ -222,7 +222,7 @@ class Trainer:
         count = (targets != self.vocab.pad_id).sum().float()
         global_count = distributed.all_reduce_sum(self.context, count.clone())
         loss = total * self.context.world_size / global_count
-        return loss, {"loss": float(total / count)}
+        return loss, {"loss": float(total.detach() / count)}
 
     def _scst_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Beams without gradients, rewards from the training-df CIDEr-D, then one
@@ -245,7 +245,7 @@ class Trainer:
         token_logprobs = logprobs.float().gather(-1, beams[..., None]).squeeze(-1)
         loss = scst_loss(token_logprobs, sequence_mask(beams, self.vocab.pad_id), rewards,
                          train.max_len)
-        return loss, {"loss": float(loss), "reward": float(rewards.mean())}
+        return loss, {"loss": float(loss.detach()), "reward": float(rewards.mean())}
 
     # -- validation and checkpoints ----------------------------------------------------
 
@@ -356,12 +356,13 @@ class Trainer:
         return bool(distributed.all_reduce_sum(self.context, flag).item())
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
         where = f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batch + 1})"
-        self._log({"event": "nonfinite", "step": self.progress.step + 1, "loss": float(loss),
+        self._log({"event": "nonfinite", "step": self.progress.step + 1, "loss": value,
                    "policy": self.config.train.nonfinite})
         if self.config.train.nonfinite == "stop":
             raise TrainingError(
-                f"non-finite loss ({float(loss)}) at {where}; the last good checkpoint is "
+                f"non-finite loss ({value}) at {where}; the last good checkpoint is "
                 f"{self.run_dir / LAST} (not overwritten). Lower train.lr, or set "
                 "train.nonfinite=skip to skip such batches")
         self._say(f"skipping a batch with non-finite loss at {where}")
