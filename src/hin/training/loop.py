@@ -15,7 +15,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,13 @@ from hin.data.coco import load_splits
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
 from hin.data.features import FeatureStore, read_attributes
 from hin.data.vocab import Vocabulary, tokenize
-from hin.decoding import beam_search, caption_batches
+from hin.decoding import caption_batches
 from hin.metrics import (CiderDTable, JavaNotFoundError, cider_d, collapse_repeats, find_java,
                          score_captions)
 from hin.model import HIN
 from hin.training import distributed
 from hin.training.schedule import lr_factor, should_stop
-from hin.training.runlog import LOG_FILE, RunLog
+from hin.training.runlog import RunLog
 from hin.training.scst import self_critical_loss
 
 CONFIG_FILE = "config.yaml"
@@ -66,6 +66,8 @@ class Progress:
     best_epoch: int = 0
     epochs_since_best: int = 0
     done: bool = False
+    epoch_losses: list[float] = field(default_factory=list)   # so a resumed epoch logs the
+                                                                # same mean training loss
 
 
 def capture_rng() -> dict[str, Any]:
@@ -314,7 +316,6 @@ class Trainer:
                 bar = tqdm(loader, desc=f"{train.stage} epoch {epoch}", unit="batch",
                            initial=self.progress.batch, total=order.batches,
                            disable=not self.show_progress)
-                losses = []
                 for batch in bar:
                     started = time.perf_counter()
                     loss, values = step_loss(batch.to(self.context.device))
@@ -326,7 +327,7 @@ class Trainer:
                     self.optimizer.step()
                     self.progress.batch += 1
                     self.progress.step += 1
-                    losses.append(values["loss"])
+                    self.progress.epoch_losses.append(values["loss"])
                     bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
                     if self.progress.step % train.log_every == 0:
                         self._log({"event": "step", "stage": train.stage, "epoch": epoch,
@@ -345,7 +346,7 @@ class Trainer:
                         self._log({"event": "stop", "reason": "max_steps", "step": self.progress.step})
                         return self.run_dir / BEST
                 bar.close()
-                self._end_epoch(epoch, lr, losses)
+                self._end_epoch(epoch, lr)
         return self.run_dir / BEST
 
     def _stop_requested(self, stop: _StopSignals) -> bool:
@@ -361,8 +362,8 @@ class Trainer:
         return bool(distributed.all_reduce_sum(self.context, value).item())
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
-        where = f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batch + 1})"
         value = loss.item()
+        where = f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batch + 1})"
         self._log({"event": "nonfinite", "step": self.progress.step + 1, "loss": value,
                    "policy": self.config.train.nonfinite})
         if self.config.train.nonfinite == "stop":
@@ -373,8 +374,9 @@ class Trainer:
         self._say(f"skipping a batch with non-finite loss at {where}")
         self.progress.batch += 1
 
-    def _end_epoch(self, epoch: int, lr: float, losses: list[float]) -> None:
+    def _end_epoch(self, epoch: int, lr: float) -> None:
         train = self.config.train
+        losses = self.progress.epoch_losses
         metrics = self.validate()
         score = metrics["CIDEr-D"]
         improved = score > self.progress.best_score
@@ -397,6 +399,7 @@ class Trainer:
                                          train.min_epochs)
         self.progress.epoch += 1
         self.progress.batch = 0
+        self.progress.epoch_losses = []
         self.save_last()
 
 

@@ -1,0 +1,253 @@
+"""`hin train` end to end on a tiny synthetic set: resuming equals not stopping (bit for
+bit on CPU), signals and non-finite losses never lose the last good checkpoint, the best
+checkpoint comes from validation alone, and 2 gloo processes train as one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from hin import checkpoint
+from hin.cli import main
+from hin.config import RunConfig
+from hin.data.synth import generate
+from hin.data.vocab import Vocabulary
+from hin.model import HIN
+from hin.training import loop
+from hin.training.runlog import LOG_FILE
+from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
+from training_runs import BATCHES_PER_EPOCH, TRAIN_IMAGES, ddp_worker, tiny_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, seed=0, train=TRAIN_IMAGES, val=10, test=10, min_freq=1, progress=False)
+    return out
+
+
+def config(synth: Path, run_dir: Path, *extra: str) -> RunConfig:
+    return RunConfig.load(None, tiny_overrides(synth, run_dir, *extra))
+
+
+def saved(run_dir: Path, name: str = loop.LAST) -> tuple[dict, dict]:
+    """(model state dict, extra entries) of a checkpoint in run_dir."""
+    model, extra = checkpoint.load(run_dir / name)
+    return model.state_dict(), extra
+
+
+def log_records(run_dir: Path, event: str) -> list[dict]:
+    lines = (run_dir / LOG_FILE).read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synth, tmp_path_factory) -> tuple[Path, list[list[str]]]:
+    """Two epochs in one go, recording which annotation splits training asked for."""
+    run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    requested: list[list[str]] = []
+    real_load_splits = loop.load_splits
+
+    def recording_load_splits(source, names):
+        requested.append(list(names))
+        return real_load_splits(source, names)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "load_splits", recording_load_splits)
+        start(config(synth, run_dir), progress=False)
+    return run_dir, requested
+
+
+def assert_same_tensors(left: dict, right: dict) -> None:
+    assert left.keys() == right.keys()
+    for name in left:
+        assert torch.equal(left[name], right[name]), name
+
+
+def test_resume_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninterrupted, tmp_path):
+    reference_dir, _ = uninterrupted
+    stopped_dir = tmp_path / "stopped"
+    start(config(synth, stopped_dir, "train.max_steps=7"), progress=False)
+    _, extra = saved(stopped_dir)
+    assert extra["training"]["progress"]["step"] == 7
+    assert extra["training"]["progress"]["batch"] == 7
+    assert not (stopped_dir / loop.BEST).exists()     # no validation happened yet
+
+    resume(stopped_dir, ["train.max_steps=0"], progress=False)
+
+    reference_weights, reference = saved(reference_dir)
+    resumed_weights, resumed = saved(stopped_dir)
+    assert config(synth, reference_dir).model.dropout > 0    # so the RNG restore matters
+    assert_same_tensors(reference_weights, resumed_weights)
+    reference_optimizer = reference["training"]["optimizer"]
+    resumed_optimizer = resumed["training"]["optimizer"]
+    assert reference_optimizer["param_groups"] == resumed_optimizer["param_groups"]
+    for index, state in reference_optimizer["state"].items():
+        assert_same_tensors(state, resumed_optimizer["state"][index])
+    assert reference["training"]["progress"] == resumed["training"]["progress"]
+    assert resumed["training"]["progress"]["step"] == 2 * BATCHES_PER_EPOCH
+    assert log_records(stopped_dir, "epoch") == log_records(reference_dir, "epoch")
+
+    def without_timing(records):
+        return [{k: v for k, v in record.items() if k != "seconds"} for record in records]
+    assert without_timing(log_records(stopped_dir, "step")) == without_timing(
+        log_records(reference_dir, "step"))
+    assert [r["step"] for r in log_records(stopped_dir, "resume")] == [7]
+    assert_same_tensors(saved(reference_dir, loop.BEST)[0], saved(stopped_dir, loop.BEST)[0])
+
+
+def test_best_checkpoint_is_chosen_on_validation_and_test_is_never_loaded(uninterrupted):
+    run_dir, requested = uninterrupted
+    assert requested and all("test" not in names for names in requested)
+    epochs = log_records(run_dir, "epoch")
+    scores = [record["val"]["CIDEr-D"] for record in epochs]
+    best_epoch = epochs[scores.index(max(scores))]["epoch"]
+    _, best = saved(run_dir, loop.BEST)
+    assert best["epoch"] == best_epoch
+    assert best["validation"] == epochs[best_epoch - 1]["val"]
+    best_so_far, improved = -math.inf, []
+    for score in scores:
+        improved.append(score > best_so_far)
+        best_so_far = max(best_so_far, score)
+    assert [record["best"] for record in epochs] == improved
+    assert "training" not in best          # best.pt is a model, not a resumable state
+
+
+def test_resolved_config_is_written_and_stored_in_every_checkpoint(synth, uninterrupted):
+    run_dir, _ = uninterrupted
+    written = yaml.safe_load((run_dir / loop.CONFIG_FILE).read_text())
+    vocabulary = Vocabulary.load(synth / "vocab.json")
+    assert written["model"]["vocab_size"] == len(vocabulary)
+    assert written["train"]["batch_size"] == 10 and written["run_dir"] == str(run_dir)
+    assert RunConfig.from_dict(written).to_dict() == written     # complete: every key resolved
+    for name in (loop.LAST, loop.BEST):
+        _, extra = saved(run_dir, name)
+        assert extra["config"] == written
+        assert Vocabulary.from_dict(extra["vocabulary"]).words == vocabulary.words
+
+
+def test_a_second_start_into_an_existing_run_is_refused(synth, uninterrupted):
+    run_dir, _ = uninterrupted
+    before = (run_dir / loop.LAST).read_bytes()
+    with pytest.raises(TrainingError, match=r"already holds a run.*hin train --resume"):
+        start(config(synth, run_dir), progress=False)
+    assert (run_dir / loop.LAST).read_bytes() == before
+
+
+def send_signal_during_step(monkeypatch, signum: int, step: int) -> None:
+    """The process signals itself while computing the loss of optimiser step `step`."""
+    real_loss = loop.Trainer._xe_loss
+
+    def loss_then_signal(self, batch):
+        if self.progress.step == step - 1:
+            os.kill(os.getpid(), signum)
+        return real_loss(self, batch)
+    monkeypatch.setattr(loop.Trainer, "_xe_loss", loss_then_signal)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_the_step_it_interrupted_and_the_run_resumes(synth, tmp_path, monkeypatch,
+                                                                     signum):
+    run_dir = tmp_path / "run"
+    handler_before = signal.getsignal(signum)
+    send_signal_during_step(monkeypatch, signum, step=3)
+    with pytest.raises(TrainingInterrupted, match=rf"step 3.*--resume {run_dir}"):
+        start(config(synth, run_dir, "train.epochs=1"), progress=False)
+    _, extra = saved(run_dir)
+    assert extra["training"]["progress"]["step"] == 3
+    assert log_records(run_dir, "stop") == [{"event": "stop", "reason": "signal", "step": 3}]
+    assert signal.getsignal(signum) == handler_before
+
+    monkeypatch.undo()
+    resume(run_dir, progress=False)
+    _, extra = saved(run_dir)
+    assert extra["training"]["progress"]["step"] == BATCHES_PER_EPOCH
+    assert extra["training"]["progress"]["epoch"] == 2         # epoch 1 finished
+    assert (run_dir / loop.BEST).is_file()
+
+
+def test_cli_exits_130_after_saving_on_sigint(synth, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    send_signal_during_step(monkeypatch, signal.SIGINT, step=3)
+    code = main(["train", "--config", str(REPO / "configs" / "synth_xe.yaml"),
+                 *tiny_overrides(synth, run_dir)])
+    assert code == 130
+    assert f"hin train --resume {run_dir}" in capsys.readouterr().err
+    assert saved(run_dir)[1]["training"]["progress"]["step"] == 3
+
+
+def nan_loss_at_batch(monkeypatch, batch_number: int) -> None:
+    """The loss of the `batch_number`-th batch of the run (1-based) becomes NaN."""
+    real_loss = loop.Trainer._xe_loss
+    calls = []
+
+    def loss_or_nan(self, batch):
+        loss, values = real_loss(self, batch)
+        calls.append(batch)
+        if len(calls) == batch_number:
+            return loss * math.nan, {**values, "loss": math.nan}
+        return loss, values
+    monkeypatch.setattr(loop.Trainer, "_xe_loss", loss_or_nan)
+
+
+def test_a_nonfinite_loss_stops_with_its_step_and_keeps_the_last_good_checkpoint(
+        synth, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    nan_loss_at_batch(monkeypatch, 3)
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at step 3 .*nonfinite=skip"):
+        start(config(synth, run_dir, "train.checkpoint_every=2"), progress=False)
+    _, extra = saved(run_dir)
+    assert extra["training"]["progress"]["step"] == 2
+    assert [r["step"] for r in log_records(run_dir, "nonfinite")] == [3]
+
+
+def test_nonfinite_skip_drops_the_batch_and_goes_on(synth, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    nan_loss_at_batch(monkeypatch, 3)
+    start(config(synth, run_dir, "train.nonfinite=skip", "train.max_steps=4"), progress=False)
+    [event] = log_records(run_dir, "nonfinite")
+    assert (event["step"], event["policy"]) == (3, "skip") and math.isnan(event["loss"])
+    weights, extra = saved(run_dir)
+    progress = extra["training"]["progress"]
+    assert (progress["step"], progress["batch"]) == (4, 5)   # 4 steps over 5 batches
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(synth, tmp_path):
+    steps = ("model.dropout=0", "train.max_steps=3")
+    single_dir = tmp_path / "single"
+    start(config(synth, single_dir, *steps), progress=False)
+
+    ddp_dir = tmp_path / "ddp"
+    mp.spawn(ddp_worker, args=(2, free_port(), tiny_overrides(synth, ddp_dir, *steps),
+                               str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert_same_tensors(ranks[0]["model"], ranks[1]["model"])      # ranks stay in sync
+    single_weights, _ = saved(single_dir)
+    ddp_weights, ddp_extra = saved(ddp_dir)                         # written by rank 0 alone
+    assert_same_tensors(ddp_weights, ranks[0]["model"])
+    assert ddp_extra["training"]["progress"]["step"] == 3
+    for name, value in single_weights.items():
+        torch.testing.assert_close(ddp_weights[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    torch.manual_seed(0)                                            # the Trainer's init
+    initial = HIN(RunConfig.from_dict(ddp_extra["config"]).model).state_dict()
+    assert not all(torch.equal(initial[name], value) for name, value in ddp_weights.items())
