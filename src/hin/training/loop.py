@@ -364,11 +364,12 @@ class Trainer:
     def _nonfinite(self, loss: torch.Tensor) -> None:
         value = loss.item()
         where = f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batch + 1})"
+        rank = f" on rank {self.context.rank}" if self.context.distributed else ""
         self._log({"event": "nonfinite", "step": self.progress.step + 1, "loss": value,
                    "policy": self.config.train.nonfinite})
         if self.config.train.nonfinite == "stop":
             raise TrainingError(
-                f"non-finite loss ({value} on rank {self.context.rank}) at {where}; the last good checkpoint is "
+                f"non-finite loss ({value}) at {where}{rank}; the last good checkpoint is "
                 f"{self.run_dir / LAST} (not overwritten). Lower train.lr, or set "
                 "train.nonfinite=skip to skip such batches")
         self._say(f"skipping a batch with non-finite loss at {where}")
