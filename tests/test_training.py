@@ -251,3 +251,22 @@ def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(synt
     torch.manual_seed(0)                                            # the Trainer's init
     initial = HIN(RunConfig.from_dict(ddp_extra["config"]).model).state_dict()
     assert not all(torch.equal(initial[name], value) for name, value in ddp_weights.items())
+
+
+def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synth, uninterrupted,
+                                                                          tmp_path):
+    xe_run, _ = uninterrupted
+    run_dir = tmp_path / "scst"
+    best = start(config(synth, run_dir, "train.stage=scst", "train.lr=1e-5", "train.epochs=1",
+                        "train.beam_size=3"), init=xe_run / loop.BEST, progress=False)
+    assert best.is_file()
+    steps = log_records(run_dir, "step")
+    assert steps and all(r["stage"] == "scst" and 0 <= r["reward"] for r in steps)
+    assert any(r["reward"] > 0 for r in steps)
+    assert (run_dir / loop.CIDER_TABLE).is_file()     # training-reference df, built once
+    xe_model, _ = checkpoint.load(xe_run / loop.BEST)
+    scst_model, extra = checkpoint.load(best)
+    assert scst_model.config == xe_model.config        # the architecture comes from --init
+    assert extra["validation"]["CIDEr-D"] == log_records(run_dir, "epoch")[0]["val"]["CIDEr-D"]
+    assert any(not torch.equal(a, b) for a, b in zip(xe_model.state_dict().values(),
+                                                       scst_model.state_dict().values()))

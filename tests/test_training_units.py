@@ -146,3 +146,13 @@ def test_bad_training_values_are_refused(override, message):
 def test_bundled_configs_load(name):
     config = RunConfig.load(CONFIGS / f"{name}.yaml")
     assert config.train.stage == name.split("_")[1]
+
+
+def test_learning_rates_in_scientific_notation_are_numbers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 1e-4\n")
+    assert RunConfig.load(path).train.lr == 1e-4
+    assert RunConfig.load(path, ["train.lr=2E-5"]).train.lr == 2e-5
+    assert RunConfig.load(None, ["run_dir=runs/1e3x"]).run_dir == "runs/1e3x"
+    with pytest.raises(ConfigError, match="lr must be a positive number"):
+        RunConfig.load(None, ["train.lr=fast"])

@@ -7,6 +7,7 @@ so a saved model can always be rebuilt without the files it was trained from.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,6 +16,16 @@ from typing import Any
 import yaml
 
 POSITION_TABLES = ("frozen-random", "sinusoid")
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 class ConfigError(ValueError):
@@ -106,7 +117,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like key=value (e.g. train.lr=1e-4)")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
+    return key.split("."), yaml.load(raw, Loader=_YAMLLoader) if raw.strip() else ""
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -128,7 +139,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     with path.open() as handle:
-        values = yaml.safe_load(handle) or {}
+        values = yaml.load(handle, Loader=_YAMLLoader) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return values
@@ -214,8 +225,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name} must be a non-negative integer "
                                   f"(0 = off), got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"TrainConfig.lr must be positive, got {self.lr!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ConfigError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
 
 
 @dataclass(frozen=True)
