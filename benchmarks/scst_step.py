@@ -1,0 +1,95 @@
+"""Self-critical (SCST) training step at paper size (79.3M parameters, random weights).
+
+One step = beam search (beam 5, max length 20, all 5 beams kept) without gradients,
+CIDEr-D rewards against 5 references per image (training-df table), one teacher-forced
+pass with gradients over the 5 beams of every image, backward, Adam update — exactly
+`hin.training.scst.self_critical_loss` as `hin train` runs it. Random weights never emit
+<eos>, so every beam runs the full 20 steps (the slowest case).
+Reference implementation (whole beam search under autograd) on the 2-core dev machine,
+batch 10: 32 s per step, 22.9 GiB peak; batch 20 does not fit in 24 GiB.
+Usage: python benchmarks/scst_step.py [--batch-sizes 10 50] [--device cuda --bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+
+import torch
+
+from common import describe, peak_memory_gib, pick_device, reset_peak, timed
+from hin.config import HINConfig
+from hin.data.vocab import SPECIALS, Vocabulary
+from hin.metrics import CiderDTable
+from hin.model import HIN
+from hin.training.scst import self_critical_loss
+
+REFERENCE_SECONDS_BATCH_10 = 32.0
+REFERENCES_PER_IMAGE = 5
+
+
+def reference_table(vocab: Vocabulary, images: int, words: int, seed: int) -> CiderDTable:
+    """Five 10-word reference captions per image, drawn from the first `words` words."""
+    rng = random.Random(seed)
+    vocabulary = vocab.words[len(SPECIALS):len(SPECIALS) + words]
+    references = {image: [" ".join(rng.choices(vocabulary, k=10))
+                          for _ in range(REFERENCES_PER_IMAGE)] for image in range(images)}
+    return CiderDTable.from_references(references, tokenized=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--max-len", type=int, default=20)
+    parser.add_argument("--grid-tokens", type=int, default=256)
+    parser.add_argument("--regions", type=int, default=50)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    config = HINConfig()
+    model = HIN(config).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-6, betas=(0.9, 0.98))
+    vocab = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(len(SPECIALS), config.vocab_size))],
+                       [0] * config.vocab_size)
+    table = reference_table(vocab, max(args.batch_sizes), words=200, seed=0)
+    print(f"device: {describe(device)}; model: {model.num_parameters() / 1e6:.1f}M parameters; "
+          f"beam {args.beam} (all beams trained), max length {args.max_len}, "
+          f"{args.grid_tokens} grid tokens, {args.regions} regions; peak memory is measured "
+          "before larger batches run")
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    for batch in sorted(args.batch_sizes):
+        grid = torch.randn(batch, args.grid_tokens, config.grid_dim, device=device)
+        region = torch.randn(batch, args.regions, config.region_dim, device=device)
+        image_ids = list(range(batch))
+
+        def reward(beams: torch.Tensor) -> torch.Tensor:
+            captions = [vocab.decode(ids) for ids in beams.flatten(0, 1).tolist()]
+            owners = [i for i in image_ids for _ in range(beams.shape[1])]
+            return torch.from_numpy(table.score(captions, owners)).view(beams.shape[:2])
+
+        def step() -> None:
+            loss, _ = self_critical_loss(model, grid, region, reward, beam_size=args.beam,
+                                         max_len=args.max_len, autocast=autocast)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        reset_peak(device)
+        seconds = timed(step, device, args.repeats)
+        versus = (f"  ({REFERENCE_SECONDS_BATCH_10 / seconds:.1f}x faster than the reference's "
+                  "32 s)" if batch == 10 and device.type == "cpu" else "")
+        print(f"batch {batch:4d}: {seconds:7.2f} s/step  {batch / seconds:6.2f} img/s  "
+              f"peak {peak_memory_gib(device)}{versus}")
+
+
+if __name__ == "__main__":
+    main()

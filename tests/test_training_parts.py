@@ -1,0 +1,137 @@
+"""Pieces of a training run that need no model: the seeded data order and its split across
+ranks, RNG capture/restore through a weights_only checkpoint, the JSONL/TensorBoard log and
+`hin plot`."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hin.cli import main
+from hin.training.distributed import Context, EpochOrder
+from hin.training.loop import capture_rng, restore_rng
+from hin.training.plot import current_history, plot_run
+from hin.training.runlog import LOG_FILE, RunLog, read_log, scalars
+
+CPU = torch.device("cpu")
+
+
+def order(size=23, batch=6, seed=7, epoch=1, rank=0, world=1, start=0) -> EpochOrder:
+    return EpochOrder(size, batch, seed, epoch, Context(rank, world, CPU), start)
+
+
+def test_order_is_a_function_of_seed_and_epoch_and_drops_the_incomplete_batch():
+    first = order()
+    assert list(first) == list(order()) and len(first) == 18 and first.batches == 3
+    assert len(set(first)) == 18 and set(first) <= set(range(23))
+    assert list(order(epoch=2)) != list(first)
+    assert list(order(seed=8)) != list(first)
+
+
+def test_resuming_at_a_batch_yields_the_rest_of_the_same_order():
+    assert list(order(start=2)) == list(order())[2 * 6:]
+
+
+def test_ranks_split_every_global_batch_into_disjoint_equal_shares():
+    single = list(order())
+    shares = [list(order(rank=r, world=3)) for r in range(3)]
+    for batch in range(3):
+        parts = [share[batch * 2:(batch + 1) * 2] for share in shares]
+        assert sorted(sum(parts, [])) == sorted(single[batch * 6:(batch + 1) * 6])
+    resumed = [list(order(rank=r, world=3, start=1)) for r in range(3)]
+    assert resumed == [share[2:] for share in shares]
+
+
+def test_batch_size_must_divide_among_processes():
+    with pytest.raises(ValueError, match=r"batch_size \(6\) must be divisible by the number "
+                                         r"of processes \(4\)"):
+        order(world=4)
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.standard_normal()   # leaves a cached Gaussian in NumPy's state
+    state = capture_rng()
+    torch.save({"rng": state}, tmp_path / "state.pt")
+    expected = (torch.rand(3), np.random.standard_normal(3), random.random())
+    restore_rng(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    again = (torch.rand(3), np.random.standard_normal(3), random.random())
+    assert torch.equal(expected[0], again[0])
+    assert np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+class RecordingWriter:
+    """Stands in for TensorBoard's SummaryWriter."""
+
+    def __init__(self):
+        self.scalars, self.flushes, self.closed = [], 0, False
+
+    def add_scalar(self, tag, scalar_value, global_step):
+        self.scalars.append((tag, scalar_value, global_step))
+
+    def flush(self):
+        self.flushes += 1
+
+    def close(self):
+        self.closed = True
+
+
+STEP = {"event": "step", "stage": "xe", "epoch": 1, "step": 3, "lr": 1e-4, "loss": 2.5}
+EPOCH = {"event": "epoch", "stage": "xe", "epoch": 1, "step": 4, "lr": 1e-4, "train_loss": 2.0,
+         "val": {"CIDEr-D": 0.5, "BLEU-4": 0.25}, "best": True}
+
+
+def test_log_appends_json_lines_and_mirrors_numbers_to_tensorboard(tmp_path):
+    writer = RecordingWriter()
+    log = RunLog(tmp_path / "run", writer=writer)
+    for record in (STEP, EPOCH, {"event": "resume", "step": 4, "epoch": 2}):
+        log.write(record)
+    log.close()
+    assert read_log(tmp_path / "run") == [STEP, EPOCH, {"event": "resume", "step": 4, "epoch": 2}]
+    assert writer.scalars == [("xe/lr", 1e-4, 3), ("xe/loss", 2.5, 3), ("xe/lr", 1e-4, 4),
+                              ("xe/train_loss", 2.0, 4), ("xe/val/CIDEr-D", 0.5, 4),
+                              ("xe/val/BLEU-4", 0.25, 4)]
+    assert writer.flushes == 1 and writer.closed
+
+
+def test_scalars_leave_out_flags_and_missing_values():
+    assert scalars({**EPOCH, "train_loss": None}) == {
+        "xe/lr": 1e-4, "xe/val/CIDEr-D": 0.5, "xe/val/BLEU-4": 0.25}
+
+
+def test_reading_a_missing_or_damaged_log_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is .* a `hin train` run directory"):
+        read_log(tmp_path)
+    (tmp_path / LOG_FILE).write_text(json.dumps(STEP) + "\n{\"event\": \"st\n")
+    with pytest.raises(ValueError, match=r"log.jsonl line 2 is not JSON"):
+        read_log(tmp_path)
+
+
+def test_history_drops_steps_that_a_resume_redid():
+    records = [{"event": "step", "step": s} for s in (1, 2, 3)]
+    records += [{"event": "resume", "step": 2}, {"event": "step", "step": 3}]
+    assert [r["step"] for r in current_history(records)] == [1, 2, 2, 3]
+    assert sum(r["event"] == "resume" for r in current_history(records)) == 1
+
+
+def test_hin_plot_draws_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    log = RunLog(tmp_path, writer=RecordingWriter())
+    for step in range(1, 5):
+        log.write({**STEP, "step": step, "loss": 3.0 / step})
+    log.write(EPOCH)
+    log.write({**STEP, "stage": "scst", "step": 5, "reward": 0.4})
+    assert main(["plot", str(tmp_path)]) == 0
+    png = tmp_path / "curves.png"
+    assert f"wrote {png}" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_run(tmp_path, tmp_path / "other.png") == tmp_path / "other.png"
+
+
+def test_hin_plot_refuses_a_run_without_steps(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    RunLog(tmp_path, writer=RecordingWriter()).write({"event": "resume", "step": 0, "epoch": 1})
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "has no logged steps or epochs yet" in capsys.readouterr().err

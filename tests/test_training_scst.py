@@ -1,0 +1,79 @@
+"""SCST loss: exact values of the pure function, and the fast path (search without
+gradients, then one teacher-forced pass) equal to the loss of the search's own log-probs."""
+
+import pytest
+import torch
+
+from hin.decoding import beam_search
+from hin.training.scst import (scst_loss, self_critical_loss, sequence_mask,
+                               teacher_forcing_inputs)
+
+from conftest import tiny_features, tiny_model
+
+PAD, BOS, EOS = 1, 2, 3
+
+
+def test_loss_uses_the_mean_of_the_images_beams_as_baseline_and_divides_by_max_len():
+    token_logprobs = torch.tensor([[[-1.0, -2.0, -9.0], [-0.5, -0.5, -0.5]]])   # 1 image, 2 beams
+    mask = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]])                   # beam 0 ended
+    rewards = torch.tensor([[1.0, 0.0]])                                          # baseline 0.5
+    loss = scst_loss(token_logprobs, mask, rewards, max_len=20)
+    # beam 0: -(-3/20)(+0.5) = 0.075; beam 1: -(-1.5/20)(-0.5) = -0.0375; mean over beams
+    assert loss.item() == pytest.approx((0.075 - 0.0375) / 2)
+
+
+def test_loss_averages_over_images_and_is_zero_when_beams_tie():
+    logprobs = torch.full((2, 3, 4), -1.0)
+    mask = torch.ones(2, 3, 4)
+    assert scst_loss(logprobs, mask, torch.full((2, 3), 0.7), max_len=4).item() == 0.0
+    rewards = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0]])   # only image 0 contributes
+    per_image_0 = -(-1.0) * torch.tensor([0.5, -0.5, 0.0]).mean()
+    assert scst_loss(logprobs, mask, rewards, max_len=4).item() == pytest.approx(
+        per_image_0.item() / 2)
+
+
+def test_mask_keeps_tokens_up_to_and_including_eos():
+    beams = torch.tensor([[[5, EOS, PAD, PAD], [6, 7, 8, EOS]]])
+    assert sequence_mask(beams, PAD).tolist() == [[[1, 1, 0, 0], [1, 1, 1, 1]]]
+    assert teacher_forcing_inputs(beams, BOS).tolist() == [[[BOS, 5, EOS, PAD],
+                                                            [BOS, 6, 7, 8]]]
+
+
+def test_fast_path_equals_the_loss_of_the_search_log_probs_and_has_gradients():
+    model = tiny_model().train()         # dropout 0: train and eval passes agree exactly
+    grid, region = tiny_features(batch=3)
+    beam_size, max_len = 4, 7
+    beams, search_logprobs = beam_search(model, grid, region, beam_size=beam_size,
+                                         max_len=max_len, out_size=beam_size)
+    rewards = torch.arange(3 * beam_size, dtype=torch.float32).view(3, beam_size).sin()
+    seen = []
+
+    def reward(candidates):
+        seen.append(candidates.clone())
+        return rewards
+
+    loss, returned = self_critical_loss(model, grid, region, reward, beam_size=beam_size,
+                                        max_len=max_len)
+    assert torch.equal(seen[0], beams) and torch.equal(returned, rewards)
+    expected = scst_loss(search_logprobs, sequence_mask(beams, PAD), rewards, max_len)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert model.training, "the model is left in the mode it was given in"
+    loss.backward()
+    gradients = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in gradients)
+    assert any(g.abs().sum() > 0 for g in gradients)
+
+
+def beam_rank_reward(beams):
+    """Reward k for the k-th best beam of every image."""
+    return torch.arange(beams.shape[1], dtype=torch.float32).expand(beams.shape[:2])
+
+
+def test_beams_of_different_images_never_mix():
+    model = tiny_model(seed=3)
+    grid, region = tiny_features(batch=2, seed=5)
+    together, _ = self_critical_loss(model, grid, region, beam_rank_reward, beam_size=3,
+                                     max_len=6)
+    alone = [self_critical_loss(model, grid[i:i + 1], region[i:i + 1], beam_rank_reward,
+                                beam_size=3, max_len=6)[0] for i in range(2)]
+    assert together.item() == pytest.approx(torch.stack(alone).mean().item(), abs=1e-6)
