@@ -10,44 +10,15 @@ import pytest
 import torch
 
 from hin.cli import main
-from hin.training.distributed import Context, EpochOrder
 from hin.training.loop import capture_rng, restore_rng
 from hin.training.plot import current_history, plot_run
 from hin.training.runlog import LOG_FILE, RunLog, read_log, scalars
 
-CPU = torch.device("cpu")
 
 
-def order(size=23, batch=6, seed=7, epoch=1, rank=0, world=1, start=0) -> EpochOrder:
-    return EpochOrder(size, batch, seed, epoch, Context(rank, world, CPU), start)
 
 
-def test_order_is_a_function_of_seed_and_epoch_and_drops_the_incomplete_batch():
-    first = order()
-    assert list(first) == list(order()) and len(first) == 18 and first.batches == 3
-    assert len(set(first)) == 18 and set(first) <= set(range(23))
-    assert list(order(epoch=2)) != list(first)
-    assert list(order(seed=8)) != list(first)
 
-
-def test_resuming_at_a_batch_yields_the_rest_of_the_same_order():
-    assert list(order(start=2)) == list(order())[2 * 6:]
-
-
-def test_ranks_split_every_global_batch_into_disjoint_equal_shares():
-    single = list(order())
-    shares = [list(order(rank=r, world=3)) for r in range(3)]
-    for batch in range(3):
-        parts = [share[batch * 2:(batch + 1) * 2] for share in shares]
-        assert sorted(sum(parts, [])) == sorted(single[batch * 6:(batch + 1) * 6])
-    resumed = [list(order(rank=r, world=3, start=1)) for r in range(3)]
-    assert resumed == [share[2:] for share in shares]
-
-
-def test_batch_size_must_divide_among_processes():
-    with pytest.raises(ValueError, match=r"batch_size \(6\) must be divisible by the number "
-                                         r"of processes \(4\)"):
-        order(world=4)
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from hin.decoding import beam_search
-from hin.training.scst import (scst_loss, self_critical_loss, sequence_mask,
-                               teacher_forcing_inputs)
+from hin.training.scst import scst_loss, self_critical_loss, sequence_mask
 
 from conftest import tiny_features, tiny_model
 
@@ -31,12 +30,6 @@ def test_loss_averages_over_images_and_is_zero_when_beams_tie():
     assert scst_loss(logprobs, mask, rewards, max_len=4).item() == pytest.approx(
         per_image_0.item() / 2)
 
-
-def test_mask_keeps_tokens_up_to_and_including_eos():
-    beams = torch.tensor([[[5, EOS, PAD, PAD], [6, 7, 8, EOS]]])
-    assert sequence_mask(beams, PAD).tolist() == [[[1, 1, 0, 0], [1, 1, 1, 1]]]
-    assert teacher_forcing_inputs(beams, BOS).tolist() == [[[BOS, 5, EOS, PAD],
-                                                            [BOS, 6, 7, 8]]]
 
 
 def test_fast_path_equals_the_loss_of_the_search_log_probs_and_has_gradients():
