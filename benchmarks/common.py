@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import resource
 import time
 from collections.abc import Callable
@@ -49,3 +50,15 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU, {torch.get_num_threads()} threads"
+
+
+def paper_size_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every paper-size benchmark takes: batch sizes, feature sizes, device."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--grid-tokens", type=int, default=256)
+    parser.add_argument("--regions", type=int, default=50)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser

@@ -6,27 +6,20 @@ Reference implementation on the 2-core dev machine: beam 5, length 20, batch 10:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
 
-from common import describe, peak_memory_gib, pick_device, reset_peak, timed
+from common import describe, paper_size_parser, peak_memory_gib, pick_device, reset_peak, timed
 from hin.config import HINConfig
 from hin.decoding import beam_search
 from hin.model import HIN
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
+    parser = paper_size_parser(__doc__)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-len", type=int, default=20)
-    parser.add_argument("--grid-tokens", type=int, default=256)
-    parser.add_argument("--regions", type=int, default=50)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     device = pick_device(args.device)

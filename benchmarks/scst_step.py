@@ -12,13 +12,12 @@ Usage: python benchmarks/scst_step.py [--batch-sizes 10 50] [--device cuda --bf1
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import random
 
 import torch
 
-from common import describe, peak_memory_gib, pick_device, reset_peak, timed
+from common import describe, paper_size_parser, peak_memory_gib, pick_device, reset_peak, timed
 from hin.config import HINConfig
 from hin.data.vocab import SPECIALS, Vocabulary
 from hin.metrics import CiderDTable
@@ -39,15 +38,9 @@ def reference_table(vocab: Vocabulary, images: int, words: int, seed: int) -> Ci
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
+    parser = paper_size_parser(__doc__)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-len", type=int, default=20)
-    parser.add_argument("--grid-tokens", type=int, default=256)
-    parser.add_argument("--regions", type=int, default=50)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     device = pick_device(args.device)

@@ -7,13 +7,12 @@ Usage: python benchmarks/train_step.py [--batch-sizes 10 50] [--device cuda --bf
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import torch
 import torch.nn.functional as F
 
-from common import describe, peak_memory_gib, pick_device, reset_peak, timed
+from common import describe, paper_size_parser, peak_memory_gib, pick_device, reset_peak, timed
 from hin.config import HINConfig
 from hin.model import HIN
 
@@ -21,15 +20,9 @@ REFERENCE_SECONDS_BATCH_10 = 2.1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
+    parser = paper_size_parser(__doc__)
     parser.add_argument("--caption-tokens", type=int, default=20,
                         help="padded caption length incl. <bos>/<eos> (COCO batches: ~20)")
-    parser.add_argument("--grid-tokens", type=int, default=256)
-    parser.add_argument("--regions", type=int, default=50)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     device = pick_device(args.device)
