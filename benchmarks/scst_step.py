@@ -12,17 +12,15 @@ Usage: python benchmarks/scst_step.py [--batch-sizes 10 50] [--device cuda --bf1
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import random
 
 import torch
 
-from common import describe, peak_memory_gib, pick_device, reset_peak, timed
-from hin.config import HINConfig
+from common import (describe, paper_size_model, paper_size_parser, peak_memory_gib,
+                    random_features, reset_peak, timed)
 from hin.data.vocab import SPECIALS, Vocabulary
 from hin.metrics import CiderDTable
-from hin.model import HIN
 from hin.training.scst import self_critical_loss
 
 REFERENCE_SECONDS_BATCH_10 = 32.0
@@ -39,21 +37,13 @@ def reference_table(vocab: Vocabulary, images: int, words: int, seed: int) -> Ci
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
+    parser = paper_size_parser(__doc__)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-len", type=int, default=20)
-    parser.add_argument("--grid-tokens", type=int, default=256)
-    parser.add_argument("--regions", type=int, default=50)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    device = pick_device(args.device)
-    torch.manual_seed(0)
-    config = HINConfig()
-    model = HIN(config).to(device).train()
+    device, model = paper_size_model(args.device)
+    config = model.train().config
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-6, betas=(0.9, 0.98))
     vocab = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(len(SPECIALS), config.vocab_size))],
                        [0] * config.vocab_size)
@@ -67,8 +57,7 @@ def main() -> None:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     for batch in sorted(args.batch_sizes):
-        grid = torch.randn(batch, args.grid_tokens, config.grid_dim, device=device)
-        region = torch.randn(batch, args.regions, config.region_dim, device=device)
+        grid, region = random_features(batch, args, config, device)
         image_ids = list(range(batch))
 
         def reward(beams: torch.Tensor) -> torch.Tensor:
