@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: device choice, timing, peak memory."""
+"""Shared helpers for the benchmark scripts: flags, the paper-size model and its random
+features, device choice, timing, peak memory."""
 
 from __future__ import annotations
 
@@ -8,6 +9,38 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from hin.config import HINConfig
+from hin.model import HIN
+
+
+def paper_size_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every paper-size model benchmark shares: batch sizes, feature shapes,
+    device, bf16 autocast and repeats."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--grid-tokens", type=int, default=256)
+    parser.add_argument("--regions", type=int, default=50)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser
+
+
+def paper_size_model(device_name: str) -> tuple[torch.device, HIN]:
+    """The chosen device and the paper's HIN on it (HINConfig() defaults, random weights from
+    seed 0)."""
+    device = pick_device(device_name)
+    torch.manual_seed(0)
+    return device, HIN(HINConfig()).to(device)
+
+
+def random_features(batch: int, args: argparse.Namespace, config: HINConfig,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random grid [batch, grid_tokens, grid_dim] and region [batch, regions, region_dim]
+    features: speed and memory depend only on their shapes."""
+    return (torch.randn(batch, args.grid_tokens, config.grid_dim, device=device),
+            torch.randn(batch, args.regions, config.region_dim, device=device))
 
 
 def pick_device(name: str) -> torch.device:
@@ -50,15 +83,3 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU, {torch.get_num_threads()} threads"
-
-
-def paper_size_parser(description: str | None) -> argparse.ArgumentParser:
-    """The options every paper-size benchmark takes: batch sizes, feature sizes, device."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--grid-tokens", type=int, default=256)
-    parser.add_argument("--regions", type=int, default=50)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--repeats", type=int, default=3)
-    return parser

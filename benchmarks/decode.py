@@ -10,10 +10,9 @@ import contextlib
 
 import torch
 
-from common import describe, paper_size_parser, peak_memory_gib, pick_device, reset_peak, timed
-from hin.config import HINConfig
+from common import (describe, paper_size_model, paper_size_parser, peak_memory_gib,
+                    random_features, reset_peak, timed)
 from hin.decoding import beam_search
-from hin.model import HIN
 
 
 def main() -> None:
@@ -22,17 +21,15 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=20)
     args = parser.parse_args()
 
-    device = pick_device(args.device)
-    torch.manual_seed(0)
-    model = HIN(HINConfig()).to(device).eval()
+    device, model = paper_size_model(args.device)
+    model.eval()
     print(f"device: {describe(device)}; model: {model.num_parameters() / 1e6:.1f}M parameters; "
           f"beam {args.beam}, max length {args.max_len}, "
           f"{args.grid_tokens} grid tokens, {args.regions} regions")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
                 else contextlib.nullcontext())
     for batch in args.batch_sizes:
-        grid = torch.randn(batch, args.grid_tokens, 1024, device=device)
-        region = torch.randn(batch, args.regions, 2048, device=device)
+        grid, region = random_features(batch, args, model.config, device)
         reset_peak(device)
 
         def run() -> None:

@@ -17,11 +17,10 @@ import random
 
 import torch
 
-from common import describe, paper_size_parser, peak_memory_gib, pick_device, reset_peak, timed
-from hin.config import HINConfig
+from common import (describe, paper_size_model, paper_size_parser, peak_memory_gib,
+                    random_features, reset_peak, timed)
 from hin.data.vocab import SPECIALS, Vocabulary
 from hin.metrics import CiderDTable
-from hin.model import HIN
 from hin.training.scst import self_critical_loss
 
 REFERENCE_SECONDS_BATCH_10 = 32.0
@@ -43,10 +42,8 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=20)
     args = parser.parse_args()
 
-    device = pick_device(args.device)
-    torch.manual_seed(0)
-    config = HINConfig()
-    model = HIN(config).to(device).train()
+    device, model = paper_size_model(args.device)
+    config = model.train().config
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-6, betas=(0.9, 0.98))
     vocab = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(len(SPECIALS), config.vocab_size))],
                        [0] * config.vocab_size)
@@ -60,8 +57,7 @@ def main() -> None:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     for batch in sorted(args.batch_sizes):
-        grid = torch.randn(batch, args.grid_tokens, config.grid_dim, device=device)
-        region = torch.randn(batch, args.regions, config.region_dim, device=device)
+        grid, region = random_features(batch, args, config, device)
         image_ids = list(range(batch))
 
         def reward(beams: torch.Tensor) -> torch.Tensor:

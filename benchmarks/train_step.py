@@ -12,9 +12,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from common import describe, paper_size_parser, peak_memory_gib, pick_device, reset_peak, timed
-from hin.config import HINConfig
-from hin.model import HIN
+from common import (describe, paper_size_model, paper_size_parser, peak_memory_gib,
+                    random_features, reset_peak, timed)
 
 REFERENCE_SECONDS_BATCH_10 = 2.1
 
@@ -25,10 +24,8 @@ def main() -> None:
                         help="padded caption length incl. <bos>/<eos> (COCO batches: ~20)")
     args = parser.parse_args()
 
-    device = pick_device(args.device)
-    torch.manual_seed(0)
-    config = HINConfig()
-    model = HIN(config).to(device).train()
+    device, model = paper_size_model(args.device)
+    config = model.train().config
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
     print(f"device: {describe(device)}; model: {model.num_parameters() / 1e6:.1f}M parameters; "
           f"{args.caption_tokens} caption tokens, {args.grid_tokens} grid tokens, "
@@ -36,8 +33,7 @@ def main() -> None:
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
                 else contextlib.nullcontext())
     for batch in sorted(args.batch_sizes):
-        grid = torch.randn(batch, args.grid_tokens, config.grid_dim, device=device)
-        region = torch.randn(batch, args.regions, config.region_dim, device=device)
+        grid, region = random_features(batch, args, config, device)
         tokens = torch.randint(4, config.vocab_size, (batch, args.caption_tokens), device=device)
         tokens[:, 0] = config.bos_id
         tokens[:, -1] = config.eos_id

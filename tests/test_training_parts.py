@@ -4,14 +4,16 @@ ranks, RNG capture/restore through a weights_only checkpoint, the JSONL/TensorBo
 
 import json
 import random
+import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from hin.cli import main
 from hin.training.loop import capture_rng, restore_rng
-from hin.training.plot import current_history, plot_run
+from hin.training.plot import best_epoch, current_history, plot_run, stage_starts
 from hin.training.runlog import LOG_FILE, RunLog, read_log, scalars
 
 
@@ -97,7 +99,8 @@ def test_hin_plot_draws_a_png(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 0
     png = tmp_path / "curves.png"
     assert f"wrote {png}" in capsys.readouterr().out
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as image:
+        assert (image.format, image.size) == ("PNG", (800, 1000))
     assert plot_run(tmp_path, tmp_path / "other.png") == tmp_path / "other.png"
 
 
@@ -106,3 +109,24 @@ def test_hin_plot_refuses_a_run_without_steps(tmp_path, capsys):
     RunLog(tmp_path, writer=RecordingWriter()).write({"event": "resume", "step": 0, "epoch": 1})
     assert main(["plot", str(tmp_path)]) == 2
     assert "has no logged steps or epochs yet" in capsys.readouterr().err
+
+
+def test_plot_marks_where_each_stage_starts_and_the_epoch_best_pt_holds():
+    records = [{**STEP, "step": 1}, {**EPOCH, "epoch": 1, "step": 2},
+               {**EPOCH, "epoch": 2, "step": 4, "best": False}, {"event": "stop", "step": 4},
+               {**STEP, "stage": "scst", "step": 5}, {**EPOCH, "stage": "scst", "step": 6}]
+    assert stage_starts(records) == [(5, "scst")]
+    assert best_epoch(records)["stage"] == "scst"
+    assert best_epoch(records[:4])["epoch"] == 1
+    assert best_epoch(records[:1]) is None
+
+
+def test_hin_plot_says_which_directory_has_no_log(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    assert f"{tmp_path / 'missing' / LOG_FILE} does not exist" in capsys.readouterr().err
+
+
+def test_hin_plot_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "pip install 'hin[plot]'" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any
 from hin.training.runlog import read_log
 
 PLOT_FILE = "curves.png"
+SELECTION_METRIC = "CIDEr-D"
 
 
 def current_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -24,6 +25,25 @@ def current_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             kept = [r for r in kept if r.get("step", 0) <= record["step"]]
         kept.append(record)
     return kept
+
+
+def stage_starts(records: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(first step, stage) of every stage after the first, e.g. [(1200, "scst")] for a log
+    holding cross-entropy then SCST steps."""
+    starts: list[tuple[int, str]] = []
+    stage = None
+    for record in records:
+        if record["event"] in ("step", "epoch") and record.get("stage") != stage:
+            if stage is not None:
+                starts.append((record["step"], record["stage"]))
+            stage = record.get("stage")
+    return starts
+
+
+def best_epoch(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch record whose weights best.pt holds: the last one flagged best."""
+    flagged = [r for r in records if r["event"] == "epoch" and r.get("best")]
+    return flagged[-1] if flagged else None
 
 
 def _series(records: list[dict[str, Any]], event: str, key: str) -> tuple[list, list]:
@@ -70,15 +90,24 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     for name in metrics:
         points = [(r["step"], r["val"][name]) for r in epochs if name in r.get("val", {})]
-        val_axes.plot([p[0] for p in points], [100 * p[1] for p in points], "o-", label=name)
-    best = [r for r in epochs if r.get("best")]
-    if best and "CIDEr-D" in metrics:
-        val_axes.plot([r["step"] for r in best], [100 * r["val"]["CIDEr-D"] for r in best],
-                      "k*", markersize=10, label="best (validation CIDEr-D)")
+        selected = name == SELECTION_METRIC
+        val_axes.plot([p[0] for p in points], [100 * p[1] for p in points], "o-", label=name,
+                      linewidth=2.5 if selected else 1, zorder=3 if selected else 2,
+                      markersize=6 if selected else 3)
+    best = best_epoch(epochs)
+    if best is not None and SELECTION_METRIC in best.get("val", {}):
+        val_axes.plot(best["step"], 100 * best["val"][SELECTION_METRIC], "k*", markersize=14,
+                      zorder=4, label=f"best.pt: epoch {best['epoch']} "
+                                      f"(validation {SELECTION_METRIC})")
+    for step, stage in stage_starts(records):
+        for axes in (loss_axes, lr_axes, val_axes):
+            axes.axvline(step, color="grey", linestyle="--", linewidth=1)
+        loss_axes.annotate(f"{stage} starts ", (step, 0.5), xycoords=("data", "axes fraction"),
+                           rotation=90, ha="right", va="center", color="grey")
     val_axes.set_ylabel("validation score ×100")
     val_axes.set_xlabel("optimiser step")
     if metrics:
-        val_axes.legend(loc="lower right", fontsize="small")
+        val_axes.legend(loc="best", fontsize="small")
 
     figure.suptitle(f"{Path(run_dir).resolve().name}: training curves")
     figure.tight_layout()
