@@ -135,7 +135,7 @@ def test_unknown_config_keys_are_rejected_with_the_valid_ones():
     ("train.stage=rl", r"stage must be one of \('xe', 'scst'\)"),
     ("train.nonfinite=ignore", r"nonfinite must be one of \('stop', 'skip'\)"),
     ("train.max_steps=-1", r"max_steps must be a non-negative integer"),
-    ("train.lr=0", r"lr must be positive"),
+    ("train.lr=0", r"lr must be a positive number"),
 ])
 def test_bad_training_values_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):

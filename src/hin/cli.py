@@ -292,7 +292,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hin", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hin", description="HIN image captioning: data, training, evaluation, feature "
+                                "extraction and captioning. `hin COMMAND --help` for details.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("import-checkpoint",
