@@ -30,8 +30,8 @@ from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary
 from hin.decoding import beam_search
 from hin.extract.images import load_rgb
-from hin.extract.pipeline import (EXTRACTORS, extractor_from_attributes, prepare_pictures,
-                                  resolve_device)
+from hin.devices import resolve_device
+from hin.extract.pipeline import EXTRACTORS, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
 
 Picture = str | Path | Image.Image

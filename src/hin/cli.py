@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", default=data.vocabulary, help="vocabulary JSON file")
     p.add_argument("--max-regions", type=int, default=data.max_regions)
     p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
-    p.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
     p.add_argument("--keep-repeats", action="store_true",
                    help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")

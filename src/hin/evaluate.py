@@ -28,6 +28,7 @@ from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary
+from hin.devices import resolve_device
 from hin.decoding import caption_batches
 from hin.metrics import MetricsReport, collapse_repeats, score_captions
 
@@ -69,11 +70,12 @@ def load_images(data: DataConfig, split: str, store: FeatureStore) -> Split:
 def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
              beam_size: int = 5, max_len: int = 20, batch_size: int = 50,
              out_dir: str | Path | None = None, collapse: bool = True, spice: bool = True,
-             device: str = "cpu", progress: bool = True) -> Evaluation:
+             device: str = "auto", progress: bool = True) -> Evaluation:
     """Caption every image of `split` by beam search (an ensemble when several checkpoints
     are given), score against the references, write captions.json / metrics.json to out_dir."""
     if not checkpoints:
         raise ValueError("evaluate needs at least one checkpoint")
+    device = resolve_device(device)
     loaded = [load(path, map_location=device) for path in checkpoints]
     models = [model for model, _ in loaded]
     config = models[0].config

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from hin.extract.images import ClipPreprocessor
+from hin.devices import resolve_device
 from hin.extract.pipeline import (ImageEntry, load_pretrained, register_extractor,
-                                  resolve_device, resolve_dtype, transformers_module)
+                                  resolve_dtype, transformers_module)
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 

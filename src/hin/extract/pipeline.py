@@ -31,13 +31,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 ImageEntry = dict[str, np.ndarray]
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` -> the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` -> float16 on CUDA (how the released CLIP features were computed), float32 on CPU."""
     if name == "auto":

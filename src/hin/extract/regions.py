@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hin.devices import resolve_device
 from hin.extract.pipeline import (ImageEntry, load_pretrained, register_extractor,
-                                  resolve_device, resolve_dtype, transformers_module)
+                                  resolve_dtype, transformers_module)
 
 DEFAULT_DETR = "facebook/detr-resnet-50"
 DEFAULT_DETR_REVISION = "no_timm"
