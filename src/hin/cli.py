@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -272,8 +273,9 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingError as error:
         print(f"hin train: error: {error}", file=sys.stderr)
         return 1
-    print(f"best checkpoint: {best}" if best.exists() else
-          f"stopped before the first validation; continue with `hin train --resume {best.parent}`")
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, one message, not one per process
+        print(f"best checkpoint: {best}" if best.exists() else
+              f"stopped before the first validation; continue with `hin train --resume {best.parent}`")
     return 0
 
 
