@@ -380,11 +380,9 @@ def _write_image(grid_file: h5py.File, region_file: h5py.File, image: _Image, gr
 
 
 def _class_probabilities(objects: Sequence[SceneObject]) -> np.ndarray:
-    """Detector-style class scores: column 0 background, then one column per shape."""
-    probabilities = np.full((len(objects), len(SHAPES) + 1), 0.02, dtype=np.float32)
-    for row, obj in enumerate(objects):
-        probabilities[row, SHAPES.index(obj.shape) + 1] = 1.0 - 0.02 * len(SHAPES)
-    return probabilities
+    """Detector-style confidence of each region's class [n], as VinVL's `conf` (the layout
+    every region file shares: one score per region)."""
+    return np.full(len(objects), 1.0 - 0.02 * len(SHAPES), dtype=np.float32)
 
 
 def _manifest(images: list[_Image], annotation_ids: dict[str, list[int]], vocab: Vocabulary,
