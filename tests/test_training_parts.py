@@ -2,6 +2,7 @@
 ranks, RNG capture/restore through a weights_only checkpoint, the JSONL/TensorBoard log and
 `hin plot`."""
 
+import importlib.util
 import json
 import random
 import sys
@@ -15,12 +16,6 @@ from hin.cli import main
 from hin.training.loop import capture_rng, restore_rng
 from hin.training.plot import best_epoch, current_history, plot_run, stage_starts
 from hin.training.runlog import LOG_FILE, RunLog, read_log, scalars
-
-
-
-
-
-
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
@@ -130,3 +125,15 @@ def test_hin_plot_without_matplotlib_says_what_to_install(tmp_path, capsys, monk
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["plot", str(tmp_path)]) == 2
     assert "pip install 'hin[plot]'" in capsys.readouterr().err
+
+
+def test_a_broken_tensorboard_install_only_turns_the_mirror_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())   # "installed"
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)         # import fails
+    with pytest.warns(UserWarning, match=r"TensorBoard logging is off: tensorboard is "
+                                         r"installed but does not import .*"
+                                         r"train.tensorboard=false"):
+        log = RunLog(tmp_path)
+    assert log.writer is None
+    log.write(STEP)
+    assert read_log(tmp_path) == [STEP]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,11 +28,17 @@ class ScalarWriter(Protocol):
 
 
 def tensorboard_writer(run_dir: Path) -> ScalarWriter | None:
-    """A SummaryWriter into run_dir/tensorboard, or None when tensorboard is not installed."""
+    """A SummaryWriter into run_dir/tensorboard, or None when tensorboard is not installed.
+    A broken installation only costs the mirror (with a warning): log.jsonl is the record."""
     if importlib.util.find_spec("tensorboard") is None:
         return None
-    from torch.utils.tensorboard import SummaryWriter
-
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        warnings.warn(f"TensorBoard logging is off: tensorboard is installed but does not "
+                      f"import ({error}); reinstall it with pip install 'hin[tensorboard]', or "
+                      "set train.tensorboard=false", stacklevel=2)
+        return None
     return SummaryWriter(str(run_dir / TENSORBOARD_DIR))
 
 
