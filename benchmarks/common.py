@@ -14,10 +14,13 @@ from hin.config import HINConfig
 from hin.model import HIN
 
 
-def paper_size_parser(description: str) -> argparse.ArgumentParser:
+def paper_size_parser(description: str, beam_search: bool = False) -> argparse.ArgumentParser:
     """The flags every paper-size model benchmark shares: batch sizes, feature shapes,
-    device, bf16 autocast and repeats."""
+    device, bf16 autocast and repeats; with `beam_search`, also the paper's beam and length."""
     parser = argparse.ArgumentParser(description=description)
+    if beam_search:
+        parser.add_argument("--beam", type=int, default=5)
+        parser.add_argument("--max-len", type=int, default=20)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--grid-tokens", type=int, default=256)
     parser.add_argument("--regions", type=int, default=50)

@@ -16,10 +16,7 @@ from hin.decoding import beam_search
 
 
 def main() -> None:
-    parser = paper_size_parser(__doc__)
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--max-len", type=int, default=20)
-    args = parser.parse_args()
+    args = paper_size_parser(__doc__, beam_search=True).parse_args()
 
     device, model = paper_size_model(args.device)
     model.eval()

@@ -37,10 +37,7 @@ def reference_table(vocab: Vocabulary, images: int, words: int, seed: int) -> Ci
 
 
 def main() -> None:
-    parser = paper_size_parser(__doc__)
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--max-len", type=int, default=20)
-    args = parser.parse_args()
+    args = paper_size_parser(__doc__, beam_search=True).parse_args()
 
     device, model = paper_size_model(args.device)
     config = model.train().config
