@@ -248,6 +248,8 @@ def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(synt
     assert ddp_extra["training"]["progress"]["step"] == 3
     for name, value in single_weights.items():
         torch.testing.assert_close(ddp_weights[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    logged = [[r["loss"] for r in log_records(run, "step")] for run in (single_dir, ddp_dir)]
+    assert logged[1] == pytest.approx(logged[0], abs=1e-5)        # the whole batch's loss
     torch.manual_seed(0)                                            # the Trainer's init
     initial = HIN(RunConfig.from_dict(ddp_extra["config"]).model).state_dict()
     assert not all(torch.equal(initial[name], value) for name, value in ddp_weights.items())

@@ -228,7 +228,7 @@ class Trainer:
         count = (targets != self.vocab.pad_id).sum().float()
         global_count = distributed.all_reduce_sum(self.context, count.clone())
         loss = total * self.context.world_size / global_count
-        return loss, {"loss": (total.detach() / count).item()}
+        return loss, {"loss": loss.item()}   # its mean over ranks: the global per-token NLL
 
     def _scst_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Beams without gradients, rewards from the training-df CIDEr-D, then one
@@ -322,6 +322,7 @@ class Trainer:
                     if not self._finite_everywhere(loss):
                         self._nonfinite(loss)
                         continue
+                    values = self._mean_over_ranks(values)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
@@ -356,6 +357,15 @@ class Trainer:
         """Whether every rank's loss is finite: ranks must skip or stop together, or the
         others would wait forever in the gradient all-reduce."""
         return not self._any_rank(not bool(torch.isfinite(loss)))
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """The step's logged numbers averaged over ranks (equal shares of the global batch),
+        so the log describes the whole batch, not rank 0's part of it."""
+        if not self.context.distributed:
+            return values
+        local = torch.tensor(list(values.values()), dtype=torch.float64, device=self.context.device)
+        total = distributed.all_reduce_sum(self.context, local)
+        return dict(zip(values, (total / self.context.world_size).tolist()))
 
     def _any_rank(self, flag: bool) -> bool:
         value = torch.tensor([1.0 if flag else 0.0], device=self.context.device)
