@@ -272,3 +272,17 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
     assert extra["validation"]["CIDEr-D"] == log_records(run_dir, "epoch")[0]["val"]["CIDEr-D"]
     assert any(not torch.equal(a, b) for a, b in zip(xe_model.state_dict().values(),
                                                        scst_model.state_dict().values()))
+
+
+def test_scst_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninterrupted,
+                                                                        tmp_path):
+    init = uninterrupted[0] / loop.BEST
+    scst = ("train.stage=scst", "train.lr=1e-5", "train.beam_size=3")   # 2 steps per epoch
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    start(config(synth, whole, *scst), init=init, progress=False)
+    start(config(synth, stopped, *scst, "train.max_steps=3"), init=init, progress=False)
+    resume(stopped, ["train.max_steps=0"], progress=False)
+    assert saved(stopped)[1]["training"]["progress"] == saved(whole)[1]["training"]["progress"]
+    assert_same_tensors(saved(whole)[0], saved(stopped)[0])
+    rewards = [[r["reward"] for r in log_records(run, "step")] for run in (whole, stopped)]
+    assert len(rewards[0]) == 4 and rewards[1] == rewards[0]
