@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -10,8 +10,15 @@ import contextlib
 
 import torch
 
-from common import (describe, paper_size_model, paper_size_parser, peak_memory_gib,
-                    random_features, reset_peak, timed)
+from common import (
+    describe,
+    paper_size_model,
+    paper_size_parser,
+    peak_memory_gib,
+    random_features,
+    reset_peak,
+    timed,
+)
 from hin.decoding import beam_search
 
 

@@ -37,8 +37,7 @@ def write_vit_l14(directory: Path) -> Path:
 
 
 def write_detr_r50(directory: Path) -> Path:
-    from transformers import (DetrConfig, DetrForObjectDetection, DetrImageProcessorPil,
-                              ResNetConfig)
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorPil, ResNetConfig
 
     backbone = ResNetConfig(out_features=["stage4"])          # ResNet-50 shapes
     config = DetrConfig(use_timm_backbone=False, backbone_config=backbone,

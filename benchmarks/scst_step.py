@@ -17,8 +17,15 @@ import random
 
 import torch
 
-from common import (describe, paper_size_model, paper_size_parser, peak_memory_gib,
-                    random_features, reset_peak, timed)
+from common import (
+    describe,
+    paper_size_model,
+    paper_size_parser,
+    peak_memory_gib,
+    random_features,
+    reset_peak,
+    timed,
+)
 from hin.data.vocab import SPECIALS, Vocabulary
 from hin.metrics import CiderDTable
 from hin.training.scst import self_critical_loss

@@ -12,8 +12,15 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from common import (describe, paper_size_model, paper_size_parser, peak_memory_gib,
-                    random_features, reset_peak, timed)
+from common import (
+    describe,
+    paper_size_model,
+    paper_size_parser,
+    peak_memory_gib,
+    random_features,
+    reset_peak,
+    timed,
+)
 
 REFERENCE_SECONDS_BATCH_10 = 2.1
 

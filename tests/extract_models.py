@@ -27,8 +27,7 @@ def write_tiny_clip(directory: Path) -> Path:
 
 def write_tiny_detr(directory: Path) -> Path:
     """DETR with transformers' own (tiny) ResNet backbone: no timm, no torchvision."""
-    from transformers import (DetrConfig, DetrForObjectDetection, DetrImageProcessorPil,
-                              ResNetConfig)
+    from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessorPil, ResNetConfig
 
     torch.manual_seed(0)
     backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],

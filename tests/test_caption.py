@@ -15,19 +15,29 @@ import pytest
 import torch
 
 import hin
-from extract_models import (CLIP_HIDDEN, DETR_D_MODEL, write_pictures, write_tiny_clip,
-                            write_tiny_detr)
+from extract_models import (
+    CLIP_HIDDEN,
+    DETR_D_MODEL,
+    write_pictures,
+    write_tiny_clip,
+    write_tiny_detr,
+)
 from hin.checkpoint import CheckpointError, load, save
 from hin.cli import main
-from hin.config import HINConfig
+from hin.config import DecodingConfig, HINConfig
 from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
 from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
 from hin.decoding import beam_search
-from hin.extract import (build_extractor, extract_to_file, image_id_from_name, list_images,
-                         read_attributes)
+from hin.extract import (
+    build_extractor,
+    extract_to_file,
+    image_id_from_name,
+    list_images,
+    read_attributes,
+)
 from hin.model import HIN
 
 pytest.importorskip("transformers")
@@ -52,7 +62,7 @@ def synth_checkpoint(tmp_path_factory):
     model = HIN(_tiny_config(vocab, 1024, 2048))
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for step, batch in zip(range(40), _forever(make_loader(pairs, 50, shuffle=True))):
+    for _, batch in zip(range(40), _forever(make_loader(pairs, 50, shuffle=True))):
         logprobs = model.decode(batch.tokens[:, :-1], model.encode(batch.grid, batch.region))
         loss = torch.nn.functional.nll_loss(logprobs.flatten(0, 1), batch.tokens[:, 1:].flatten(),
                                             ignore_index=vocab.pad_id)
@@ -152,7 +162,7 @@ def test_caption_pictures_matches_captioning_their_extracted_features(picture_se
 
 def test_captioner_in_three_lines_and_text_output(picture_setup):
     checkpoint, root, _, vocab = picture_setup
-    captioner = hin.Captioner(checkpoint, beam_size=2, top_k=2)
+    captioner = hin.Captioner(checkpoint, decoding=DecodingConfig(beam_size=2, num_captions=2))
     result = captioner(root / "pictures" / "12.png")[0]
     assert result.source.endswith("12.png") and len(result.captions) == 2
     assert all(word in vocab for c in result.captions for word in c.text.split())

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
+from conftest import tiny_model
 from hin.checkpoint import CheckpointError, import_reference, load, reference_name, save
 from hin.cli import main
-
-from conftest import tiny_model
 
 
 def reference_state(golden):

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from data_files import FIXTURES, write_coco
 
+from data_files import FIXTURES, write_coco
 from hin.data.coco import load_split, load_splits
 from hin.data.errors import DataError
 

@@ -5,8 +5,8 @@ import pickle
 import h5py
 import numpy as np
 import pytest
-from data_files import GRID_DIM, GRID_TOKENS, REGION_DIM, write_features
 
+from data_files import GRID_DIM, GRID_TOKENS, REGION_DIM, write_features
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
 

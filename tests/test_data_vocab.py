@@ -3,8 +3,8 @@
 import pickle
 
 import pytest
-from data_files import FIXTURES
 
+from data_files import FIXTURES
 from hin.data.vocab import Vocabulary, VocabularyError, tokenize
 
 LEGACY = FIXTURES / "vocab_m2_legacy.pkl"

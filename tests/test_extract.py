@@ -8,11 +8,26 @@ import pytest
 import torch
 from PIL import Image
 
-from extract_models import (CLIP_HIDDEN, CLIP_PROJECTION, CLIP_TOKENS, DETR_D_MODEL,
-                            DETR_QUERIES, write_pictures, write_tiny_clip, write_tiny_detr)
+from extract_models import (
+    CLIP_HIDDEN,
+    CLIP_PROJECTION,
+    CLIP_TOKENS,
+    DETR_D_MODEL,
+    DETR_QUERIES,
+    write_pictures,
+    write_tiny_clip,
+    write_tiny_detr,
+)
 from hin.cli import main
-from hin.extract import (ClipPreprocessor, FeatureWriter, build_extractor, extract_to_file,
-                         image_id_from_name, list_images, read_attributes)
+from hin.extract import (
+    ClipPreprocessor,
+    FeatureWriter,
+    build_extractor,
+    extract_to_file,
+    image_id_from_name,
+    list_images,
+    read_attributes,
+)
 from hin.extract.images import ImageListError
 from hin.extract.writer import FeatureFileError
 

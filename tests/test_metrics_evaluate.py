@@ -10,7 +10,7 @@ import torch
 
 from hin.checkpoint import load, save
 from hin.cli import main
-from hin.config import DataConfig, HINConfig
+from hin.config import DataConfig, DecodingConfig, HINConfig
 from hin.data.coco import load_split
 from hin.data.dataset import ImageReferences, collate
 from hin.data.features import FeatureStore
@@ -70,7 +70,9 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["num_images"] == 6
     assert metrics["postprocessing"] == {"collapse_repeats": True}
-    assert metrics["decoding"] == {"beam_size": 3, "max_len": 8, "batch_size": 4, "ensemble": 2}
+    assert metrics["decoding"] == {"beam_size": 3, "max_len": 8, "num_captions": 1,
+                                   "collapse_repeats": True, "precision": "fp32",
+                                   "batch_size": 4, "ensemble": 2}
     assert [c["sha256"] for c in metrics["checkpoints"]] == [
         hashlib.sha256(c.read_bytes()).hexdigest() for c in checkpoints]
     assert metrics["checkpoints"][0]["config"]["d_model"] == 16
@@ -88,7 +90,7 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
 
 def test_images_without_references_get_captions_only(world):
     root, data, checkpoints, _ = world
-    result = evaluate(checkpoints[:1], "features", data, beam_size=2, max_len=5,
+    result = evaluate(checkpoints[:1], "features", data, decoding=DecodingConfig(beam_size=2, max_len=5),
                       out_dir=root / "server", progress=False)
     assert result.report is None
     assert [path.name for path in result.written] == ["captions.json"]

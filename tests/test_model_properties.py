@@ -3,11 +3,10 @@
 import pytest
 import torch
 
+from conftest import tiny_config, tiny_features, tiny_model
 from hin.config import ConfigError, HINConfig
 from hin.decoding import beam_search, greedy_search
 from hin.model import HIN
-
-from conftest import tiny_config, tiny_features, tiny_model
 
 
 @pytest.mark.parametrize("layers", [1, 2, 4, 6])

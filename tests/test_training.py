@@ -24,8 +24,8 @@ from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
 from hin.model import HIN
 from hin.training import loop
-from hin.training.runlog import LOG_FILE
 from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
+from hin.training.runlog import LOG_FILE
 from training_runs import BATCHES_PER_EPOCH, TRAIN_IMAGES, ddp_worker, tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,10 +4,9 @@ gradients, then one teacher-forced pass) equal to the loss of the search's own l
 import pytest
 import torch
 
+from conftest import tiny_features, tiny_model
 from hin.decoding import beam_search
 from hin.training.scst import scst_loss, self_critical_loss, sequence_mask
-
-from conftest import tiny_features, tiny_model
 
 PAD, BOS, EOS = 1, 2, 3
 
@@ -26,7 +25,7 @@ def test_loss_averages_over_images_and_is_zero_when_beams_tie():
     mask = torch.ones(2, 3, 4)
     assert scst_loss(logprobs, mask, torch.full((2, 3), 0.7), max_len=4).item() == 0.0
     rewards = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0]])   # only image 0 contributes
-    per_image_0 = -(-1.0) * torch.tensor([0.5, -0.5, 0.0]).mean()
+    per_image_0 = 1.0 * torch.tensor([0.5, -0.5, 0.0]).mean()
     assert scst_loss(logprobs, mask, rewards, max_len=4).item() == pytest.approx(
         per_image_0.item() / 2)
 

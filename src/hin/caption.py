@@ -25,12 +25,12 @@ import torch
 from PIL import Image
 
 from hin.checkpoint import CheckpointError, load
-from hin.config import DataConfig
+from hin.config import DataConfig, DecodingConfig
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary
-from hin.decoding import beam_search
-from hin.extract.images import load_rgb
+from hin.decoding import search
 from hin.devices import resolve_device
+from hin.extract.images import load_rgb
 from hin.extract.pipeline import EXTRACTORS, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
 
@@ -75,18 +75,13 @@ class Captioner:
     """A checkpoint, its vocabulary and (for pictures) its feature extractors, ready to caption."""
 
     def __init__(self, checkpoint: str | Path, *, vocab: str | Path | None = None,
-                 device: str = "auto", beam_size: int = 5, max_len: int = 20, top_k: int = 1,
-                 collapse: bool = True, batch_size: int = 8,
-                 max_regions: int = DataConfig.max_regions) -> None:
-        if not 1 <= top_k <= beam_size:
-            raise ValueError(f"top_k must be between 1 and the beam size ({beam_size}), "
-                             f"got {top_k}")
+                 device: str = "auto", decoding: DecodingConfig = DecodingConfig(),
+                 batch_size: int = 8, max_regions: int = DataConfig.max_regions) -> None:
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
         self.model, self.extra = load(self.checkpoint, map_location=self.device)
         self.vocab = self._vocabulary(vocab)
-        self.beam_size, self.max_len, self.top_k = beam_size, max_len, top_k
-        self.collapse, self.batch_size, self.max_regions = collapse, batch_size, max_regions
+        self.decoding, self.batch_size, self.max_regions = decoding, batch_size, max_regions
         self._extractors: tuple[Any, Any] | None = None
 
     def _vocabulary(self, vocab: str | Path | None) -> Vocabulary:
@@ -147,15 +142,16 @@ class Captioner:
         for i, rows in enumerate(regions):
             kept = rows[:self.max_regions]
             region[i, :len(kept)] = torch.from_numpy(np.asarray(kept, dtype=np.float32))
-        ids, logprobs = beam_search(self.model, grid, region, beam_size=self.beam_size,
-                                    max_len=self.max_len, out_size=self.top_k)
+        ids, logprobs = search(self.model, grid, region, self.decoding)
         scores = logprobs.sum(-1).tolist()
         results = []
         for name, hypotheses, hypothesis_scores in zip(names, ids.tolist(), scores):
             captions = []
             for tokens, score in zip(hypotheses, hypothesis_scores):
                 text = self.vocab.decode(tokens)
-                captions.append(Caption(collapse_repeats(text) if self.collapse else text, score))
+                if self.decoding.collapse_repeats:
+                    text = collapse_repeats(text)
+                captions.append(Caption(text, score))
             results.append(CaptionedImage(name, tuple(captions)))
         return results
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from hin.config import HINConfig
+from hin.errors import HINError
 from hin.model import HIN
 
 FORMAT = "hin-checkpoint"
@@ -60,7 +61,7 @@ def reference_name(name: str) -> str:
     return ".".join(translated)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HINError, ValueError):
     """A checkpoint that cannot be used, with what is wrong and how to fix it."""
 
 

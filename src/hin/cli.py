@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from hin.errors import HINError, UsageError
+
+if TYPE_CHECKING:
+    from hin.config import DecodingConfig
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
@@ -131,9 +137,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = DataConfig(annotations=args.annotations, grid_features=args.grid,
                       region_features=args.region, vocabulary=args.vocab,
                       max_regions=args.max_regions, num_workers=args.workers)
-    result = evaluate(args.checkpoint, args.split, data, beam_size=args.beam,
-                      max_len=args.max_len, batch_size=args.batch_size, out_dir=args.out,
-                      collapse=not args.keep_repeats, spice=not args.no_spice,
+    result = evaluate(args.checkpoint, args.split, data, decoding=_decoding(args),
+                      batch_size=args.batch_size, out_dir=args.out, spice=not args.no_spice,
                       device=args.device)
     if result.report is not None:
         print(result.report.format_table())
@@ -142,6 +147,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     for path in result.written:
         print(f"wrote {path}")
     return 0
+
+
+def _add_decoding_options(p: argparse.ArgumentParser, *, num_captions: bool = False) -> None:
+    """The decoding flags every command that captions takes (hin.config.DecodingConfig)."""
+    from hin.config import PRECISIONS, DecodingConfig
+
+    defaults = DecodingConfig()
+    p.add_argument("--beam", type=int, default=defaults.beam_size, help="beam size (paper: 5)")
+    p.add_argument("--max-len", type=int, default=defaults.max_len,
+                   help="maximum caption length (paper: 20)")
+    if num_captions:
+        p.add_argument("--top-k", type=int, default=defaults.num_captions,
+                       help="captions per picture, best first")
+    p.add_argument("--keep-repeats", action="store_true",
+                   help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
+    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
+                   help="fp32 (exact reference arithmetic), bf16 autocast, or auto (bf16 where "
+                        "the device runs it fast)")
+
+
+def _decoding(args: argparse.Namespace) -> DecodingConfig:
+    from hin.config import DecodingConfig
+
+    return DecodingConfig(beam_size=args.beam, max_len=args.max_len,
+                          num_captions=getattr(args, "top_k", 1),
+                          collapse_repeats=not args.keep_repeats, precision=args.precision)
 
 
 def _extract_pictures(extractor: object, args: argparse.Namespace) -> int:
@@ -182,12 +213,11 @@ def _caption(args: argparse.Namespace) -> int:
 
     precomputed = (args.grid, args.region, args.ids)
     if args.pictures and any(value is not None for value in precomputed):
-        raise ValueError("give pictures or --grid/--region/--ids, not both")
+        raise UsageError("give pictures or --grid/--region/--ids, not both")
     if not args.pictures and None in precomputed:
-        raise ValueError("give pictures, or all of --grid, --region and --ids")
+        raise UsageError("give pictures, or all of --grid, --region and --ids")
     captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
-                          beam_size=args.beam, max_len=args.max_len, top_k=args.top_k,
-                          collapse=not args.keep_repeats, batch_size=args.batch_size)
+                          decoding=_decoding(args), batch_size=args.batch_size)
     results = (captioner.caption_pictures(args.pictures) if args.pictures
                else captioner.caption_features(args.grid, args.region, args.ids))
     if args.json:
@@ -247,13 +277,9 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
     p.add_argument("--vocab", help="vocabulary JSON (default: the checkpoint's own)")
-    p.add_argument("--beam", type=int, default=5, help="beam size (paper: 5)")
-    p.add_argument("--max-len", type=int, default=20, help="maximum caption length (paper: 20)")
-    p.add_argument("--top-k", type=int, default=1, help="captions per picture, best first")
+    _add_decoding_options(p, num_captions=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
-    p.add_argument("--keep-repeats", action="store_true",
-                   help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(handler=_caption)
 
@@ -334,8 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, choices=["val", "test", "features"],
                    help="Karpathy val/test, or every image of the grid feature file (no "
                         "references: captions.json only, e.g. for the COCO server)")
-    p.add_argument("--beam", type=int, default=5, help="beam size (paper: 5)")
-    p.add_argument("--max-len", type=int, default=20, help="maximum caption length (paper: 20)")
+    _add_decoding_options(p)
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--out", default="runs/evaluate", help="directory for the two JSON files")
     p.add_argument("--annotations", default=data.annotations,
@@ -346,8 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-regions", type=int, default=data.max_regions)
     p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
-    p.add_argument("--keep-repeats", action="store_true",
-                   help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")
     p.set_defaults(handler=_evaluate)
 
@@ -382,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as error:
+    except (HINError, OSError) as error:
+        # What the user gave us is wrong (or a path of theirs cannot be used): one line.
+        # Anything else is a bug in hin and keeps its traceback.
         print(f"hin {args.command}: error: {error}", file=sys.stderr)
         return 2
 

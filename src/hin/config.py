@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from hin.errors import HINError
+
 POSITION_TABLES = ("frozen-random", "sinusoid")
 
 
@@ -28,7 +30,7 @@ _YAMLLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-class ConfigError(ValueError):
+class ConfigError(HINError, ValueError):
     """A configuration value or key that cannot be used, with what would be accepted."""
 
 
@@ -143,6 +145,51 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return values
+
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ConfigError(f"{type(config).__name__}.{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """Every setting of caption decoding, built once and handed to whoever decodes
+    (`Captioner`, `hin evaluate`, validation during training, the server).
+
+    `num_captions` hypotheses are returned per image, best first (at most `beam_size`).
+    `collapse_repeats` turns "a a dog" into "a dog" before captions are shown or scored, as
+    the reference's evaluation did. `precision`: `fp32` is the exact reference path; `bf16`
+    runs the model under bfloat16 autocast; `auto` picks bf16 where the device runs it fast.
+    """
+
+    beam_size: int = 5
+    max_len: int = 20
+    num_captions: int = 1
+    collapse_repeats: bool = True
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        require_positive_ints(self, "beam_size", "max_len", "num_captions")
+        if self.num_captions > self.beam_size:
+            raise ConfigError(f"DecodingConfig.num_captions ({self.num_captions}) cannot exceed "
+                              f"the beam size ({self.beam_size}): beam search keeps that many "
+                              "hypotheses")
+        if not isinstance(self.collapse_repeats, bool):
+            raise ConfigError("DecodingConfig.collapse_repeats must be true or false, "
+                              f"got {self.collapse_repeats!r}")
+        require_choice(self, "precision", PRECISIONS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DecodingConfig:
+        return from_dict(cls, values)
 
 
 @dataclass(frozen=True)

@@ -15,19 +15,22 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from hin.config import DecodingConfig
+from hin.devices import autocast
+from hin.errors import UsageError
 from hin.model import HIN, DecoderCache
 
 
 def _as_models(model_or_list: HIN | Sequence[HIN]) -> list[HIN]:
     models = [model_or_list] if isinstance(model_or_list, HIN) else list(model_or_list)
     if not models:
-        raise ValueError("decoding needs at least one model")
+        raise UsageError("decoding needs at least one model")
     first = models[0].config
     for other in models[1:]:
         fields = ("vocab_size", "pad_id", "bos_id", "eos_id", "max_len")
         different = [f for f in fields if getattr(other.config, f) != getattr(first, f)]
         if different:
-            raise ValueError(f"ensemble members disagree on {different}: they must share one "
+            raise UsageError(f"ensemble members disagree on {different}: they must share one "
                              "vocabulary and its special tokens")
     return models
 
@@ -65,9 +68,9 @@ def beam_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor
     """
     models = _as_models(model_or_list)
     if not 1 <= out_size <= beam_size:
-        raise ValueError(f"out_size must be between 1 and beam_size ({beam_size}), got {out_size}")
+        raise UsageError(f"out_size must be between 1 and beam_size ({beam_size}), got {out_size}")
     if max_len < 1:
-        raise ValueError(f"max_len must be at least 1, got {max_len}")
+        raise UsageError(f"max_len must be at least 1, got {max_len}")
     config = models[0].config
     device = models[0].device
     grid, region = grid.to(device), region.to(device)
@@ -118,16 +121,24 @@ def greedy_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tens
     return ids[:, 0], logprobs[:, 0]
 
 
+def search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor,
+           settings: DecodingConfig) -> tuple[Tensor, Tensor]:
+    """Beam search as `settings` say (beam size, length, number of captions, precision).
+    -> (ids [B, num_captions, T], per-token log-probs [B, num_captions, T]), best first."""
+    device = _as_models(model_or_list)[0].device
+    with autocast(device, settings.precision):
+        return beam_search(model_or_list, grid, region, beam_size=settings.beam_size,
+                           max_len=settings.max_len, out_size=settings.num_captions)
+
+
 def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable,
-                    to_text: Callable[[list[int]], str], *, beam_size: int = 5,
-                    max_len: int = 20, desc: str = "decoding", progress: bool = True
-                    ) -> dict[int, str]:
+                    to_text: Callable[[list[int]], str], settings: DecodingConfig, *,
+                    desc: str = "decoding", progress: bool = True) -> dict[int, str]:
     """Best beam of every image in `batches` (objects with .grid, .region, .image_ids) as
     text, via `to_text` (e.g. a vocabulary's decode). Shared by evaluation and validation."""
     captions: dict[int, str] = {}
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        sequences, _ = beam_search(model_or_list, batch.grid, batch.region, beam_size=beam_size,
-                                   max_len=max_len, out_size=1)
+        sequences, _ = search(model_or_list, batch.grid, batch.region, settings)
         for image_id, ids in zip(batch.image_ids, sequences[:, 0].tolist()):
             captions[image_id] = to_text(ids)
     return captions

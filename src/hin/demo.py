@@ -20,6 +20,7 @@ from hin.evaluate import evaluate
 from hin.metrics import METRIC_NAMES, score_captions
 from hin.training.loop import BEST, start
 
+
 def _stage(title: str) -> None:
     print(f"\n== {title}", flush=True)
 

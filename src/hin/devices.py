@@ -1,9 +1,19 @@
-"""Which device to run on: `auto` means the GPU when there is one. Shared by training,
-evaluation, extraction and captioning so that every command reads `--device` alike."""
+"""Which device and which arithmetic to run on, read alike by every command.
+
+`--device auto` means the GPU when there is one. `--precision auto` means bfloat16 where
+the device computes it fast (a CUDA GPU with bf16 support, or a CPU with the avx512_bf16 or
+AMX instructions) and float32 elsewhere; fp32 stays the exact reference path.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from pathlib import Path
+
 import torch
+
+from hin.config import ConfigError
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -11,8 +21,44 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     CUDA device on a machine without CUDA is an error that says what to use instead."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; "
-                         "use --device auto (or train.device=auto) or cpu")
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here; "
+                          "use --device auto (or train.device=auto) or cpu")
     return device
+
+
+@functools.cache
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU advertises bfloat16 matrix instructions (avx512_bf16 or amx_bf16).
+    Read from the kernel's flags, not guessed from the model name; False where unknown."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`fp32` | `bf16` | `auto` -> `fp32` or `bf16` for this device."""
+    if name not in ("fp32", "bf16", "auto"):
+        raise ConfigError(f"precision must be fp32, bf16 or auto, got {name!r}")
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The model's forward under bfloat16 autocast for `bf16`, a no-op for `fp32`."""
+    if resolve_precision(precision, device) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -23,13 +23,14 @@ import torch
 
 from hin import __version__
 from hin.checkpoint import load
-from hin.config import DataConfig
+from hin.config import DataConfig, DecodingConfig
 from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary
-from hin.devices import resolve_device
 from hin.decoding import caption_batches
+from hin.devices import resolve_device
+from hin.errors import UsageError
 from hin.metrics import MetricsReport, collapse_repeats, score_captions
 
 SPLITS = ("val", "test", "features")
@@ -58,23 +59,23 @@ def load_images(data: DataConfig, split: str, store: FeatureStore) -> Split:
     """A Karpathy split ("val", "test") with its references, or "features": every image of
     the grid feature file, without references (e.g. COCO test2014 for the evaluation server)."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise UsageError(f"split must be one of {SPLITS}, got {split!r}")
     if split != "features":
         return load_split(data.annotations, split)
     ids = sorted(store.grid.image_ids())
     if not ids:
-        raise ValueError(f"{data.grid_features} holds no `<image_id>_features` entries")
+        raise UsageError(f"{data.grid_features} holds no `<image_id>_features` entries")
     return Split("features", {i: ImageRecord(i, "", ()) for i in ids}, data.grid_features)
 
 
 def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
-             beam_size: int = 5, max_len: int = 20, batch_size: int = 50,
-             out_dir: str | Path | None = None, collapse: bool = True, spice: bool = True,
+             decoding: DecodingConfig = DecodingConfig(), batch_size: int = 50,
+             out_dir: str | Path | None = None, spice: bool = True,
              device: str = "auto", progress: bool = True) -> Evaluation:
     """Caption every image of `split` by beam search (an ensemble when several checkpoints
     are given), score against the references, write captions.json / metrics.json to out_dir."""
     if not checkpoints:
-        raise ValueError("evaluate needs at least one checkpoint")
+        raise UsageError("evaluate needs at least one checkpoint")
     device = resolve_device(device)
     loaded = [load(path, map_location=device) for path in checkpoints]
     models = [model for model, _ in loaded]
@@ -83,7 +84,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     vocab = (Vocabulary.from_dict(recorded, source=str(checkpoints[0])) if recorded
              else Vocabulary.load(data.vocabulary))
     if len(vocab) != config.vocab_size:
-        raise ValueError(f"vocabulary {data.vocabulary} has {len(vocab)} entries but "
+        raise UsageError(f"vocabulary {data.vocabulary} has {len(vocab)} entries but "
                          f"{checkpoints[0]} was trained with {config.vocab_size}; give the "
                          "vocabulary the checkpoint was trained with")
     store = FeatureStore(data.grid_features, data.region_features, max_regions=data.max_regions,
@@ -92,8 +93,9 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     loader = make_loader(ImageReferences(images, store), batch_size,
                          num_workers=data.num_workers)
 
-    captions = caption_batches(models, loader, vocab.decode, beam_size=beam_size,
-                               max_len=max_len, desc=f"decoding {split}", progress=progress)
+    captions = caption_batches(models, loader, vocab.decode, decoding,
+                               desc=f"decoding {split}", progress=progress)
+    collapse = decoding.collapse_repeats
     if collapse:
         captions = {image_id: collapse_repeats(text) for image_id, text in captions.items()}
 
@@ -107,22 +109,19 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
         results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
         written.append(_write_json(out / CAPTIONS_FILE, results))
         if report is not None:
-            provenance = _provenance(checkpoints, models, split, data, beam_size, max_len,
-                                     batch_size)
+            provenance = _provenance(checkpoints, models, split, data, decoding, batch_size)
             written.append(_write_json(out / METRICS_FILE, {**report.to_dict(), **provenance}))
     return Evaluation(captions, report, written)
 
 
 def _provenance(checkpoints: Sequence[str | Path], models: list[Any], split: str,
-                data: DataConfig, beam_size: int, max_len: int, batch_size: int
-                ) -> dict[str, Any]:
+                data: DataConfig, decoding: DecodingConfig, batch_size: int) -> dict[str, Any]:
     return {
         "split": split,
         "checkpoints": [{"path": str(path), "sha256": sha256(path),
                          "config": model.config.to_dict()}
                         for path, model in zip(checkpoints, models)],
-        "decoding": {"beam_size": beam_size, "max_len": max_len, "batch_size": batch_size,
-                     "ensemble": len(models)},
+        "decoding": {**decoding.to_dict(), "batch_size": batch_size, "ensemble": len(models)},
         "data": data.to_dict(),
         "versions": {"hin": __version__, "torch": torch.__version__},
     }

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from hin.errors import HINError
 
-class DataError(ValueError):
+
+class DataError(HINError, ValueError):
     """A data file that is missing, malformed or inconsistent; the message says which and why."""
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from hin.errors import HINError
+
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
 SPECIALS = (UNK, PAD, BOS, EOS)
 PUNCTUATION = frozenset(
@@ -30,7 +32,7 @@ JSON_FORMAT = "hin-vocabulary"
 JSON_VERSION = 1
 
 
-class VocabularyError(ValueError):
+class VocabularyError(HINError, ValueError):
     """A vocabulary file or value that cannot be used, with what would be accepted."""
 
 

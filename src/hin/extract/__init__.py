@@ -7,9 +7,16 @@ when a model is loaded, so the TSV import works without it.
 
 from hin.extract.grid import ClipGridExtractor
 from hin.extract.images import ClipPreprocessor, ImageFile, image_id_from_name, list_images
-from hin.extract.pipeline import (EXTRACTORS, ExtractionReport, PictureExtractor,
-                                  build_extractor, extract_to_file, extractor_from_attributes,
-                                  prepare_pictures, register_extractor)
+from hin.extract.pipeline import (
+                                  EXTRACTORS,
+                                  ExtractionReport,
+                                  PictureExtractor,
+                                  build_extractor,
+                                  extract_to_file,
+                                  extractor_from_attributes,
+                                  prepare_pictures,
+                                  register_extractor,
+)
 from hin.extract.regions import DetrRegionExtractor
 from hin.extract.vinvl import import_vinvl
 from hin.extract.writer import FeatureWriter, read_attributes

@@ -18,10 +18,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hin.extract.images import ClipPreprocessor
 from hin.devices import resolve_device
-from hin.extract.pipeline import (ImageEntry, load_pretrained, register_extractor,
-                                  resolve_dtype, transformers_module)
+from hin.extract.images import ClipPreprocessor
+from hin.extract.pipeline import (
+    ImageEntry,
+    load_pretrained,
+    register_extractor,
+    resolve_dtype,
+    transformers_module,
+)
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 

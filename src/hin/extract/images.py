@@ -25,17 +25,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hin.errors import HINError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _TRAILING_INTEGER = re.compile(r"(?:^|_)(\d+)$")
 
 
-class ImageListError(ValueError):
+class ImageListError(HINError, ValueError):
     """Pictures that cannot be listed or named: the message names the files and the fix."""
 
 
-class PictureError(ValueError):
+class PictureError(HINError, ValueError):
     """One picture that could not be read or decoded (the run records it and goes on)."""
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from hin.errors import MissingExtraError, UsageError
 from hin.extract.images import ImageFile, PictureError, load_rgb
 from hin.extract.writer import FeatureWriter
 
@@ -36,7 +37,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
+        raise UsageError(f"dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
 
 
@@ -45,7 +46,7 @@ def transformers_module() -> Any:
     try:
         import transformers
     except ImportError as error:
-        raise ImportError("feature extraction needs the `transformers` package: "
+        raise MissingExtraError("feature extraction needs the `transformers` package: "
                           "pip install 'hin[extract]'") from error
     return transformers
 
@@ -91,7 +92,7 @@ def register_extractor(name: str) -> Callable[[type], type]:
     """Class decorator: make an extractor available by name (`build_extractor(name, ...)`)."""
     def register(cls: type) -> type:
         if name in EXTRACTORS:
-            raise ValueError(f"an extractor named {name!r} is already registered")
+            raise UsageError(f"an extractor named {name!r} is already registered")
         EXTRACTORS[name] = cls
         cls.name = name
         return cls
@@ -100,7 +101,7 @@ def register_extractor(name: str) -> Callable[[type], type]:
 
 def build_extractor(name: str, **options: Any) -> PictureExtractor:
     if name not in EXTRACTORS:
-        raise ValueError(f"no extractor named {name!r}; registered: {sorted(EXTRACTORS)}")
+        raise UsageError(f"no extractor named {name!r}; registered: {sorted(EXTRACTORS)}")
     return EXTRACTORS[name](**options)
 
 
@@ -109,7 +110,7 @@ def extractor_from_attributes(recorded: dict[str, object], device: str = "auto",
     """The registered extractor that wrote features with these attributes, rebuilt."""
     name = recorded.get("extractor")
     if name not in EXTRACTORS:
-        raise ValueError(f"features made by {name!r} cannot be computed from pictures here; "
+        raise UsageError(f"features made by {name!r} cannot be computed from pictures here; "
                          f"picture extractors: {sorted(EXTRACTORS)}")
     return EXTRACTORS[name].from_attributes(recorded, device=device, dtype=dtype)
 
@@ -175,7 +176,7 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
                     progress: bool = True) -> ExtractionReport:
     """Extract every picture of `files` not yet in `out`; see the module docstring."""
     if batch_size < 1 or chunk_size < 1 or workers < 0:
-        raise ValueError("batch_size and chunk_size must be positive and workers >= 0, got "
+        raise UsageError("batch_size and chunk_size must be positive and workers >= 0, got "
                          f"{batch_size}, {chunk_size}, {workers}")
     started = time.perf_counter()
     writer = FeatureWriter(out, extractor.attributes())

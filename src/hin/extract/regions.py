@@ -27,8 +27,14 @@ import torch
 from PIL import Image
 
 from hin.devices import resolve_device
-from hin.extract.pipeline import (ImageEntry, load_pretrained, register_extractor,
-                                  resolve_dtype, transformers_module)
+from hin.errors import MissingExtraError, UsageError
+from hin.extract.pipeline import (
+    ImageEntry,
+    load_pretrained,
+    register_extractor,
+    resolve_dtype,
+    transformers_module,
+)
 
 DEFAULT_DETR = "facebook/detr-resnet-50"
 DEFAULT_DETR_REVISION = "no_timm"
@@ -64,7 +70,7 @@ class DetrRegionExtractor:
                  device: str = "auto", dtype: str = "auto", threshold: float = 0.5,
                  max_regions: int = 50) -> None:
         if not 0.0 <= threshold < 1.0 or max_regions < 1:
-            raise ValueError(f"threshold must be in [0, 1) and max_regions positive, got "
+            raise UsageError(f"threshold must be in [0, 1) and max_regions positive, got "
                              f"{threshold} and {max_regions}")
         transformers = transformers_module()
         self.model_name = str(model)
@@ -77,7 +83,7 @@ class DetrRegionExtractor:
             self.model = load_pretrained(transformers.DetrForObjectDetection, self.model_name,
                                          self.device, self.dtype, revision=revision)
         except ImportError as error:
-            raise ImportError(f"{self.model_name} needs {error}; use a checkpoint with "
+            raise MissingExtraError(f"{self.model_name} needs {error}; use a checkpoint with "
                               "transformers' own ResNet backbone, e.g. facebook/detr-resnet-50 "
                               "at revision no_timm") from error
         processor = transformers.DetrImageProcessorPil.from_pretrained(self.model_name,

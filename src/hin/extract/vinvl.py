@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
+from hin.errors import HINError, UsageError
 from hin.extract.images import ImageListError, image_id_from_name
 from hin.extract.pipeline import ExtractionReport, ImageEntry
 from hin.extract.writer import FeatureWriter
@@ -38,7 +39,7 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 STORAGE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-class VinVLFormatError(ValueError):
+class VinVLFormatError(HINError, ValueError):
     """A TSV line that does not follow VinVL's format: the message names file, line and key."""
 
 
@@ -101,7 +102,7 @@ def import_vinvl(features_tsv: str | Path, out: str | Path,
                  chunk_size: int = 1000, progress: bool = True) -> ExtractionReport:
     """Stream VinVL TSV file(s) into the region HDF5 layout; see the module docstring."""
     if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+        raise UsageError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
     features_tsv = Path(features_tsv)
     for path in (features_tsv, predictions_tsv):
         if path is not None and not Path(path).is_file():

@@ -25,13 +25,14 @@ import h5py
 import numpy as np
 
 from hin.data.features import ATTRIBUTE_PREFIX, FEATURES_SUFFIX, read_attributes
+from hin.errors import HINError
 
 PART_GLOB = "part-*.h5"
 
 Entries = Mapping[int, Mapping[str, np.ndarray]]
 
 
-class FeatureFileError(ValueError):
+class FeatureFileError(HINError, ValueError):
     """An output file or part that cannot be extended safely; the message says which and why."""
 
 

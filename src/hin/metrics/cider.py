@@ -24,7 +24,10 @@ import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
+
+from hin.errors import HINError
 
 MAX_ORDER = 4
 SIGMA = 6.0
@@ -36,7 +39,7 @@ _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
 
 
-class CiderError(ValueError):
+class CiderError(HINError, ValueError):
     """Inputs CIDEr-D cannot score, or a table file that cannot be used, with the fix."""
 
 

@@ -39,6 +39,7 @@ from pycocoevalcap.tokenizer import ptbtokenizer as _ptb_module
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
 from tqdm import tqdm
 
+from hin.errors import HINError
 from hin.metrics.postprocess import collapse_repeats as _collapse_repeats
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -53,11 +54,11 @@ _SPICE_DIR = Path(_spice_module.__file__).parent
 _PUNCTUATION = frozenset(PUNCTUATIONS)
 
 
-class MetricsError(ValueError):
+class MetricsError(HINError, ValueError):
     """Inputs that cannot be scored, or a scoring tool that failed, with what to do about it."""
 
 
-class JavaNotFoundError(FileNotFoundError):
+class JavaNotFoundError(HINError, FileNotFoundError):
     """No Java executable: the tokenizer and METEOR (and SPICE) are Java programs."""
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hin.config import HINConfig
+from hin.errors import UsageError
 from hin.model.encoder import EncoderOutput
 from hin.model.layers import Attention, FeedForward, KeyValue, PickAttention, mask_to_bias
 
@@ -142,7 +143,7 @@ class Decoder(nn.Module):
 
     def _embed(self, tokens: Tensor, positions: Tensor, length: int) -> Tensor:
         if length > self.config.max_len:
-            raise ValueError(f"a sequence of {length} tokens exceeds the model's max_len "
+            raise UsageError(f"a sequence of {length} tokens exceeds the model's max_len "
                              f"{self.config.max_len}")
         return self.word_emb(tokens) + self.position_table[positions]
 

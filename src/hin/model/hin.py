@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from hin.config import HINConfig
+from hin.errors import UsageError
 from hin.model.decoder import Decoder, DecoderCache
 from hin.model.encoder import Encoder, EncoderOutput
 
@@ -35,11 +36,11 @@ class HIN(nn.Module):
         expected = {"grid": (grid, self.config.grid_dim), "region": (region, self.config.region_dim)}
         for name, (features, dim) in expected.items():
             if features.dim() != 3 or features.shape[-1] != dim:
-                raise ValueError(
+                raise UsageError(
                     f"{name} features must be [batch, tokens, {dim}] for this model "
                     f"(config.{name}_dim={dim}), got shape {list(features.shape)}")
         if grid.shape[0] != region.shape[0]:
-            raise ValueError(f"grid and region batch sizes differ: {grid.shape[0]} vs "
+            raise UsageError(f"grid and region batch sizes differ: {grid.shape[0]} vs "
                              f"{region.shape[0]}")
 
     def encode(self, grid: Tensor, region: Tensor) -> EncoderOutput:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from hin.devices import resolve_device
+from hin.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class EpochOrder(Sampler[int]):
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int, context: Context,
                  start_batch: int = 0):
         if batch_size % context.world_size:
-            raise ValueError(f"train.batch_size ({batch_size}) must be divisible by the number "
+            raise UsageError(f"train.batch_size ({batch_size}) must be divisible by the number "
                              f"of processes ({context.world_size})")
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(size, generator=generator)

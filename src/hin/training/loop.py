@@ -27,18 +27,25 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hin import checkpoint
-from hin.config import RunConfig, apply_overrides
+from hin.config import DecodingConfig, RunConfig, apply_overrides
 from hin.data.coco import load_splits
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
 from hin.data.features import FeatureStore, read_attributes
 from hin.data.vocab import Vocabulary, tokenize
 from hin.decoding import caption_batches
-from hin.metrics import (CiderDTable, JavaNotFoundError, cider_d, collapse_repeats, find_java,
-                         score_captions)
+from hin.errors import HINError
+from hin.metrics import (
+    CiderDTable,
+    JavaNotFoundError,
+    cider_d,
+    collapse_repeats,
+    find_java,
+    score_captions,
+)
 from hin.model import HIN
 from hin.training import distributed
-from hin.training.schedule import lr_factor, should_stop
 from hin.training.runlog import RunLog
+from hin.training.schedule import lr_factor, should_stop
 from hin.training.scst import self_critical_loss
 
 CONFIG_FILE = "config.yaml"
@@ -47,7 +54,7 @@ BEST = "best.pt"
 CIDER_TABLE = "cider_train.npz"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(HINError, RuntimeError):
     """The run cannot go on (non-finite loss, inconsistent files); says what to do."""
 
 
@@ -142,6 +149,7 @@ class Trainer:
                                        data.max_caption_tokens, progress=self.show_progress)
                           if train.stage == "xe" else ImageReferences(splits["train"], store))
         self.val_set = ImageReferences(splits["val"], store)
+        self.decoding = DecodingConfig(beam_size=train.beam_size, max_len=train.max_len)
         self.val_references = {image_id: list(image.captions)
                                for image_id, image in splits["val"].images.items()}
         self.val_tokenised = {image_id: [" ".join(tokenize(c)) for c in captions]
@@ -257,15 +265,15 @@ class Trainer:
         loader = make_loader(self.val_set, train.val_batch_size, sampler=indices,
                              num_workers=self.config.data.num_workers)
         mine = caption_batches(self.model, (b.to(self.context.device) for b in loader),
-                               self.vocab.decode, beam_size=train.beam_size,
-                               max_len=train.max_len, desc="validating",
+                               self.vocab.decode, self.decoding, desc="validating",
                                progress=self.show_progress)
         metrics: dict[str, float] = {}
         if self.context.is_main:
             captions = {}
             for part in distributed.gather_objects(self.context, mine):
                 captions.update(part)
-            captions = {i: collapse_repeats(text) for i, text in captions.items()}
+            if self.decoding.collapse_repeats:
+                captions = {i: collapse_repeats(text) for i, text in captions.items()}
             metrics["CIDEr-D"] = cider_d(captions, {i: self.val_tokenised[i] for i in captions})[0]
             if self.java:
                 report = score_captions(captions, {i: self.val_references[i] for i in captions},

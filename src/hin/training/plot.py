@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hin.errors import MissingExtraError, UsageError
 from hin.training.runlog import read_log
 
 PLOT_FILE = "curves.png"
@@ -57,14 +58,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     try:
         import matplotlib
     except ImportError as error:
-        raise ImportError("hin plot needs matplotlib: pip install 'hin[plot]' "
+        raise MissingExtraError("hin plot needs matplotlib: pip install 'hin[plot]' "
                           "(or pip install matplotlib)") from error
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
     records = current_history(read_log(run_dir))
     if not any(r["event"] in ("step", "epoch") for r in records):
-        raise ValueError(f"{run_dir} has no logged steps or epochs yet; plot again after "
+        raise UsageError(f"{run_dir} has no logged steps or epochs yet; plot again after "
                          "the first train.log_every steps")
     epochs = [r for r in records if r["event"] == "epoch"]
     metrics = sorted({name for r in epochs for name in r.get("val", {})})

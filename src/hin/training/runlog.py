@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
+from hin.errors import UsageError
+
 LOG_FILE = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -98,6 +100,6 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} line {number} is not JSON ({error}); the file was "
+            raise UsageError(f"{path} line {number} is not JSON ({error}); the file was "
                              "edited or cut short — delete that line and retry") from error
     return records
