@@ -173,7 +173,8 @@ class Captioner:
                     "records no extractor for them)")
             raise CheckpointError(f"{self.checkpoint} was trained on {what}, so hin cannot "
                                   f"compute them from pictures; {FEATURES_INSTEAD}")
-        extractor = extractor_from_attributes(recorded, device=str(self.device))
+        extractor = extractor_from_attributes(recorded, device=str(self.device),
+                                              precision=self.decoding.precision)
         expected = getattr(self.model.config, f"{kind}_dim")
         if extractor.kind != kind or extractor.feature_dim != expected:
             raise CheckpointError(

@@ -188,8 +188,8 @@ def _extract_pictures(extractor: object, args: argparse.Namespace) -> int:
 def _extract_grid(args: argparse.Namespace) -> int:
     from hin.extract import ClipGridExtractor
 
-    return _extract_pictures(ClipGridExtractor(args.model, device=args.device, dtype=args.dtype),
-                             args)
+    extractor = ClipGridExtractor(args.model, device=args.device, precision=args.precision)
+    return _extract_pictures(extractor, args)
 
 
 def _extract_regions(args: argparse.Namespace) -> int:
@@ -201,7 +201,7 @@ def _extract_regions(args: argparse.Namespace) -> int:
         return 0
     options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
                "max_regions": args.max_regions}
-    extractor = build_extractor(args.extractor, device=args.device, dtype=args.dtype,
+    extractor = build_extractor(args.extractor, device=args.device, precision=args.precision,
                                 **{k: v for k, v in options.items() if v is not None})
     return _extract_pictures(extractor, args)
 
@@ -228,6 +228,8 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
+    from hin.config import EXTRACTION_PRECISIONS
+
     extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
                                                   "regions) or VinVL TSV import, as HDF5")
     actions = extract.add_subparsers(dest="extract_command", required=True, metavar="ACTION")
@@ -238,9 +240,10 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
                        help="images per atomically written part (a kill loses at most one)")
         p.add_argument("--workers", type=int, default=2, help="picture decoding processes")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
-        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16",
-                                                           "bfloat16"],
-                       help="compute dtype (auto: float16 on CUDA, float32 on CPU)")
+        p.add_argument("--precision", default="fp32", choices=EXTRACTION_PRECISIONS,
+                       help="fp32 (exact), bf16 autocast (fast on CUDA and on CPUs with "
+                            "avx512_bf16/AMX), fp16 weights (CUDA, as the released CLIP grids), "
+                            "or auto (bf16 where the device runs it fast)")
 
     p = actions.add_parser("grid", help="CLIP grid features: <id>_features [256, 1024] and "
                                         "<id>_global [768], fp16")

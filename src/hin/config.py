@@ -148,6 +148,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 PRECISIONS = ("fp32", "bf16", "auto")
+# Feature extraction also offers fp16: the weights in float16 on CUDA (the released CLIP grids).
+EXTRACTION_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:

@@ -11,6 +11,7 @@ goes on. It must never write a substitute entry for a picture it could not read.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,22 +24,36 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from hin.config import EXTRACTION_PRECISIONS
+from hin.devices import autocast, resolve_precision
 from hin.errors import MissingExtraError, UsageError
 from hin.extract.images import ImageFile, PictureError, load_rgb
 from hin.extract.writer import FeatureWriter
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 ImageEntry = dict[str, np.ndarray]
 
+COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` -> float16 on CUDA (how the released CLIP features were computed), float32 on CPU."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise UsageError(f"dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+
+def resolve_extraction_precision(name: str, device: torch.device) -> str:
+    """`fp32` | `bf16` | `auto` as everywhere in hin (`hin.devices.resolve_precision`), plus
+    `fp16`: the weights themselves in float16 on CUDA, how the released CLIP grids were made."""
+    if name not in EXTRACTION_PRECISIONS:
+        raise UsageError(f"extraction precision must be one of {', '.join(EXTRACTION_PRECISIONS)}, got {name!r}")
+    if name == "fp16" and device.type != "cuda":
+        raise UsageError(f"precision fp16 needs a CUDA device, not {device}: on a CPU use bf16 "
+                         "(fast where it has avx512_bf16 or AMX) or fp32")
+    return name if name == "fp16" else resolve_precision(name, device)
+
+
+def weights_dtype(precision: str) -> torch.dtype:
+    """fp16 casts the weights; fp32 and bf16 keep them in float32 (bf16 runs under autocast)."""
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def extraction_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for `bf16`; nothing for fp32 and fp16 (whose weights are float16)."""
+    return autocast(device, "bf16" if precision == "bf16" else "fp32")
 
 
 def transformers_module() -> Any:
@@ -51,11 +66,13 @@ def transformers_module() -> Any:
     return transformers
 
 
-def load_pretrained(model_class: type, model: str, device: torch.device, dtype: torch.dtype,
+def load_pretrained(model_class: type, model: str, device: torch.device, precision: str,
                     revision: str | None = None) -> Any:
-    """A transformers model from a local folder or the Hugging Face cache/hub, in eval mode."""
+    """A transformers model from a local folder or the Hugging Face cache/hub, in eval mode,
+    with its weights in the dtype `precision` (resolved) needs."""
     try:
-        loaded = model_class.from_pretrained(model, revision=revision, dtype=dtype)
+        loaded = model_class.from_pretrained(model, revision=revision,
+                                             dtype=weights_dtype(precision))
     except OSError as error:
         raise FileNotFoundError(
             f"could not load {model_class.__name__} weights {model!r}"
@@ -75,7 +92,7 @@ class PictureExtractor(Protocol):
 
     @classmethod
     def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
-                        dtype: str = "auto") -> PictureExtractor:
+                        precision: str = "fp32") -> PictureExtractor:
         """Rebuild the extractor that wrote `recorded` (a file's `attributes()`)."""
 
     def attributes(self) -> dict[str, object]:
@@ -106,13 +123,13 @@ def build_extractor(name: str, **options: Any) -> PictureExtractor:
 
 
 def extractor_from_attributes(recorded: dict[str, object], device: str = "auto",
-                              dtype: str = "auto") -> PictureExtractor:
+                              precision: str = "fp32") -> PictureExtractor:
     """The registered extractor that wrote features with these attributes, rebuilt."""
     name = recorded.get("extractor")
     if name not in EXTRACTORS:
         raise UsageError(f"features made by {name!r} cannot be computed from pictures here; "
                          f"picture extractors: {sorted(EXTRACTORS)}")
-    return EXTRACTORS[name].from_attributes(recorded, device=device, dtype=dtype)
+    return EXTRACTORS[name].from_attributes(recorded, device=device, precision=precision)
 
 
 def prepare_pictures(extractor: PictureExtractor,
