@@ -176,32 +176,51 @@ def _decoding(args: argparse.Namespace) -> DecodingConfig:
 
 
 def _extract_pictures(extractor: object, args: argparse.Namespace) -> int:
-    from hin.extract import extract_to_file, list_images
+    from hin.extract import choose_shard, extract_to_file, list_images
 
     report = extract_to_file(extractor, list_images(args.images), args.out,
                              batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             workers=args.workers)
+                             workers=args.workers, shard=choose_shard(args.shard))
     print(report.summary())
     return 1 if report.failed else 0
+
+
+def _extraction_device(args: argparse.Namespace) -> str:
+    """--device; `auto` under torchrun is this rank's GPU (LOCAL_RANK), one shard per GPU."""
+    from hin.devices import resolve_device
+
+    return str(resolve_device(args.device, local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
 
 
 def _extract_grid(args: argparse.Namespace) -> int:
     from hin.extract import ClipGridExtractor
 
-    extractor = ClipGridExtractor(args.model, device=args.device, precision=args.precision)
+    extractor = ClipGridExtractor(args.model, device=_extraction_device(args),
+                                  precision=args.precision)
     return _extract_pictures(extractor, args)
+
+
+def _extract_merge(args: argparse.Namespace) -> int:
+    from hin.extract import merge_shards
+
+    print(merge_shards(args.out, args.shards).summary())
+    return 0
 
 
 def _extract_regions(args: argparse.Namespace) -> int:
     from hin.extract import build_extractor, import_vinvl
 
     if args.vinvl_tsv:
+        if args.shard:
+            raise UsageError("--shard spreads extraction from pictures; a VinVL TSV import "
+                             "runs whole (drop --shard)")
         report = import_vinvl(args.vinvl_tsv, args.out, args.predictions, dtype=args.store_as)
         print(report.summary())
         return 0
     options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
                "max_regions": args.max_regions}
-    extractor = build_extractor(args.extractor, device=args.device, precision=args.precision,
+    extractor = build_extractor(args.extractor, device=_extraction_device(args),
+                                precision=args.precision,
                                 **{k: v for k, v in options.items() if v is not None})
     return _extract_pictures(extractor, args)
 
@@ -244,6 +263,10 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
                        help="fp32 (exact), bf16 autocast (fast on CUDA and on CPUs with "
                             "avx512_bf16/AMX), fp16 weights (CUDA, as the released CLIP grids), "
                             "or auto (bf16 where the device runs it fast)")
+        p.add_argument("--shard", metavar="K/N",
+                       help="extract only shard K of N of the pictures (sorted by id) into "
+                            "OUT.shard-K-of-N.h5, joined later by `hin extract merge OUT`; "
+                            "under torchrun the default is one shard per rank")
 
     p = actions.add_parser("grid", help="CLIP grid features: <id>_features [256, 1024] and "
                                         "<id>_global [768], fp16")
@@ -271,6 +294,13 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-regions", type=int, help="regions kept per picture (default 50)")
     add_run_options(p, batch_size=8)
     p.set_defaults(handler=_extract_regions)
+
+    p = actions.add_parser("merge", help="join the shard files of a --shard K/N extraction into "
+                                         "its output, once every shard has finished")
+    p.add_argument("out", help="the output file the shards were run with (--out)")
+    p.add_argument("shards", nargs="*",
+                   help="shard files (default: every OUT.shard-K-of-N.h5 beside OUT)")
+    p.set_defaults(handler=_extract_merge)
 
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")

@@ -28,6 +28,7 @@ from hin.config import EXTRACTION_PRECISIONS
 from hin.devices import autocast, resolve_precision
 from hin.errors import MissingExtraError, UsageError
 from hin.extract.images import ImageFile, PictureError, load_rgb
+from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
 
 ImageEntry = dict[str, np.ndarray]
@@ -172,11 +173,16 @@ class ExtractionReport:
     images_in_file: int = 0
     seconds: float = 0.0
     failure_report: Path | None = None
+    shard: Shard | None = None
+    merge_into: Path | None = None      # a shard's final output
 
     def summary(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         lines = [f"{self.out}: wrote {self.written} images ({rate:.2f} images/s), skipped "
                  f"{self.skipped} already present; the file holds {self.images_in_file} images"]
+        if self.shard is not None:
+            lines.append(f"shard {self.shard} has finished; once all {self.shard.count} have: "
+                         f"hin extract merge {self.merge_into}")
         if self.failed:
             lines.append(f"{len(self.failed)} pictures could not be read; listed in "
                          f"{self.failure_report}")
@@ -190,15 +196,22 @@ def failure_report_path(out: str | Path) -> Path:
 
 def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out: str | Path, *,
                     batch_size: int = 32, chunk_size: int = 512, workers: int = 2,
-                    progress: bool = True) -> ExtractionReport:
-    """Extract every picture of `files` not yet in `out`; see the module docstring."""
+                    progress: bool = True, shard: Shard | None = None) -> ExtractionReport:
+    """Extract every picture of `files` (or of its shard `shard`, into that shard's file) not
+    yet in `out`; see the module docstring and shards.py."""
     if batch_size < 1 or chunk_size < 1 or workers < 0:
         raise UsageError("batch_size and chunk_size must be positive and workers >= 0, got "
                          f"{batch_size}, {chunk_size}, {workers}")
     started = time.perf_counter()
-    writer = FeatureWriter(out, extractor.attributes())
+    if shard is None:
+        writer = FeatureWriter(out, extractor.attributes())
+    else:
+        writer = FeatureWriter(out, extractor.attributes(), shard,
+                               fingerprint(file.image_id for file in files))
+        files = shard.take(files)
     todo = [file for file in files if file.image_id not in writer.done_ids]
-    report = ExtractionReport(Path(out), skipped=len(files) - len(todo))
+    report = ExtractionReport(writer.target, skipped=len(files) - len(todo), shard=shard,
+                              merge_into=writer.out)
     loader = DataLoader(_PreparedPictures(todo, extractor.preprocess), batch_size=batch_size,
                         num_workers=workers, collate_fn=_as_list)
     chunk: dict[int, ImageEntry] = {}
@@ -218,7 +231,7 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
         writer.write_chunk(chunk)
         report.written += len(chunk)
     report.images_in_file = writer.finish()
-    report.failure_report = _write_failures(failure_report_path(out), report.failed)
+    report.failure_report = _write_failures(failure_report_path(writer.target), report.failed)
     report.seconds = time.perf_counter() - started
     return report
 
