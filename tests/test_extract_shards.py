@@ -114,6 +114,9 @@ def test_cli_refuses_a_bad_shard_in_one_line(clip_dir, pictures, tmp_path, capsy
     assert extract(clip_dir, pictures, tmp_path / "g.h5", "--shard", "3/2") == 2
     assert "shard 3/2 does not exist" in capsys.readouterr().err
     assert not list(tmp_path.glob("g*"))
+    assert main(["extract", "regions", "--vinvl-tsv", str(tmp_path / "features.tsv"), "--out",
+                 str(tmp_path / "r.h5"), "--shard", "1/2"]) == 2
+    assert "a VinVL TSV import runs whole (drop --shard)" in capsys.readouterr().err
 
 
 def test_torchrun_rank_chooses_the_shard_unless_one_is_given():
