@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from extract_models import CLIP_HIDDEN, write_pictures, write_tiny_clip
+from extract_models import CLIP_HIDDEN, DETR_D_MODEL, DETR_QUERIES, write_pictures, write_tiny_clip, write_tiny_detr
 from hin.cli import main
 from hin.devices import resolve_precision
 from hin.errors import UsageError
@@ -251,3 +251,20 @@ def test_precision_choices_are_checked(clip_dir):
         build_extractor("clip-grid", model=str(clip_dir), device="cpu", precision="float32")
     auto = build_extractor("clip-grid", model=str(clip_dir), device="cpu", precision="auto")
     assert auto.precision == resolve_precision("auto", torch.device("cpu"))
+
+
+def test_detr_runs_in_bf16_on_cpu(tmp_path, pictures):
+    detr_dir = write_tiny_detr(tmp_path / "detr")
+    picture = Image.open(pictures / "COCO_val2014_000000000021.jpg").convert("RGB")
+    entries = {}
+    for precision in ("fp32", "bf16"):
+        extractor = build_extractor("detr", model=str(detr_dir), revision=None, device="cpu",
+                                    precision=precision, threshold=0.0, max_regions=DETR_QUERIES)
+        assert extractor.attributes()["compute_dtype"] == {"fp32": "float32",
+                                                           "bf16": "bfloat16"}[precision]
+        entries[precision] = prepare_pictures(extractor, [picture])[0]
+    assert entries["bf16"]["features"].shape == (DETR_QUERIES, DETR_D_MODEL)
+    assert entries["bf16"]["features"].dtype == np.float16
+    np.testing.assert_allclose(np.sort(entries["bf16"]["cls_prob"]),
+                               np.sort(entries["fp32"]["cls_prob"]), atol=2e-2)
+    assert not np.array_equal(entries["bf16"]["cls_prob"], entries["fp32"]["cls_prob"])

@@ -6,7 +6,10 @@ of prepared pictures into one `{suffix: array}` entry per image (`features`, `gl
 `boxes`, ...). This module batches, shows images/s, skips the ids the output already holds
 (re-running resumes), writes a chunk at a time through `FeatureWriter` (a kill loses at most
 one chunk, see writer.py) and lists pictures that fail to decode in a report while the run
-goes on. It must never write a substitute entry for a picture it could not read.
+goes on. It must never write a substitute entry for a picture it could not read. With a
+`Shard` it extracts only that shard's block of the pictures, into the shard's own file
+(shards.py). Extractors compute in the `precision` chosen here (fp32, bf16 autocast, fp16
+weights on CUDA) and store their results in the released dtypes whatever it is.
 """
 
 from __future__ import annotations
