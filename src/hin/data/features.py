@@ -5,6 +5,13 @@ Grid file: `<image_id>_features` [Ng, Dg] (optionally `<image_id>_global`). Regi
 Regions are padded with zero rows or truncated to `max_regions`; the model recognises
 padding as all-zero rows (spec §2), so padding is exactly zero. Zero regions is valid.
 
+Geometry, for putting attention maps back on the picture (`FeatureStore.geometry`): the grid
+file's attributes `hin_grid_rows`, `hin_grid_cols` (tokens in row-major order) and per image
+`<image_id>_size` (h, w) and `<image_id>_crop` (x1, y1, x2, y2: the part of the picture, in
+its pixels, that the grid's cells divide evenly); the region file's `<image_id>_boxes`
+(x1, y1, x2, y2 in picture pixels) and `<image_id>_size`. Whatever a file does not record is
+reported as missing, never assumed.
+
 Each process opens its own read-only handle lazily (safe under fork, spawn and forkserver
 DataLoader workers); arrays are read one entry at a time in their on-disk dtype (fp16 stays
 fp16 until the batch is built). This module must never substitute anything for a missing or
@@ -32,6 +39,41 @@ CHECK_FIX = "run `hin data check` to list every problem entry, then re-extract t
 
 def feature_key(image_id: int) -> str:
     return f"{image_id}{FEATURES_SUFFIX}"
+
+
+GRID_ROWS, GRID_COLS = "grid_rows", "grid_cols"     # grid file attributes (with ATTRIBUTE_PREFIX)
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where one image's grid cells and regions lie on its picture (pixels; see module docstring).
+
+    A field is None where the feature files do not record it; `missing` then says what cannot
+    be placed and why, naming the file, so a figure can say so instead of guessing.
+    """
+
+    image_id: int
+    size: tuple[int, int] | None                          # (height, width) of the picture
+    grid_layout: tuple[int, int] | None                   # (rows, cols)
+    grid_box: tuple[float, float, float, float] | None    # x1, y1, x2, y2 covered by the grid
+    boxes: np.ndarray | None                              # [n, 4] x1, y1, x2, y2
+    missing: tuple[str, ...] = ()
+
+    @property
+    def grid_placed(self) -> bool:
+        """The grid's cells can be drawn on the picture."""
+        return self.grid_layout is not None and self.grid_box is not None
+
+    def cell_boxes(self) -> np.ndarray:
+        """[rows·cols, 4] picture-pixel box of every grid token, row-major."""
+        if not self.grid_placed:
+            raise DataError(f"image {self.image_id}: the grid cannot be placed on the picture: "
+                            + "; ".join(self.missing))
+        rows, cols = self.grid_layout
+        x1, y1, x2, y2 = self.grid_box
+        xs, ys = np.linspace(x1, x2, cols + 1), np.linspace(y1, y2, rows + 1)
+        row, col = np.divmod(np.arange(rows * cols), cols)
+        return np.stack((xs[col], ys[row], xs[col + 1], ys[row + 1]), axis=1)
 
 
 def read_attributes(path: str | Path) -> dict[str, object]:
@@ -150,6 +192,47 @@ class FeatureStore:
         if problem is not None:
             raise DataError(f"{file.path}: image {image_id}: {problem}; {CHECK_FIX}")
         return array
+
+    def geometry(self, image_id: int) -> ImageGeometry:
+        """What the files record about where image `image_id`'s grid cells and regions lie."""
+        grid, region = self.grid.handle, self.region.handle
+        missing = []
+        sizes = {file.path: tuple(int(v) for v in file.handle[f"{image_id}_size"][()])
+                 for file in (self.grid, self.region) if f"{image_id}_size" in file.handle}
+        size = next(iter(sizes.values()), None)
+        if len(set(sizes.values())) > 1:
+            missing.append(f"the picture sizes disagree ({', '.join(f'{p}: {s}' for p, s in sizes.items())})")
+            size = None
+        elif size is None:
+            missing.append(f"no picture size ('{image_id}_size') in {self.grid.path} or {self.region.path}")
+
+        layout = None
+        rows, cols = grid.attrs.get(ATTRIBUTE_PREFIX + GRID_ROWS), grid.attrs.get(ATTRIBUTE_PREFIX + GRID_COLS)
+        tokens = grid[feature_key(image_id)].shape[0] if feature_key(image_id) in grid else None
+        if rows is None or cols is None:
+            missing.append(f"{self.grid.path} does not record the grid layout "
+                           f"({ATTRIBUTE_PREFIX}{GRID_ROWS}/{ATTRIBUTE_PREFIX}{GRID_COLS} attributes)")
+        elif tokens is not None and int(rows) * int(cols) != tokens:
+            missing.append(f"{self.grid.path} records a {rows}x{cols} grid but image {image_id} has "
+                           f"{tokens} grid tokens")
+        else:
+            layout = (int(rows), int(cols))
+        grid_box = None
+        if f"{image_id}_crop" in grid:
+            grid_box = tuple(float(v) for v in grid[f"{image_id}_crop"][()])
+        else:
+            missing.append(f"{self.grid.path} does not record which part of the picture the grid covers "
+                           f"('{image_id}_crop')")
+
+        boxes = None
+        if f"{image_id}_boxes" in region:
+            boxes = np.asarray(region[f"{image_id}_boxes"][()], dtype=np.float32).reshape(-1, 4)
+            if not boxes.any() and len(boxes):
+                missing.append(f"{self.region.path} holds only all-zero boxes for image {image_id}")
+                boxes = None
+        else:
+            missing.append(f"{self.region.path} has no region boxes ('{image_id}_boxes') for image {image_id}")
+        return ImageGeometry(image_id, size, layout, grid_box, boxes, tuple(missing))
 
     def missing(self, image_ids: Iterable[int]) -> dict[str, list[int]]:
         """Per file, the given ids without a features entry (names only; fast)."""
