@@ -21,7 +21,7 @@ malformed entry: it raises, naming the image id, the file and the fix.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ def feature_key(image_id: int) -> str:
 
 
 GRID_ROWS, GRID_COLS = "grid_rows", "grid_cols"     # grid file attributes (with ATTRIBUTE_PREFIX)
+GEOMETRY_SUFFIXES = ("size", "crop", "boxes")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class ImageGeometry:
     be placed and why, naming the file, so a figure can say so instead of guessing.
     """
 
-    image_id: int
+    image_id: int | str                                   # or the picture's name
     size: tuple[int, int] | None                          # (height, width) of the picture
     grid_layout: tuple[int, int] | None                   # (rows, cols)
     grid_box: tuple[float, float, float, float] | None    # x1, y1, x2, y2 covered by the grid
@@ -87,6 +88,50 @@ def read_attributes(path: str | Path) -> dict[str, object]:
 
 def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, object],
+                      grid_entry: Mapping[str, np.ndarray], region_entry: Mapping[str, np.ndarray],
+                      grid_tokens: int | None, grid_source: str, region_source: str) -> ImageGeometry:
+    """ImageGeometry from what a grid and a region source record for one image: the grid's
+    attributes (`grid_rows`, `grid_cols`) and per-image arrays by suffix (`size`, `crop`,
+    `boxes`), from feature files or straight from extractors. Sources name them in messages."""
+    missing = []
+    sizes = {source: tuple(int(v) for v in entry["size"])
+             for source, entry in ((grid_source, grid_entry), (region_source, region_entry)) if "size" in entry}
+    size = next(iter(sizes.values()), None)
+    if len(set(sizes.values())) > 1:
+        missing.append(f"the picture sizes disagree ({'; '.join(f'{s}: {v}' for s, v in sizes.items())})")
+        size = None
+    elif size is None:
+        missing.append(f"no picture size ('{image_id}_size') in {grid_source} or {region_source}")
+
+    layout = None
+    rows, cols = grid_attributes.get(GRID_ROWS), grid_attributes.get(GRID_COLS)
+    if rows is None or cols is None:
+        missing.append(f"{grid_source} does not record the grid layout "
+                       f"({ATTRIBUTE_PREFIX}{GRID_ROWS}/{ATTRIBUTE_PREFIX}{GRID_COLS} attributes)")
+    elif grid_tokens is not None and int(rows) * int(cols) != grid_tokens:
+        missing.append(f"{grid_source} records a {rows}x{cols} grid but image {image_id} has "
+                       f"{grid_tokens} grid tokens")
+    else:
+        layout = (int(rows), int(cols))
+    grid_box = None
+    if "crop" in grid_entry:
+        grid_box = tuple(float(v) for v in grid_entry["crop"])
+    else:
+        missing.append(f"{grid_source} does not record which part of the picture the grid covers "
+                       f"('{image_id}_crop')")
+
+    boxes = None
+    if "boxes" not in region_entry:
+        missing.append(f"{region_source} has no region boxes ('{image_id}_boxes') for image {image_id}")
+    else:
+        boxes = np.asarray(region_entry["boxes"], dtype=np.float32).reshape(-1, 4)
+        if len(boxes) and not boxes.any():
+            missing.append(f"{region_source} holds only all-zero boxes for image {image_id}")
+            boxes = None
+    return ImageGeometry(image_id, size, layout, grid_box, boxes, tuple(missing))
 
 
 class HDF5File:
@@ -195,44 +240,16 @@ class FeatureStore:
 
     def geometry(self, image_id: int) -> ImageGeometry:
         """What the files record about where image `image_id`'s grid cells and regions lie."""
-        grid, region = self.grid.handle, self.region.handle
-        missing = []
-        sizes = {file.path: tuple(int(v) for v in file.handle[f"{image_id}_size"][()])
-                 for file in (self.grid, self.region) if f"{image_id}_size" in file.handle}
-        size = next(iter(sizes.values()), None)
-        if len(set(sizes.values())) > 1:
-            missing.append(f"the picture sizes disagree ({', '.join(f'{p}: {s}' for p, s in sizes.items())})")
-            size = None
-        elif size is None:
-            missing.append(f"no picture size ('{image_id}_size') in {self.grid.path} or {self.region.path}")
+        def entries(file: HDF5File) -> dict[str, np.ndarray]:
+            names = {suffix: f"{image_id}_{suffix}" for suffix in GEOMETRY_SUFFIXES}
+            return {suffix: file.handle[name][()] for suffix, name in names.items() if name in file.handle}
 
-        layout = None
-        rows, cols = grid.attrs.get(ATTRIBUTE_PREFIX + GRID_ROWS), grid.attrs.get(ATTRIBUTE_PREFIX + GRID_COLS)
+        grid = self.grid.handle
         tokens = grid[feature_key(image_id)].shape[0] if feature_key(image_id) in grid else None
-        if rows is None or cols is None:
-            missing.append(f"{self.grid.path} does not record the grid layout "
-                           f"({ATTRIBUTE_PREFIX}{GRID_ROWS}/{ATTRIBUTE_PREFIX}{GRID_COLS} attributes)")
-        elif tokens is not None and int(rows) * int(cols) != tokens:
-            missing.append(f"{self.grid.path} records a {rows}x{cols} grid but image {image_id} has "
-                           f"{tokens} grid tokens")
-        else:
-            layout = (int(rows), int(cols))
-        grid_box = None
-        if f"{image_id}_crop" in grid:
-            grid_box = tuple(float(v) for v in grid[f"{image_id}_crop"][()])
-        else:
-            missing.append(f"{self.grid.path} does not record which part of the picture the grid covers "
-                           f"('{image_id}_crop')")
-
-        boxes = None
-        if f"{image_id}_boxes" in region:
-            boxes = np.asarray(region[f"{image_id}_boxes"][()], dtype=np.float32).reshape(-1, 4)
-            if not boxes.any() and len(boxes):
-                missing.append(f"{self.region.path} holds only all-zero boxes for image {image_id}")
-                boxes = None
-        else:
-            missing.append(f"{self.region.path} has no region boxes ('{image_id}_boxes') for image {image_id}")
-        return ImageGeometry(image_id, size, layout, grid_box, boxes, tuple(missing))
+        layout = {key: _plain(grid.attrs[ATTRIBUTE_PREFIX + key]) for key in (GRID_ROWS, GRID_COLS)
+                  if ATTRIBUTE_PREFIX + key in grid.attrs}
+        return describe_geometry(image_id, layout, entries(self.grid), entries(self.region), tokens,
+                                 str(self.grid.path), str(self.region.path))
 
     def missing(self, image_ids: Iterable[int]) -> dict[str, list[int]]:
         """Per file, the given ids without a features entry (names only; fast)."""
