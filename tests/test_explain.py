@@ -263,3 +263,19 @@ def test_explain_pictures_reruns_the_recorded_extractors(tmp_path, capsys):
     image = np.asarray(Image.open(tmp_path / "out" / "0000_7.png").convert("L"), float)
     assert image.std() > 20
     assert "0000_7.png" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_explain_usage_errors_say_what_to_give(corner_data, tmp_path, capsys):
+    root, grid, region, pictures = corner_data
+    checkpoint = str(tiny_checkpoint(tmp_path / "a.pt", seed=0))
+    features = ["--grid", str(grid), "--region", str(region)]
+    cases = [
+        (["--ids", "11", "--layer", "3", *features], "--layer must be between 1 and the model's 2 layers, got 3"),
+        (["--annotations", str(root / "annotations"), "--ids", "11", *features], "--annotations needs --split"),
+        (["--split", "test", "--annotations", str(root / "annotations"), "--ids", "99", *features],
+         "image ids [99] are not in the test split"),
+        (["--ids", "11"], "give pictures, or both --grid and --region"),
+    ]
+    for arguments, message in cases:
+        assert main(["explain", "--checkpoint", checkpoint, "--out", str(tmp_path / "out"), *arguments]) == 2
+        assert message in capsys.readouterr().err

@@ -441,7 +441,9 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
     views = explanation.views
     strips = [view for view in views if view.word_maps is not None and len(view.words)]
     columns = 1 + len(views)
-    heights = [PANEL_INCHES, PANEL_INCHES, CAPTION_INCHES] + [WORD_INCHES] * len(strips)
+    size = views[0].geometry.size or (explanation.picture.size[::-1] if explanation.picture else None)
+    panel = PANEL_INCHES * (1.0 if size is None else min(1.0, max(0.5, size[0] / size[1])))   # wide pictures
+    heights = [panel, panel, CAPTION_INCHES] + [WORD_INCHES] * len(strips)
     total = sum(heights) + 0.9
     figure = pyplot.figure(figsize=(PANEL_INCHES * columns, total), dpi=DPI)
     layout = figure.add_gridspec(len(heights), columns, height_ratios=heights, hspace=0.3, wspace=0.08,
