@@ -253,8 +253,9 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
     or of feature-file images (`ids`, or a split's first `limit`), one view per checkpoint."""
     if not checkpoints:
         raise UsageError("explain needs at least one checkpoint")
-    if pictures and any(v is not None for v in (ids, grid, region, split, annotations)):
-        raise UsageError("give pictures, or feature files (--grid/--region with --ids or --split), not both")
+    if pictures and any(v is not None for v in (ids, grid, region, split, annotations, images)):
+        raise UsageError("give pictures, or feature files (--grid/--region with --ids or --split, pictures "
+                         "found by id in --images), not both")
     if not pictures and (grid is None or region is None):
         raise UsageError("give pictures, or both --grid and --region feature files")
     captioners = [Captioner(c, device=device, decoding=decoding, batch_size=batch_size) for c in checkpoints]
