@@ -75,9 +75,8 @@ def test_two_shards_merged_equal_one_run_id_for_id(clip_dir, pictures, tmp_path,
     assert not out.exists()
     with h5py.File(tmp_path / "grid.shard-1-of-2.h5") as first, \
             h5py.File(tmp_path / "grid.shard-2-of-2.h5") as second:
-        assert sorted(first) == ["3_features", "3_global", "8_features", "8_global"]
-        assert sorted(second) == ["21_features", "21_global", "34_features", "34_global",
-                                  "55_features", "55_global"]
+        assert {name.split("_")[0] for name in first} == {"3", "8"}
+        assert {name.split("_")[0] for name in second} == {"21", "34", "55"}
     assert read_attributes(tmp_path / "grid.shard-1-of-2.h5")["shard"] == "1/2"
     assert read_attributes(tmp_path / "grid.shard-1-of-2.h5")["shard_of"] == fingerprint(
         [3, 8, 21, 34, 55])
