@@ -319,12 +319,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hin", description="HIN image captioning: data, training, evaluation, feature "
-                                "extraction and captioning. `hin COMMAND --help` for details.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_import_checkpoint_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("import-checkpoint",
                             help="convert a reference HIN checkpoint (.pth) into hin's format")
     p.add_argument("reference", help="reference checkpoint: a state_dict or {'state_dict': ...}")
@@ -333,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention heads (not recoverable from tensor shapes; paper: 8)")
     p.set_defaults(handler=_import_checkpoint)
 
-    _add_data_commands(commands)
 
+def _add_score_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("score", help="score a COCO results file (BLEU, METEOR, ROUGE-L, "
                                           "CIDEr, SPICE) against COCO caption annotations")
     p.add_argument("--results", required=True,
@@ -349,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.set_defaults(handler=_score)
 
+
+def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     from hin.config import DataConfig
 
     data = DataConfig()
@@ -374,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")
     p.set_defaults(handler=_evaluate)
 
-    _add_extract_commands(commands)
+
+def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train HIN: cross-entropy, or SCST from an XE "
                                           "checkpoint; resumable, one process or torchrun")
     source = p.add_mutually_exclusive_group(required=True)
@@ -385,12 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. train.batch_size=20 run_dir=runs/try")
     p.set_defaults(handler=_train)
 
+
+def _add_plot_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("plot", help="draw a run's loss, learning rate and validation "
                                          "metrics (from its log.jsonl) to a PNG")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a `hin train` run directory")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     p.set_defaults(handler=_plot)
 
+
+def _add_demo_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="the whole pipeline on the bundled synthetic dataset "
                                          "(what `make demo` runs)")
     p.add_argument("--data", default="data/synth", help="synthetic dataset directory")
@@ -398,6 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default="configs", help="directory with synth_xe/synth_scst.yaml")
     p.set_defaults(handler=_demo)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hin", description="HIN image captioning: data, training, evaluation, feature "
+                                "extraction and captioning. `hin COMMAND --help` for details.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_import_checkpoint_commands(commands)
+    _add_data_commands(commands)
+    _add_score_commands(commands)
+    _add_evaluate_commands(commands)
+    _add_extract_commands(commands)
+    _add_train_commands(commands)
+    _add_plot_commands(commands)
+    _add_demo_commands(commands)
     return parser
 
 
