@@ -114,7 +114,8 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 def _score(args: argparse.Namespace) -> int:
     import json
 
-    from hin.metrics import read_coco_references, read_coco_results, score_captions
+    from hin.data.coco import read_coco_references
+    from hin.metrics import read_coco_results, score_captions
 
     captions = read_coco_results(args.results)
     references = read_coco_references(args.annotations)

@@ -76,6 +76,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     are given), score against the references, write captions.json / metrics.json to out_dir."""
     if not checkpoints:
         raise UsageError("evaluate needs at least one checkpoint")
+    out = None if out_dir is None else _output_directory(Path(out_dir))
     device = resolve_device(device)
     loaded = [load(path, map_location=device) for path in checkpoints]
     models = [model for model, _ in loaded]
@@ -103,15 +104,22 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     report = (score_captions(captions, references, collapse_repeats=collapse, spice=spice,
                              progress=progress) if references else None)
     written = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
         written.append(_write_json(out / CAPTIONS_FILE, results))
         if report is not None:
             provenance = _provenance(checkpoints, models, split, data, decoding, batch_size)
             written.append(_write_json(out / METRICS_FILE, {**report.to_dict(), **provenance}))
     return Evaluation(captions, report, written)
+
+
+def _output_directory(out: Path) -> Path:
+    """Made (or checked) before any decoding, so a bad --out never costs a decoding run."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; hin evaluate writes {CAPTIONS_FILE} and "
+                         f"{METRICS_FILE} into a directory: give a directory path")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def _provenance(checkpoints: Sequence[str | Path], models: list[Any], split: str,

@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from hin.errors import HINError
+from hin.files import read_json, require_file
 
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
 SPECIALS = (UNK, PAD, BOS, EOS)
@@ -151,23 +152,26 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"vocabulary file {path} does not exist; build one with `hin data vocab` "
-                f"or import the reference's pickle with `hin data vocab --legacy FILE.pkl`")
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise VocabularyError(f"vocabulary file {path} is not valid JSON: {error}") from error
+        values = read_json(path, "vocabulary file",
+                           "build one with `hin data vocab` or import the reference's pickle with "
+                           "`hin data vocab --legacy FILE.pkl`", error=VocabularyError)
         return cls.from_dict(values, source=str(path))
 
     @classmethod
     def from_legacy_pickle(cls, path: str | Path) -> Vocabulary:
         """Import the torchtext-style `Vocab` pickle of the reference and M2, safely."""
-        path = Path(path)
+        path = require_file(path, "legacy vocabulary pickle")
         with path.open("rb") as handle:
-            legacy = _LegacyUnpickler(handle, path).load()
+            try:
+                legacy = _LegacyUnpickler(handle, path).load()
+            except VocabularyError:
+                raise
+            except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+                    IndexError) as error:
+                raise VocabularyError(
+                    f"{path} is not a readable vocabulary pickle: it is truncated or corrupted "
+                    f"({type(error).__name__}: {error}); copy the reference's vocab .pkl again"
+                    ) from error
         if not isinstance(legacy, _LegacyVocab) or not hasattr(legacy, "itos"):
             raise VocabularyError(f"{path} does not hold a torchtext-style Vocab (no 'itos' list)")
         freqs = getattr(legacy, "freqs", {})
