@@ -28,8 +28,6 @@ from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
 from hin.training.runlog import LOG_FILE
 from training_runs import BATCHES_PER_EPOCH, TRAIN_IMAGES, ddp_worker, tiny_overrides
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
@@ -181,8 +179,7 @@ def test_a_signal_saves_the_step_it_interrupted_and_the_run_resumes(synth, tmp_p
 def test_cli_exits_130_after_saving_on_sigint(synth, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     send_signal_during_step(monkeypatch, signal.SIGINT, step=3)
-    code = main(["train", "--config", str(REPO / "configs" / "synth_xe.yaml"),
-                 *tiny_overrides(synth, run_dir)])
+    code = main(["train", "--config", "synth_xe", *tiny_overrides(synth, run_dir)])
     assert code == 130
     assert f"hin train --resume {run_dir}" in capsys.readouterr().err
     assert saved(run_dir)[1]["training"]["progress"]["step"] == 3

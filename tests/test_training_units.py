@@ -16,7 +16,7 @@ from hin.training.loop import capture_rng, restore_rng
 from hin.training.schedule import lr_factor, scst_lr_factor, should_stop, xe_lr_factor
 from hin.training.scst import scst_loss, sequence_mask, teacher_forcing_inputs
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "src" / "hin" / "configs"
 
 
 def test_xe_schedule_warms_up_then_decays_by_epoch():

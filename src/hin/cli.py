@@ -314,9 +314,13 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from hin.demo import run_demo
+    from hin.demo import DemoInterrupted, run_demo
 
-    run_demo(args.data, args.runs, args.configs)
+    try:
+        run_demo(args.data, args.runs, args.configs, force=args.force)
+    except DemoInterrupted as stopped:
+        print(f"hin demo: {stopped}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -377,7 +381,8 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train HIN: cross-entropy, or SCST from an XE "
                                           "checkpoint; resumable, one process or torchrun")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="YAML run configuration (configs/*.yaml)")
+    source.add_argument("--config", help="YAML run configuration: a path, or the name of a "
+                                          "shipped one (synth_xe, synth_scst, coco_xe, coco_scst)")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--init", help="start from this hin checkpoint's weights (SCST from XE best.pt)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -397,8 +402,13 @@ def _add_demo_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="the whole pipeline on the bundled synthetic dataset "
                                          "(what `make demo` runs)")
     p.add_argument("--data", default="data/synth", help="synthetic dataset directory")
-    p.add_argument("--runs", default="runs/demo", help="where the demo's runs go (replaced)")
-    p.add_argument("--configs", default="configs", help="directory with synth_xe/synth_scst.yaml")
+    p.add_argument("--runs", default="runs/demo",
+                   help="the demo's own folder: its xe/, scst/ and eval/ are replaced on each run")
+    p.add_argument("--configs", help="folder with your own synth_xe.yaml and synth_scst.yaml "
+                                     "(default: the ones shipped with hin)")
+    p.add_argument("--force", action="store_true",
+                   help="use a --runs folder that holds other files (only the demo's "
+                        "subfolders are replaced; other files are kept)")
     p.set_defaults(handler=_demo)
 
 

@@ -136,10 +136,30 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return result
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def packaged_config_names() -> list[str]:
+    return sorted(path.stem for path in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def find_config(name: str | Path) -> Path:
+    """A run configuration file: a path, or the bare name of one shipped inside the package
+    (`synth_xe`, `coco_scst`, ...), so the configs work after `pip install` too."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a YAML file")
+    packaged = PACKAGED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if len(path.parts) == 1 and packaged.is_file():
+        return packaged
+    raise ConfigError(f"config file {path} does not exist; give a YAML path or the name of a "
+                      f"shipped config: {', '.join(packaged_config_names())}")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    path = find_config(path)
     with path.open() as handle:
         values = yaml.load(handle, Loader=_YAMLLoader) or {}
     if not isinstance(values, dict):

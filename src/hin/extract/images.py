@@ -133,10 +133,10 @@ def load_rgb(path: str | Path, limit: int | None = None) -> Image.Image:
                 width, height = picture.size
                 if width * height > limit:
                     raise PictureError(
-                        f"{path}: {width}x{height} is {width * height / 1e6:.1f} million pixels, "
-                        f"over the limit of {limit / 1e6:g} million (decoding it would take "
-                        f"{3 * width * height / 2**30:.1f} GiB); shrink the picture, or raise the "
-                        f"limit with {MAX_PIXELS_ENV}={width * height}")
+                        f"{path}: {width}x{height} is {width * height:,} pixels, over the limit of "
+                        f"{limit:,} (it would decode to {3 * width * height / 1e6:,.0f} MB of RGB); "
+                        f"shrink the picture, or raise the limit with "
+                        f"{MAX_PIXELS_ENV}={width * height}")
                 return picture.convert("RGB")
     except PictureError:
         raise
