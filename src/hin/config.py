@@ -44,7 +44,7 @@ def require_positive_ints(config: Any, *names: str) -> None:
 
 @dataclass(frozen=True)
 class HINConfig:
-    """Architecture of one HIN model (spec §1–6). Defaults are the paper's."""
+    """Architecture of one HIN model (docs/model.md §1–6). Defaults are the paper's."""
 
     vocab_size: int = 10201
     num_layers: int = 3
@@ -214,7 +214,7 @@ class DecodingConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where a dataset's files are and how batches are made from them (spec §2, §6, §9).
+    """Where a dataset's files are and how batches are made from them (docs/model.md §2, §6, §9).
 
     Defaults point at the synthetic dataset written by `hin data synth --out data/synth`.
     `annotations` is a directory with captions_{train,val}2014.json and the Karpathy split
@@ -252,7 +252,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training stage (spec §8): cross-entropy (`xe`) or self-critical (`scst`).
+    """One training stage (docs/model.md §8): cross-entropy (`xe`) or self-critical (`scst`).
 
     `lr` is the stage's base rate; the epoch-wise schedule of the stage scales it.
     Validation always uses the validation split; the test split is never read here.

@@ -1,4 +1,4 @@
-"""COCO caption annotations and the Karpathy splits, as the paper used them (spec §9).
+"""COCO caption annotations and the Karpathy splits, as the paper used them (docs/model.md §9).
 
 Two sources give the same in-memory result, a `Split` per name (image id -> file name ->
 reference captions):

@@ -2,7 +2,7 @@
 their references for evaluation and SCST, and the one `collate` that turns either into a `Batch`.
 
 Features stay in their on-disk dtype per sample and are cast to float32 once per batch.
-Region padding rows are exactly zero: the model derives its padding mask from them (spec §2).
+Region padding rows are exactly zero: the model derives its padding mask from them (docs/model.md §2).
 This module must never know about the model beyond the tensors a `Batch` carries.
 """
 

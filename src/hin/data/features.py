@@ -3,7 +3,7 @@
 Grid file: `<image_id>_features` [Ng, Dg] (optionally `<image_id>_global`). Region file:
 `<image_id>_features` [n, Dr] with `<image_id>_boxes`, `<image_id>_size`, `<image_id>_cls_prob`.
 Regions are padded with zero rows or truncated to `max_regions`; the model recognises
-padding as all-zero rows (spec §2), so padding is exactly zero. Zero regions is valid.
+padding as all-zero rows (docs/model.md §2), so padding is exactly zero. Zero regions is valid.
 
 Each process opens its own read-only handle lazily (safe under fork, spawn and forkserver
 DataLoader workers); arrays are read one entry at a time in their on-disk dtype (fp16 stays

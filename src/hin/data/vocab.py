@@ -1,6 +1,6 @@
 """Caption vocabulary: the tokenisation rule, word ids, JSON storage and the legacy-pickle import.
 
-The rule (spec §6) is the reference's, so that the standard 10,201-entry COCO vocabulary comes
+The rule (docs/model.md §6) is the reference's, so that the standard 10,201-entry COCO vocabulary comes
 out: lower-case, spaCy's rule-based English tokenizer, punctuation tokens dropped, words kept
 at frequency >= `min_freq`, specials first, then descending frequency with ties alphabetical.
 The same `tokenize` makes the training targets.

@@ -224,7 +224,7 @@ def score_captions(candidates: Mapping[Hashable, str],
                    progress: bool = True) -> MetricsReport:
     """Score one caption per id against that id's reference captions (raw, untokenised text).
 
-    `collapse_repeats` post-processes the candidates first (spec §7); `spice=False` skips the
+    `collapse_repeats` post-processes the candidates first (docs/model.md §7); `spice=False` skips the
     slow SPICE run. Raises JavaNotFoundError without Java and MetricsError on bad inputs.
     """
     ids = _check_inputs(candidates, references)

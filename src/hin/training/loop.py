@@ -1,4 +1,4 @@
-"""Training runs (spec §8): cross-entropy, then self-critical CIDEr-D optimisation.
+"""Training runs (docs/model.md §8): cross-entropy, then self-critical CIDEr-D optimisation.
 
 A run directory holds `config.yaml` (resolved), `log.jsonl` (one JSON object per step and
 per epoch), `last.pt` (everything needed to continue: weights, optimiser, position in the
