@@ -14,9 +14,15 @@ if TYPE_CHECKING:
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from hin.checkpoint import import_reference, save
 
-    model = import_reference(args.reference, num_heads=args.heads)
+    reference, out = Path(args.reference), Path(args.out)
+    if out.exists() and reference.exists() and out.samefile(reference) and not args.force:
+        raise UsageError(f"{out} is the reference checkpoint itself; writing there would replace "
+                         "it: give another output path (or --force to replace it)")
+    model = import_reference(reference, num_heads=args.heads)
     save(args.out, model)
     print(f"wrote {args.out} ({model.config.num_layers} layers, d_model {model.config.d_model}, "
           f"vocab {model.config.vocab_size}, {args.heads} heads)")
@@ -329,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="convert a reference HIN checkpoint (.pth) into hin's format")
     p.add_argument("reference", help="reference checkpoint: a state_dict or {'state_dict': ...}")
     p.add_argument("out", help="where to write the hin checkpoint (.pt)")
-    p.add_argument("--heads", type=int, default=8,
-                   help="attention heads (not recoverable from tensor shapes; paper: 8)")
+    p.add_argument("--heads", type=int, required=True,
+                   help="attention heads: tensor shapes cannot tell (the paper's models: 8)")
+    p.add_argument("--force", action="store_true", help="allow OUT to be the reference file")
     p.set_defaults(handler=_import_checkpoint)
 
     _add_data_commands(commands)

@@ -12,7 +12,6 @@ references: images without references get captions only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from hin import __version__
-from hin.checkpoint import load
+from hin.checkpoint import load, sha256
 from hin.config import DataConfig, DecodingConfig
 from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
@@ -45,14 +44,6 @@ class Evaluation:
     captions: dict[int, str]
     report: MetricsReport | None
     written: list[Path]
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_images(data: DataConfig, split: str, store: FeatureStore) -> Split:
