@@ -291,14 +291,18 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hin.config import RunConfig
+    from hin.config import RunConfig, apply_overrides, load_yaml
     from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
 
+    if args.resume and args.init:
+        raise UsageError("--init starts a new run; a resumed run continues from its last.pt")
     try:
         if args.resume:
             best = resume(args.resume, args.overrides)
         else:
-            best = start(RunConfig.load(args.config, args.overrides), init=args.init)
+            given = apply_overrides(load_yaml(args.config), args.overrides)
+            best = start(RunConfig.from_dict(given), init=args.init,
+                         model_keys=list(given.get("model") or {}))
     except TrainingInterrupted as stopped:
         print(f"hin train: {stopped}", file=sys.stderr)
         return 130
