@@ -141,11 +141,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hin.evaluate import evaluate
 
     data = DataConfig(annotations=args.annotations, grid_features=args.grid,
-                      region_features=args.region, vocabulary=args.vocab,
-                      max_regions=args.max_regions, num_workers=args.workers)
+                      region_features=args.region, max_regions=args.max_regions,
+                      num_workers=args.workers)
     result = evaluate(args.checkpoint, args.split, data, decoding=_decoding(args),
                       batch_size=args.batch_size, out_dir=args.out, spice=not args.no_spice,
-                      device=args.device)
+                      device=args.device, vocab=args.vocab)
     if result.report is not None:
         print(result.report.format_table())
     else:
@@ -282,7 +282,8 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
-    p.add_argument("--vocab", help="vocabulary JSON (default: the checkpoint's own)")
+    p.add_argument("--vocab", help="vocabulary JSON, for checkpoints that record none (imported "
+                                   "reference ones); must equal a recorded one")
     _add_decoding_options(p, num_captions=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
@@ -378,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotation directory (COCO json + Karpathy .npy) or dataset_coco.json")
     p.add_argument("--grid", default=data.grid_features, help="grid feature HDF5 file")
     p.add_argument("--region", default=data.region_features, help="region feature HDF5 file")
-    p.add_argument("--vocab", default=data.vocabulary, help="vocabulary JSON file")
+    p.add_argument("--vocab", help="vocabulary JSON, for checkpoints that record none (imported "
+                                   "reference ones); must equal a recorded one")
     p.add_argument("--max-regions", type=int, default=data.max_regions)
     p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
