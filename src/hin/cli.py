@@ -12,6 +12,9 @@ from hin.errors import HINError, UsageError
 if TYPE_CHECKING:
     from hin.config import DecodingConfig
 
+VOCAB_HELP = ("vocabulary JSON, for checkpoints that record none (imported reference ones); "
+              "must equal a recorded one")
+
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -282,8 +285,7 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
-    p.add_argument("--vocab", help="vocabulary JSON, for checkpoints that record none (imported "
-                                   "reference ones); must equal a recorded one")
+    p.add_argument("--vocab", help=VOCAB_HELP)
     _add_decoding_options(p, num_captions=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
@@ -379,8 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotation directory (COCO json + Karpathy .npy) or dataset_coco.json")
     p.add_argument("--grid", default=data.grid_features, help="grid feature HDF5 file")
     p.add_argument("--region", default=data.region_features, help="region feature HDF5 file")
-    p.add_argument("--vocab", help="vocabulary JSON, for checkpoints that record none (imported "
-                                   "reference ones); must equal a recorded one")
+    p.add_argument("--vocab", help=VOCAB_HELP)
     p.add_argument("--max-regions", type=int, default=data.max_regions)
     p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
