@@ -94,7 +94,7 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
 def test_images_without_references_get_captions_only(world):
     root, data, checkpoints, _ = world
     result = evaluate(checkpoints[:1], "features", data, decoding=DecodingConfig(beam_size=2, max_len=5),
-                      out_dir=root / "server", progress=False)
+                      out_dir=root / "server", progress=False, vocab=data.vocabulary)
     assert result.report is None
     assert [path.name for path in result.written] == ["captions.json"]
     assert not (root / "server" / "metrics.json").exists()
