@@ -337,7 +337,7 @@ def test_a_finished_run_says_how_to_extend_it(synth, uninterrupted, tmp_path, ca
     assert [r["epoch"] for r in log_records(run_dir, "epoch")] == [1, 2, 3]
 
 
-def test_a_run_stopped_by_the_rule_is_finished_until_the_rule_is_relaxed(synth, uninterrupted,
+def test_a_run_stopped_by_the_stopping_rule_says_how_to_extend_it(synth, uninterrupted,
                                                                          tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted[0], run_dir)
