@@ -338,7 +338,7 @@ def test_a_finished_run_says_how_to_extend_it(synth, uninterrupted, tmp_path, ca
 
 
 def test_a_run_stopped_by_the_stopping_rule_says_how_to_extend_it(synth, uninterrupted,
-                                                                         tmp_path):
+                                                                   tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted[0], run_dir)
     payload = checkpoint.read_hin(run_dir / loop.LAST)
