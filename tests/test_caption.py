@@ -30,7 +30,7 @@ from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
 from hin.data.synth import generate
-from hin.data.vocab import Vocabulary
+from hin.data.vocab import Vocabulary, VocabularyError
 from hin.decoding import beam_search
 from hin.extract import (
     build_extractor,
@@ -128,6 +128,25 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
         assert len(entry["captions"][0]["caption"].split()) >= 2
 
 
+def test_caption_refuses_a_vocab_that_differs_from_the_recorded_one(synth_checkpoint, tmp_path,
+                                                                    capsys):
+    checkpoint, root = synth_checkpoint
+    vocab = Vocabulary.load(root / "vocab.json")
+    words = list(vocab.words)
+    words[5], words[6] = words[6], words[5]       # right size, another word order
+    Vocabulary(words, vocab.counts).save(tmp_path / "swapped.json")
+    assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.hdf5"),
+                 "--region", str(root / "region.hdf5"), "--ids", "100001",
+                 "--vocab", str(tmp_path / "swapped.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"hin caption: error: the vocabulary {tmp_path / 'swapped.json'} differs from the one "
+        f"recorded in {checkpoint} at entry 5: {words[5]!r} instead of {words[6]!r}; the recorded "
+        "vocabulary is used by default: leave out --vocab\n")
+    assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.hdf5"),
+                 "--region", str(root / "region.hdf5"), "--ids", "100001",
+                 "--vocab", str(root / "vocab.json")]) == 0
+
+
 def test_caption_missing_feature_entry_names_the_id(synth_checkpoint, capsys):
     checkpoint, root = synth_checkpoint
     assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.hdf5"),
@@ -190,7 +209,7 @@ def test_inconsistent_checkpoint_and_missing_vocabulary_are_refused(picture_setu
                                               r"recorded grid extractor 'detr'"):
         hin.Captioner(checkpoint)(root / "pictures" / "12.png")
     bare = save(tmp_path / "bare.pt", model)
-    with pytest.raises(CheckpointError, match=r"carries no vocabulary; pass the one it was "
+    with pytest.raises(VocabularyError, match=r"carries no vocabulary; pass the one it was "
                                               r"trained with"):
         hin.Captioner(bare)
 

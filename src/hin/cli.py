@@ -12,11 +12,20 @@ from hin.errors import HINError, UsageError
 if TYPE_CHECKING:
     from hin.config import DecodingConfig
 
+VOCAB_HELP = ("vocabulary JSON, for checkpoints that record none (imported reference ones); "
+              "must equal a recorded one")
+
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from hin.checkpoint import import_reference, save
 
-    model = import_reference(args.reference, num_heads=args.heads)
+    reference, out = Path(args.reference), Path(args.out)
+    if out.exists() and reference.exists() and out.samefile(reference) and not args.force:
+        raise UsageError(f"{out} is the reference checkpoint itself; writing there would replace "
+                         "it: give another output path (or --force to replace it)")
+    model = import_reference(reference, num_heads=args.heads)
     save(args.out, model)
     print(f"wrote {args.out} ({model.config.num_layers} layers, d_model {model.config.d_model}, "
           f"vocab {model.config.vocab_size}, {args.heads} heads)")
@@ -136,11 +145,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hin.evaluate import evaluate
 
     data = DataConfig(annotations=args.annotations, grid_features=args.grid,
-                      region_features=args.region, vocabulary=args.vocab,
-                      max_regions=args.max_regions, num_workers=args.workers)
+                      region_features=args.region, max_regions=args.max_regions,
+                      num_workers=args.workers)
     result = evaluate(args.checkpoint, args.split, data, decoding=_decoding(args),
                       batch_size=args.batch_size, out_dir=args.out, spice=not args.no_spice,
-                      device=args.device)
+                      device=args.device, vocab=args.vocab)
     if result.report is not None:
         print(result.report.format_table())
     else:
@@ -277,7 +286,7 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
-    p.add_argument("--vocab", help="vocabulary JSON (default: the checkpoint's own)")
+    p.add_argument("--vocab", help=VOCAB_HELP)
     _add_decoding_options(p, num_captions=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
@@ -286,14 +295,18 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hin.config import RunConfig
+    from hin.config import RunConfig, apply_overrides, load_yaml
     from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
 
+    if args.resume and args.init:
+        raise UsageError("--init starts a new run; a resumed run continues from its last.pt")
     try:
         if args.resume:
             best = resume(args.resume, args.overrides)
         else:
-            best = start(RunConfig.load(args.config, args.overrides), init=args.init)
+            given = apply_overrides(load_yaml(args.config), args.overrides)
+            best = start(RunConfig.from_dict(given), init=args.init,
+                         model_keys=list(given.get("model") or {}))
     except TrainingInterrupted as stopped:
         print(f"hin train: {stopped}", file=sys.stderr)
         return 130
@@ -385,8 +398,9 @@ def _add_import_checkpoint_commands(commands: argparse._SubParsersAction) -> Non
                             help="convert a reference HIN checkpoint (.pth) into hin's format")
     p.add_argument("reference", help="reference checkpoint: a state_dict or {'state_dict': ...}")
     p.add_argument("out", help="where to write the hin checkpoint (.pt)")
-    p.add_argument("--heads", type=int, default=8,
-                   help="attention heads (not recoverable from tensor shapes; paper: 8)")
+    p.add_argument("--heads", type=int, required=True,
+                   help="attention heads: tensor shapes cannot tell (the paper's models: 8)")
+    p.add_argument("--force", action="store_true", help="allow OUT to be the reference file")
     p.set_defaults(handler=_import_checkpoint)
 
 
@@ -425,7 +439,7 @@ def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
                    help="annotation directory (COCO json + Karpathy .npy) or dataset_coco.json")
     p.add_argument("--grid", default=data.grid_features, help="grid feature HDF5 file")
     p.add_argument("--region", default=data.region_features, help="region feature HDF5 file")
-    p.add_argument("--vocab", default=data.vocabulary, help="vocabulary JSON file")
+    p.add_argument("--vocab", help=VOCAB_HELP)
     p.add_argument("--max-regions", type=int, default=data.max_regions)
     p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")

@@ -21,7 +21,19 @@ POSITION_TABLES = ("frozen-random", "sinusoid")
 
 
 class _YAMLLoader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way."""
+    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way.
+    A key given twice in one mapping (e.g. a section repeated) is an error, not "last wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {first_line[key]}); "
+                    "keep one", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _YAMLLoader.add_implicit_resolver(
@@ -95,8 +107,23 @@ class HINConfig:
         return from_dict(cls, values)
 
 
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _checked(hint: Any, value: Any, key: str) -> Any:
+    """`value` if it has the declared type `hint` (ints are accepted as floats), else an error
+    naming the key, the value and what was expected."""
+    if hint not in _EXPECTED:
+        return value
+    accepted = (int, float) if hint is float else hint
+    if isinstance(value, bool) and hint is not bool or not isinstance(value, accepted):
+        raise ConfigError(f"{key}={value!r}: expected {_EXPECTED[hint]} ({hint.__name__})")
+    return float(value) if hint is float else value
+
+
 def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys by name."""
+    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys by name and values
+    that do not have their field's declared type."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -110,7 +137,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, f"{where}{name}.")
-        kwargs[name] = value
+        kwargs[name] = _checked(hint, value, f"{where}{name}")
     return cls(**kwargs)
 
 
@@ -119,7 +146,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like key=value (e.g. train.lr=1e-4)")
-    return key.split("."), yaml.load(raw, Loader=_YAMLLoader) if raw.strip() else ""
+    try:
+        return key.split("."), yaml.load(raw, Loader=_YAMLLoader) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: {raw!r} is not a value (YAML: "
+                          f"{getattr(error, 'problem', None) or error}); quote text values") from None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -161,7 +192,13 @@ def find_config(name: str | Path) -> Path:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = find_config(path)
     with path.open() as handle:
-        values = yaml.load(handle, Loader=_YAMLLoader) or {}
+        try:
+            values = yaml.load(handle, Loader=_YAMLLoader) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"config file {path}{where}: {problem}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return values
@@ -305,6 +342,11 @@ class RunConfig:
     model: HINConfig = HINConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+
+    def __post_init__(self) -> None:
+        if not str(self.run_dir).strip():
+            raise ConfigError("run_dir is empty: name the run's directory, e.g. run_dir=runs/try "
+                              "(an empty one would fill the current directory)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import json
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
@@ -81,6 +82,7 @@ class Vocabulary:
         self.words = words
         self.counts = [int(count) for count in counts]
         self._ids = {word: index for index, word in enumerate(words)}
+        self.source = "built in memory"     # where it was read from, for reports
 
     @classmethod
     def build(cls, captions: Iterable[str], min_freq: int = 5,
@@ -129,6 +131,10 @@ class Vocabulary:
                 words.append(self.words[token_id])
         return " ".join(words)
 
+    def digest(self) -> str:
+        """sha256 of the word list in id order: equal digests decode ids to equal words."""
+        return hashlib.sha256(json.dumps(self.words, ensure_ascii=False).encode()).hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, stored inside checkpoints and vocabulary files."""
         return {"format": JSON_FORMAT, "version": JSON_VERSION,
@@ -142,9 +148,11 @@ class Vocabulary:
                 f"{values.get('version')!r}; expected {JSON_FORMAT!r} version {JSON_VERSION}); "
                 f"a reference .pkl vocabulary is imported with Vocabulary.from_legacy_pickle")
         try:
-            return cls(values["words"], values["counts"])
+            vocab = cls(values["words"], values["counts"])
         except VocabularyError as error:
             raise VocabularyError(f"{source}: {error}") from error
+        vocab.source = source
+        return vocab
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=0) + "\n",
@@ -177,6 +185,45 @@ class Vocabulary:
         freqs = getattr(legacy, "freqs", {})
         return cls(legacy.itos, [0 if word in SPECIALS else freqs.get(word, 0)
                                  for word in legacy.itos])
+
+
+def vocabulary_for(checkpoint: str | Path, extra: Mapping[str, Any], given: str | Path | None,
+                   size: int) -> Vocabulary:
+    """The vocabulary that decodes `checkpoint`'s outputs, by one rule for every command: the
+    vocabulary the checkpoint records (`extra["vocabulary"]`, written by `hin train`) is used;
+    a `given` file is for checkpoints without one (imported reference checkpoints), and one
+    that differs from the recorded vocabulary is refused, naming the first differing entry."""
+    recorded = extra.get("vocabulary")
+    if recorded is not None:
+        vocab = Vocabulary.from_dict(recorded, source=f"recorded in {checkpoint}")
+        if given is not None:
+            require_same_words(vocab, Vocabulary.load(given), "the recorded vocabulary is used "
+                               "by default: leave out --vocab")
+    elif given is None:
+        raise VocabularyError(f"{checkpoint} carries no vocabulary; pass the one it was trained "
+                              "with (--vocab vocab.json, or vocab=...)")
+    else:
+        vocab = Vocabulary.load(given)
+    if len(vocab) != size:
+        raise VocabularyError(f"the vocabulary {vocab.source} has {len(vocab)} entries but "
+                              f"{checkpoint} was trained with {size}; give the vocabulary it "
+                              "was trained with")
+    return vocab
+
+
+def require_same_words(expected: Vocabulary, other: Vocabulary, fix: str) -> None:
+    """Refuse `other` unless it maps every id to the same word as `expected`; `fix` says
+    what to do instead."""
+    if other.words == expected.words:
+        return
+    index = next((i for i, (a, b) in enumerate(zip(expected.words, other.words)) if a != b),
+                 min(len(expected), len(other)))
+
+    def entry(vocab: Vocabulary) -> str:
+        return repr(vocab.words[index]) if index < len(vocab) else "nothing (it ends there)"
+    raise VocabularyError(
+        f"the vocabulary {other.source} differs from the one {expected.source} at entry "
+        f"{index}: {entry(other)} instead of {entry(expected)}; {fix}")
 
 
 class _LegacyVocab:
