@@ -293,7 +293,7 @@ def test_scst_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, 
 
 
 def train_cli(synth: Path, run_dir: Path, *extra: str) -> int:
-    return main(["train", "--config", str(REPO / "configs" / "synth_xe.yaml"),
+    return main(["train", "--config", "synth_xe",
                  *tiny_overrides(synth, run_dir, *extra)])
 
 
@@ -375,7 +375,7 @@ def test_scst_needs_init_and_init_fixes_the_model(synth, uninterrupted, tmp_path
     assert "train.stage=scst fine-tunes a trained model: give the cross-entropy checkpoint to " \
            "start from with --init" in one_line_error(capsys)
     init = uninterrupted[0] / loop.BEST
-    assert main(["train", "--config", str(REPO / "configs" / "synth_scst.yaml"), "--init",
+    assert main(["train", "--config", "synth_scst", "--init",
                  str(init), *tiny_overrides(synth, run_dir, "model.d_model=64",
                                             "model.dropout=0.1")]) == 2
     assert one_line_error(capsys) == (
