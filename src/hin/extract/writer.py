@@ -33,7 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hin.data.features import ATTRIBUTE_PREFIX, FEATURES_SUFFIX, read_attributes
+from hin.data.features import ATTRIBUTE_PREFIX, feature_ids, file_attributes, open_hdf5
 from hin.errors import HINError
 from hin.extract.shards import Shard
 
@@ -49,10 +49,6 @@ class FeatureFileError(HINError, ValueError):
 
 def _record(handle: h5py.File, attributes: Mapping[str, object]) -> None:
     handle.attrs.update({ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()})
-
-
-def _ids_in(handle: h5py.File) -> set[int]:
-    return {int(name[:-len(FEATURES_SUFFIX)]) for name in handle if name.endswith(FEATURES_SUFFIX)}
 
 
 def _entries_in(handle: h5py.File) -> dict[int, list[str]]:
@@ -86,12 +82,9 @@ def shard_files(out: str | Path) -> list[Path]:
 
 
 def _read_record(path: Path, fix: str) -> tuple[dict[str, object], set[int]]:
-    try:
-        recorded = read_attributes(path)
-        with h5py.File(path, "r") as handle:
-            return recorded, _ids_in(handle)
-    except OSError as error:
-        raise FeatureFileError(f"{path} is not a readable HDF5 file ({error}); {fix}") from error
+    """A feature file's `hin_*` attributes and image ids."""
+    with open_hdf5(path, fix) as handle:
+        return file_attributes(handle), feature_ids(handle)
 
 
 def _require_same(path: Path, recorded: Mapping[str, object], expected: Mapping[str, object],
@@ -175,7 +168,7 @@ class FeatureWriter:
                 with h5py.File(self.target, "w") as handle:
                     _record(handle, self.target_attributes)
             with h5py.File(self.target, "r") as handle:
-                return len(_ids_in(handle))
+                return len(feature_ids(handle))
         existing = [self.target] if self.target.exists() else []
         images = merge_files(self.target, existing + sources, self.target_attributes)
         for path in self._adopted:
