@@ -53,6 +53,7 @@ OUTPUT_FILES = (*CAPTION_FILES, *(name for names in SPLIT_ID_FILES.values() for 
 SMALL_RADIUS = 7.0
 LARGE_RADIUS = 12.5
 SHIFT = 2.0                 # largest offset of an object from its layout cell's centre
+FORMAT_VERSION = 2          # 2: pictures, scenes.json, features computed from the pictures
 CAPTIONS_PER_IMAGE = 5
 FIRST_IMAGE_ID = 100001
 
@@ -316,6 +317,17 @@ def _write_pictures_and_features(out: Path, images: list[_Image], progress: bool
     (out / SCENES_FILE).write_text(json.dumps(scenes) + "\n", encoding="utf-8")
 
 
+def read_scenes(out_dir: str | Path) -> dict[int, list[tuple[str, tuple[int, int, int, int]]]]:
+    """`scenes.json` of a generated dataset -> per image id, its objects as (shape, box)."""
+    path = Path(out_dir) / SCENES_FILE
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: it is written by `hin data synth` (regenerate "
+                        "older synthetic datasets with --force)")
+    scenes = json.loads(path.read_text(encoding="utf-8"))
+    return {int(image_id): [(obj["shape"], tuple(obj["box"])) for obj in objects]
+            for image_id, objects in scenes.items()}
+
+
 def _prefixed(attributes: dict[str, object]) -> dict[str, object]:
     return {ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()}
 
@@ -357,7 +369,7 @@ def _manifest(images: list[_Image], annotation_ids: dict[str, list[int]], vocab:
                                   "max": max(regions)},
         }
     return {
-        "format": "hin-synthetic", "version": 2, "seed": seed,
+        "format": "hin-synthetic", "version": FORMAT_VERSION, "seed": seed,
         "annotations": {"caption_files": list(CAPTION_FILES),
                         "split_id_files": {name: len(ids) for name, ids in annotation_ids.items()},
                         "restval_fraction": restval_fraction},
