@@ -165,3 +165,20 @@ def test_caption_a_picture_drawn_with_pil(synth_checkpoint, tmp_path, capsys):
         ["scene"], [ShapeFeatures().grid(render(SCENE))],
         [ShapeFeatures().regions(PreparedPicture(render(SCENE), 96, 96)).features])[0].captions[0]
     assert from_file == from_features
+
+
+def test_explain_a_picture_drawn_with_pil(synth_checkpoint, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    drawn = _drawn_with_pil(tmp_path / "my.png")
+    out = tmp_path / "figures"
+    other = tmp_path / "other.pt"
+    other.write_bytes(synth_checkpoint.read_bytes())
+    assert main(["explain", str(drawn), "--checkpoint", str(synth_checkpoint), "--compare",
+                 str(other), "--words", "--max-len", "4", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    assert "wrote 1 figures" in capsys.readouterr().out
+    [figure] = sorted(out.glob("*.png"))
+    with Image.open(figure) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 600 and pixels.std() > 10
+    assert (out / "index.html").is_file()
