@@ -114,12 +114,14 @@ def _look_at_pictures(data: Path, runs: Path, xe_best: Path, scst_best: Path,
     explanations = explain([xe_best, scst_best], grid=data / GRID_FILE, region=data / REGION_FILE,
                            images=data / IMAGES_DIR, annotations=data, split="test", words="grid")
     figures = write_figures(explanations[:FIGURES], runs / "explain")
-    scenes = read_scenes(data)
     print("Pointing game: does the peak of the decoder's grid attention at a generated shape "
-          "word (mean over layers and heads) fall in that shape's box? Box mass: the share of "
-          "the encoder's global grid token attention on object boxes. Chance beside each.")
-    for column in range(2):
-        print("  " + measure(explanations, scenes, column).summary())
+          "(colour) word, mean over layers and heads, fall in the box of an object of that shape "
+          "(colour)? Box mass: the share of the encoder's global grid token attention on object "
+          "boxes. Chance beside each.")
+    for attribute in ("shape", "colour"):
+        scenes = read_scenes(data, attribute)
+        for column in range(2):
+            print(f"  {attribute} words, " + measure(explanations, scenes, column).summary())
     print(f"Figures (XE | SCST, per-word maps below): {', '.join(map(str, figures))}")
     print(f"All of them: {runs / 'explain' / INDEX_FILE}. Your own drawing (shapes of the "
           "world's colours on white): `hin caption my.png --checkpoint "

@@ -317,14 +317,15 @@ def _write_pictures_and_features(out: Path, images: list[_Image], progress: bool
     (out / SCENES_FILE).write_text(json.dumps(scenes) + "\n", encoding="utf-8")
 
 
-def read_scenes(out_dir: str | Path) -> dict[int, list[tuple[str, tuple[int, int, int, int]]]]:
-    """`scenes.json` of a generated dataset -> per image id, its objects as (shape, box)."""
+def read_scenes(out_dir: str | Path, attribute: str = "shape") -> dict[int, list[tuple[str, tuple[int, ...]]]]:
+    """`scenes.json` of a generated dataset -> per image id, its objects as (their `attribute`
+    (shape, colour or size), box)."""
     path = Path(out_dir) / SCENES_FILE
     if not path.is_file():
         raise DataError(f"{path} does not exist: it is written by `hin data synth` (regenerate "
                         "older synthetic datasets with --force)")
     scenes = json.loads(path.read_text(encoding="utf-8"))
-    return {int(image_id): [(obj["shape"], tuple(obj["box"])) for obj in objects]
+    return {int(image_id): [(obj[attribute], tuple(obj["box"])) for obj in objects]
             for image_id, objects in scenes.items()}
 
 
