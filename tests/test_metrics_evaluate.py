@@ -60,8 +60,9 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
     # captions.json holds exactly what beam search over the ensemble decodes.
     split = load_split(data.annotations, "test")
     models = [load(c)[0] for c in checkpoints]
-    batch = collate([ImageReferences(split, FeatureStore(data.grid_features,
-                                                         data.region_features))[i]
+    store = FeatureStore(data.grid_features, data.region_features, grid_dim=GRID_DIM,
+                         region_dim=REGION_DIM)
+    batch = collate([ImageReferences(split, store)[i]
                      for i in range(len(split.images))])
     sequences, _ = beam_search(models, batch.grid, batch.region, beam_size=3, max_len=8)
     expected = [{"image_id": i, "caption": collapse_repeats(vocab.decode(ids))}
