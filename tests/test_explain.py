@@ -16,20 +16,24 @@ import torch
 from PIL import Image
 
 from data_files import write_coco
+from extract_models import CLIP_HIDDEN, DETR_D_MODEL, write_tiny_clip, write_tiny_detr
+from hin.caption import Captioner
 from hin.checkpoint import save
 from hin.cli import main
 from hin.config import HINConfig
-from hin.data.features import ImageGeometry
+from hin.data.features import FeatureStore, ImageGeometry
 from hin.data.vocab import Vocabulary
 from hin.errors import MissingExtraError
 from hin.explain import (
     OVERLAY_ALPHA,
     ImageExplanation,
     ModelView,
+    explain,
     region_heat,
     render,
     write_figures,
 )
+from hin.extract import build_extractor, extract_to_file, list_images, read_attributes
 from hin.model import HIN
 
 matplotlib = pytest.importorskip("matplotlib")
@@ -204,9 +208,6 @@ def test_explain_compare_draws_a_second_column(corner_data, tmp_path, capsys):
 def test_explain_without_boxes_draws_the_grid_and_says_what_is_missing(tmp_path, capsys):
     grid, region = write_corner_features(tmp_path, with_boxes=False)
     checkpoint = tiny_checkpoint(tmp_path / "a.pt", seed=0)
-    from hin.caption import Captioner
-    from hin.explain import explain
-
     [explanation] = explain([checkpoint], ids=[11], grid=grid, region=region)
     view = explanation.views[0]
     assert view.geometry.grid_placed and view.geometry.boxes is None
@@ -230,9 +231,6 @@ def test_explain_cli_without_matplotlib_names_the_extra(corner_data, tmp_path, m
 
 def test_explain_pictures_reruns_the_recorded_extractors(tmp_path, capsys):
     pytest.importorskip("transformers")
-    from extract_models import CLIP_HIDDEN, DETR_D_MODEL, write_tiny_clip, write_tiny_detr
-    from hin.explain import explain
-    from hin.extract import build_extractor, extract_to_file, list_images, read_attributes
 
     picture = tmp_path / "pictures" / "7.png"
     picture.parent.mkdir()
@@ -258,6 +256,11 @@ def test_explain_pictures_reruns_the_recorded_extractors(tmp_path, capsys):
     assert geometry.boxes.shape == (4, 4) and len(view.region_map) == 4
     assert view.grid_map.shape == (16,) and view.grid_map.sum() == pytest.approx(1, abs=1e-5)
     assert view.word_maps.shape == (len(view.words), 4)
+    written = FeatureStore(tmp_path / "grid.h5", tmp_path / "region.h5", grid_dim=CLIP_HIDDEN,
+                           region_dim=DETR_D_MODEL).geometry(7)          # what `hin extract` wrote
+    assert written.missing == () and (written.size, written.grid_layout) == (geometry.size, geometry.grid_layout)
+    np.testing.assert_allclose(written.grid_box, geometry.grid_box)
+    np.testing.assert_allclose(written.boxes, geometry.boxes)
     assert main(["explain", str(picture), "--checkpoint", str(checkpoint), "--words", "--out",
                  str(tmp_path / "out")]) == 0
     image = np.asarray(Image.open(tmp_path / "out" / "0000_7.png").convert("L"), float)
