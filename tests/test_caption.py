@@ -29,6 +29,7 @@ from hin.config import DecodingConfig, HINConfig
 from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
+from hin.data.shape_features import GRID_DIM, REGION_DIM
 from hin.data.synth import generate
 from hin.data.vocab import Vocabulary, VocabularyError
 from hin.decoding import beam_search
@@ -57,10 +58,11 @@ def synth_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     generate(root, train=40, val=5, test=5, min_freq=1, progress=False)
     vocab = Vocabulary.load(root / "vocab.json")
-    store = FeatureStore(root / "grid.hdf5", root / "region.hdf5", max_regions=50)
+    store = FeatureStore(root / "grid.hdf5", root / "region.hdf5", max_regions=50,
+                         grid_dim=GRID_DIM, region_dim=REGION_DIM)
     pairs = CaptionPairs(load_split(root, "train"), store, vocab, max_len=20)
     torch.manual_seed(0)
-    model = HIN(_tiny_config(vocab, 1024, 2048))
+    model = HIN(_tiny_config(vocab, GRID_DIM, REGION_DIM))
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _, batch in zip(range(40), _forever(make_loader(pairs, 50, shuffle=True))):
@@ -115,7 +117,8 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
 
     model, extra = load(checkpoint)
     vocab = Vocabulary.from_dict(extra["vocabulary"])
-    store = FeatureStore(root / "grid.hdf5", root / "region.hdf5")
+    store = FeatureStore(root / "grid.hdf5", root / "region.hdf5", grid_dim=GRID_DIM,
+                         region_dim=REGION_DIM)
     grid = torch.from_numpy(np.stack([store[i][0] for i in ids])).float()
     region = torch.from_numpy(np.stack([store[i][1] for i in ids])).float()
     sequences, logprobs = beam_search(model, grid, region, beam_size=3, max_len=20, out_size=2)
@@ -156,7 +159,8 @@ def test_caption_missing_feature_entry_names_the_id(synth_checkpoint, capsys):
 
 def test_pictures_with_a_checkpoint_trained_on_unrecorded_features_are_refused(
         synth_checkpoint, tmp_path):
-    checkpoint, _ = synth_checkpoint
+    model, extra = load(synth_checkpoint[0])
+    checkpoint = save(tmp_path / "unrecorded.pt", model, vocabulary=extra["vocabulary"])
     picture = write_pictures(tmp_path, {"1.png": (20, 20)}) / "1.png"
     with pytest.raises(CheckpointError, match=r"trained on grid features that were not made by "
                                               r"`hin extract`.*--grid grid.h5 --region"):

@@ -11,7 +11,17 @@ from hin.data.coco import load_splits
 from hin.data.dataset import CaptionPairs, collate
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
-from hin.data.synth import CAPTIONS_PER_IMAGE, GRID_FILE, OUTPUT_FILES, REGION_FILE, generate
+from hin.data.shape_features import GRID_DIM, REGION_DIM
+from hin.data.synth import (
+    CAPTIONS_PER_IMAGE,
+    GRID_FILE,
+    IMAGES_DIR,
+    OUTPUT_FILES,
+    REGION_FILE,
+    SCENES_FILE,
+    SHAPES,
+    generate,
+)
 from hin.data.vocab import Vocabulary
 
 SIZES = {"train": 40, "val": 10, "test": 10}
@@ -28,6 +38,10 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(synth, tmp_pa
     generate(tmp_path / "again", seed=7, progress=False, **SIZES)
     for name in OUTPUT_FILES:
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
+    pictures = sorted((out / IMAGES_DIR).iterdir())
+    assert len(pictures) == sum(SIZES.values())
+    assert all(p.read_bytes() == (tmp_path / "again" / IMAGES_DIR / p.name).read_bytes()
+               for p in pictures)
     generate(tmp_path / "other", seed=8, progress=False, **SIZES)
     assert (out / "captions_train2014.json").read_bytes() != \
         (tmp_path / "other" / "captions_train2014.json").read_bytes()
@@ -40,7 +54,8 @@ def test_files_load_through_the_real_readers(synth):
     assert all(len(image.captions) == CAPTIONS_PER_IMAGE
                for split in splits.values() for image in split.images.values())
     assert len(np.load(out / "coco_restval_ids.npy")) == 4 * CAPTIONS_PER_IMAGE
-    store = FeatureStore(out / GRID_FILE, out / REGION_FILE)
+    store = FeatureStore(out / GRID_FILE, out / REGION_FILE, grid_dim=GRID_DIM,
+                         region_dim=REGION_DIM)
     for split in splits.values():
         assert store.check(split.image_ids, progress=False).ok
     vocab = Vocabulary.load(out / "vocab.json")
@@ -48,20 +63,29 @@ def test_files_load_through_the_real_readers(synth):
     assert {"red", "circle", "left", "shapes"} <= set(vocab.words)
     batch = collate([CaptionPairs(splits["train"], store, vocab, max_len=30)[index]
                      for index in range(5)], vocab.pad_id)
-    assert batch.grid.shape == (5, 16, 1024) and batch.region.shape == (5, 50, 2048)
+    assert batch.grid.shape == (5, 64, GRID_DIM) and batch.region.shape == (5, 50, REGION_DIM)
     assert (batch.tokens[:, 0] == vocab.bos_id).all()
 
 
-def test_region_entries_follow_the_released_layout(synth):
+def test_region_entries_follow_the_released_layout_and_the_scenes(synth):
     out, _ = synth
+    scenes = json.loads((out / SCENES_FILE).read_text())
     with h5py.File(out / REGION_FILE) as regions, h5py.File(out / GRID_FILE) as grid:
-        first = min(int(name.split("_")[0]) for name in grid)
-        assert grid[f"{first}_features"].dtype == np.float16
-        count = regions[f"{first}_features"].shape[0]
-        assert 1 <= count <= 3 and regions[f"{first}_features"].shape[1] == 2048
-        assert regions[f"{first}_boxes"].shape == (count, 4)
-        assert regions[f"{first}_size"][()].tolist() == [64, 64]
-        assert regions[f"{first}_cls_prob"].shape == (count,)
+        assert grid.attrs["hin_extractor"] == "synth-grid" and grid.attrs["hin_grid_rows"] == 8
+        assert regions.attrs["hin_extractor"] == "synth-regions"
+        for image_id, objects in scenes.items():
+            assert grid[f"{image_id}_features"].dtype == np.float16
+            count = regions[f"{image_id}_features"].shape[0]
+            assert 1 <= count <= 3 and regions[f"{image_id}_features"].shape[1] == REGION_DIM
+            assert regions[f"{image_id}_size"][()].tolist() == [96, 96]
+            assert regions[f"{image_id}_cls_prob"][()].tolist() == [1.0] * count
+            boxes = regions[f"{image_id}_boxes"][()]
+            assert boxes.tolist() == [obj["box"] for obj in objects]
+            assert {obj["shape"] for obj in objects} <= set(SHAPES)
+            x1, y1, x2, y2 = boxes.T
+            sides = np.maximum(x2 - x1, y2 - y1)
+            large = np.array([obj["size"] == "large" for obj in objects])
+            assert (sides[large] >= 19).all() and (sides[~large] <= 16).all()
 
 
 def test_captions_are_varied_and_the_manifest_says_so(synth):

@@ -14,6 +14,7 @@ from hin.config import DataConfig, DecodingConfig, HINConfig
 from hin.data.coco import load_split
 from hin.data.dataset import ImageReferences, collate
 from hin.data.features import FeatureStore
+from hin.data.shape_features import GRID_DIM, REGION_DIM
 from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
 from hin.decoding import beam_search
@@ -31,7 +32,7 @@ def world(tmp_path_factory):
     for seed in (0, 1):
         torch.manual_seed(seed)
         model = HIN(HINConfig(vocab_size=len(vocab), num_layers=2, d_model=16, num_heads=2,
-                              d_ff=32, dropout=0.0))
+                              d_ff=32, dropout=0.0, grid_dim=GRID_DIM, region_dim=REGION_DIM))
         checkpoints.append(save(root / f"model{seed}.pt", model))
     data = DataConfig(annotations=str(root / "synth"),
                       grid_features=str(root / "synth" / "grid.hdf5"),
@@ -59,8 +60,9 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
     # captions.json holds exactly what beam search over the ensemble decodes.
     split = load_split(data.annotations, "test")
     models = [load(c)[0] for c in checkpoints]
-    batch = collate([ImageReferences(split, FeatureStore(data.grid_features,
-                                                         data.region_features))[i]
+    store = FeatureStore(data.grid_features, data.region_features, grid_dim=GRID_DIM,
+                         region_dim=REGION_DIM)
+    batch = collate([ImageReferences(split, store)[i]
                      for i in range(len(split.images))])
     sequences, _ = beam_search(models, batch.grid, batch.region, beam_size=3, max_len=8)
     expected = [{"image_id": i, "caption": collapse_repeats(vocab.decode(ids))}

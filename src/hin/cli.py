@@ -48,11 +48,15 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
+    from hin.config import HINConfig
     from hin.data.coco import SPLITS, load_splits
-    from hin.data.features import FeatureStore
+    from hin.data.features import FeatureStore, read_attributes
 
-    store = FeatureStore(args.grid, args.region, grid_dim=args.grid_dim,
-                         region_dim=args.region_dim)
+    paper = HINConfig()
+    grid_dim = args.grid_dim or read_attributes(args.grid).get("feature_dim", paper.grid_dim)
+    region_dim = args.region_dim or read_attributes(args.region).get("feature_dim",
+                                                                     paper.region_dim)
+    store = FeatureStore(args.grid, args.region, grid_dim=grid_dim, region_dim=region_dim)
     healthy = True
     for name, split in load_splits(args.annotations, args.split or SPLITS).items():
         problems = store.check(split.image_ids, read_values=not args.shapes_only)
@@ -102,10 +106,10 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--region", default=defaults.region_features, help="region feature HDF5 file")
     p.add_argument("--split", action="append", choices=["train", "val", "test"],
                    help="split to check (repeatable; default: all three)")
-    p.add_argument("--grid-dim", type=int, default=model.grid_dim,
-                   help="expected grid feature size")
-    p.add_argument("--region-dim", type=int, default=model.region_dim,
-                   help="expected region feature size")
+    p.add_argument("--grid-dim", type=int, help="expected grid feature size (default: the "
+                   f"size the file records, else {model.grid_dim})")
+    p.add_argument("--region-dim", type=int, help="expected region feature size (default: the "
+                   f"size the file records, else {model.region_dim})")
     p.add_argument("--shapes-only", action="store_true",
                    help="check names and shapes only, skip reading values for NaN/inf")
     p.set_defaults(handler=_data_check)
@@ -203,11 +207,11 @@ def _extraction_device(args: argparse.Namespace) -> str:
 
 
 def _extract_grid(args: argparse.Namespace) -> int:
-    from hin.extract import ClipGridExtractor
+    from hin.extract import build_extractor
 
-    extractor = ClipGridExtractor(args.model, device=_extraction_device(args),
-                                  precision=args.precision)
-    return _extract_pictures(extractor, args)
+    options = {"model": args.model} if args.model else {}
+    return _extract_pictures(build_extractor(args.extractor, device=_extraction_device(args),
+                                             precision=args.precision, **options), args)
 
 
 def _extract_merge(args: argparse.Namespace) -> int:
@@ -283,8 +287,11 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True,
                    help="folder of pictures, or a text file listing one path per line")
     p.add_argument("--out", required=True, help="grid HDF5 file (re-running resumes)")
-    p.add_argument("--model", default="openai/clip-vit-large-patch14",
-                   help="CLIP checkpoint: hub name (from the HF cache) or local folder")
+    p.add_argument("--extractor", default="clip-grid",
+                   help="registered grid extractor: clip-grid, or synth-grid (the synthetic "
+                        "world's pixel cells)")
+    p.add_argument("--model", help="CLIP checkpoint: hub name (from the HF cache) or local "
+                                   "folder (default openai/clip-vit-large-patch14)")
     add_run_options(p, batch_size=32)
     p.set_defaults(handler=_extract_grid)
 
@@ -297,7 +304,9 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", help="VinVL predictions.tsv (boxes, size, confidences)")
     p.add_argument("--store-as", default="float16", choices=["float16", "float32"],
                    help="VinVL import: stored feature dtype")
-    p.add_argument("--extractor", default="detr", help="registered picture extractor")
+    p.add_argument("--extractor", default="detr",
+                   help="registered region extractor: detr, or synth-regions (objects = "
+                        "connected blobs on a plain background)")
     p.add_argument("--model", help="detector checkpoint (default facebook/detr-resnet-50)")
     p.add_argument("--revision", help="hub revision (default for DETR: no_timm)")
     p.add_argument("--threshold", type=float, help="minimum class probability (default 0.5)")

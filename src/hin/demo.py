@@ -2,7 +2,10 @@
 
 Generates the dataset (once), trains cross-entropy then a short SCST, evaluates both on
 the test split next to a blind baseline (the most frequent training caption for every
-image), shows a few captions against their references and says where everything is.
+image), shows a few captions against their references and says where everything is. It
+ends with pictures: held-out test pictures captioned from their PNG files, attention
+figures of the XE and SCST models side by side, and how often their attention lands on the
+objects they name (hin.grounding), beside chance.
 It only orchestrates: every step is the same library call the `hin` commands make.
 
 The runs folder is the demo's own: it marks it with `.hin-demo` and replaces only its own
@@ -13,6 +16,7 @@ else is refused unless `force=True`, and even then only the demo's subfolders ar
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import time
@@ -21,16 +25,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hin.caption import Captioner
 from hin.config import RunConfig, find_config
 from hin.data.coco import load_splits
-from hin.data.synth import MANIFEST_FILE, generate
+from hin.data.synth import (
+    FORMAT_VERSION,
+    GRID_FILE,
+    IMAGES_DIR,
+    MANIFEST_FILE,
+    REGION_FILE,
+    generate,
+    read_scenes,
+)
 from hin.errors import UsageError
 from hin.evaluate import evaluate
+from hin.explain import INDEX_FILE, explain, write_figures
+from hin.grounding import measure
 from hin.metrics import METRIC_NAMES, score_captions
 from hin.training.loop import BEST, TrainingInterrupted, start
 
 MARKER = ".hin-demo"
-OWN_ENTRIES = ("xe", "scst", "eval")   # what the demo writes in its runs folder, besides MARKER
+OWN_ENTRIES = ("xe", "scst", "eval", "explain")   # what the demo writes besides MARKER
 
 
 class DemoInterrupted(RuntimeError):
@@ -39,6 +54,12 @@ class DemoInterrupted(RuntimeError):
 
 def _config(folder: str | None, name: str) -> Path:
     return find_config(name) if folder is None else Path(folder) / f"{name}.yaml"
+
+
+def _current(data: Path) -> bool:
+    """The dataset is there and written by this version of the generator (with pictures)."""
+    manifest = data / MANIFEST_FILE
+    return manifest.is_file() and json.loads(manifest.read_text()).get("version") == FORMAT_VERSION
 
 
 def _stage(title: str) -> None:
@@ -63,8 +84,9 @@ def prepare_runs(runs: Path, force: bool = False) -> None:
         elif (runs / name).exists():
             (runs / name).unlink()
     runs.mkdir(parents=True, exist_ok=True)
-    (runs / MARKER).write_text("written by `hin demo`; it replaces xe/, scst/ and eval/ here "
-                               "on its next run\n", encoding="utf-8")
+    (runs / MARKER).write_text("written by `hin demo`; it replaces "
+                               f"{', '.join(name + '/' for name in OWN_ENTRIES)} here on its next "
+                               "run\n", encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -101,9 +123,9 @@ def _run_demo(data: Path, runs: Path, configs: str | None,
               force: bool) -> dict[str, dict[str, float]]:
     began = time.perf_counter()
     prepare_runs(runs, force)
-    if not (data / MANIFEST_FILE).is_file():
+    if not _current(data):
         _stage(f"generating the synthetic dataset in {data}")
-        generate(data)
+        generate(data, overwrite=True)
     paths = [f"data.annotations={data}", f"data.grid_features={data}/grid.hdf5",
              f"data.region_features={data}/region.hdf5", f"data.vocabulary={data}/vocab.json"]
 
@@ -144,8 +166,42 @@ def _run_demo(data: Path, runs: Path, configs: str | None,
         for reference in references[image_id][:2]:
             print(f"      reference: {reference}")
 
+    _look_at_pictures(data, runs, xe_best, scst_best, list(references))
+
     print(f"\nDone in {time.perf_counter() - began:.0f} s. Runs, logs and checkpoints: "
           f"{runs}/xe, {runs}/scst ({BEST} is the validation-selected model); captions and "
           f"metrics: {runs}/eval/*/captions.json, metrics.json. Curves: "
           f"`hin plot {runs}/xe` and `hin plot {runs}/scst`.")
     return {name: dict(report.scores) for name, report in table.items()}
+
+
+FIGURES = 6
+CAPTIONED_PICTURES = 3
+
+
+def _look_at_pictures(data: Path, runs: Path, xe_best: Path, scst_best: Path,
+                      test_ids: list[int]) -> None:
+    """Caption test pictures from their files (`hin caption`), draw `hin explain --compare`
+    figures, and measure grounding of both models on the whole test split."""
+    _stage("captioning held-out test pictures from their PNG files (`hin caption`)")
+    pictures = [data / IMAGES_DIR / f"{image_id}.png" for image_id in test_ids[:CAPTIONED_PICTURES]]
+    for result in Captioner(scst_best)(pictures):
+        print(f"  {result.source}: {result.captions[0].text}")
+
+    _stage("where the models look: `hin explain --compare` figures and grounding (test split)")
+    explanations = explain([xe_best, scst_best], grid=data / GRID_FILE, region=data / REGION_FILE,
+                           images=data / IMAGES_DIR, annotations=data, split="test", words="grid")
+    figures = write_figures(explanations[:FIGURES], runs / "explain")
+    print("Pointing game: does the peak of the decoder's grid attention at a generated shape "
+          "(colour) word, mean over layers and heads, fall in the box of an object of that shape "
+          "(colour)? Box mass: the share of the encoder's global grid token attention on object "
+          "boxes. Chance beside each.")
+    for attribute in ("shape", "colour"):
+        scenes = read_scenes(data, attribute)
+        for column in range(2):
+            print(f"  {attribute} words, " + measure(explanations, scenes, column).summary())
+    print(f"Figures (XE | SCST, per-word maps below): {', '.join(map(str, figures))}")
+    print(f"All of them: {runs / 'explain' / INDEX_FILE}. Your own drawing (shapes of the "
+          "world's colours on white): `hin caption my.png --checkpoint "
+          f"{scst_best}` and `hin explain my.png --checkpoint {scst_best} --compare {xe_best} "
+          "--words`.")

@@ -479,11 +479,11 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
     info_axes.text(0, 1, "\n".join(_wrapped(line, 48) for line in lines + [f"! {n}" for n in notes]),
                    va="top", fontsize=7, transform=info_axes.transAxes)
 
-    for row, view in enumerate(strips, start=3):
+    for row, view in enumerate(strips, start=3):   # a strip's label is its row (views may be equal)
         strip = layout[row, :].subgridspec(1, max(len(view.words), columns * 2), wspace=0.05)
         draw = _draw_grid if view.word_source == "grid" else _draw_regions
         for index, (word, weights) in enumerate(zip(view.words, view.word_maps)):
-            axes = figure.add_subplot(strip[0, index], label=f"word:{views.index(view)}:{index}")
+            axes = figure.add_subplot(strip[0, index], label=f"word:{row}:{index}")
             if view.word_source == "grid":
                 draw(axes, explanation, view, weights)
             else:

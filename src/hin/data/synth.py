@@ -1,17 +1,22 @@
 """The bundled synthetic captioning world: small, seeded, offline, in exactly COCO's formats.
 
-Each image is a 64x64 scene of one to three shapes (six kinds, ten colours, small or
-large) in a 3x3 layout. Five varied captions per image name colours, shapes, sizes,
-positions and relations. Features come from the rendered pixels through fixed random
-projections (the same for every seed, like a fixed feature extractor):
-- grid: 4x4 patches, each pooled to 4x4 RGB plus its patch position -> 1024-d;
-- region: one per object, its crop (8x8 RGB), mean colour and box -> 2048-d;
-so colour, shape, size and position are recoverable only by looking at the features, and a
-caption chosen without looking (the most frequent one) scores poorly by design.
+Each image is a 96x96 picture of one to three shapes (six kinds, ten colours, small or
+large) in a 3x3 layout on white; the shapes never touch, so each is one connected blob.
+Five varied captions per image name colours, shapes, sizes, positions and relations. Every
+picture is written as a PNG, and its features are what the picture extractor
+(hin.data.shape_features, registered as `synth-grid` / `synth-regions`) computes from that
+PNG, bit for bit: an 8x8 grid of cells and one region per object found in the pixels, each
+through a fixed random projection. Colour, shape, size and position are recoverable only by
+looking at the features, and a caption chosen without looking (the most frequent one)
+scores poorly by design. The same extractors run on any picture, so a model trained here
+captions a picture drawn in a paint program.
 
 Files written (the real layouts, so the whole pipeline runs unchanged):
-`captions_train2014.json`, `captions_val2014.json`, `coco_{train,restval,dev,test}_ids.npy`, `grid.hdf5`, `region.hdf5`
-(fp16), `vocab.json`, `manifest.json` (parameters and statistics) and a short `README.md`.
+`captions_train2014.json`, `captions_val2014.json`, `coco_{train,restval,dev,test}_ids.npy`,
+`images/<id>.png`, `grid.hdf5` and `region.hdf5` (fp16; `<id>_boxes` x1 y1 x2 y2 and
+`<id>_size` in picture pixels; the extractor's settings, grid layout included, as file
+attributes), `scenes.json` (per image, each region's colour, shape, size and box, in region
+order), `vocab.json`, `manifest.json` (parameters and statistics) and a short `README.md`.
 This module must never read anything but its arguments: the same seed gives the same files.
 """
 
@@ -26,31 +31,29 @@ from typing import Any
 
 import h5py
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from hin.data.coco import CAPTION_FILES, PART_ID_FILES, SPLIT_ID_FILES
 from hin.data.errors import DataError
-from hin.data.features import feature_key
+from hin.data.features import ATTRIBUTE_PREFIX
+from hin.data.shape_features import CANVAS, PreparedPicture, ShapeFeatures
 from hin.data.vocab import Vocabulary, tokenize
 
 GRID_FILE = "grid.hdf5"
 REGION_FILE = "region.hdf5"
+SCENES_FILE = "scenes.json"
+IMAGES_DIR = "images"
 VOCAB_FILE = "vocab.json"
 MANIFEST_FILE = "manifest.json"
 README_FILE = "README.md"
 OUTPUT_FILES = (*CAPTION_FILES, *(name for names in SPLIT_ID_FILES.values() for name in names),
-                GRID_FILE, REGION_FILE, VOCAB_FILE, MANIFEST_FILE, README_FILE)
+                GRID_FILE, REGION_FILE, SCENES_FILE, VOCAB_FILE, MANIFEST_FILE, README_FILE)
 
-CANVAS = 64
-GRID_SIDE = 4
-GRID_POOL = 4
-CROP_SIDE = 8
-REGION_DESCRIPTOR = CROP_SIDE ** 2 * 3 + 3 + 7 + 6 + 1  # crop, mean colour, box, bumps, 1
-GRID_DIM = 1024
-REGION_DIM = 2048
-PROJECTION_SEED = 20240601
-FEATURE_NOISE = 0.02
-FEATURE_CHUNK = 250
+SMALL_RADIUS = 7.0
+LARGE_RADIUS = 12.5
+SHIFT = 2.0                 # largest offset of an object from its layout cell's centre
+FORMAT_VERSION = 2          # 2: pictures, scenes.json, features computed from the pictures
 CAPTIONS_PER_IMAGE = 5
 FIRST_IMAGE_ID = 100001
 
@@ -85,14 +88,11 @@ class SceneObject:
     cy: float
     radius: float
 
-    def box(self) -> tuple[float, float, float, float]:
-        """(x1, y1, x2, y2) in pixels, clipped to the canvas."""
-        low, high = 0.0, float(CANVAS)
-        return (max(self.cx - self.radius, low), max(self.cy - self.radius, low),
-                min(self.cx + self.radius, high), min(self.cy + self.radius, high))
-
 
 def random_scene(rng: np.random.Generator) -> list[SceneObject]:
+    """1-3 objects in distinct layout cells. A cell is 32 px and an object reaches at most
+    SHIFT + the largest radius (15 px) from the cell's centre, so neighbours stay >= 2 px
+    apart: each object is its own connected component, as the region extractor needs."""
     count = int(rng.choice(len(OBJECT_COUNT_PROBABILITIES), p=OBJECT_COUNT_PROBABILITIES)) + 1
     cell = CANVAS / 3
     objects = []
@@ -102,9 +102,9 @@ def random_scene(rng: np.random.Generator) -> list[SceneObject]:
         objects.append(SceneObject(
             colour=str(rng.choice(list(COLOURS))), shape=str(rng.choice(SHAPES)), large=large,
             row=row, col=col,
-            cx=float((col + 0.5) * cell + rng.uniform(-2.5, 2.5)),
-            cy=float((row + 0.5) * cell + rng.uniform(-2.5, 2.5)),
-            radius=float((9.0 if large else 5.0) + rng.uniform(-0.7, 0.7))))
+            cx=float((col + 0.5) * cell + rng.uniform(-SHIFT, SHIFT)),
+            cy=float((row + 0.5) * cell + rng.uniform(-SHIFT, SHIFT)),
+            radius=float((LARGE_RADIUS if large else SMALL_RADIUS) + rng.uniform(-0.5, 0.5))))
     return objects
 
 
@@ -132,51 +132,6 @@ def render(objects: Sequence[SceneObject]) -> np.ndarray:
     for obj in objects:
         picture[_shape_mask(obj, xs, ys)] = COLOURS[obj.colour]
     return picture
-
-
-def _ink(picture: np.ndarray) -> np.ndarray:
-    """Pixels as 'ink' in [0, 1]: white background is 0, so empty patches carry no signal."""
-    return (255.0 - picture.astype(np.float32)) / 255.0
-
-
-def grid_descriptors(picture: np.ndarray) -> np.ndarray:
-    """[GRID_SIDE², pooled RGB + patch one-hot]: what the grid projection sees."""
-    patch = CANVAS // GRID_SIDE
-    ink = _ink(picture).reshape(GRID_SIDE, GRID_POOL, patch // GRID_POOL,
-                                GRID_SIDE, GRID_POOL, patch // GRID_POOL, 3)
-    pooled = ink.mean(axis=(2, 5)).transpose(0, 2, 1, 3, 4).reshape(GRID_SIDE ** 2, -1)
-    return np.concatenate([pooled, np.eye(GRID_SIDE ** 2, dtype=np.float32)], axis=1)
-
-
-def region_descriptors(picture: np.ndarray, objects: Sequence[SceneObject]) -> np.ndarray:
-    """[objects, REGION_DESCRIPTOR]: what the region projection sees, like a detector's output:
-    the object's crop (8x8 RGB ink), its mean colour, its box, and smooth position bumps."""
-    ink = _ink(picture)
-    ys, xs = np.mgrid[0:CANVAS, 0:CANVAS] + 0.5
-    centres = (np.arange(3) + 0.5) / 3
-    rows = []
-    for obj in objects:
-        x1, y1, x2, y2 = obj.box()
-        steps = (np.arange(CROP_SIDE) + 0.5) / CROP_SIDE
-        cols = np.clip((x1 + steps * (x2 - x1)).astype(int), 0, CANVAS - 1)
-        lines = np.clip((y1 + steps * (y2 - y1)).astype(int), 0, CANVAS - 1)
-        crop = ink[np.ix_(lines, cols)].reshape(-1)
-        colour = ink[_shape_mask(obj, xs, ys)].mean(axis=0)
-        geometry = np.array([x1, y1, x2, y2, obj.cx, obj.cy, 2 * obj.radius]) / CANVAS
-        bumps = np.exp(-((np.array([obj.cx, obj.cy])[:, None] / CANVAS - centres) ** 2) / 0.02)
-        rows.append(np.concatenate([crop, colour, geometry, bumps.reshape(-1), [1.0]]))
-    return np.asarray(rows, dtype=np.float32)
-
-
-def _projections() -> tuple[np.ndarray, np.ndarray]:
-    """The fixed 'feature extractor': the same random matrices for every dataset seed."""
-    rng = np.random.default_rng(PROJECTION_SEED)
-    grid_in = GRID_POOL ** 2 * 3 + GRID_SIDE ** 2
-    region_in = REGION_DESCRIPTOR
-    grid = rng.standard_normal((grid_in, GRID_DIM), dtype=np.float32) / np.float32(np.sqrt(grid_in))
-    region = rng.standard_normal((region_in, REGION_DIM), dtype=np.float32) / np.float32(
-        np.sqrt(region_in))
-    return grid, region
 
 
 # ---- captions -------------------------------------------------------------------------------
@@ -271,8 +226,7 @@ class _Image:
 
     @property
     def file_name(self) -> str:
-        folder = "train2014" if self.caption_file == CAPTION_FILES[0] else "val2014"
-        return f"SYNTH_{folder}_{self.image_id:012d}.png"
+        return f"{self.image_id}.png"
 
 
 def generate(out_dir: str | Path, seed: int = 0, train: int = 2000, val: int = 250,
@@ -305,7 +259,7 @@ def generate(out_dir: str | Path, seed: int = 0, train: int = 2000, val: int = 2
                              objects, describe(objects, rng)))
 
     annotation_ids = _write_annotations(out, images)
-    _write_features(out, images, rng, progress)
+    _write_pictures_and_features(out, images, progress)
     vocab = Vocabulary.build((caption for image in images if image.split != "test"
                               for caption in image.captions), min_freq=min_freq)
     vocab.save(out / VOCAB_FILE)
@@ -337,55 +291,67 @@ def _write_annotations(out: Path, images: list[_Image]) -> dict[str, list[int]]:
     return ids_per_file
 
 
-def _write_features(out: Path, images: list[_Image], rng: np.random.Generator,
-                    progress: bool) -> None:
-    """Project and write features a chunk of images at a time (one large matmul is far faster
-    than thousands of small ones interleaved with file writes)."""
-    grid_projection, region_projection = _projections()
-    bar = tqdm(total=len(images), desc="writing synthetic features", unit="image",
+def _write_pictures_and_features(out: Path, images: list[_Image], progress: bool) -> None:
+    """Each scene as a PNG, and its features as the picture extractor computes them from it."""
+    extractor = ShapeFeatures()
+    (out / IMAGES_DIR).mkdir(exist_ok=True)
+    scenes = {}
+    bar = tqdm(total=len(images), desc="drawing synthetic pictures", unit="image",
                disable=not progress)
     with h5py.File(out / GRID_FILE, "w") as grid_file, \
             h5py.File(out / REGION_FILE, "w") as region_file, bar:
-        for start in range(0, len(images), FEATURE_CHUNK):
-            chunk = images[start:start + FEATURE_CHUNK]
-            pictures = [render(image.objects) for image in chunk]
-            grids = np.stack([grid_descriptors(picture) for picture in pictures]) @ grid_projection
-            regions = np.concatenate([
-                region_descriptors(picture, image.objects)
-                for picture, image in zip(pictures, chunk)]) @ region_projection
-            grids += rng.normal(0.0, FEATURE_NOISE, grids.shape).astype(np.float32)
-            regions += rng.normal(0.0, FEATURE_NOISE, regions.shape).astype(np.float32)
-            grids, regions = grids.astype(np.float16), regions.astype(np.float16)
-            first_region = 0
-            for image, grid in zip(chunk, grids):
-                image_regions = regions[first_region:first_region + len(image.objects)]
-                first_region += len(image.objects)
-                _write_image(grid_file, region_file, image, grid, image_regions)
-            bar.update(len(chunk))
+        grid_file.attrs.update(_prefixed(extractor.grid_attributes()))
+        region_file.attrs.update(_prefixed(extractor.region_attributes()))
+        for image in images:
+            pixels = render(image.objects)
+            Image.fromarray(pixels).save(out / IMAGES_DIR / image.file_name)
+            picture = PreparedPicture(pixels, CANVAS, CANVAS)
+            regions = extractor.region_entry(picture)
+            for name, entries in ((grid_file, extractor.grid_entry(picture)), (region_file, regions)):
+                for suffix, array in entries.items():
+                    name.create_dataset(f"{image.image_id}_{suffix}", data=array)
+            scenes[str(image.image_id)] = _scene_record(image, regions["boxes"])
+            bar.update()
+    (out / SCENES_FILE).write_text(json.dumps(scenes) + "\n", encoding="utf-8")
 
 
-def _write_image(grid_file: h5py.File, region_file: h5py.File, image: _Image, grid: np.ndarray,
-                 regions: np.ndarray) -> None:
-    """One image's entries in the released layout (`<id>_features`, `_boxes`, `_size`, ...)."""
-    key = feature_key(image.image_id)
-    grid_file.create_dataset(key, data=grid)
-    region_file.create_dataset(key, data=regions)
-    region_file.create_dataset(f"{image.image_id}_boxes",
-                               data=np.array([obj.box() for obj in image.objects], np.float32))
-    region_file.create_dataset(f"{image.image_id}_size", data=np.array([CANVAS, CANVAS], np.int64))
-    region_file.create_dataset(f"{image.image_id}_cls_prob",
-                               data=_class_probabilities(image.objects))
+def read_scenes(out_dir: str | Path, attribute: str = "shape") -> dict[int, list[tuple[str, tuple[int, ...]]]]:
+    """`scenes.json` of a generated dataset -> per image id, its objects as (their `attribute`
+    (shape, colour or size), box)."""
+    path = Path(out_dir) / SCENES_FILE
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: it is written by `hin data synth` (regenerate "
+                        "older synthetic datasets with --force)")
+    scenes = json.loads(path.read_text(encoding="utf-8"))
+    return {int(image_id): [(obj[attribute], tuple(obj["box"])) for obj in objects]
+            for image_id, objects in scenes.items()}
 
 
-def _class_probabilities(objects: Sequence[SceneObject]) -> np.ndarray:
-    """Detector-style confidence of each region's class [n], as VinVL's `conf` (the layout
-    every region file shares: one score per region)."""
-    return np.full(len(objects), 1.0 - 0.02 * len(SHAPES), dtype=np.float32)
+def _prefixed(attributes: dict[str, object]) -> dict[str, object]:
+    return {ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()}
+
+
+def _scene_record(image: _Image, boxes: np.ndarray) -> list[dict[str, Any]]:
+    """The objects in region order: the region whose box holds an object's centre is it."""
+    record = []
+    for box in boxes:
+        inside = [obj for obj in image.objects
+                  if box[0] <= obj.cx < box[2] and box[1] <= obj.cy < box[3]]
+        if len(inside) != 1 or len(boxes) != len(image.objects):
+            raise RuntimeError(f"synthetic image {image.image_id}: the extractor found "
+                               f"{len(boxes)} regions for {len(image.objects)} objects; the "
+                               "scene layout must keep objects apart")
+        obj = inside[0]
+        record.append({"colour": obj.colour, "shape": obj.shape,
+                       "size": "large" if obj.large else "small",
+                       "box": [int(value) for value in box]})
+    return record
 
 
 def _manifest(images: list[_Image], annotation_ids: dict[str, list[int]], vocab: Vocabulary,
               seed: int, min_freq: int, restval_fraction: float) -> dict[str, Any]:
     splits = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+    extractor = ShapeFeatures()
     statistics = {}
     for name, members in splits.items():
         chosen = [image for image in images if image.split in members]
@@ -402,13 +368,16 @@ def _manifest(images: list[_Image], annotation_ids: dict[str, list[int]], vocab:
                                   "max": max(regions)},
         }
     return {
-        "format": "hin-synthetic", "version": 1, "seed": seed,
+        "format": "hin-synthetic", "version": FORMAT_VERSION, "seed": seed,
         "annotations": {"caption_files": list(CAPTION_FILES),
                         "split_id_files": {name: len(ids) for name, ids in annotation_ids.items()},
                         "restval_fraction": restval_fraction},
-        "features": {"grid_file": GRID_FILE, "grid_shape": [GRID_SIDE ** 2, GRID_DIM],
-                     "region_file": REGION_FILE, "region_dim": REGION_DIM, "dtype": "float16",
-                     "projection_seed": PROJECTION_SEED, "noise_std": FEATURE_NOISE},
+        "features": {"grid_file": GRID_FILE, "grid_shape": [extractor.grid_side ** 2,
+                                                            extractor.grid_dim],
+                     "region_file": REGION_FILE, "region_dim": extractor.region_dim,
+                     "dtype": "float16", "images_dir": IMAGES_DIR, "scenes_file": SCENES_FILE,
+                     "grid_extractor": extractor.grid_attributes(),
+                     "region_extractor": extractor.region_attributes()},
         "vocabulary": {"file": VOCAB_FILE, "size": len(vocab), "min_freq": min_freq,
                        "built_from": "train + val captions"},
         "world": {"canvas": CANVAS, "colours": list(COLOURS), "shapes": list(SHAPES),
@@ -428,10 +397,14 @@ def _readme(manifest: dict[str, Any]) -> str:
         "",
         "Files use the real COCO layouts: `captions_train2014.json`, `captions_val2014.json`, "
         "Karpathy split arrays `coco_{train,restval,dev,test}_ids.npy` (train = train + restval), "
+        f"the pictures `{IMAGES_DIR}/<id>.png`, "
         f"grid features `{GRID_FILE}` ({manifest['features']['grid_shape']} per image, fp16), "
-        f"region features `{REGION_FILE}` (one {REGION_DIM}-d row per object, with boxes, "
-        f"size, cls_prob) and the vocabulary `{VOCAB_FILE}` ({manifest['vocabulary']['size']} "
-        "entries).",
+        f"region features `{REGION_FILE}` (one {manifest['features']['region_dim']}-d row per "
+        "object found in the picture, with boxes in pixels, size, cls_prob), each object's "
+        f"colour, shape, size and box in `{SCENES_FILE}`, and the vocabulary `{VOCAB_FILE}` "
+        f"({manifest['vocabulary']['size']} entries). The features are what `hin extract grid "
+        "--extractor synth-grid` and `hin extract regions --extractor synth-regions` compute "
+        "from the pictures.",
         "",
         "| split | images | captions | distinct captions | most frequent caption share |",
         "|---|---|---|---|---|",

@@ -1,5 +1,6 @@
 """Features from pictures, in the released HDF5 layout: CLIP grid features, region features
-(VinVL TSV import, or the built-in DETR extractor), written resumably and never half-written.
+(VinVL TSV import, or the built-in DETR extractor), the synthetic world's own extractors
+(`synth-grid`, `synth-regions`), written resumably and never half-written.
 
 Importing this package registers the built-in extractors; `transformers` is imported only
 when a model is loaded, so the TSV import works without it.
@@ -19,12 +20,14 @@ from hin.extract.pipeline import (
                                   register_extractor,
 )
 from hin.extract.regions import DetrRegionExtractor
+from hin.extract.shapes import ShapeGridExtractor, ShapeRegionExtractor
 from hin.extract.shards import Shard, choose_shard
 from hin.extract.vinvl import import_vinvl
 from hin.extract.writer import FeatureWriter, merge_shards
 
 __all__ = ["EXTRACTORS", "ClipGridExtractor", "ClipPreprocessor", "DetrRegionExtractor",
            "ExtractionReport", "FeatureWriter", "ImageFile", "PictureExtractor", "Shard",
-           "build_extractor", "choose_shard", "extract_to_file", "extractor_from_attributes",
-           "image_id_from_name", "import_vinvl", "list_images", "merge_shards",
-           "prepare_pictures", "read_attributes", "register_extractor"]
+           "ShapeGridExtractor", "ShapeRegionExtractor", "build_extractor", "choose_shard",
+           "extract_to_file", "extractor_from_attributes", "image_id_from_name", "import_vinvl",
+           "list_images", "merge_shards", "prepare_pictures", "read_attributes",
+           "register_extractor"]
