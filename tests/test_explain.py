@@ -205,6 +205,15 @@ def test_explain_compare_draws_a_second_column(corner_data, tmp_path, capsys):
     assert capsys.readouterr().out.count("CIDEr-D") >= 2
 
 
+def test_a_model_compared_with_itself_draws_two_equal_columns_and_word_strips(corner_data, tmp_path):
+    root, grid, region, pictures = corner_data
+    first = root / "a.pt"
+    out = tmp_path / "same"
+    assert main(figure_arguments(root, grid, region, pictures, "--ids", "11", "--compare", str(first),
+                                 "--words", "grid", "--out", str(out))) == 0
+    assert Image.open(out / "0000_11.png").width > 0
+
+
 def test_explain_without_boxes_draws_the_grid_and_says_what_is_missing(tmp_path, capsys):
     grid, region = write_corner_features(tmp_path, with_boxes=False)
     checkpoint = tiny_checkpoint(tmp_path / "a.pt", seed=0)

@@ -437,7 +437,8 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
     """The figure of one image, laid out like the paper's qualitative figure: the picture, then
     per model a column with the global grid token's map, the global region token's map and
     the caption (with CIDEr-D); references and notes below; optionally per-word strips.
-    Axes are labelled `grid:<column>`, `region:<column>`, `word:<column>:<index>`."""
+    Axes are labelled `grid:<column>`, `region:<column>`, `word:<row>:<index>` (one word strip
+    per row: two views with equal labels, e.g. a model compared with itself, never collide)."""
     pyplot = _pyplot()
     views = explanation.views
     strips = [view for view in views if view.word_maps is not None and len(view.words)]
