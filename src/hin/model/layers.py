@@ -15,12 +15,14 @@ from torch import Tensor, nn
 
 MASK_VALUE = -1e9
 """Added to attention scores of hidden keys (spec §1): finite, so a fully padded row is
-uniform instead of NaN."""
+uniform instead of NaN. bfloat16 holds it (as -999292928); a narrower type gets its own
+most negative finite value."""
 
 
 def mask_to_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Boolean mask (True = hidden) -> additive attention bias of `dtype`."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, MASK_VALUE)
+    fill = max(MASK_VALUE, torch.finfo(dtype).min)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, fill)
 
 
 class KeyValue:
@@ -116,6 +118,6 @@ class PickAttention(_HeadProjections):
         k = self.k_proj(candidates).unflatten(-1, heads)                     # [..., 2, h, d_k]
         v = self.v_proj(candidates).unflatten(-1, heads)
         scores = torch.einsum("...hd,...chd->...hc", q, k) / math.sqrt(self.head_dim)
-        weights = scores.softmax(dim=-1)
+        weights = scores.float().softmax(dim=-1).to(v.dtype)   # float32 under autocast too
         out = torch.einsum("...hc,...chd->...hd", weights, v).flatten(-2)
         return self.norm(query + self.dropout(self.out_proj(out)))
