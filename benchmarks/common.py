@@ -60,17 +60,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
-    """(median, minimum) wall seconds of `fn` over `repeats` runs, after one warm-up run."""
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, float]:
+    """(median wall seconds, minimum wall seconds, median CPU seconds of this process) of `fn`
+    over `repeats` runs, after one warm-up run. On a CPU shared with other work the CPU
+    seconds are the steadier figure (with one thread, about the wall time of an idle machine)."""
     fn()
     synchronize(device)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], min(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return sorted(walls)[len(walls) // 2], min(walls), sorted(cpus)[len(cpus) // 2]
 
 
 def reset_peak(device: torch.device) -> None:

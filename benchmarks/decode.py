@@ -47,10 +47,10 @@ def main() -> None:
             def run() -> None:
                 best[precision] = search(model, grid, region, settings)[0][:, 0]
 
-            median, fastest = timed(run, device, args.repeats)
+            median, fastest, cpu = timed(run, device, args.repeats)
             versus = (f"  {batch / median / REFERENCE_IMAGES_PER_SECOND:5.1f}x the reference"
                       if device.type == "cpu" else "")
-            print(f"batch {batch:4d} {precision}: {median:7.3f} s (min {fastest:.3f})  "
+            print(f"batch {batch:4d} {precision}: {median:7.3f} s (min {fastest:.3f}, CPU {cpu:.3f} s)  "
                   f"{batch / median:8.2f} img/s  peak {peak_memory_gib(device)}{versus}")
         if len(best) == 2:
             same = sum(torch.equal(a, b) for a, b in zip(best["fp32"], best["bf16"]))

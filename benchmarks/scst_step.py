@@ -77,10 +77,10 @@ def main() -> None:
                 optimizer.step()
 
             reset_peak(device)
-            median, fastest = timed(step, device, args.repeats)
+            median, fastest, cpu = timed(step, device, args.repeats)
             versus = (f"  ({REFERENCE_SECONDS_BATCH_10 / median:.1f}x faster than the "
                       "reference's 32 s)" if batch == 10 and device.type == "cpu" else "")
-            print(f"batch {batch:4d} {precision}: {median:7.2f} s/step (min {fastest:.2f})  "
+            print(f"batch {batch:4d} {precision}: {median:7.2f} s/step (min {fastest:.2f}, CPU {cpu:.2f} s)  "
                   f"{batch / median:6.2f} img/s  peak {peak_memory_gib(device)}{versus}")
 
 

@@ -64,11 +64,11 @@ def main() -> None:
                     (total / count).backward()
                     optimizer.step()
 
-                median, fastest = timed(step, device, args.repeats)
+                median, fastest, cpu = timed(step, device, args.repeats)
                 versus = (f"  {batch / median / reference_rate:5.1f}x the reference per caption"
                           if device.type == "cpu" else "")
                 print(f"batch {batch:4d} {layout:12s} {precision}: {median:7.3f} s/step "
-                      f"(min {fastest:.3f})  {batch / median:7.2f} captions/s  "
+                      f"(min {fastest:.3f}, CPU {cpu:.3f} s)  {batch / median:7.2f} captions/s  "
                       f"peak {peak_memory_gib(device)}{versus}")
 
 
