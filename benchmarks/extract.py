@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import describe, pick_device
+from common import describe
+from hin.devices import resolve_device
 from hin.extract import build_extractor, extract_to_file, list_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -65,7 +66,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     print(f"device: {describe(device)}; {args.images} pictures 640x480, batch {args.batch_size}, "
           f"{args.workers} loader workers, dtype {args.dtype}")
     with tempfile.TemporaryDirectory() as scratch:

@@ -27,11 +27,11 @@ from PIL import Image
 from hin.checkpoint import CheckpointError, load
 from hin.config import DataConfig, DecodingConfig
 from hin.data.features import FeatureStore
-from hin.data.vocab import Vocabulary
+from hin.data.vocab import vocabulary_for
 from hin.decoding import search
 from hin.devices import resolve_device
 from hin.extract.images import load_rgb
-from hin.extract.pipeline import EXTRACTORS, extractor_from_attributes, prepare_pictures
+from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
 
 Picture = str | Path | Image.Image
@@ -80,24 +80,9 @@ class Captioner:
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
         self.model, self.extra = load(self.checkpoint, map_location=self.device)
-        self.vocab = self._vocabulary(vocab)
+        self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
         self.decoding, self.batch_size, self.max_regions = decoding, batch_size, max_regions
         self._extractors: tuple[Any, Any] | None = None
-
-    def _vocabulary(self, vocab: str | Path | None) -> Vocabulary:
-        if vocab is not None:
-            loaded = Vocabulary.load(vocab)
-        elif isinstance(self.extra.get("vocabulary"), dict):
-            loaded = Vocabulary.from_dict(self.extra["vocabulary"], source=str(self.checkpoint))
-        else:
-            raise CheckpointError(f"{self.checkpoint} carries no vocabulary; pass the one it was "
-                                  "trained with (--vocab vocab.json, or vocab=...)")
-        if len(loaded) != self.model.config.vocab_size:
-            raise CheckpointError(f"the vocabulary has {len(loaded)} entries but "
-                                  f"{self.checkpoint} was trained with "
-                                  f"{self.model.config.vocab_size}; give the vocabulary it was "
-                                  "trained with")
-        return loaded
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
         """Caption one picture or several (paths or PIL images)."""
@@ -106,16 +91,20 @@ class Captioner:
         return self.caption_pictures(pictures)
 
     def caption_pictures(self, pictures: Sequence[Picture]) -> list[CaptionedImage]:
-        grid_extractor, region_extractor = self.extractors()
         results = []
         for start in range(0, len(pictures), self.batch_size):
             chunk = pictures[start:start + self.batch_size]
-            loaded = [p if isinstance(p, Image.Image) else load_rgb(p) for p in chunk]
-            grids = [entry["features"] for entry in prepare_pictures(grid_extractor, loaded)]
-            regions = [entry["features"] for entry in prepare_pictures(region_extractor, loaded)]
+            grid_entries, region_entries = self.picture_entries([load_picture(p) for p in chunk])
             names = [_name(p, start + i) for i, p in enumerate(chunk)]
-            results += self.caption_arrays(names, grids, regions)
+            results += self.caption_arrays(names, [e["features"] for e in grid_entries],
+                                           [e["features"] for e in region_entries])
         return results
+
+    def picture_entries(self, pictures: Sequence[Image.Image]) -> tuple[list[ImageEntry], list[ImageEntry]]:
+        """What the recorded grid and region extractors make of each picture: `features` and,
+        where the extractor provides them, `size`, `crop`, `boxes`, ..."""
+        grid_extractor, region_extractor = self.extractors()
+        return prepare_pictures(grid_extractor, pictures), prepare_pictures(region_extractor, pictures)
 
     def caption_features(self, grid_path: str | Path, region_path: str | Path,
                          image_ids: Sequence[int]) -> list[CaptionedImage]:
@@ -137,23 +126,30 @@ class Captioner:
                        regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
         """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
         rows (or cut) to `max_regions`, exactly as the training loader does."""
-        grid = torch.from_numpy(np.stack(grids).astype(np.float32))
-        region = torch.zeros(len(regions), self.max_regions, self.model.config.region_dim)
-        for i, rows in enumerate(regions):
-            kept = rows[:self.max_regions]
-            region[i, :len(kept)] = torch.from_numpy(np.asarray(kept, dtype=np.float32))
-        ids, logprobs = search(self.model, grid, region, self.decoding)
+        ids, logprobs = search(self.model, *self.batch(grids, regions), self.decoding)
         scores = logprobs.sum(-1).tolist()
         results = []
         for name, hypotheses, hypothesis_scores in zip(names, ids.tolist(), scores):
             captions = []
             for tokens, score in zip(hypotheses, hypothesis_scores):
-                text = self.vocab.decode(tokens)
-                if self.decoding.collapse_repeats:
-                    text = collapse_repeats(text)
-                captions.append(Caption(text, score))
+                captions.append(Caption(self.text(tokens), score))
             results.append(CaptionedImage(name, tuple(captions)))
         return results
+
+    def text(self, tokens: Sequence[int]) -> str:
+        """Token ids -> the caption as reported (repeats collapsed when the settings say so)."""
+        text = self.vocab.decode(tokens)
+        return collapse_repeats(text) if self.decoding.collapse_repeats else text
+
+    def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image arrays -> the model's float32 batch, regions padded with zero rows (or cut)
+        to `max_regions` exactly as the training loader does."""
+        grid = torch.from_numpy(np.stack(grids).astype(np.float32))
+        region = torch.zeros(len(regions), self.max_regions, self.model.config.region_dim)
+        for i, rows in enumerate(regions):
+            kept = rows[:self.max_regions]
+            region[i, :len(kept)] = torch.from_numpy(np.asarray(kept, dtype=np.float32))
+        return grid, region
 
     def extractors(self) -> tuple[Any, Any]:
         """The grid and region extractors this checkpoint's features came from (built once)."""
@@ -182,6 +178,10 @@ class Captioner:
                 f"{extractor.kind} features of size {extractor.feature_dim}; the checkpoint's "
                 "feature record is inconsistent with its weights")
         return extractor
+
+
+def load_picture(picture: Picture) -> Image.Image:
+    return picture if isinstance(picture, Image.Image) else load_rgb(picture)
 
 
 def _name(picture: Picture, index: int) -> str:

@@ -5,6 +5,7 @@ Importing this package registers the built-in extractors; `transformers` is impo
 when a model is loaded, so the TSV import works without it.
 """
 
+from hin.data.features import read_attributes
 from hin.extract.grid import ClipGridExtractor
 from hin.extract.images import ClipPreprocessor, ImageFile, image_id_from_name, list_images
 from hin.extract.pipeline import (
@@ -19,7 +20,7 @@ from hin.extract.pipeline import (
 )
 from hin.extract.regions import DetrRegionExtractor
 from hin.extract.vinvl import import_vinvl
-from hin.extract.writer import FeatureWriter, read_attributes
+from hin.extract.writer import FeatureWriter
 
 __all__ = ["EXTRACTORS", "ClipGridExtractor", "ClipPreprocessor", "DetrRegionExtractor",
            "ExtractionReport", "FeatureWriter", "ImageFile", "PictureExtractor",

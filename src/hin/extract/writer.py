@@ -24,7 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hin.data.features import ATTRIBUTE_PREFIX, FEATURES_SUFFIX, read_attributes
+from hin.data.features import ATTRIBUTE_PREFIX, feature_ids, file_attributes, open_hdf5
 from hin.errors import HINError
 
 PART_GLOB = "part-*.h5"
@@ -38,10 +38,6 @@ class FeatureFileError(HINError, ValueError):
 
 def _record(handle: h5py.File, attributes: Mapping[str, object]) -> None:
     handle.attrs.update({ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()})
-
-
-def _ids_in(handle: h5py.File) -> set[int]:
-    return {int(name[:-len(FEATURES_SUFFIX)]) for name in handle if name.endswith(FEATURES_SUFFIX)}
 
 
 def _fsync(path: Path) -> None:
@@ -71,12 +67,9 @@ class FeatureWriter:
         self._next_part = max(numbers) + 1
 
     def _adopt(self, path: Path, fix: str) -> None:
-        try:
-            recorded = read_attributes(path)
-            with h5py.File(path, "r") as handle:
-                self._done |= _ids_in(handle)
-        except OSError as error:
-            raise FeatureFileError(f"{path} is not a readable HDF5 file ({error}); {fix}") from error
+        with open_hdf5(path, fix) as handle:
+            recorded = file_attributes(handle)
+            self._done |= feature_ids(handle)
         different = {key: (recorded.get(key), value) for key, value in self.attributes.items()
                      if recorded.get(key) != value}
         if different:

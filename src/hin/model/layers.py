@@ -1,4 +1,4 @@
-"""HIN's building blocks (spec §1): attention, feed-forward, and the two-candidate pick.
+"""HIN's building blocks (docs/model.md §1): attention, feed-forward, and the two-candidate pick.
 
 Attention splits its key/value projection from the attention itself, so that decoding can
 project the constant encoder memory once per image and reuse it at every step and for
@@ -8,13 +8,14 @@ every beam. Nothing here knows about captions, files or checkpoints.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 MASK_VALUE = -1e9
-"""Added to attention scores of hidden keys (spec §1): finite, so a fully padded row is
+"""Added to attention scores of hidden keys (docs/model.md §1): finite, so a fully padded row is
 uniform instead of NaN. bfloat16 holds it (as -999292928); a narrower type gets its own
 most negative finite value."""
 
@@ -23,6 +24,30 @@ def mask_to_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Boolean mask (True = hidden) -> additive attention bias of `dtype`."""
     fill = max(MASK_VALUE, torch.finfo(dtype).min)
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, fill)
+
+
+@dataclass
+class AttentionTrace:
+    """Attention probabilities collected for `hin.explain`, each [B, h, Q, N] in float32.
+
+    Passed down only when someone asks for the maps; the normal path passes nothing and
+    never forms the probability matrix (it stays inside scaled_dot_product_attention).
+    """
+
+    encoder_grid: list[Tensor] = field(default_factory=list)     # global grid token, per CTFA layer
+    encoder_region: list[Tensor] = field(default_factory=list)   # global region token, per CTFA layer
+    decoder_grid: list[Tensor] = field(default_factory=list)     # grid_att, per BGAF layer
+    decoder_region: list[Tensor] = field(default_factory=list)   # region_att, per BGAF layer
+    decoder_gate: list[Tensor] = field(default_factory=list)     # fusion gate z [B, Q, d], per BGAF layer
+
+
+def attention_probabilities(q: Tensor, key: Tensor, bias: Tensor | None) -> Tensor:
+    """softmax(q kᵀ / sqrt(d_k) + bias) in float32: what scaled_dot_product_attention weighs
+    the values with. q [B, h, Q, d_k], key [B, h, N, d_k] -> [B, h, Q, N]."""
+    scores = q.float() @ key.float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias.float()
+    return scores.softmax(dim=-1)
 
 
 class KeyValue:
@@ -36,7 +61,7 @@ class KeyValue:
 
 
 class _HeadProjections(nn.Module):
-    """Query/key/value/output projections (biases start at 0, spec §6), dropout, LayerNorm."""
+    """Query/key/value/output projections (biases start at 0, docs/model.md §6), dropout, LayerNorm."""
 
     def __init__(self, d_model: int, num_heads: int, dropout: float):
         super().__init__()
@@ -72,19 +97,25 @@ class Attention(_HeadProjections):
         value = key if value is None else value
         return KeyValue(self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value)))
 
-    def attend(self, query: Tensor, kv: KeyValue, bias: Tensor | None = None) -> Tensor:
-        """query [B, Q, d] over projected `kv`; `bias` broadcasts to [B, h, Q, N] (additive)."""
+    def attend(self, query: Tensor, kv: KeyValue, bias: Tensor | None = None,
+               probabilities: list[Tensor] | None = None) -> Tensor:
+        """query [B, Q, d] over projected `kv`; `bias` broadcasts to [B, h, Q, N] (additive).
+        With a `probabilities` list (the explain path), the attention probabilities
+        [B, h, Q, N] are appended to it; the output is computed the same way either way."""
         q = self._split_heads(self.q_proj(query))
         if q.dtype == torch.float32:
             heads = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=bias)
         else:
             heads = _low_precision_attention(q, kv, bias)
+        if probabilities is not None:
+            probabilities.append(attention_probabilities(q, kv.key, bias))
         out = self.out_proj(heads.transpose(1, 2).flatten(-2))
         out = self.dropout(out)
         return self.norm(query + out if self.residual else out)
 
-    def forward(self, query: Tensor, memory: Tensor, bias: Tensor | None = None) -> Tensor:
-        return self.attend(query, self.project_kv(memory), bias)
+    def forward(self, query: Tensor, memory: Tensor, bias: Tensor | None = None,
+                probabilities: list[Tensor] | None = None) -> Tensor:
+        return self.attend(query, self.project_kv(memory), bias, probabilities)
 
 
 def _low_precision_attention(q: Tensor, kv: KeyValue, bias: Tensor | None) -> Tensor:
@@ -97,7 +128,7 @@ def _low_precision_attention(q: Tensor, kv: KeyValue, bias: Tensor | None) -> Te
 
 
 class FeedForward(nn.Module):
-    """LayerNorm(x + dropout(W2 · dropout(relu(W1 x)))) (spec §1)."""
+    """LayerNorm(x + dropout(W2 · dropout(relu(W1 x)))) (docs/model.md §1)."""
 
     def __init__(self, d_model: int, d_ff: int, dropout: float):
         super().__init__()
@@ -113,7 +144,7 @@ class FeedForward(nn.Module):
 
 
 class PickAttention(_HeadProjections):
-    """Each token attends over its own two candidates (spec §1, "Pick"), with the residual.
+    """Each token attends over its own two candidates (docs/model.md §1, "Pick"), with the residual.
 
     For token s_t and candidates (a_t, b_t): per head, softmax over the two scores
     q_t·k(a_t) and q_t·k(b_t), then the weighted values, output projection, dropout,

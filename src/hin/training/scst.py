@@ -1,4 +1,4 @@
-"""Self-critical sequence training (spec §8): rewards, baseline and loss.
+"""Self-critical sequence training (docs/model.md §8): rewards, baseline and loss.
 
 The images are encoded once, with gradients; the beams are found on that encoding without
 gradients (cached beam search), and their log-probabilities are then recomputed from the

@@ -1,4 +1,4 @@
-"""Cross-entropy (spec §8): next-token NLL with teacher forcing, ignoring <pad>."""
+"""Cross-entropy (docs/model.md §8): next-token NLL with teacher forcing, ignoring <pad>."""
 
 from __future__ import annotations
 
