@@ -196,7 +196,7 @@ def test_learning_rates_in_scientific_notation_are_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.bf16=maybe", "train.bf16='maybe': expected true or false (bool)"),
+    ("train.tensorboard=maybe", "train.tensorboard='maybe': expected true or false (bool)"),
     ("model.dropout=high", "model.dropout='high': expected a number (float)"),
     ("train.epochs=true", "train.epochs=True: expected an integer (int)"),
     ("train.epochs=2.5", "train.epochs=2.5: expected an integer (int)"),
