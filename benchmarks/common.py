@@ -10,14 +10,15 @@ from collections.abc import Callable
 
 import torch
 
-from hin.config import HINConfig
-from hin.devices import resolve_device
+from hin.config import PRECISIONS, HINConfig
+from hin.devices import resolve_device, resolve_precision
 from hin.model import HIN
 
 
 def paper_size_parser(description: str, beam_search: bool = False) -> argparse.ArgumentParser:
     """The flags every paper-size model benchmark shares: batch sizes, feature shapes,
-    device, bf16 autocast and repeats; with `beam_search`, also the paper's beam and length."""
+    device, precisions (each is measured in turn) and repeats; with `beam_search`, also the
+    paper's beam and length."""
     parser = argparse.ArgumentParser(description=description)
     if beam_search:
         parser.add_argument("--beam", type=int, default=5)
@@ -26,8 +27,9 @@ def paper_size_parser(description: str, beam_search: bool = False) -> argparse.A
     parser.add_argument("--grid-tokens", type=int, default=256)
     parser.add_argument("--regions", type=int, default=50)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS,
+                        help="fp32 (exact) and/or bf16 autocast; auto = bf16 where it is fast")
+    parser.add_argument("--repeats", type=int, default=5)
     return parser
 
 
@@ -52,17 +54,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall seconds of `fn` over `repeats` runs, after one warm-up run."""
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, float]:
+    """(median wall seconds, minimum wall seconds, median CPU seconds of this process) of `fn`
+    over `repeats` runs, after one warm-up run. On a CPU shared with other work the CPU
+    seconds are the steadier figure (with one thread, about the wall time of an idle machine)."""
     fn()
     synchronize(device)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return sorted(walls)[len(walls) // 2], min(walls), sorted(cpus)[len(cpus) // 2]
 
 
 def reset_peak(device: torch.device) -> None:
@@ -78,6 +83,15 @@ def peak_memory_gib(device: torch.device) -> str:
 
 
 def describe(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name, thread count and current load."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU, {torch.get_num_threads()} threads"
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), "unknown CPU")
+    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    return f"{model}, {torch.get_num_threads()} threads, load average {load}"
+
+
+def precisions(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """The asked-for precisions resolved for `device` (auto -> fp32 or bf16), in order."""
+    return list(dict.fromkeys(resolve_precision(name, device) for name in args.precision))

@@ -1,12 +1,14 @@
-"""Beam-search throughput at paper size (79.3M parameters, random weights).
+"""Beam-search throughput at paper size (79.3M parameters, random weights), per precision,
+and how often bf16 finds the same best caption as fp32 (on random weights, whose
+next-word distributions are nearly flat: the hardest case for agreement; the trained
+demo model's figure is in the README).
 
 Reference implementation on the 2-core dev machine: beam 5, length 20, batch 10: 12.9 s
-(0.78 img/s); batch 50: ~0.7 img/s.   Usage: python benchmarks/decode.py [--device cuda]
+(0.78 img/s); batch 50: ~0.7 img/s.
+Usage: python benchmarks/decode.py [--batch-sizes 10 50] [--precision fp32 bf16] [--device cuda]
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -15,11 +17,15 @@ from common import (
     paper_size_model,
     paper_size_parser,
     peak_memory_gib,
+    precisions,
     random_features,
     reset_peak,
     timed,
 )
-from hin.decoding import beam_search
+from hin.config import DecodingConfig
+from hin.decoding import search
+
+REFERENCE_IMAGES_PER_SECOND = 0.78
 
 
 def main() -> None:
@@ -28,23 +34,27 @@ def main() -> None:
     device, model = paper_size_model(args.device)
     model.eval()
     print(f"device: {describe(device)}; model: {model.num_parameters() / 1e6:.1f}M parameters; "
-          f"beam {args.beam}, max length {args.max_len}, "
-          f"{args.grid_tokens} grid tokens, {args.regions} regions")
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
-                else contextlib.nullcontext())
+          f"beam {args.beam}, max length {args.max_len}, {args.grid_tokens} grid tokens, "
+          f"{args.regions} regions; median (min) of {args.repeats}")
     for batch in args.batch_sizes:
         grid, region = random_features(batch, args, model.config, device)
-        reset_peak(device)
+        best: dict[str, torch.Tensor] = {}
+        for precision in precisions(args, device):
+            settings = DecodingConfig(beam_size=args.beam, max_len=args.max_len,
+                                      precision=precision)
+            reset_peak(device)
 
-        def run() -> None:
-            with autocast:
-                seqs, _ = beam_search(model, grid, region, beam_size=args.beam,
-                                      max_len=args.max_len)
-            assert seqs.shape[-1] == args.max_len, "random weights should never stop early"
+            def run() -> None:
+                best[precision] = search(model, grid, region, settings)[0][:, 0]
 
-        seconds = timed(run, device, args.repeats)
-        print(f"batch {batch:4d}: {seconds:7.3f} s  {batch / seconds:8.2f} img/s  "
-              f"peak {peak_memory_gib(device)}")
+            median, fastest, cpu = timed(run, device, args.repeats)
+            versus = (f"  {batch / median / REFERENCE_IMAGES_PER_SECOND:5.1f}x the reference"
+                      if device.type == "cpu" else "")
+            print(f"batch {batch:4d} {precision}: {median:7.3f} s (min {fastest:.3f}, CPU {cpu:.3f} s)  "
+                  f"{batch / median:8.2f} img/s  peak {peak_memory_gib(device)}{versus}")
+        if len(best) == 2:
+            same = sum(torch.equal(a, b) for a, b in zip(best["fp32"], best["bf16"]))
+            print(f"batch {batch:4d}: bf16 finds fp32's best caption for {same}/{batch} images")
 
 
 if __name__ == "__main__":

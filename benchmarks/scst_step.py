@@ -1,18 +1,19 @@
 """Self-critical (SCST) training step at paper size (79.3M parameters, random weights).
 
-One step = beam search (beam 5, max length 20, all 5 beams kept) without gradients,
-CIDEr-D rewards against 5 references per image (training-df table), one teacher-forced
-pass with gradients over the 5 beams of every image, backward, Adam update — exactly
-`hin.training.scst.self_critical_loss` as `hin train` runs it. Random weights never emit
-<eos>, so every beam runs the full 20 steps (the slowest case).
+One step = the images encoded once with gradients, beam search (beam 5, max length 20,
+all 5 beams kept) on that encoding without gradients, CIDEr-D rewards against 5
+references per image (training-df table), one teacher-forced pass with gradients over the
+5 beams of every image, backward, Adam update — exactly
+`hin.training.scst.self_critical_loss` as `hin train` runs it, per precision (fp32, bf16
+autocast). Random weights never emit <eos>, so every beam runs the full 20 steps (the
+slowest case).
 Reference implementation (whole beam search under autograd) on the 2-core dev machine,
 batch 10: 32 s per step, 22.9 GiB peak; batch 20 does not fit in 24 GiB.
-Usage: python benchmarks/scst_step.py [--batch-sizes 10 50] [--device cuda --bf16]
+Usage: python benchmarks/scst_step.py [--batch-sizes 10 50] [--precision fp32 bf16] [--device cuda]
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 
 import torch
@@ -22,6 +23,7 @@ from common import (
     paper_size_model,
     paper_size_parser,
     peak_memory_gib,
+    precisions,
     random_features,
     reset_peak,
     timed,
@@ -54,11 +56,8 @@ def main() -> None:
     table = reference_table(vocab, max(args.batch_sizes), words=200, seed=0)
     print(f"device: {describe(device)}; model: {model.num_parameters() / 1e6:.1f}M parameters; "
           f"beam {args.beam} (all beams trained), max length {args.max_len}, "
-          f"{args.grid_tokens} grid tokens, {args.regions} regions; peak memory is measured "
-          "before larger batches run")
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+          f"{args.grid_tokens} grid tokens, {args.regions} regions; median (min) of "
+          f"{args.repeats}; peak memory is measured before larger batches run")
 
     for batch in sorted(args.batch_sizes):
         grid, region = random_features(batch, args, config, device)
@@ -69,19 +68,20 @@ def main() -> None:
             owners = [i for i in image_ids for _ in range(beams.shape[1])]
             return torch.from_numpy(table.score(captions, owners)).view(beams.shape[:2])
 
-        def step() -> None:
-            loss, _ = self_critical_loss(model, grid, region, reward, beam_size=args.beam,
-                                         max_len=args.max_len, autocast=autocast)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for precision in precisions(args, device):
+            def step() -> None:
+                loss, _ = self_critical_loss(model, grid, region, reward, beam_size=args.beam,
+                                             max_len=args.max_len, precision=precision)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
 
-        reset_peak(device)
-        seconds = timed(step, device, args.repeats)
-        versus = (f"  ({REFERENCE_SECONDS_BATCH_10 / seconds:.1f}x faster than the reference's "
-                  "32 s)" if batch == 10 and device.type == "cpu" else "")
-        print(f"batch {batch:4d}: {seconds:7.2f} s/step  {batch / seconds:6.2f} img/s  "
-              f"peak {peak_memory_gib(device)}{versus}")
+            reset_peak(device)
+            median, fastest, cpu = timed(step, device, args.repeats)
+            versus = (f"  ({REFERENCE_SECONDS_BATCH_10 / median:.1f}x faster than the "
+                      "reference's 32 s)" if batch == 10 and device.type == "cpu" else "")
+            print(f"batch {batch:4d} {precision}: {median:7.2f} s/step (min {fastest:.2f}, CPU {cpu:.2f} s)  "
+                  f"{batch / median:6.2f} img/s  peak {peak_memory_gib(device)}{versus}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,25 @@ def test_caption_pairs_batch(parts):
     assert batch.tokens[2, -1].item() == vocab.eos_id  # truncated to max_len, <eos> kept
 
 
+def test_caption_groups_hold_every_caption_once_and_pad_short_groups(parts):
+    split, store, vocab = parts
+    split.images[3] = ImageRecord(3, "3.png", ("two shapes", "a red circle", "a blue square"))
+    pairs = CaptionPairs(split, store, vocab, max_len=6)
+    groups = CaptionPairs(split, store, vocab, max_len=6, captions_per_image=2)
+    assert groups.image_ids == [1, 2, 3, 3, 4]
+    assert [len(group) for group in groups.tokens] == [2, 1, 2, 1, 2]
+    assert sorted(caption for group in groups.tokens for caption in group) == sorted(pairs.tokens)
+    for image_id, group in zip(groups.image_ids, groups.tokens):   # a group is one image's
+        assert all(caption in [pairs.tokens[i] for i, owner in enumerate(pairs.image_ids)
+                               if owner == image_id] for caption in group)
+    batch = collate([groups[index] for index in range(len(groups))], vocab.pad_id)
+    assert batch.tokens.shape == (5, 2, 6) and batch.image_ids == [1, 2, 3, 3, 4]
+    assert batch.grid.shape[0] == 5
+    assert torch.all(batch.tokens[1, 1] == vocab.pad_id) and torch.all(batch.tokens[3, 1] == vocab.pad_id)
+    assert batch.tokens[0, 1].tolist() == [vocab.bos_id, vocab.index("a"), vocab.index("circle"),
+                                           vocab.eos_id, vocab.pad_id, vocab.pad_id]
+
+
 def test_region_padding_rows_are_exactly_zero(parts):
     split, store, _ = parts
     batch = collate([ImageReferences(split, store)[index] for index in range(4)])

@@ -81,11 +81,14 @@ def test_hypotheses_per_image_equal_separate_decoding():
                                        atol=1e-5, rtol=0)
 
 
-def test_cached_steps_equal_teacher_forcing_at_every_step():
+@pytest.mark.parametrize("with_pad", [False, True])
+def test_cached_steps_equal_teacher_forcing_at_every_step(with_pad):
     model = tiny_model(num_layers=3)
     grid, region = tiny_features()
     tokens = torch.tensor([[[2, 5, 6, 7, 8, 9]] * 3, [[2, 4, 11, 4, 13, 5]] * 3])
     tokens[:, 1, 2:] = 10
+    if with_pad:   # <pad> mid-caption, twice in a row, and in one hypothesis only
+        tokens[0, :, 2] = tokens[1, 0, 3:5] = tokens[1, 2, 1] = model.config.pad_id
     with torch.no_grad():
         enc = model.encode(grid, region)
         full = model.decode(tokens, enc)

@@ -109,6 +109,19 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninte
     assert_same_tensors(saved(reference_dir, loop.BEST)[0], saved(stopped_dir, loop.BEST)[0])
 
 
+def test_caption_groups_in_bf16_resume_bit_for_bit_and_use_every_caption_once(synth, tmp_path):
+    grouped = ("train.captions_per_image=5", "train.precision=bf16", "train.epochs=1")
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    start(config(synth, whole, *grouped), progress=False)
+    start(config(synth, stopped, *grouped, "train.max_steps=4"), progress=False)
+    resume(stopped, ["train.max_steps=0"], progress=False)
+    assert_same_tensors(saved(whole)[0], saved(stopped)[0])
+    assert saved(stopped)[1]["training"]["progress"] == saved(whole)[1]["training"]["progress"]
+    # 10 batches of 2 images x 5 captions: the 100 training captions, each once
+    assert saved(whole)[1]["training"]["progress"]["step"] == BATCHES_PER_EPOCH
+    assert log_records(stopped, "epoch") == log_records(whole, "epoch")
+
+
 def test_best_checkpoint_is_chosen_on_validation_and_test_is_never_loaded(uninterrupted):
     run_dir, requested = uninterrupted
     assert requested and all("test" not in names for names in requested)
@@ -231,8 +244,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(synth, tmp_path):
-    steps = ("model.dropout=0", "train.max_steps=3")
+@pytest.mark.parametrize("captions_per_image", [1, 5])
+def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(synth, tmp_path,
+                                                                          captions_per_image):
+    steps = ("model.dropout=0", "train.max_steps=3",
+             f"train.captions_per_image={captions_per_image}")
     single_dir = tmp_path / "single"
     start(config(synth, single_dir, *steps), progress=False)
 

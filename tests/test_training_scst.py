@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_features, tiny_model
-from hin.decoding import beam_search
+from hin.decoding import beam_search, beam_search_encoded
 from hin.training.scst import scst_loss, self_critical_loss, sequence_mask
 
 PAD, BOS, EOS = 1, 2, 3
@@ -69,3 +69,24 @@ def test_beams_of_different_images_never_mix():
     alone = [self_critical_loss(model, grid[i:i + 1], region[i:i + 1], beam_rank_reward,
                                 beam_size=3, max_len=6)[0] for i in range(2)]
     assert together.item() == pytest.approx(torch.stack(alone).mean().item(), abs=1e-6)
+
+
+def test_the_images_are_encoded_once_and_the_search_reads_that_encoding():
+    model = tiny_model(seed=2, dropout=0.3).train()   # encoder dropout: each encoding differs
+    grid, region = tiny_features(batch=2)
+    encodings = []
+    model.encoder.register_forward_hook(lambda module, inputs, output: encodings.append(output))
+    seen = []
+
+    def reward(beams):
+        seen.append(beams)
+        return beam_rank_reward(beams)
+
+    torch.manual_seed(0)
+    loss, _ = self_critical_loss(model, grid, region, reward, beam_size=3, max_len=6)
+    assert len(encodings) == 1 and encodings[0].grid.requires_grad
+    searched_again, _ = beam_search_encoded(model.eval(), encodings[0].detach(), beam_size=3,
+                                            max_len=6, out_size=3)
+    assert torch.equal(seen[0], searched_again)
+    loss.backward()
+    assert model.encoder.grid_proj[0].weight.grad.abs().sum() > 0

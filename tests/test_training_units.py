@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_features, tiny_model
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
+from hin.devices import autocast
 from hin.training.distributed import Context, EpochOrder
 from hin.training.loop import capture_rng, restore_rng
 from hin.training.schedule import lr_factor, scst_lr_factor, should_stop, xe_lr_factor
 from hin.training.scst import scst_loss, sequence_mask, teacher_forcing_inputs
+from hin.training.xe import next_token_nll
 
 CONFIGS = Path(__file__).resolve().parent.parent / "src" / "hin" / "configs"
 
@@ -137,10 +140,43 @@ def test_unknown_config_keys_are_rejected_with_the_valid_ones():
     ("train.nonfinite=ignore", r"nonfinite must be one of \('stop', 'skip'\)"),
     ("train.max_steps=-1", r"max_steps must be a non-negative integer"),
     ("train.lr=0", r"lr must be a positive number"),
+    ("train.precision=fp16", r"precision must be one of \('fp32', 'bf16', 'auto'\)"),
+    ("train.captions_per_image=3", r"batch_size \(50\) counts captions and must be a multiple "
+                                   r"of captions_per_image \(3\)"),
+    ("train.captions_per_image=0", r"captions_per_image must be a positive integer"),
 ])
 def test_bad_training_values_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.load(None, [override])
+
+
+def test_caption_groups_are_for_cross_entropy_only():
+    with pytest.raises(ConfigError, match="captions_per_image applies to cross-entropy only"):
+        RunConfig.load(None, ["train.stage=scst", "train.captions_per_image=5"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_grouped_captions_give_the_loss_of_their_pairs_and_padding_rows_add_nothing(precision):
+    """Captions of one image decoded as a group [1, K, T] (one encoder pass, a row of <pad>
+    filling the group) give the same summed NLL, count and gradients as the same captions
+    as pairs [K, T] with the image repeated."""
+    model = tiny_model().train()                      # dropout 0: both layouts are exact
+    grid, region = tiny_features(batch=1)
+    captions = torch.tensor([[2, 5, 6, 7, 3, 1], [2, 8, 3, 1, 1, 1], [2, 9, 9, 10, 11, 3]])
+    group = torch.cat((captions, torch.full((1, 6), 1)))[None]           # [1, 4, 6]
+    results = []
+    for tokens, copies in ((group, 1), (captions, 3)):
+        model.zero_grad()
+        with autocast(torch.device("cpu"), precision):
+            total, count = next_token_nll(model, grid.expand(copies, -1, -1),
+                                          region.expand(copies, -1, -1), tokens, pad_id=1)
+        total.backward()
+        results.append((total.item(), count.item(), model.decoder.head.weight.grad.clone()))
+    (grouped, grouped_count, grouped_grad), (paired, paired_count, paired_grad) = results
+    assert grouped_count == paired_count == 11
+    tolerance = 1e-5 if precision == "fp32" else 2e-2
+    assert grouped == pytest.approx(paired, abs=tolerance * 11)
+    torch.testing.assert_close(grouped_grad, paired_grad, atol=tolerance, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["synth_xe", "synth_scst", "coco_xe", "coco_scst"])
@@ -160,7 +196,7 @@ def test_learning_rates_in_scientific_notation_are_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.bf16=maybe", "train.bf16='maybe': expected true or false (bool)"),
+    ("train.tensorboard=maybe", "train.tensorboard='maybe': expected true or false (bool)"),
     ("model.dropout=high", "model.dropout='high': expected a number (float)"),
     ("train.epochs=true", "train.epochs=True: expected an integer (int)"),
     ("train.epochs=2.5", "train.epochs=2.5: expected an integer (int)"),

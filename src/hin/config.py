@@ -296,6 +296,11 @@ class TrainConfig:
     `lr` is the stage's base rate; the epoch-wise schedule of the stage scales it.
     Validation always uses the validation split; the test split is never read here.
     `tensorboard` mirrors the run's log to TensorBoard when that package is installed.
+    `precision` (fp32 | bf16 | auto) is the arithmetic of the model's forward passes, training
+    and validation alike; losses, rewards and the optimiser state are always float32.
+    `captions_per_image` k: 1 = shuffled (image, caption) pairs; k > 1 = each batch holds
+    batch_size / k images with k of their captions, encoded once per image (XE only).
+    `batch_size` always counts captions.
     """
 
     stage: str = "xe"
@@ -315,13 +320,21 @@ class TrainConfig:
     max_steps: int = 0
     nonfinite: str = "stop"
     device: str = "auto"
-    bf16: bool = True
+    precision: str = "fp32"
+    captions_per_image: int = 1
     log_every: int = 20
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "epochs", "batch_size", "beam_size", "max_len",
-                              "val_batch_size", "log_every")
+                              "val_batch_size", "log_every", "captions_per_image")
+        require_choice(self, "precision", PRECISIONS)
+        if self.stage == "scst" and self.captions_per_image != 1:
+            raise ConfigError("TrainConfig.captions_per_image applies to cross-entropy only; "
+                              "SCST batches are images (set it to 1)")
+        if self.batch_size % self.captions_per_image:
+            raise ConfigError(f"TrainConfig.batch_size ({self.batch_size}) counts captions and "
+                              f"must be a multiple of captions_per_image ({self.captions_per_image})")
         if self.stage not in STAGES:
             raise ConfigError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
         if self.nonfinite not in NONFINITE_POLICIES:

@@ -10,15 +10,16 @@ hypothesis competes with its unchanged score as a single candidate, top-k over a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from hin.config import DecodingConfig
+from hin.config import DecodingConfig, HINConfig
 from hin.devices import autocast
 from hin.errors import UsageError
-from hin.model import HIN, DecoderCache
+from hin.model import HIN, DecoderCache, EncoderOutput
 
 
 def _as_models(model_or_list: HIN | Sequence[HIN]) -> list[HIN]:
@@ -35,15 +36,23 @@ def _as_models(model_or_list: HIN | Sequence[HIN]) -> list[HIN]:
     return models
 
 
+class Stepper(Protocol):
+    """What beam search drives: next-word log-probs of every hypothesis, and reordering."""
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """tokens [B, K] -> log-probabilities [B, K, V] (float32)."""
+
+    def reorder(self, source: Tensor) -> None:
+        """Keep hypotheses `source` [B, K_new] (indices into the current K per image)."""
+
+
 class _Ensemble:
     """Steps several models together; their per-step log-probabilities are averaged."""
 
-    def __init__(self, models: list[HIN], grid: Tensor, region: Tensor):
+    def __init__(self, models: list[HIN], encoded: Sequence[EncoderOutput]):
         self.models = models
-        self.caches: list[DecoderCache] = []
-        for model in models:
-            features = (grid.to(model.device), region.to(model.device))
-            self.caches.append(model.init_cache(model.encode(*features)))
+        self.caches: list[DecoderCache] = [model.init_cache(enc)
+                                           for model, enc in zip(models, encoded, strict=True)]
 
     def step(self, tokens: Tensor) -> Tensor:
         logprobs = []
@@ -67,23 +76,42 @@ def beam_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor
     hypothesis has emitted <eos>). After <eos> ids are <pad> and log-probs 0.
     """
     models = _as_models(model_or_list)
+    encoded = [model.encode(grid.to(model.device), region.to(model.device)) for model in models]
+    return beam_search_encoded(models, encoded, beam_size=beam_size, max_len=max_len,
+                               out_size=out_size)
+
+
+@torch.inference_mode()
+def beam_search_encoded(model_or_list: HIN | Sequence[HIN],
+                        encoded: EncoderOutput | Sequence[EncoderOutput],
+                        beam_size: int = 5, max_len: int = 20, out_size: int = 1
+                        ) -> tuple[Tensor, Tensor]:
+    """`beam_search` from encoder outputs already computed (one per model), e.g. the
+    encoding SCST also uses for its gradient pass."""
+    models = _as_models(model_or_list)
+    encoded = [encoded] if isinstance(encoded, EncoderOutput) else list(encoded)
+    ensemble = _Ensemble(models, encoded)
+    return beam_search_with(ensemble, encoded[0].grid.shape[0], models[0].config,
+                            models[0].device, beam_size=beam_size, max_len=max_len,
+                            out_size=out_size)
+
+
+def beam_search_with(stepper: Stepper, batch: int, config: HINConfig, device: torch.device,
+                     beam_size: int = 5, max_len: int = 20, out_size: int = 1
+                     ) -> tuple[Tensor, Tensor]:
+    """The search rule itself over any `Stepper` (the cached decoder here; tests drive it
+    with a teacher-forced re-scorer). `config` gives the special token ids."""
     if not 1 <= out_size <= beam_size:
         raise UsageError(f"out_size must be between 1 and beam_size ({beam_size}), got {out_size}")
     if max_len < 1:
         raise UsageError(f"max_len must be at least 1, got {max_len}")
-    config = models[0].config
-    device = models[0].device
-    grid, region = grid.to(device), region.to(device)
-    batch = grid.shape[0]
-    ensemble = _Ensemble(models, grid, region)
-
     tokens = torch.full((batch, 1), config.bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(batch, 1, device=device)
     alive = torch.ones(batch, 1, dtype=torch.bool, device=device)
     history = torch.empty(batch, 1, 0, dtype=torch.long, device=device)
     history_logprobs = torch.empty(batch, 1, 0, device=device)
     for step in range(max_len):
-        logprobs = ensemble.step(tokens)                                     # [B, K, V]
+        logprobs = stepper.step(tokens)                                      # [B, K, V]
         vocab = logprobs.shape[-1]
         if step > 0:
             alive = alive & (tokens != config.eos_id)
@@ -96,7 +124,7 @@ def beam_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor
 
         top_scores, top_index = candidates.reshape(batch, -1).topk(beam_size, dim=-1)
         source, words = top_index // vocab, top_index % vocab
-        ensemble.reorder(source)
+        stepper.reorder(source)
         scores = top_scores
         alive = alive.gather(1, source)
         word_logprobs = logprobs.reshape(batch, -1).gather(1, top_index)

@@ -1,5 +1,6 @@
-"""Datasets and batching: image·caption pairs for cross-entropy training, images with all
-their references for evaluation and SCST, and the one `collate` that turns either into a `Batch`.
+"""Datasets and batching: image·caption pairs (or an image with a group of its captions) for
+cross-entropy training, images with all their references for evaluation and SCST, and the
+one `collate` that turns any of them into a `Batch`.
 
 Features stay in their on-disk dtype per sample and are cast to float32 once per batch.
 Region padding rows are exactly zero: the model derives its padding mask from them (docs/model.md §2).
@@ -26,12 +27,13 @@ from hin.data.vocab import Vocabulary
 
 @dataclass(frozen=True)
 class Sample:
-    """One dataset item: an image's features, optionally one encoded caption, all references."""
+    """One dataset item: an image's features, optionally one encoded caption (a list of ids)
+    or a group of them (a tuple of such lists), all references."""
 
     image_id: int
     grid: np.ndarray
     region: np.ndarray
-    tokens: list[int] | None
+    tokens: list[int] | tuple[list[int], ...] | None
     references: tuple[str, ...]
 
 
@@ -40,7 +42,8 @@ class Batch:
     """What the model and the metrics consume.
 
     grid [B, Ng, Dg] and region [B, Nr, Dr] float32 (region padding rows all zero);
-    tokens [B, T] int64 `<bos> ... <eos>` padded with `<pad>`, or None for image datasets;
+    tokens [B, T] int64 `<bos> ... <eos>` padded with `<pad>` — [B, K, T] for caption groups,
+    where a group shorter than K is filled with rows of `<pad>` only — or None for image datasets;
     image_ids and references (all reference captions of each image) in batch order.
     """
 
@@ -59,20 +62,38 @@ class Batch:
 
 
 class CaptionPairs(Dataset):
-    """Every (image, caption) pair of a split, captions encoded once up front: XE training."""
+    """Every training caption once, encoded up front: cross-entropy training.
+
+    `captions_per_image` 1: one item per (image, caption) pair. k > 1: one item per group of
+    up to k captions of one image (an image's captions in annotation order, cut into groups
+    of k; the last group may be shorter), so the encoder runs once for the whole group.
+    """
 
     def __init__(self, split: Split, features: FeatureStore, vocab: Vocabulary, max_len: int,
-                 check_features: bool = True, progress: bool = False) -> None:
+                 check_features: bool = True, progress: bool = False,
+                 captions_per_image: int = 1) -> None:
         if check_features:
             features.require(split.image_ids, split.name)
         self.split = split
         self.features = features
         self.pad_id = vocab.pad_id
+        self.captions_per_image = captions_per_image
         pairs = split.pairs()
-        self.image_ids = [image_id for image_id, _ in pairs]
-        self.tokens = [vocab.encode(caption, max_len)
-                       for _, caption in tqdm(pairs, desc=f"encoding {split.name} captions",
-                                              unit="caption", disable=not progress)]
+        encoded = [vocab.encode(caption, max_len)
+                   for _, caption in tqdm(pairs, desc=f"encoding {split.name} captions",
+                                          unit="caption", disable=not progress)]
+        if captions_per_image == 1:
+            self.image_ids = [image_id for image_id, _ in pairs]
+            self.tokens: list[list[int]] | list[tuple[list[int], ...]] = encoded
+            return
+        self.image_ids, self.tokens = [], []
+        start = 0
+        for image in split.images.values():
+            captions = encoded[start:start + len(image.captions)]
+            start += len(image.captions)
+            for first in range(0, len(captions), captions_per_image):
+                self.image_ids.append(image.image_id)
+                self.tokens.append(tuple(captions[first:first + captions_per_image]))
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -116,10 +137,15 @@ def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
     if samples[0].tokens is not None:
         if pad_id is None:
             raise DataError("collate needs pad_id (the vocabulary's <pad> id) to batch captions")
-        length = max(len(sample.tokens) for sample in samples)
-        tokens = torch.full((len(samples), length), pad_id, dtype=torch.long)
-        for row, sample in enumerate(samples):
-            tokens[row, :len(sample.tokens)] = torch.tensor(sample.tokens, dtype=torch.long)
+        grouped = isinstance(samples[0].tokens, tuple)
+        groups = [sample.tokens if grouped else (sample.tokens,) for sample in samples]
+        length = max(len(caption) for group in groups for caption in group)
+        tokens = torch.full((len(samples), max(map(len, groups)), length), pad_id, dtype=torch.long)
+        for row, group in enumerate(groups):
+            for column, caption in enumerate(group):
+                tokens[row, column, :len(caption)] = torch.tensor(caption, dtype=torch.long)
+        if not grouped:
+            tokens = tokens[:, 0]
     return Batch(
         grid=torch.from_numpy(np.stack([sample.grid for sample in samples])).float(),
         region=torch.from_numpy(np.stack([sample.region for sample in samples])).float(),

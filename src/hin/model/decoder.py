@@ -54,12 +54,15 @@ class DecoderCache:
     """Everything incremental decoding carries from one step to the next.
 
     memory and region_bias are per image ([B, ...]) and never reordered; self_kv holds each
-    layer's self-attention keys/values per hypothesis ([B·K, h, t, d_k]); `length` is t.
+    layer's self-attention keys/values per hypothesis ([B·K, h, t, d_k]; empty before the
+    first step); `hidden` marks the <pad> inputs among them ([B·K, 1, 1, t], True = hidden
+    from later positions; None while there was none); `length` is t.
     """
 
     memory: list[LayerMemory]
     region_bias: Tensor
     self_kv: list[KeyValue]
+    hidden: Tensor | None
     length: int
 
     def reorder(self, source: Tensor) -> DecoderCache:
@@ -69,7 +72,8 @@ class DecoderCache:
         flat = (source + torch.arange(batch, device=source.device)[:, None] * current).reshape(-1)
         self_kv = [KeyValue(kv.key.index_select(0, flat), kv.value.index_select(0, flat))
                    for kv in self.self_kv]
-        return DecoderCache(self.memory, self.region_bias, self_kv, self.length)
+        hidden = None if self.hidden is None else self.hidden.index_select(0, flat)
+        return DecoderCache(self.memory, self.region_bias, self_kv, hidden, self.length)
 
 
 class DecoderLayer(nn.Module):
@@ -148,10 +152,7 @@ class Decoder(nn.Module):
     def init_cache(self, enc: EncoderOutput) -> DecoderCache:
         """Project each level's memory once; start with empty self-attention state."""
         memory = [layer.project_memory(*enc.level(i)) for i, layer in enumerate(self.layers)]
-        batch, d = enc.grid.shape[0], self.config.d_model
-        empty = enc.grid.new_zeros(batch, self.config.num_heads, 0, d // self.config.num_heads)
-        self_kv = [KeyValue(empty, empty) for _ in self.layers]
-        return DecoderCache(memory, enc.region_bias, self_kv, 0)
+        return DecoderCache(memory, enc.region_bias, [], None, 0)
 
     def _embed(self, tokens: Tensor, positions: Tensor, length: int) -> Tensor:
         if length > self.config.max_len:
@@ -181,20 +182,33 @@ class Decoder(nn.Module):
         return self._logprobs(x)
 
     def step(self, tokens: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
-        """One token per hypothesis: tokens [B, K] (never padding) -> ([B, K, V], cache)."""
+        """One token per hypothesis: tokens [B, K] -> ([B, K, V], cache).
+
+        Exactly what `forward` computes at that position, <pad> inputs included: a <pad>
+        key is hidden from every later position, the <pad> position's outputs are zero (so
+        the next-word distribution after it is uniform), and it takes its position index like
+        any token, so the tokens after it keep theirs.
+        """
         batch, hyps = tokens.shape
-        position = torch.full_like(tokens, cache.length + 1)
-        x = self._embed(tokens, position, cache.length + 1)[:, :, None]                # [B, K, 1, d]
-        keep = torch.ones(batch, hyps, 1, 1, dtype=x.dtype, device=x.device)
+        length = cache.length + 1
+        keep = tokens != self.config.pad_id
+        x = self._embed(tokens, keep * length, length)[:, :, None]                      # [B, K, 1, d]
+        hidden = cache.hidden
+        if hidden is not None or not keep.all():
+            new_hidden = ~keep.reshape(batch * hyps, 1, 1, 1)
+            past = (hidden if hidden is not None
+                    else new_hidden.new_zeros(batch * hyps, 1, 1, cache.length))
+            hidden = torch.cat((past, new_hidden), dim=-1)
+        self_bias = None if hidden is None else mask_to_bias(hidden, x.dtype)
+        keep = keep[..., None, None].to(x.dtype)
         self_kv = []
-        for layer, memory, past in zip(self.layers, cache.memory, cache.self_kv):
-            new = layer.self_att.project_kv(x.reshape(batch * hyps, 1, -1))
-            if past.key.shape[0] != batch * hyps:   # first step: one past per image, expand
-                past = KeyValue(past.key.repeat_interleave(hyps, 0),
-                                past.value.repeat_interleave(hyps, 0))
-            kv = KeyValue(torch.cat((past.key, new.key), dim=2),
-                          torch.cat((past.value, new.value), dim=2))
+        for i, (layer, memory) in enumerate(zip(self.layers, cache.memory)):
+            kv = layer.self_att.project_kv(x.reshape(batch * hyps, 1, -1))
+            if cache.self_kv:
+                past = cache.self_kv[i]
+                kv = KeyValue(torch.cat((past.key, kv.key), dim=2),
+                              torch.cat((past.value, kv.value), dim=2))
             self_kv.append(kv)
-            x = layer(x, keep, kv, None, memory, cache.region_bias)
+            x = layer(x, keep, kv, self_bias, memory, cache.region_bias)
         logprobs = self._logprobs(x[:, :, 0])
-        return logprobs, DecoderCache(cache.memory, cache.region_bias, self_kv, cache.length + 1)
+        return logprobs, DecoderCache(cache.memory, cache.region_bias, self_kv, hidden, length)

@@ -33,6 +33,11 @@ class EncoderOutput:
         region = self.region.chunk(self.num_levels, dim=1)[index]
         return grid, region
 
+    def detach(self) -> EncoderOutput:
+        """The same values, cut from the autograd graph."""
+        return EncoderOutput(self.grid.detach(), self.region.detach(), self.region_mask,
+                             self.num_levels)
+
     @property
     def region_bias(self) -> Tensor:
         return mask_to_bias(self.region_mask, self.grid.dtype)
@@ -77,7 +82,7 @@ class CTFALayer(nn.Module):
                                probabilities=None if trace is None else trace.encoder_region)
         a = self.region_asks_grid(r, g)
         b = self.grid_asks_region(g, r)
-        w = self.global_gate(torch.cat((a, b), dim=-1)).softmax(dim=-1)
+        w = self.global_gate(torch.cat((a, b), dim=-1)).float().softmax(dim=-1)
         shared = torch.relu(self.global_fc(self.global_norm(w[..., :1] * a + w[..., 1:] * b)))
 
         grid = torch.cat((shared, g, grid), dim=1)

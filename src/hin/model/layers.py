@@ -16,12 +16,14 @@ from torch import Tensor, nn
 
 MASK_VALUE = -1e9
 """Added to attention scores of hidden keys (docs/model.md §1): finite, so a fully padded row is
-uniform instead of NaN."""
+uniform instead of NaN. bfloat16 holds it (as -999292928); a narrower type gets its own
+most negative finite value."""
 
 
 def mask_to_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Boolean mask (True = hidden) -> additive attention bias of `dtype`."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, MASK_VALUE)
+    fill = max(MASK_VALUE, torch.finfo(dtype).min)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, fill)
 
 
 @dataclass
@@ -101,9 +103,10 @@ class Attention(_HeadProjections):
         With a `probabilities` list (the explain path), the attention probabilities
         [B, h, Q, N] are appended to it; the output is computed the same way either way."""
         q = self._split_heads(self.q_proj(query))
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        heads = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=bias)
+        if q.dtype == torch.float32:
+            heads = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=bias)
+        else:
+            heads = _low_precision_attention(q, kv, bias)
         if probabilities is not None:
             probabilities.append(attention_probabilities(q, kv.key, bias))
         out = self.out_proj(heads.transpose(1, 2).flatten(-2))
@@ -113,6 +116,15 @@ class Attention(_HeadProjections):
     def forward(self, query: Tensor, memory: Tensor, bias: Tensor | None = None,
                 probabilities: list[Tensor] | None = None) -> Tensor:
         return self.attend(query, self.project_kv(memory), bias, probabilities)
+
+
+def _low_precision_attention(q: Tensor, kv: KeyValue, bias: Tensor | None) -> Tensor:
+    """Attention for bfloat16 autocast: products in bfloat16, bias and softmax in float32.
+    (PyTorch's fused CPU kernel is several times slower than this in bfloat16 training.)"""
+    scores = (q @ kv.key.to(q.dtype).transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias.float()
+    return scores.softmax(dim=-1).to(q.dtype) @ kv.value.to(q.dtype)
 
 
 class FeedForward(nn.Module):
@@ -147,6 +159,6 @@ class PickAttention(_HeadProjections):
         k = self.k_proj(candidates).unflatten(-1, heads)                     # [..., 2, h, d_k]
         v = self.v_proj(candidates).unflatten(-1, heads)
         scores = torch.einsum("...hd,...chd->...hc", q, k) / math.sqrt(self.head_dim)
-        weights = scores.softmax(dim=-1)
+        weights = scores.float().softmax(dim=-1).to(v.dtype)   # float32 under autocast too
         out = torch.einsum("...hc,...chd->...hd", weights, v).flatten(-2)
         return self.norm(query + self.dropout(self.out_proj(out)))

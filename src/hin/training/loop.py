@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -39,6 +38,7 @@ from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
 from hin.data.features import FeatureStore, read_attributes
 from hin.data.vocab import Vocabulary, tokenize
 from hin.decoding import caption_batches
+from hin.devices import autocast, resolve_precision
 from hin.errors import HINError
 from hin.metrics import (
     CiderDTable,
@@ -53,6 +53,7 @@ from hin.training import distributed
 from hin.training.runlog import LOG_FILE, RunLog
 from hin.training.schedule import lr_factor, should_stop
 from hin.training.scst import self_critical_loss
+from hin.training.xe import next_token_nll
 
 CONFIG_FILE = "config.yaml"
 LAST = "last.pt"
@@ -163,10 +164,13 @@ class Trainer:
                              max_regions=data.max_regions, grid_dim=model_config.grid_dim,
                              region_dim=model_config.region_dim, cache=data.cache_features)
         self.train_set = (CaptionPairs(splits["train"], store, self.vocab,
-                                       data.max_caption_tokens, progress=self.show_progress)
+                                       data.max_caption_tokens, progress=self.show_progress,
+                                       captions_per_image=train.captions_per_image)
                           if train.stage == "xe" else ImageReferences(splits["train"], store))
         self.val_set = ImageReferences(splits["val"], store)
-        self.decoding = DecodingConfig(beam_size=train.beam_size, max_len=train.max_len)
+        self.precision = resolve_precision(train.precision, self.context.device)
+        self.decoding = DecodingConfig(beam_size=train.beam_size, max_len=train.max_len,
+                                       precision=self.precision)
         self.val_references = {image_id: list(image.captions)
                                for image_id, image in splits["val"].images.items()}
         self.val_tokenised = {image_id: [" ".join(tokenize(c)) for c in captions]
@@ -246,22 +250,17 @@ class Trainer:
         distributed.teardown(self.context)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        device = self.context.device
-        enabled = device.type == "cuda" and self.config.train.bf16
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast(self.context.device, self.precision)
 
     # -- steps -------------------------------------------------------------------------
 
     def _xe_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Next-token NLL summed over non-pad targets, normalised by the global count so
-        that averaging gradients over ranks gives exactly the single-process loss."""
-        tokens = batch.tokens
-        targets = tokens[:, 1:]
+        that averaging gradients over ranks gives exactly the single-process loss. Tokens
+        [B, T] (pairs) or [B, K, T] (caption groups: rows of <pad> only add nothing)."""
         with self._autocast():
-            logprobs = self.network(batch.grid, batch.region, tokens[:, :-1])
-        total = F.nll_loss(logprobs.reshape(-1, logprobs.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=self.vocab.pad_id, reduction="sum")
-        count = (targets != self.vocab.pad_id).sum().float()
+            total, count = next_token_nll(self.network, batch.grid, batch.region, batch.tokens,
+                                          self.vocab.pad_id)
         global_count = distributed.all_reduce_sum(self.context, count.clone())
         loss = total * self.context.world_size / global_count
         return loss, {"loss": loss.item()}   # its mean over ranks: the global per-token NLL
@@ -278,7 +277,7 @@ class Trainer:
 
         loss, rewards = self_critical_loss(self.model, batch.grid, batch.region, reward,
                                            beam_size=train.beam_size, max_len=train.max_len,
-                                           network=self.network, autocast=self._autocast)
+                                           network=self.network, precision=self.precision)
         return loss, {"loss": loss.item(), "reward": rewards.mean().item()}
 
     # -- validation and checkpoints ----------------------------------------------------
@@ -367,9 +366,10 @@ class Trainer:
     def _epoch_batches(self, epoch: int) -> tqdm:
         """This rank's batches of `epoch` from where the run stands, behind a progress bar."""
         train = self.config.train
-        order = distributed.EpochOrder(len(self.train_set), train.batch_size, train.seed,
+        items = train.batch_size // train.captions_per_image   # pairs, caption groups or images
+        order = distributed.EpochOrder(len(self.train_set), items, train.seed,
                                        epoch, self.context, self.progress.batch)
-        loader = make_loader(self.train_set, train.batch_size // self.context.world_size,
+        loader = make_loader(self.train_set, items // self.context.world_size,
                              sampler=order, num_workers=self.config.data.num_workers,
                              seed=train.seed + epoch)
         return tqdm(loader, desc=f"{train.stage} epoch {epoch}", unit="batch",

@@ -1,20 +1,21 @@
 """Self-critical sequence training (docs/model.md §8): rewards, baseline and loss.
 
-The beams are found without gradients (cached beam search); their log-probabilities are
-then recomputed in one teacher-forced pass with gradients. This gives the same loss as
+The images are encoded once, with gradients; the beams are found on that encoding without
+gradients (cached beam search), and their log-probabilities are then recomputed from the
+same encoding in one teacher-forced pass with gradients. This gives the same loss as
 running the whole search under autograd, at a fraction of its time and memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
 
-from hin.decoding import beam_search
-from hin.model import HIN
+from hin.decoding import beam_search_encoded
+from hin.devices import autocast
+from hin.model import HIN, EncoderOutput
 
 
 def teacher_forcing_inputs(beams: Tensor, bos_id: int) -> Tensor:
@@ -42,27 +43,36 @@ def scst_loss(token_logprobs: Tensor, mask: Tensor, rewards: Tensor, max_len: in
 
 def self_critical_loss(model: HIN, grid: Tensor, region: Tensor,
                        reward: Callable[[Tensor], Tensor], *, beam_size: int, max_len: int,
-                       network: nn.Module | None = None,
-                       autocast: Callable[[], AbstractContextManager] = nullcontext
+                       network: nn.Module | None = None, precision: str = "fp32"
                        ) -> tuple[Tensor, Tensor]:
     """One SCST loss over a batch of images -> (loss, rewards [B, K]).
 
-    The K = beam_size beams are found by cached beam search without gradients (dropout
-    off), `reward(beams [B, K, T]) -> [B, K]` scores them, and one teacher-forced pass of
-    `network` (the model, or its DistributedDataParallel wrapper) with gradients gives the
-    beams' log-probabilities: every image's encoder output is shared by its K beams.
+    One forward of `network` (the model, or its DistributedDataParallel wrapper) under
+    `precision` encodes the images with gradients, in the model's mode (training: encoder
+    dropout on). The K = beam_size beams are searched on a detached copy of that encoding
+    without gradients and with the decoder's dropout off; `reward(beams [B, K, T]) -> [B, K]`
+    scores them; the same encoding (with gradients, dropout masks unchanged) then gives the
+    beams' log-probabilities in one teacher-forced pass, every image's encoding shared by its
+    K beams. As in the reference, search and gradient pass read one encoder output (one
+    dropout mask); unlike it, the decoder searches without dropout and the gradient pass
+    draws its own decoder dropout masks.
     """
     network = network or model
-    was_training = model.training
-    model.eval()
-    with autocast():
-        beams, _ = beam_search(model, grid, region, beam_size=beam_size, max_len=max_len,
-                               out_size=beam_size)
-    beams = beams.clone()   # an ordinary tensor: inference tensors cannot enter autograd
-    model.train(was_training)
+    found: list[Tensor] = []
+
+    def search(enc: EncoderOutput) -> Tensor:
+        was_training = model.training
+        model.eval()
+        beams, _ = beam_search_encoded(model, enc.detach(), beam_size=beam_size,
+                                       max_len=max_len, out_size=beam_size)
+        model.train(was_training)
+        found.append(beams.clone())   # an ordinary tensor: inference tensors cannot enter autograd
+        return teacher_forcing_inputs(found[0], model.config.bos_id)
+
+    with autocast(model.device, precision):
+        logprobs = network(grid, region, search)
+    beams = found[0]
     rewards = reward(beams).to(device=beams.device, dtype=torch.float32)
-    with autocast():
-        logprobs = network(grid, region, teacher_forcing_inputs(beams, model.config.bos_id))
     token_logprobs = logprobs.float().gather(-1, beams[..., None]).squeeze(-1)
     loss = scst_loss(token_logprobs, sequence_mask(beams, model.config.pad_id), rewards, max_len)
     return loss, rewards
