@@ -50,3 +50,37 @@ def write_pictures(directory: Path, sizes: dict[str, tuple[int, int]], seed: int
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(directory / name)
     return directory
+
+
+def tiny_hin_config(vocab_size: int, grid_dim: int, region_dim: int):
+    from hin.config import HINConfig
+
+    return HINConfig(vocab_size=vocab_size, num_layers=2, d_model=32, num_heads=4, d_ff=64,
+                     dropout=0.0, grid_dim=grid_dim, region_dim=region_dim)
+
+
+def write_picture_checkpoint(root: Path, pictures: dict[str, tuple[int, int]], **extra):
+    """Tiny CLIP + DETR, their features of `pictures` (written to root/pictures) in
+    root/grid.h5 and root/region.h5, and a tiny random HIN recording them as its extractors
+    (so it captions pictures) -> (checkpoint path, model, vocabulary). `extra` goes into the
+    checkpoint too."""
+    from hin.checkpoint import save
+    from hin.data.vocab import Vocabulary
+    from hin.extract import build_extractor, extract_to_file, list_images, read_attributes
+    from hin.model import HIN
+
+    folder = write_pictures(root / "pictures", pictures)
+    grid = build_extractor("clip-grid", model=str(write_tiny_clip(root / "clip")), device="cpu")
+    region = build_extractor("detr", model=str(write_tiny_detr(root / "detr")), revision=None,
+                             device="cpu", threshold=0.0, max_regions=4)
+    files = list_images(folder)
+    for extractor, out in ((grid, root / "grid.h5"), (region, root / "region.h5")):
+        extract_to_file(extractor, files, out, workers=0, progress=False)
+    vocab = Vocabulary.from_counts({"a": 9, "red": 8, "dog": 7, "on": 6, "grass": 5}, min_freq=1)
+    torch.manual_seed(1)
+    model = HIN(tiny_hin_config(len(vocab), CLIP_HIDDEN, DETR_D_MODEL)).eval()
+    features = {"grid": read_attributes(root / "grid.h5"),
+                "region": read_attributes(root / "region.h5")}
+    checkpoint = save(root / "tiny.pt", model, vocabulary=vocab.to_dict(), features=features,
+                      **extra)
+    return checkpoint, model, vocab

@@ -31,7 +31,7 @@ from hin.data.vocab import Vocabulary
 from hin.decoding import search
 from hin.devices import resolve_device
 from hin.extract.images import load_rgb
-from hin.extract.pipeline import EXTRACTORS, extractor_from_attributes, prepare_pictures
+from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
 
 Picture = str | Path | Image.Image
@@ -106,16 +106,23 @@ class Captioner:
         return self.caption_pictures(pictures)
 
     def caption_pictures(self, pictures: Sequence[Picture]) -> list[CaptionedImage]:
-        grid_extractor, region_extractor = self.extractors()
         results = []
         for start in range(0, len(pictures), self.batch_size):
             chunk = pictures[start:start + self.batch_size]
             loaded = [p if isinstance(p, Image.Image) else load_rgb(p) for p in chunk]
-            grids = [entry["features"] for entry in prepare_pictures(grid_extractor, loaded)]
-            regions = [entry["features"] for entry in prepare_pictures(region_extractor, loaded)]
+            grids, regions = self.picture_features(loaded)
             names = [_name(p, start + i) for i, p in enumerate(chunk)]
-            results += self.caption_arrays(names, grids, regions)
+            results += self.caption_arrays(names, [entry["features"] for entry in grids],
+                                           [entry["features"] for entry in regions])
         return results
+
+    def picture_features(self, pictures: Sequence[Image.Image]
+                         ) -> tuple[list[ImageEntry], list[ImageEntry]]:
+        """The recorded grid and region extractors' entries for decoded pictures: `features`
+        and whatever else they give (e.g. region `boxes`), one dict per picture."""
+        grid_extractor, region_extractor = self.extractors()
+        return (prepare_pictures(grid_extractor, pictures),
+                prepare_pictures(region_extractor, pictures))
 
     def caption_features(self, grid_path: str | Path, region_path: str | Path,
                          image_ids: Sequence[int]) -> list[CaptionedImage]:
@@ -134,24 +141,37 @@ class Captioner:
             store.close()
 
     def caption_arrays(self, names: Sequence[str], grids: Sequence[np.ndarray],
-                       regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
-        """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
-        rows (or cut) to `max_regions`, exactly as the training loader does."""
+                       regions: Sequence[np.ndarray], decoding: DecodingConfig | None = None
+                       ) -> list[CaptionedImage]:
+        """Grid [Ng, Dg] and region [n, Dr] arrays per image, decoded with `decoding` (default:
+        the Captioner's settings)."""
+        decoding = decoding or self.decoding
+        grid, region = self.feature_tensors(grids, regions)
+        ids, logprobs = search(self.model, grid, region, decoding)
+        return self.captions_from(names, ids, logprobs, decoding)
+
+    def feature_tensors(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image arrays -> the model's grid [B, Ng, Dg] and region [B, max_regions, Dr]
+        inputs. Regions are padded with zero rows (or cut) to `max_regions`, exactly as the
+        training loader does."""
         grid = torch.from_numpy(np.stack(grids).astype(np.float32))
         region = torch.zeros(len(regions), self.max_regions, self.model.config.region_dim)
         for i, rows in enumerate(regions):
             kept = rows[:self.max_regions]
             region[i, :len(kept)] = torch.from_numpy(np.asarray(kept, dtype=np.float32))
-        ids, logprobs = search(self.model, grid, region, self.decoding)
-        scores = logprobs.sum(-1).tolist()
+        return grid, region
+
+    def captions_from(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor,
+                      decoding: DecodingConfig | None = None) -> list[CaptionedImage]:
+        """`search`'s ids and per-token log-probs [B, K, T] -> captions as text with scores."""
+        collapse = (decoding or self.decoding).collapse_repeats
         results = []
-        for name, hypotheses, hypothesis_scores in zip(names, ids.tolist(), scores):
+        for name, hypotheses, scores in zip(names, ids.tolist(), logprobs.sum(-1).tolist()):
             captions = []
-            for tokens, score in zip(hypotheses, hypothesis_scores):
+            for tokens, score in zip(hypotheses, scores):
                 text = self.vocab.decode(tokens)
-                if self.decoding.collapse_repeats:
-                    text = collapse_repeats(text)
-                captions.append(Caption(text, score))
+                captions.append(Caption(collapse_repeats(text) if collapse else text, score))
             results.append(CaptionedImage(name, tuple(captions)))
         return results
 
