@@ -3,5 +3,6 @@
 from hin.model.decoder import DecoderCache
 from hin.model.encoder import EncoderOutput
 from hin.model.hin import HIN
+from hin.model.layers import AttentionTrace
 
-__all__ = ["HIN", "DecoderCache", "EncoderOutput"]
+__all__ = ["HIN", "AttentionTrace", "DecoderCache", "EncoderOutput"]

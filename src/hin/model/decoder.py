@@ -18,7 +18,14 @@ from torch import Tensor, nn
 from hin.config import HINConfig
 from hin.errors import UsageError
 from hin.model.encoder import EncoderOutput
-from hin.model.layers import Attention, FeedForward, KeyValue, PickAttention, mask_to_bias
+from hin.model.layers import (
+    Attention,
+    AttentionTrace,
+    FeedForward,
+    KeyValue,
+    PickAttention,
+    mask_to_bias,
+)
 
 
 def sinusoid_table(rows: int, d_model: int) -> Tensor:
@@ -94,21 +101,26 @@ class DecoderLayer(nn.Module):
         )
 
     def forward(self, x: Tensor, keep: Tensor, self_kv: KeyValue, self_bias: Tensor | None,
-                memory: LayerMemory, region_bias: Tensor) -> Tensor:
+                memory: LayerMemory, region_bias: Tensor, trace: AttentionTrace | None = None) -> Tensor:
         """x [B, K, T, d] new tokens; keep [B, K, T, 1] (0 at padding); self_kv: keys/values
-        of all visible tokens per hypothesis [B·K, h, t, d_k]; self_bias [B·K, 1, T, t]."""
+        of all visible tokens per hypothesis [B·K, h, t, d_k]; self_bias [B·K, 1, T, t].
+        A `trace` receives the direct grid/region attention and the fusion gate z."""
         batch, hyps, steps, d = x.shape
         s = self.self_att.attend(x.reshape(batch * hyps, steps, d), self_kv, self_bias)
         s = s.reshape(batch, hyps * steps, d)     # an image's tokens query its memory together
         keep = keep.reshape(batch, hyps * steps, 1)
         s = s * keep
-        g = self.grid_att.attend(s, memory.grid) * keep
-        r = self.region_att.attend(s, memory.region, region_bias) * keep
+        g = self.grid_att.attend(s, memory.grid,
+                                 probabilities=None if trace is None else trace.decoder_grid) * keep
+        r = self.region_att.attend(s, memory.region, region_bias,
+                                   probabilities=None if trace is None else trace.decoder_region) * keep
         gc = self.grid_cross_region.attend(g, memory.grid_cross_region, region_bias) * keep
         rc = self.region_cross_grid.attend(r, memory.region_cross_grid) * keep
         direct = self.pick_direct(s, g, r) * keep
         crossed = self.pick_crossed(s, gc, rc) * keep
         z = torch.sigmoid(self.gate(s + direct + crossed))
+        if trace is not None:
+            trace.decoder_gate.append(z.float())
         fused = self.proj_direct(direct) * z + self.proj_crossed(crossed) * (1 - z)
         y = self.norm(s + self.dropout(fused)) * keep
         return (self.ff(y) * keep).reshape(batch, hyps, steps, d)
@@ -150,8 +162,9 @@ class Decoder(nn.Module):
     def _logprobs(self, x: Tensor) -> Tensor:
         return F.log_softmax(self.head(x).float(), dim=-1)
 
-    def forward(self, tokens: Tensor, enc: EncoderOutput) -> Tensor:
-        """Teacher forcing: tokens [B, K, T] -> log-probabilities [B, K, T, V]."""
+    def forward(self, tokens: Tensor, enc: EncoderOutput, trace: AttentionTrace | None = None) -> Tensor:
+        """Teacher forcing: tokens [B, K, T] -> log-probabilities [B, K, T, V]. A `trace`
+        receives each layer's attention (queries: an image's K·T tokens, hypothesis-major)."""
         batch, hyps, steps = tokens.shape
         keep = (tokens != self.config.pad_id)
         positions = torch.arange(1, steps + 1, device=tokens.device).expand_as(tokens) * keep
@@ -164,7 +177,7 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             memory = layer.project_memory(*enc.level(i))
             self_kv = layer.self_att.project_kv(x.reshape(batch * hyps, steps, -1))
-            x = layer(x, keep, self_kv, self_bias, memory, region_bias)
+            x = layer(x, keep, self_kv, self_bias, memory, region_bias, trace)
         return self._logprobs(x)
 
     def step(self, tokens: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:

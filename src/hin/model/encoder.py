@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from hin.config import HINConfig
-from hin.model.layers import Attention, FeedForward, mask_to_bias
+from hin.model.layers import Attention, AttentionTrace, FeedForward, mask_to_bias
 
 
 @dataclass
@@ -66,11 +66,15 @@ class CTFALayer(nn.Module):
         self.grid_ff = FeedForward(d, config.d_ff, p)
         self.region_ff = FeedForward(d, config.d_ff, p)
 
-    def forward(self, grid: Tensor, region: Tensor, region_bias: Tensor) -> tuple[Tensor, Tensor]:
-        """grid [B, Ng, d], region [B, Nr, d], region_bias [B, 1, 1, Nr] -> same shapes."""
+    def forward(self, grid: Tensor, region: Tensor, region_bias: Tensor,
+                trace: AttentionTrace | None = None) -> tuple[Tensor, Tensor]:
+        """grid [B, Ng, d], region [B, Nr, d], region_bias [B, 1, 1, Nr] -> same shapes.
+        A `trace` receives the global tokens' attention over grid and regions."""
         batch = grid.shape[0]
-        g = self.grid_global(self.grid_token.expand(batch, -1, -1), grid)
-        r = self.region_global(self.region_token.expand(batch, -1, -1), region, region_bias)
+        g = self.grid_global(self.grid_token.expand(batch, -1, -1), grid,
+                             probabilities=None if trace is None else trace.encoder_grid)
+        r = self.region_global(self.region_token.expand(batch, -1, -1), region, region_bias,
+                               probabilities=None if trace is None else trace.encoder_region)
         a = self.region_asks_grid(r, g)
         b = self.grid_asks_region(g, r)
         w = self.global_gate(torch.cat((a, b), dim=-1)).softmax(dim=-1)
@@ -99,7 +103,8 @@ class Encoder(nn.Module):
         self.attend_regions = nn.ModuleList(Attention(d, h, p) for _ in range(steps))
         self.attend_grid = nn.ModuleList(Attention(d, h, p) for _ in range(steps))
 
-    def forward(self, grid: Tensor, region: Tensor) -> EncoderOutput:
+    def forward(self, grid: Tensor, region: Tensor,
+                trace: AttentionTrace | None = None) -> EncoderOutput:
         """grid [B, Ng, Dg], region [B, Nr, Dr] (raw features; zero rows = padding)."""
         region_mask = (region.abs().sum(dim=-1) == 0)[:, None, None, :]
         dtype = self.grid_proj[0].weight.dtype
@@ -109,7 +114,7 @@ class Encoder(nn.Module):
 
         grid_levels, region_levels = [], []
         for layer in self.layers:
-            grid, region = layer(grid, region, region_bias)
+            grid, region = layer(grid, region, region_bias, trace)
             grid_levels.append(grid)
             region_levels.append(region)
 

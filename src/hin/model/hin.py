@@ -13,6 +13,7 @@ from hin.config import HINConfig
 from hin.errors import UsageError
 from hin.model.decoder import Decoder, DecoderCache
 from hin.model.encoder import Encoder, EncoderOutput
+from hin.model.layers import AttentionTrace
 
 
 class HIN(nn.Module):
@@ -43,17 +44,18 @@ class HIN(nn.Module):
             raise UsageError(f"grid and region batch sizes differ: {grid.shape[0]} vs "
                              f"{region.shape[0]}")
 
-    def encode(self, grid: Tensor, region: Tensor) -> EncoderOutput:
-        """grid [B, Ng, Dg], region [B, Nr, Dr] (zero rows = padding) -> EncoderOutput."""
+    def encode(self, grid: Tensor, region: Tensor, trace: AttentionTrace | None = None) -> EncoderOutput:
+        """grid [B, Ng, Dg], region [B, Nr, Dr] (zero rows = padding) -> EncoderOutput.
+        `trace` (hin.explain only) collects attention probabilities on the way."""
         self._check_features(grid, region)
-        return self.encoder(grid, region)
+        return self.encoder(grid, region, trace)
 
-    def decode(self, tokens: Tensor, enc: EncoderOutput) -> Tensor:
+    def decode(self, tokens: Tensor, enc: EncoderOutput, trace: AttentionTrace | None = None) -> Tensor:
         """Teacher forcing. tokens [B, T] -> [B, T, V]; tokens [B, K, T] (K hypotheses per
         image, e.g. SCST beams) -> [B, K, T, V]. Log-probabilities in float32."""
         if tokens.dim() == 2:
-            return self.decoder(tokens[:, None], enc)[:, 0]
-        return self.decoder(tokens, enc)
+            return self.decoder(tokens[:, None], enc, trace)[:, 0]
+        return self.decoder(tokens, enc, trace)
 
     def forward(self, grid: Tensor, region: Tensor, tokens: Tensor) -> Tensor:
         """encode + decode in one call (what DistributedDataParallel wraps)."""

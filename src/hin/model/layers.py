@@ -8,6 +8,7 @@ every beam. Nothing here knows about captions, files or checkpoints.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,30 @@ uniform instead of NaN."""
 def mask_to_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Boolean mask (True = hidden) -> additive attention bias of `dtype`."""
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, MASK_VALUE)
+
+
+@dataclass
+class AttentionTrace:
+    """Attention probabilities collected for `hin.explain`, each [B, h, Q, N] in float32.
+
+    Passed down only when someone asks for the maps; the normal path passes nothing and
+    never forms the probability matrix (it stays inside scaled_dot_product_attention).
+    """
+
+    encoder_grid: list[Tensor] = field(default_factory=list)     # global grid token, per CTFA layer
+    encoder_region: list[Tensor] = field(default_factory=list)   # global region token, per CTFA layer
+    decoder_grid: list[Tensor] = field(default_factory=list)     # grid_att, per BGAF layer
+    decoder_region: list[Tensor] = field(default_factory=list)   # region_att, per BGAF layer
+    decoder_gate: list[Tensor] = field(default_factory=list)     # fusion gate z [B, Q, d], per BGAF layer
+
+
+def attention_probabilities(q: Tensor, key: Tensor, bias: Tensor | None) -> Tensor:
+    """softmax(q kᵀ / sqrt(d_k) + bias) in float32: what scaled_dot_product_attention weighs
+    the values with. q [B, h, Q, d_k], key [B, h, N, d_k] -> [B, h, Q, N]."""
+    scores = q.float() @ key.float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias.float()
+    return scores.softmax(dim=-1)
 
 
 class KeyValue:
@@ -70,18 +95,24 @@ class Attention(_HeadProjections):
         value = key if value is None else value
         return KeyValue(self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value)))
 
-    def attend(self, query: Tensor, kv: KeyValue, bias: Tensor | None = None) -> Tensor:
-        """query [B, Q, d] over projected `kv`; `bias` broadcasts to [B, h, Q, N] (additive)."""
+    def attend(self, query: Tensor, kv: KeyValue, bias: Tensor | None = None,
+               probabilities: list[Tensor] | None = None) -> Tensor:
+        """query [B, Q, d] over projected `kv`; `bias` broadcasts to [B, h, Q, N] (additive).
+        With a `probabilities` list (the explain path), the attention probabilities
+        [B, h, Q, N] are appended to it; the output is computed the same way either way."""
         q = self._split_heads(self.q_proj(query))
         if bias is not None:
             bias = bias.to(q.dtype)
         heads = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=bias)
+        if probabilities is not None:
+            probabilities.append(attention_probabilities(q, kv.key, bias))
         out = self.out_proj(heads.transpose(1, 2).flatten(-2))
         out = self.dropout(out)
         return self.norm(query + out if self.residual else out)
 
-    def forward(self, query: Tensor, memory: Tensor, bias: Tensor | None = None) -> Tensor:
-        return self.attend(query, self.project_kv(memory), bias)
+    def forward(self, query: Tensor, memory: Tensor, bias: Tensor | None = None,
+                probabilities: list[Tensor] | None = None) -> Tensor:
+        return self.attend(query, self.project_kv(memory), bias, probabilities)
 
 
 class FeedForward(nn.Module):
