@@ -53,14 +53,15 @@ def write_pictures(directory: Path, sizes: dict[str, tuple[int, int]], seed: int
     return directory
 
 
-def tiny_hin_config(vocab_size: int, grid_dim: int, region_dim: int):
+def tiny_hin_config(vocab_size: int, grid_dim: int, region_dim: int, **sizes):
     from hin.config import HINConfig
 
-    return HINConfig(vocab_size=vocab_size, num_layers=2, d_model=32, num_heads=4, d_ff=64,
-                     dropout=0.0, grid_dim=grid_dim, region_dim=region_dim)
+    values = {"num_layers": 2, "d_model": 32, "num_heads": 4, "d_ff": 64, "dropout": 0.0, **sizes}
+    return HINConfig(vocab_size=vocab_size, grid_dim=grid_dim, region_dim=region_dim, **values)
 
 
-def write_picture_checkpoint(root: Path, pictures: dict[str, tuple[int, int]], **extra):
+def write_picture_checkpoint(root: Path, pictures: dict[str, tuple[int, int]],
+                             hin_sizes: dict | None = None, **extra):
     """Tiny CLIP + DETR, their features of `pictures` (written to root/pictures) in
     root/grid.h5 and root/region.h5, and a tiny HIN taught TAUGHT_CAPTION that records them
     as its extractors (so it captions pictures) -> (checkpoint path, model, vocabulary). `extra` goes into the
@@ -80,7 +81,7 @@ def write_picture_checkpoint(root: Path, pictures: dict[str, tuple[int, int]], *
         extract_to_file(extractor, files, out, workers=0, progress=False)
     vocab = Vocabulary.from_counts({"a": 9, "red": 8, "dog": 7, "on": 6, "grass": 5}, min_freq=1)
     torch.manual_seed(1)
-    model = HIN(tiny_hin_config(len(vocab), CLIP_HIDDEN, DETR_D_MODEL))
+    model = HIN(tiny_hin_config(len(vocab), CLIP_HIDDEN, DETR_D_MODEL, **(hin_sizes or {})))
     store = FeatureStore(root / "grid.h5", root / "region.h5", grid_dim=CLIP_HIDDEN,
                          region_dim=DETR_D_MODEL)
     _teach(model, store, [f.image_id for f in files],
