@@ -57,7 +57,7 @@ def start_server(checkpoint: Path, port: int, args: argparse.Namespace,
     command = [sys.executable, "-m", "hin", "serve", "--checkpoint", str(checkpoint),
                "--port", str(port), "--max-batch", str(max_batch), "--max-wait-ms",
                str(args.max_wait_ms), "--device", args.device, "--precision", args.precision,
-               "--log-level", "warning"]
+               "--threads", str(args.threads), "--log-level", "warning"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hin-serve-bench-") as temporary:
@@ -140,7 +141,7 @@ def main() -> None:
         bodies = pictures(32)
         print(f"checkpoint {checkpoint}; {args.requests} requests from {args.clients} clients, "
               f"{PICTURE_SIDE}x{PICTURE_SIDE} PNGs, beam {args.beam}, {args.device}, "
-              f"{args.precision}; {os.cpu_count()} CPUs, load average "
+              f"{args.precision}, {args.threads} torch thread(s); {os.cpu_count()} CPUs, load average "
               f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
         rows = []
         for max_batch in (args.max_batch, 1):

@@ -186,7 +186,7 @@ def test_batcher_groups_by_key_caps_batches_and_survives_a_failing_batch():
 
 
 def test_the_batcher_gathers_requests_within_max_wait_and_runs_a_lone_one():
-    batcher = DynamicBatcher(lambda key, items: items, max_batch=8, max_wait_s=1.0)
+    batcher = DynamicBatcher(lambda key, items: items, max_batch=8, max_wait_s=0.3)
     first, second = batcher.submit("k", 1), batcher.submit("k", 2)
     assert (first.result(5), second.result(5)) == (1, 2)
     assert batcher.submit("k", 3).result(5) == 3      # alone: runs once max_wait has passed

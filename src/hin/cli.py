@@ -331,6 +331,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(args.checkpoint, decoding=_decoding(args), device=args.device,
                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_upload_mb=args.max_upload_mb, keep_uploads=args.keep_uploads)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     app = create_app(settings)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hin serve: warning: listening on {args.host}: anyone who can reach this machine "
@@ -357,6 +361,9 @@ def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
                    help="write every decoded upload to DIR (named by its sha256); by default "
                         "uploads never touch the disk")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for inference (torch.set_num_threads); on a shared "
+                        "machine 1 can be much faster than torch's default")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
                                                            "info", "debug"])
     _add_decoding_options(p, num_captions=True)

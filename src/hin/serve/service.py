@@ -76,14 +76,15 @@ class CaptionService:
 
     def _run_batch(self, options: Options, pictures: list[Image.Image]) -> list[dict[str, Any]]:
         captioner = self.captioner
-        # Features one picture at a time: an extractor may pad a batch to its largest picture
-        # (DETR does), and a caption must not depend on who else was asking. Decoding, where
-        # batching pays, runs on the whole batch.
-        grids, regions = [], []
-        for picture in pictures:
-            grid_entries, region_entries = captioner.picture_features([picture])
-            grids += grid_entries
-            regions += region_entries
+        # Features of same-size pictures together: an extractor may pad a batch to its largest
+        # picture (DETR does), and a caption must not depend on who else was asking.
+        grids: list = [None] * len(pictures)
+        regions: list = [None] * len(pictures)
+        for size in dict.fromkeys(picture.size for picture in pictures):
+            group = [i for i, picture in enumerate(pictures) if picture.size == size]
+            grid_entries, region_entries = captioner.picture_features([pictures[i] for i in group])
+            for i, grid_entry, region_entry in zip(group, grid_entries, region_entries):
+                grids[i], regions[i] = grid_entry, region_entry
         grid, region = captioner.feature_tensors([entry["features"] for entry in grids],
                                                  [entry["features"] for entry in regions])
         ids, logprobs = search(captioner.model, grid, region, options.decoding)
