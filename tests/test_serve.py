@@ -19,6 +19,7 @@ from PIL import Image
 import hin
 from extract_models import write_picture_checkpoint
 from hin.checkpoint import save
+from hin.cli import main
 from hin.config import DecodingConfig
 from hin.extract import read_attributes
 from hin.serve import ServeSettings, create_app
@@ -277,3 +278,15 @@ def test_uploads_are_kept_only_when_asked(served, tmp_path):
         assert client.post("/v1/captions", content=b"not a picture").status_code == 400
     digest = hashlib.sha256(_png(root)).hexdigest()
     assert [path.name for path in kept.iterdir()] == [f"{digest}.png"]
+
+
+def test_hin_serve_refuses_bad_flags_in_one_line(served, tmp_path, capsys):
+    checkpoint, _, _, _ = served
+    assert main(["serve", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--max-batch", "0"]) == 2
+    assert "hin serve: error: --max-batch must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--beam", "12"]) == 2
+    assert "--beam 12 is over the server's limit of 10" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err

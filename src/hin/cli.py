@@ -331,7 +331,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(args.checkpoint, decoding=_decoding(args), device=args.device,
                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_upload_mb=args.max_upload_mb, keep_uploads=args.keep_uploads)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
