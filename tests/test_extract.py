@@ -116,9 +116,15 @@ def test_grid_features_are_post_layernorm_patches_and_projected_class_token(clip
         hidden = model(pixel_values=pixels, output_hidden_states=True)
         patches = model.vision_model.post_layernorm(hidden.last_hidden_state[0, 1:])
     with h5py.File(out) as handle:
-        assert sorted(handle) == ["391895_features", "391895_global", "42_features",
-                                  "42_global", "7_features", "7_global"]
+        assert sorted(handle) == [f"{image_id}_{suffix}" for image_id in ("391895", "42", "7")
+                                  for suffix in ("crop", "features", "global", "size")]
         features, embedding = handle["391895_features"][()], handle["391895_global"][()]
+        # 40x60 picture: resized to 32x48, centre crop x 8..40 = the picture's x 10..50
+        assert handle["391895_size"][()].tolist() == [40, 60]
+        np.testing.assert_allclose(handle["391895_crop"][()], [10, 0, 50, 40])
+        # 50x30 picture: resized to 53x32 (truncated), crop y 10..42 (10.5 rounds to even)
+        np.testing.assert_allclose(handle["42_crop"][()], [0, 10 * 50 / 53, 30, 42 * 50 / 53], rtol=1e-6)
+        np.testing.assert_allclose(handle["7_crop"][()], [0, 0, 33, 33])
     assert features.shape == (CLIP_TOKENS, CLIP_HIDDEN) and features.dtype == np.float16
     assert embedding.shape == (CLIP_PROJECTION,) and embedding.dtype == np.float16
     np.testing.assert_allclose(features, patches.numpy(), atol=2e-3)
@@ -127,7 +133,7 @@ def test_grid_features_are_post_layernorm_patches_and_projected_class_token(clip
     assert read_attributes(out) == {
         "extractor": "clip-grid", "kind": "grid", "model": str(clip_dir),
         "feature_dim": CLIP_HIDDEN, "tokens": CLIP_TOKENS, "global_dim": CLIP_PROJECTION,
-        "image_size": 32, "compute_dtype": "float32"}
+        "image_size": 32, "grid_rows": 4, "grid_cols": 4, "compute_dtype": "float32"}
 
 
 def test_rerun_skips_done_ids_and_adds_new_pictures(clip_dir, pictures, tmp_path):

@@ -220,6 +220,7 @@ def test_explain_returns_the_best_captions_maps_with_their_geometry(served, clie
     assert np.array(explanation["decoder_gate"]).shape == (layers, len(words))
     # a 60x40 picture: CLIP resizes it to 48x32 and crops the centre 32x32 -> x from 10 to 50
     assert explanation["grid"] == {"rows": 4, "cols": 4, "box": [10.0, 0.0, 50.0, 40.0]}
+    assert explanation["missing"] == []
 
 
 def test_a_checkpoint_that_cannot_caption_pictures_serves_the_page_with_the_reason(served,

@@ -109,20 +109,17 @@ class Captioner:
         results = []
         for start in range(0, len(pictures), self.batch_size):
             chunk = pictures[start:start + self.batch_size]
-            loaded = [p if isinstance(p, Image.Image) else load_rgb(p) for p in chunk]
-            grids, regions = self.picture_features(loaded)
+            grid_entries, region_entries = self.picture_entries([load_picture(p) for p in chunk])
             names = [_name(p, start + i) for i, p in enumerate(chunk)]
-            results += self.caption_arrays(names, [entry["features"] for entry in grids],
-                                           [entry["features"] for entry in regions])
+            results += self.caption_arrays(names, [e["features"] for e in grid_entries],
+                                           [e["features"] for e in region_entries])
         return results
 
-    def picture_features(self, pictures: Sequence[Image.Image]
-                         ) -> tuple[list[ImageEntry], list[ImageEntry]]:
-        """The recorded grid and region extractors' entries for decoded pictures: `features`
-        and whatever else they give (e.g. region `boxes`), one dict per picture."""
+    def picture_entries(self, pictures: Sequence[Image.Image]) -> tuple[list[ImageEntry], list[ImageEntry]]:
+        """What the recorded grid and region extractors make of each picture: `features` and,
+        where the extractor provides them, `size`, `crop`, `boxes`, ..."""
         grid_extractor, region_extractor = self.extractors()
-        return (prepare_pictures(grid_extractor, pictures),
-                prepare_pictures(region_extractor, pictures))
+        return prepare_pictures(grid_extractor, pictures), prepare_pictures(region_extractor, pictures)
 
     def caption_features(self, grid_path: str | Path, region_path: str | Path,
                          image_ids: Sequence[int]) -> list[CaptionedImage]:
@@ -141,39 +138,33 @@ class Captioner:
             store.close()
 
     def caption_arrays(self, names: Sequence[str], grids: Sequence[np.ndarray],
-                       regions: Sequence[np.ndarray], decoding: DecodingConfig | None = None
-                       ) -> list[CaptionedImage]:
-        """Grid [Ng, Dg] and region [n, Dr] arrays per image, decoded with `decoding` (default:
-        the Captioner's settings)."""
-        decoding = decoding or self.decoding
-        grid, region = self.feature_tensors(grids, regions)
-        ids, logprobs = search(self.model, grid, region, decoding)
-        return self.captions_from(names, ids, logprobs, decoding)
+                       regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
+        """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
+        rows (or cut) to `max_regions`, exactly as the training loader does."""
+        return self.captioned(names, *search(self.model, *self.batch(grids, regions), self.decoding))
 
-    def feature_tensors(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray]
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image arrays -> the model's grid [B, Ng, Dg] and region [B, max_regions, Dr]
-        inputs. Regions are padded with zero rows (or cut) to `max_regions`, exactly as the
-        training loader does."""
+    def captioned(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor) -> list[CaptionedImage]:
+        """`search`'s ids and per-token log-probs [B, K, T] -> each image's captions with scores."""
+        results = []
+        for name, hypotheses, scores in zip(names, ids.tolist(), logprobs.sum(-1).tolist()):
+            captions = tuple(Caption(self.text(tokens), score) for tokens, score in zip(hypotheses, scores))
+            results.append(CaptionedImage(name, captions))
+        return results
+
+    def text(self, tokens: Sequence[int]) -> str:
+        """Token ids -> the caption as reported (repeats collapsed when the settings say so)."""
+        text = self.vocab.decode(tokens)
+        return collapse_repeats(text) if self.decoding.collapse_repeats else text
+
+    def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image arrays -> the model's float32 batch, regions padded with zero rows (or cut)
+        to `max_regions` exactly as the training loader does."""
         grid = torch.from_numpy(np.stack(grids).astype(np.float32))
         region = torch.zeros(len(regions), self.max_regions, self.model.config.region_dim)
         for i, rows in enumerate(regions):
             kept = rows[:self.max_regions]
             region[i, :len(kept)] = torch.from_numpy(np.asarray(kept, dtype=np.float32))
         return grid, region
-
-    def captions_from(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor,
-                      decoding: DecodingConfig | None = None) -> list[CaptionedImage]:
-        """`search`'s ids and per-token log-probs [B, K, T] -> captions as text with scores."""
-        collapse = (decoding or self.decoding).collapse_repeats
-        results = []
-        for name, hypotheses, scores in zip(names, ids.tolist(), logprobs.sum(-1).tolist()):
-            captions = []
-            for tokens, score in zip(hypotheses, scores):
-                text = self.vocab.decode(tokens)
-                captions.append(Caption(collapse_repeats(text) if collapse else text, score))
-            results.append(CaptionedImage(name, tuple(captions)))
-        return results
 
     def extractors(self) -> tuple[Any, Any]:
         """The grid and region extractors this checkpoint's features came from (built once)."""
@@ -202,6 +193,10 @@ class Captioner:
                 f"{extractor.kind} features of size {extractor.feature_dim}; the checkpoint's "
                 "feature record is inconsistent with its weights")
         return extractor
+
+
+def load_picture(picture: Picture) -> Image.Image:
+    return picture if isinstance(picture, Image.Image) else load_rgb(picture)
 
 
 def _name(picture: Picture, index: int) -> str:

@@ -372,6 +372,62 @@ def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_serve)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from hin.explain import explain, write_figures
+
+    explanations = explain(
+        [args.checkpoint] + ([args.compare] if args.compare else []), pictures=args.pictures,
+        ids=args.ids, grid=args.grid, region=args.region, images=args.images,
+        annotations=args.annotations, split=args.split, limit=args.limit, layer=args.layer,
+        words=args.words, decoding=_decoding(args), device=args.device, batch_size=args.batch_size)
+    layer_label = "mean over layers" if args.layer is None else f"layer {args.layer}"
+    paths = write_figures(explanations, args.out, layer_label)
+    for explanation, path in zip(explanations, paths):
+        scores = [f"{v.label}: {v.caption}" + ("" if v.cider is None else f" (CIDEr-D {v.cider:.3f})")
+                  for v in explanation.views]
+        print(f"{path}  {explanation.name}: " + " | ".join(scores))
+    print(f"wrote {len(paths)} figures and {args.out}/index.html")
+    return 0
+
+
+def _layer(value: str) -> int | None:
+    if value == "mean":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layer takes a layer number (1 = first) or 'mean', got {value!r}") from None
+
+
+def _add_explain_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("explain", help="figures of where the model looks (attention maps) "
+                                            "beside its captions, and an index.html")
+    p.add_argument("pictures", nargs="*", help="picture files (the checkpoint's recorded extractors "
+                                               "are re-run on them)")
+    p.add_argument("--checkpoint", required=True, help="hin checkpoint")
+    p.add_argument("--compare", metavar="CKPT2", help="a second checkpoint drawn in a second column "
+                                                      "(e.g. the XE baseline beside SCST)")
+    p.add_argument("--grid", help="grid feature HDF5 (with --region, and --ids or --split)")
+    p.add_argument("--region", help="region feature HDF5")
+    p.add_argument("--ids", type=int, nargs="+", help="image ids from the feature files")
+    p.add_argument("--images", help="folder of the pictures, named by image id (e.g. "
+                                    "COCO_val2014_000000391895.jpg or 391895.png)")
+    p.add_argument("--annotations", help="annotations (directory or dataset_coco.json): with "
+                                         "--split, the references and each image's CIDEr-D")
+    p.add_argument("--split", choices=["train", "val", "test"], help="explain this split's images")
+    p.add_argument("--limit", type=int, help="only the split's first N images")
+    p.add_argument("--layer", type=_layer, default=None,
+                   help="encoder/decoder layer to show (1 = first) or 'mean' (default)")
+    p.add_argument("--words", nargs="?", const="grid", choices=["grid", "region"],
+                   help="add a strip with one small map per generated word (decoder grid "
+                        "attention, or region with --words region)")
+    p.add_argument("--out", default="runs/explain", help="directory for the PNGs and index.html")
+    _add_decoding_options(p)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
+    p.set_defaults(handler=_explain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hin", description="HIN image captioning: data, training, evaluation, feature "
@@ -452,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default="configs", help="directory with synth_xe/synth_scst.yaml")
     p.set_defaults(handler=_demo)
 
+    _add_explain_commands(commands)
     return parser
 
 

@@ -12,12 +12,25 @@ installed, so the normal encode/decode/beam-search path is untouched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
-from hin.errors import UsageError
+from hin.caption import Captioner, load_picture
+from hin.config import DecodingConfig
+from hin.data.coco import load_split
+from hin.data.features import FeatureStore, ImageGeometry, describe_geometry
+from hin.data.vocab import tokenize
+from hin.decoding import search
+from hin.errors import MissingExtraError, UsageError
+from hin.extract.images import list_images, load_rgb
+from hin.metrics import CiderDTable, cider_d
 from hin.model import HIN, AttentionTrace
 
 
@@ -78,3 +91,489 @@ def attention_maps(model: HIN, grid: Tensor, region: Tensor, tokens: Tensor | No
                     decoder_region=decoder_region.masked_fill(region_mask[:, None, None], 0.0),
                     decoder_gate=torch.stack([z.mean(dim=-1) for z in trace.decoder_gate], dim=1).cpu())
     return AttentionMaps(**maps)
+
+
+# ---- `hin explain`: captions, maps and geometry per image, ready to draw -------------------
+
+WORD_SOURCES = ("grid", "region")
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model's caption and maps for one image, as a figure shows them.
+
+    grid_map [Ng] and region_map [n] (the image's real regions only) are the encoder's global
+    tokens' attention at the chosen layer (or the mean over layers); word_maps [words, Ng or n]
+    the decoder's attention while it produced each word (`word_source`: grid or region).
+    `words` are the generated tokens up to <eos>; `caption` is the reported text.
+    """
+
+    label: str
+    caption: str
+    words: tuple[str, ...]
+    grid_map: np.ndarray
+    region_map: np.ndarray
+    geometry: ImageGeometry
+    word_maps: np.ndarray | None = None
+    word_source: str = "grid"
+    cider: float | None = None
+
+
+@dataclass(frozen=True)
+class ImageExplanation:
+    """Everything one figure shows: the picture (None when it could not be found), one view
+    per model, the references, and notes on what could not be drawn."""
+
+    name: str
+    image_id: int | None
+    picture: Image.Image | None
+    views: tuple[ModelView, ...]
+    references: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def select_layer(maps: Tensor, layer: int | None) -> Tensor:
+    """[B, L, ...] -> [B, ...]: layer `layer` (1-based) or, with None, the mean over layers."""
+    if layer is None:
+        return maps.mean(dim=1)
+    if not 1 <= layer <= maps.shape[1]:
+        raise UsageError(f"--layer must be between 1 and the model's {maps.shape[1]} layers, got {layer}")
+    return maps[:, layer - 1]
+
+
+def generated_words(captioner: Captioner, tokens: Sequence[int]) -> list[int]:
+    """The ids a hypothesis produced before <eos> (what the per-word maps are shown for)."""
+    ids = []
+    for token in tokens:
+        if token in (captioner.vocab.eos_id, captioner.vocab.pad_id):
+            break
+        ids.append(int(token))
+    return ids
+
+
+def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
+                   geometries: Sequence[ImageGeometry], *, label: str, layer: int | None = None,
+                   words: str | None = None) -> list[ModelView]:
+    """Caption a batch of feature arrays with `captioner`'s model and settings, and read the
+    maps of its best caption (teacher-forced: exactly the attention the search used)."""
+    if words is not None and words not in WORD_SOURCES:
+        raise UsageError(f"words must be one of {WORD_SOURCES}, got {words!r}")
+    grid, region = captioner.batch(grids, regions)
+    ids, _ = search(captioner.model, grid, region, captioner.decoding)
+    produced = [generated_words(captioner, hypotheses[0]) for hypotheses in ids.tolist()]
+    # Word k was predicted at input position k - 1: feed <bos> and every word but the last.
+    steps = max(1, max(len(p) for p in produced))
+    tokens = torch.full((len(produced), steps), captioner.vocab.pad_id, dtype=torch.long)
+    tokens[:, 0] = captioner.vocab.bos_id
+    for row, word_ids in enumerate(produced):
+        tokens[row, 1:len(word_ids)] = torch.tensor(word_ids[:-1], dtype=torch.long)
+    maps = attention_maps(captioner.model, grid, region, tokens)
+    grid_maps = select_layer(maps.encoder_grid, layer).numpy()
+    region_maps = select_layer(maps.encoder_region, layer).numpy()
+    decoder = None if words is None else select_layer(getattr(maps, f"decoder_{words}"), layer).numpy()
+    views = []
+    for i, word_ids in enumerate(produced):
+        present = (~maps.region_mask[i]).nonzero()
+        real = int(present[-1]) + 1 if len(present) else 0     # trailing padding dropped
+        word_maps = None
+        if decoder is not None:
+            word_maps = decoder[i, :len(word_ids)] if words == "grid" else decoder[i, :len(word_ids), :real]
+        views.append(ModelView(
+            label=label, caption=captioner.text(word_ids),
+            words=tuple(captioner.vocab.words[t] for t in word_ids),
+            grid_map=grid_maps[i], region_map=region_maps[i, :real], geometry=geometries[i],
+            word_maps=word_maps, word_source=words or "grid"))
+    return views
+
+
+def _label(checkpoint: str | Path) -> str:
+    """`runs/demo/xe/best.pt` -> `xe/best.pt`: short, and tells two runs' best.pt apart."""
+    path = Path(checkpoint)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _picture_files(images: str | Path | None) -> dict[int, Path]:
+    return {} if images is None else {file.image_id: file.path for file in list_images(images)}
+
+
+def _references(annotations: str | Path | None, split: str | None, ids: Sequence[int] | None,
+                limit: int | None) -> tuple[list[int], dict[int, list[str]]]:
+    """The ids to explain and their references: `ids`, or the split's first `limit` images."""
+    if annotations is None:
+        if split is not None:
+            raise UsageError("--split needs --annotations (the directory or dataset_coco.json it comes from)")
+        if not ids:
+            raise UsageError("give pictures, --ids, or --split with --annotations")
+        return list(ids), {}
+    if split is None:
+        raise UsageError("--annotations needs --split: the split whose references are shown "
+                         "(and whose references give CIDEr-D its document frequencies)")
+    images = load_split(annotations, split)
+    if ids:
+        strays = [i for i in ids if i not in images.images]
+        if strays:
+            raise UsageError(f"image ids {strays[:10]} are not in the {split} split of {annotations}")
+        chosen = list(ids)
+    else:
+        chosen = images.image_ids[:limit] if limit is not None else images.image_ids
+    return chosen, images.references()
+
+
+def _cider(explanations: list[ImageExplanation], references: dict[int, list[str]]) -> list[ImageExplanation]:
+    """Each view's CIDEr-D against its image's references, document frequencies from all the
+    given references (the split's), as training's validation scores: spaCy-tokenised text."""
+    scored = [e for e in explanations if e.image_id in references]
+    if not scored:
+        return explanations
+    tokenised = {i: [" ".join(tokenize(c)) for c in captions] for i, captions in references.items()}
+    table = CiderDTable.from_references(tokenised, documents="image", tokenized=True)
+    per_model = []
+    for column in range(len(scored[0].views)):
+        candidates = {e.image_id: e.views[column].caption for e in scored}
+        per_model.append(cider_d(candidates, {i: tokenised[i] for i in candidates}, df=table)[1])
+    result = []
+    for explanation in explanations:
+        if explanation.image_id in references:
+            views = tuple(replace(view, cider=scores[explanation.image_id])
+                          for view, scores in zip(explanation.views, per_model))
+            explanation = replace(explanation, views=views,
+                                  references=tuple(references[explanation.image_id]))
+        result.append(explanation)
+    return result
+
+
+def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path] = (),
+            ids: Sequence[int] | None = None, grid: str | Path | None = None,
+            region: str | Path | None = None, images: str | Path | None = None,
+            annotations: str | Path | None = None, split: str | None = None, limit: int | None = None,
+            layer: int | None = None, words: str | None = None,
+            decoding: DecodingConfig = DecodingConfig(), device: str = "auto",
+            batch_size: int = 8) -> list[ImageExplanation]:
+    """Caption and read the maps of pictures (each checkpoint re-runs its recorded extractors)
+    or of feature-file images (`ids`, or a split's first `limit`), one view per checkpoint."""
+    if not checkpoints:
+        raise UsageError("explain needs at least one checkpoint")
+    if pictures and any(v is not None for v in (ids, grid, region, split, annotations, images)):
+        raise UsageError("give pictures, or feature files (--grid/--region with --ids or --split, pictures "
+                         "found by id in --images), not both")
+    if not pictures and (grid is None or region is None):
+        raise UsageError("give pictures, or both --grid and --region feature files")
+    captioners = [Captioner(c, device=device, decoding=decoding, batch_size=batch_size) for c in checkpoints]
+    labels = [_label(c) for c in checkpoints]
+    if pictures:
+        return [explanation for start in range(0, len(pictures), batch_size)
+                for explanation in _explain_pictures(captioners, labels, pictures[start:start + batch_size],
+                                                     layer, words)]
+    chosen, references = _references(annotations, split, ids, limit)
+    files = _picture_files(images)
+    stores = [FeatureStore(grid, region, max_regions=c.max_regions, grid_dim=c.model.config.grid_dim,
+                           region_dim=c.model.config.region_dim) for c in captioners]
+    try:
+        explanations = []
+        for start in range(0, len(chosen), batch_size):
+            chunk = chosen[start:start + batch_size]
+            columns = []
+            for captioner, label, store in zip(captioners, labels, stores):
+                arrays = [store[i] for i in chunk]
+                columns.append(explain_arrays(captioner, [a[0] for a in arrays], [a[1] for a in arrays],
+                                              [store.geometry(i) for i in chunk], label=label, layer=layer,
+                                              words=words))
+            for row, image_id in enumerate(chunk):
+                picture, notes = None, ()
+                if image_id in files:
+                    picture = load_rgb(files[image_id])
+                else:
+                    where = f"in {images}" if images is not None else "(no --images folder given)"
+                    notes = (f"no picture of image {image_id} {where}: maps drawn on a blank canvas",)
+                explanations.append(ImageExplanation(str(image_id), image_id, picture,
+                                                     tuple(column[row] for column in columns), notes=notes))
+    finally:
+        for store in stores:
+            store.close()
+    return _cider(explanations, references)
+
+
+def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Sequence[str | Path],
+                      layer: int | None, words: str | None) -> list[ImageExplanation]:
+    loaded = [load_picture(p) for p in paths]
+    columns = []
+    for captioner, label in zip(captioners, labels):
+        grid_entries, region_entries = captioner.picture_entries(loaded)
+        grid_extractor, region_extractor = captioner.extractors()
+        geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
+                                        f"the {grid_extractor.name} extractor",
+                                        f"the {region_extractor.name} extractor")
+                      for path, g, r in zip(paths, grid_entries, region_entries)]
+        columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
+                                      [r["features"] for r in region_entries], geometries, label=label,
+                                      layer=layer, words=words))
+    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns))
+            for row, (path, picture) in enumerate(zip(paths, loaded))]
+
+
+# ---- figures (matplotlib, the `plot` extra) -------------------------------------------------
+
+COLORMAP = "magma"
+OVERLAY_ALPHA = 0.6
+PANEL_INCHES = 3.2
+CAPTION_INCHES = 0.7
+WORD_INCHES = 1.6
+DPI = 100
+HEAT_SIDE = 256      # region heat maps are painted at most this many pixels a side
+INDEX_FILE = "index.html"
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise MissingExtraError("hin explain draws with matplotlib: pip install 'hin[plot]' "
+                                "(or pip install matplotlib)") from error
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    return pyplot
+
+
+def region_heat(weights: np.ndarray, boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Attention painted over the boxes: each pixel gets the summed weight of the boxes that
+    cover it. -> [h', w'] over the whole (height, width) picture, h', w' <= HEAT_SIDE."""
+    height, width = size
+    scale = min(1.0, HEAT_SIDE / max(height, width))
+    rows, cols = max(1, round(height * scale)), max(1, round(width * scale))
+    heat = np.zeros((rows, cols), dtype=np.float64)
+    for weight, (x1, y1, x2, y2) in zip(weights, boxes):
+        left, right = int(np.floor(x1 * scale)), int(np.ceil(x2 * scale))
+        top, bottom = int(np.floor(y1 * scale)), int(np.ceil(y2 * scale))
+        heat[max(top, 0):max(bottom, 0), max(left, 0):max(right, 0)] += weight
+    return heat
+
+
+def _canvas(axes: Any, explanation: ImageExplanation,
+            geometry: ImageGeometry) -> tuple[float, float, float, float] | None:
+    """Show the picture (or a blank canvas of its size); -> extent (left, right, bottom, top)
+    in picture pixels, or None when neither the picture nor its size is known."""
+    if explanation.picture is not None:
+        width, height = explanation.picture.size
+        axes.imshow(explanation.picture, extent=(0, width, height, 0))
+    elif geometry.size is not None:
+        height, width = geometry.size
+        axes.imshow(np.full((2, 2, 3), 0.85), extent=(0, width, height, 0))
+    else:
+        return None
+    axes.set_xlim(0, width)
+    axes.set_ylim(height, 0)
+    return (0, width, height, 0)
+
+
+def _no_ticks(axes: Any) -> None:
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _draw_grid(axes: Any, explanation: ImageExplanation, view: ModelView, weights: np.ndarray) -> str | None:
+    """Grid attention as upsampled cells over the picture; -> what could not be placed, if anything."""
+    geometry = view.geometry
+    _no_ticks(axes)
+    peak = float(weights.max()) or 1.0
+    if geometry.grid_placed and (extent := _canvas(axes, explanation, geometry)) is not None:
+        rows, cols = geometry.grid_layout
+        x1, y1, x2, y2 = geometry.grid_box
+        axes.imshow(weights.reshape(rows, cols), cmap=COLORMAP, vmin=0, vmax=peak, alpha=OVERLAY_ALPHA,
+                    interpolation="nearest", extent=(x1, x2, y2, y1))
+        axes.set_xlim(extent[0], extent[1])
+        axes.set_ylim(extent[2], extent[3])
+        return None
+    if geometry.grid_layout is not None:
+        axes.imshow(weights.reshape(geometry.grid_layout), cmap=COLORMAP, vmin=0, vmax=peak,
+                    interpolation="nearest")
+    else:
+        axes.imshow(weights[None], cmap=COLORMAP, vmin=0, vmax=peak, interpolation="nearest", aspect="auto")
+    return "grid map not placed on the picture: " + "; ".join(
+        m for m in geometry.missing if "grid" in m or "size" in m)
+
+
+def _draw_regions(axes: Any, explanation: ImageExplanation, view: ModelView, weights: np.ndarray,
+                  outline: int = 3) -> str | None:
+    """Region attention painted over the boxes (the `outline` strongest outlined); without
+    boxes, a bar per region slot. -> what could not be placed, if anything."""
+    geometry = view.geometry
+    boxes = geometry.boxes
+    problem = None
+    if boxes is None:
+        problem = "; ".join(m for m in geometry.missing if "box" in m)
+    elif len(boxes) < len(weights):
+        problem = f"{len(weights)} regions but only {len(boxes)} boxes recorded"
+    size = geometry.size or (None if explanation.picture is None else explanation.picture.size[::-1])
+    if problem is None and size is None:
+        problem = "; ".join(m for m in geometry.missing if "size" in m)
+    if problem is not None:
+        axes.bar(np.arange(1, len(weights) + 1), weights, color="tab:purple")
+        axes.set_xlabel("region slot")
+        axes.tick_params(labelsize=6)
+        return "region map not placed on the picture: " + problem
+    _no_ticks(axes)
+    extent = _canvas(axes, explanation, replace(geometry, size=tuple(size)))
+    heat = region_heat(weights, boxes[:len(weights)], tuple(size))
+    axes.imshow(heat, cmap=COLORMAP, vmin=0, vmax=float(heat.max()) or 1.0, alpha=OVERLAY_ALPHA,
+                interpolation="nearest", extent=extent)
+    from matplotlib.patches import Rectangle
+    for index in np.argsort(-weights, kind="stable")[:outline]:
+        if weights[index] <= 0:
+            break
+        x1, y1, x2, y2 = boxes[index]
+        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="cyan", linewidth=1.2))
+        axes.text(x1 + 1, y1 + 1, f"{weights[index]:.2f}", color="cyan", fontsize=7, va="top", clip_on=True)
+    axes.set_xlim(extent[0], extent[1])
+    axes.set_ylim(extent[2], extent[3])
+    return None
+
+
+def _wrapped(text: str, width: int) -> str:
+    import textwrap
+    return "\n".join(textwrap.wrap(text, width)) or "(empty caption)"
+
+
+def render(explanation: ImageExplanation, layer_label: str = "mean over layers") -> Any:
+    """The figure of one image, laid out like the paper's qualitative figure: the picture, then
+    per model a column with the global grid token's map, the global region token's map and
+    the caption (with CIDEr-D); references and notes below; optionally per-word strips.
+    Axes are labelled `grid:<column>`, `region:<column>`, `word:<column>:<index>`."""
+    pyplot = _pyplot()
+    views = explanation.views
+    strips = [view for view in views if view.word_maps is not None and len(view.words)]
+    columns = 1 + len(views)
+    size = views[0].geometry.size or (explanation.picture.size[::-1] if explanation.picture else None)
+    panel = PANEL_INCHES * (1.0 if size is None else min(1.0, max(0.5, size[0] / size[1])))   # wide pictures
+    heights = [panel, panel, CAPTION_INCHES] + [WORD_INCHES] * len(strips)
+    total = sum(heights) + 0.9
+    figure = pyplot.figure(figsize=(PANEL_INCHES * columns, total), dpi=DPI)
+    layout = figure.add_gridspec(len(heights), columns, height_ratios=heights, hspace=0.3, wspace=0.08,
+                                 left=0.3 / (PANEL_INCHES * columns), right=0.98, top=1 - 0.55 / total,
+                                 bottom=0.2 / total)
+    notes = list(explanation.notes)
+
+    picture_axes = figure.add_subplot(layout[0, 0], label="picture")
+    _no_ticks(picture_axes)
+    if _canvas(picture_axes, explanation, views[0].geometry) is None:
+        picture_axes.text(0.5, 0.5, "no picture", ha="center", va="center", transform=picture_axes.transAxes)
+    picture_axes.set_title(_wrapped(explanation.name, 40), fontsize=8)
+    for column, view in enumerate(views, start=1):
+        grid_axes = figure.add_subplot(layout[0, column], label=f"grid:{column - 1}")
+        grid_axes.set_title(f"{view.label}\nglobal grid token, {layer_label} (peak {view.grid_map.max():.3f})",
+                            fontsize=7)
+        region_axes = figure.add_subplot(layout[1, column], label=f"region:{column - 1}")
+        peak = f" (peak {view.region_map.max():.3f})" if len(view.region_map) else " (no regions)"
+        region_axes.set_title(f"global region token, {layer_label}{peak}", fontsize=7)
+        for problem in (_draw_grid(grid_axes, explanation, view, view.grid_map),
+                        _draw_regions(region_axes, explanation, view, view.region_map)):
+            if problem and f"{view.label}: {problem}" not in notes:
+                notes.append(f"{view.label}: {problem}")
+        text_axes = figure.add_subplot(layout[2, column], label=f"caption:{column - 1}")
+        text_axes.axis("off")
+        score = "" if view.cider is None else f"\nCIDEr-D {view.cider:.3f}"
+        text_axes.text(0, 1, _wrapped(view.caption, 34) + score, va="top", fontsize=9, fontweight="bold",
+                       transform=text_axes.transAxes)
+    info_axes = figure.add_subplot(layout[1:3, 0], label="references")
+    info_axes.axis("off")
+    lines = ["references:"] + [f"- {r}" for r in explanation.references] if explanation.references else []
+    info_axes.text(0, 1, "\n".join(_wrapped(line, 48) for line in lines + [f"! {n}" for n in notes]),
+                   va="top", fontsize=7, transform=info_axes.transAxes)
+
+    for row, view in enumerate(strips, start=3):
+        strip = layout[row, :].subgridspec(1, max(len(view.words), columns * 2), wspace=0.05)
+        draw = _draw_grid if view.word_source == "grid" else _draw_regions
+        for index, (word, weights) in enumerate(zip(view.words, view.word_maps)):
+            axes = figure.add_subplot(strip[0, index], label=f"word:{views.index(view)}:{index}")
+            if view.word_source == "grid":
+                draw(axes, explanation, view, weights)
+            else:
+                draw(axes, explanation, view, weights, outline=1)
+            axes.set_title(word, fontsize=8)
+            _no_ticks(axes)
+            if index == 0:
+                axes.set_ylabel(f"{view.label}\n{view.word_source} per word", fontsize=7)
+    return figure
+
+
+def figure_name(explanation: ImageExplanation, index: int) -> str:
+    stem = Path(explanation.name).stem if explanation.image_id is None else str(explanation.image_id)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
+    return f"{index:04d}_{safe}.png"
+
+
+def write_figures(explanations: Sequence[ImageExplanation], out: str | Path,
+                  layer_label: str = "mean over layers") -> list[Path]:
+    """One PNG per image in `out`, and `out/index.html` listing them (sortable by CIDEr-D)."""
+    pyplot = _pyplot()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, explanation in enumerate(explanations):
+        figure = render(explanation, layer_label)
+        path = out / figure_name(explanation, index)
+        figure.savefig(path, dpi=DPI)
+        pyplot.close(figure)
+        paths.append(path)
+    write_index(explanations, paths, out / INDEX_FILE)
+    return paths
+
+
+_INDEX_SCRIPT = """
+function sortBy(column) {
+  const body = document.querySelector('tbody');
+  const header = document.querySelectorAll('th')[column];
+  const descending = header.dataset.order !== 'desc';
+  document.querySelectorAll('th').forEach(th => delete th.dataset.order);
+  header.dataset.order = descending ? 'desc' : 'asc';
+  const value = row => {
+    const text = row.children[column].dataset.sort;
+    return text === '' ? -Infinity : Number(text);
+  };
+  [...body.rows].sort((a, b) => descending ? value(b) - value(a) : value(a) - value(b))
+    .forEach(row => body.appendChild(row));
+}
+"""
+
+
+def write_index(explanations: Sequence[ImageExplanation], figures: Sequence[Path], path: Path) -> Path:
+    """A self-contained page (no network) listing every figure with its captions and CIDEr-D;
+    a click on a CIDEr-D or # heading sorts by it."""
+    from html import escape
+
+    labels = [view.label for view in explanations[0].views] if explanations else []
+    header = ["<th onclick='sortBy(0)'>#</th>", "<th>figure</th>", "<th>image</th>"]
+    for offset, label in enumerate(labels):
+        header.append(f"<th>{escape(label)} caption</th>")
+        header.append(f"<th onclick='sortBy({4 + 2 * offset})'>{escape(label)} CIDEr-D</th>")
+    rows = []
+    for index, (explanation, figure) in enumerate(zip(explanations, figures)):
+        cells = [f"<td data-sort='{index}'>{index}</td>",
+                 f"<td><a href='{escape(figure.name)}'><img src='{escape(figure.name)}' loading='lazy'></a></td>",
+                 f"<td>{escape(explanation.name)}<br><small>{'<br>'.join(map(escape, explanation.references))}"
+                 "</small></td>"]
+        for view in explanation.views:
+            score = "" if view.cider is None else f"{view.cider:.3f}"
+            cells.append(f"<td>{escape(view.caption)}</td>")
+            cells.append(f"<td data-sort='{score}'>{score or '–'}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>hin explain: {len(rows)} images</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ccc; padding: 4px; vertical-align: top; }}
+th[onclick] {{ cursor: pointer; text-decoration: underline; }}
+th[data-order=desc]::after {{ content: ' ▼'; }} th[data-order=asc]::after {{ content: ' ▲'; }}
+img {{ max-width: 360px; }}
+</style>
+<script>{_INDEX_SCRIPT}</script></head>
+<body><h1>hin explain: {len(rows)} images</h1>
+<p>Each figure: the picture, then per model the encoder's global grid token and global region token
+attention and the caption. Click a CIDEr-D heading to sort.</p>
+<table><thead><tr>{''.join(header)}</tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table></body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -5,6 +5,13 @@ Grid file: `<image_id>_features` [Ng, Dg] (optionally `<image_id>_global`). Regi
 Regions are padded with zero rows or truncated to `max_regions`; the model recognises
 padding as all-zero rows (spec §2), so padding is exactly zero. Zero regions is valid.
 
+Geometry, for putting attention maps back on the picture (`FeatureStore.geometry`): the grid
+file's attributes `hin_grid_rows`, `hin_grid_cols` (tokens in row-major order) and per image
+`<image_id>_size` (h, w) and `<image_id>_crop` (x1, y1, x2, y2: the part of the picture, in
+its pixels, that the grid's cells divide evenly); the region file's `<image_id>_boxes`
+(x1, y1, x2, y2 in picture pixels) and `<image_id>_size`. Whatever a file does not record is
+reported as missing, never assumed.
+
 Each process opens its own read-only handle lazily (safe under fork, spawn and forkserver
 DataLoader workers); arrays are read one entry at a time in their on-disk dtype (fp16 stays
 fp16 until the batch is built). This module must never substitute anything for a missing or
@@ -14,7 +21,7 @@ malformed entry: it raises, naming the image id, the file and the fix.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,42 @@ def feature_key(image_id: int) -> str:
     return f"{image_id}{FEATURES_SUFFIX}"
 
 
+GRID_ROWS, GRID_COLS = "grid_rows", "grid_cols"     # grid file attributes (with ATTRIBUTE_PREFIX)
+GEOMETRY_SUFFIXES = ("size", "crop", "boxes")
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where one image's grid cells and regions lie on its picture (pixels; see module docstring).
+
+    A field is None where the feature files do not record it; `missing` then says what cannot
+    be placed and why, naming the file, so a figure can say so instead of guessing.
+    """
+
+    image_id: int | str                                   # or the picture's name
+    size: tuple[int, int] | None                          # (height, width) of the picture
+    grid_layout: tuple[int, int] | None                   # (rows, cols)
+    grid_box: tuple[float, float, float, float] | None    # x1, y1, x2, y2 covered by the grid
+    boxes: np.ndarray | None                              # [n, 4] x1, y1, x2, y2
+    missing: tuple[str, ...] = ()
+
+    @property
+    def grid_placed(self) -> bool:
+        """The grid's cells can be drawn on the picture."""
+        return self.grid_layout is not None and self.grid_box is not None
+
+    def cell_boxes(self) -> np.ndarray:
+        """[rows·cols, 4] picture-pixel box of every grid token, row-major."""
+        if not self.grid_placed:
+            raise DataError(f"image {self.image_id}: the grid cannot be placed on the picture: "
+                            + "; ".join(self.missing))
+        rows, cols = self.grid_layout
+        x1, y1, x2, y2 = self.grid_box
+        xs, ys = np.linspace(x1, x2, cols + 1), np.linspace(y1, y2, rows + 1)
+        row, col = np.divmod(np.arange(rows * cols), cols)
+        return np.stack((xs[col], ys[row], xs[col + 1], ys[row + 1]), axis=1)
+
+
 def read_attributes(path: str | Path) -> dict[str, object]:
     """What made a feature file (its `hin_*` attributes, without the prefix): extractor, model,
     feature_dim, ... Empty for files not written by `hin extract` (released or synthetic
@@ -45,6 +88,50 @@ def read_attributes(path: str | Path) -> dict[str, object]:
 
 def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, object],
+                      grid_entry: Mapping[str, np.ndarray], region_entry: Mapping[str, np.ndarray],
+                      grid_tokens: int | None, grid_source: str, region_source: str) -> ImageGeometry:
+    """ImageGeometry from what a grid and a region source record for one image: the grid's
+    attributes (`grid_rows`, `grid_cols`) and per-image arrays by suffix (`size`, `crop`,
+    `boxes`), from feature files or straight from extractors. Sources name them in messages."""
+    missing = []
+    sizes = {source: tuple(int(v) for v in entry["size"])
+             for source, entry in ((grid_source, grid_entry), (region_source, region_entry)) if "size" in entry}
+    size = next(iter(sizes.values()), None)
+    if len(set(sizes.values())) > 1:
+        missing.append(f"the picture sizes disagree ({'; '.join(f'{s}: {v}' for s, v in sizes.items())})")
+        size = None
+    elif size is None:
+        missing.append(f"no picture size ('{image_id}_size') in {grid_source} or {region_source}")
+
+    layout = None
+    rows, cols = grid_attributes.get(GRID_ROWS), grid_attributes.get(GRID_COLS)
+    if rows is None or cols is None:
+        missing.append(f"{grid_source} does not record the grid layout "
+                       f"({ATTRIBUTE_PREFIX}{GRID_ROWS}/{ATTRIBUTE_PREFIX}{GRID_COLS} attributes)")
+    elif grid_tokens is not None and int(rows) * int(cols) != grid_tokens:
+        missing.append(f"{grid_source} records a {rows}x{cols} grid but image {image_id} has "
+                       f"{grid_tokens} grid tokens")
+    else:
+        layout = (int(rows), int(cols))
+    grid_box = None
+    if "crop" in grid_entry:
+        grid_box = tuple(float(v) for v in grid_entry["crop"])
+    else:
+        missing.append(f"{grid_source} does not record which part of the picture the grid covers "
+                       f"('{image_id}_crop')")
+
+    boxes = None
+    if "boxes" not in region_entry:
+        missing.append(f"{region_source} has no region boxes ('{image_id}_boxes') for image {image_id}")
+    else:
+        boxes = np.asarray(region_entry["boxes"], dtype=np.float32).reshape(-1, 4)
+        if len(boxes) and not boxes.any():
+            missing.append(f"{region_source} holds only all-zero boxes for image {image_id}")
+            boxes = None
+    return ImageGeometry(image_id, size, layout, grid_box, boxes, tuple(missing))
 
 
 class HDF5File:
@@ -150,6 +237,19 @@ class FeatureStore:
         if problem is not None:
             raise DataError(f"{file.path}: image {image_id}: {problem}; {CHECK_FIX}")
         return array
+
+    def geometry(self, image_id: int) -> ImageGeometry:
+        """What the files record about where image `image_id`'s grid cells and regions lie."""
+        def entries(file: HDF5File) -> dict[str, np.ndarray]:
+            names = {suffix: f"{image_id}_{suffix}" for suffix in GEOMETRY_SUFFIXES}
+            return {suffix: file.handle[name][()] for suffix, name in names.items() if name in file.handle}
+
+        grid = self.grid.handle
+        tokens = grid[feature_key(image_id)].shape[0] if feature_key(image_id) in grid else None
+        layout = {key: _plain(grid.attrs[ATTRIBUTE_PREFIX + key]) for key in (GRID_ROWS, GRID_COLS)
+                  if ATTRIBUTE_PREFIX + key in grid.attrs}
+        return describe_geometry(image_id, layout, entries(self.grid), entries(self.region), tokens,
+                                 str(self.grid.path), str(self.region.path))
 
     def missing(self, image_ids: Iterable[int]) -> dict[str, list[int]]:
         """Per file, the given ids without a features entry (names only; fast)."""

@@ -7,17 +7,23 @@ Per image, from transformers' CLIP vision tower (ViT-L/14 at 224 px by default):
 - `global` [768]: `visual_projection(pooler_output)`, i.e. CLIP's image embedding, not
   normalised.
 Both are stored as float16, the released layout. Pictures are prepared as CLIP does
-(images.ClipPreprocessor). Weights come from a local folder or the Hugging Face cache; this
-module never substitutes anything for weights it cannot load.
+(images.ClipPreprocessor). For figures, each image also gets `size` (h, w) and `crop`
+(x1, y1, x2, y2: the square of the picture the patches cover, in its pixels), and the file
+records the patch layout (`grid_rows` x `grid_cols`, row-major). Weights come from a local
+folder or the Hugging Face cache; this module never substitutes anything for weights it
+cannot load.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
+from hin.data.features import GRID_COLS, GRID_ROWS
 from hin.devices import resolve_device
 from hin.extract.images import ClipPreprocessor
 from hin.extract.pipeline import (
@@ -29,6 +35,29 @@ from hin.extract.pipeline import (
 )
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
+
+@dataclass(frozen=True)
+class ClipPicture:
+    pixels: np.ndarray                              # [3, size, size] prepared
+    height: int                                     # of the original picture
+    width: int
+    crop: tuple[float, float, float, float]         # what the pixels show, in picture pixels
+
+
+@dataclass(frozen=True)
+class ClipPicturePreprocessor:
+    """CLIP's preparation, keeping where the prepared square lies on the picture (picklable)."""
+
+    prepare: ClipPreprocessor
+
+    @property
+    def size(self) -> int:
+        return self.prepare.size
+
+    def __call__(self, picture: Image.Image) -> ClipPicture:
+        return ClipPicture(self.prepare(picture), picture.height, picture.width,
+                           self.prepare.crop_box(picture.width, picture.height))
 
 
 @register_extractor("clip-grid")
@@ -49,8 +78,9 @@ class ClipGridExtractor:
         config = self.model.config
         self.feature_dim = config.hidden_size
         self.global_dim = config.projection_dim
-        self.tokens = (config.image_size // config.patch_size) ** 2
-        self.preprocess = ClipPreprocessor(size=config.image_size)
+        self.grid_side = config.image_size // config.patch_size
+        self.tokens = self.grid_side ** 2
+        self.preprocess = ClipPicturePreprocessor(ClipPreprocessor(size=config.image_size))
 
     @classmethod
     def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
@@ -62,15 +92,18 @@ class ClipGridExtractor:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "feature_dim": self.feature_dim, "tokens": self.tokens,
                 "global_dim": self.global_dim, "image_size": self.preprocess.size,
+                GRID_ROWS: self.grid_side, GRID_COLS: self.grid_side,
                 "compute_dtype": str(self.dtype).removeprefix("torch.")}
 
     @torch.inference_mode()
-    def __call__(self, prepared: Sequence[np.ndarray]) -> list[ImageEntry]:
-        pixels = torch.from_numpy(np.stack(prepared)).to(self.device, self.dtype)
+    def __call__(self, prepared: Sequence[ClipPicture]) -> list[ImageEntry]:
+        pixels = torch.from_numpy(np.stack([p.pixels for p in prepared])).to(self.device, self.dtype)
         vision = self.model.vision_model(pixel_values=pixels)
         patches = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
         embeddings = self.model.visual_projection(vision.pooler_output)
         patches = patches.to(torch.float16).cpu().numpy()
         embeddings = embeddings.to(torch.float16).cpu().numpy()
-        return [{"features": grid, "global": embedding}
-                for grid, embedding in zip(patches, embeddings)]
+        return [{"features": grid, "global": embedding,
+                 "size": np.array([picture.height, picture.width], dtype=np.int64),
+                 "crop": np.array(picture.crop, dtype=np.float32)}
+                for grid, embedding, picture in zip(patches, embeddings, prepared)]

@@ -131,11 +131,24 @@ class ClipPreprocessor:
             return self.size, int(self.size * height / width)
         return int(self.size * width / height), self.size
 
+    def crop_offset(self, width: int, height: int) -> tuple[int, int]:
+        """(left, top) of the centre crop in the resized picture."""
+        resized_width, resized_height = self.resized_shape(width, height)
+        return round((resized_width - self.size) / 2), round((resized_height - self.size) / 2)
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a `width` x `height` picture that the prepared square shows, in its own
+        pixels (x1, y1, x2, y2): where the grid's cells lie on the picture."""
+        resized_width, resized_height = self.resized_shape(width, height)
+        left, top = self.crop_offset(width, height)
+        scale_x, scale_y = width / resized_width, height / resized_height
+        return (left * scale_x, top * scale_y, (left + self.size) * scale_x, (top + self.size) * scale_y)
+
     def __call__(self, picture: Image.Image) -> np.ndarray:
         """RGB picture -> float32 [3, size, size]."""
         width, height = self.resized_shape(*picture.size)
         resized = picture.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-        left, top = round((width - self.size) / 2), round((height - self.size) / 2)
+        left, top = self.crop_offset(*picture.size)
         cropped = np.asarray(resized, dtype=np.float32)[top:top + self.size, left:left + self.size]
         scaled = cropped / np.float32(255.0)
         normalised = (scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)

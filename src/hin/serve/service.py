@@ -82,17 +82,16 @@ class CaptionService:
         regions: list = [None] * len(pictures)
         for size in dict.fromkeys(picture.size for picture in pictures):
             group = [i for i, picture in enumerate(pictures) if picture.size == size]
-            grid_entries, region_entries = captioner.picture_features([pictures[i] for i in group])
+            grid_entries, region_entries = captioner.picture_entries([pictures[i] for i in group])
             for i, grid_entry, region_entry in zip(group, grid_entries, region_entries):
                 grids[i], regions[i] = grid_entry, region_entry
-        grid, region = captioner.feature_tensors([entry["features"] for entry in grids],
-                                                 [entry["features"] for entry in regions])
+        grid, region = captioner.batch([entry["features"] for entry in grids],
+                                       [entry["features"] for entry in regions])
         ids, logprobs = search(captioner.model, grid, region, options.decoding)
-        captioned = captioner.captions_from(["upload"] * len(pictures), ids, logprobs,
-                                            options.decoding)
+        captioned = captioner.captioned(["upload"] * len(pictures), ids, logprobs)
         answers = [{"captions": result.to_dict()["captions"]} for result in captioned]
         if options.explain:
-            explained = explain_batch(captioner, grid, region, ids[:, 0], pictures, grids, regions)
+            explained = explain_batch(captioner, grid, region, ids[:, 0], grids, regions)
             for answer, explanation in zip(answers, explained):
                 answer["explanation"] = explanation
         return answers

@@ -145,7 +145,7 @@ function drawOverlay(canvas, kind, values) {
   if (!values) return "";
   const top = Math.max(...values, 1e-12);
   if (kind === "grid") {
-    if (!explanation.grid) return explanation.grid_note;
+    if (!explanation.grid) return "grid map not drawn: " + explanation.missing.join("; ");
     const { rows, cols, box } = explanation.grid;
     const cellW = (box[2] - box[0]) / cols, cellH = (box[3] - box[1]) / rows;
     values.forEach((v, i) => {
@@ -156,7 +156,7 @@ function drawOverlay(canvas, kind, values) {
     });
     return `${rows}x${cols} grid; brighter = more attention (max ${top.toFixed(3)})`;
   }
-  if (!explanation.regions) return explanation.regions_note;
+  if (!explanation.regions) return "region map not drawn: " + explanation.missing.join("; ");
   const boxes = explanation.regions.boxes;
   const order = values.map((v, i) => i).sort((a, b) => values[a] - values[b]);
   for (const i of order) {
