@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from hin.config import HINConfig
+from hin.devices import resolve_device
 from hin.model import HIN
 
 
@@ -33,7 +34,7 @@ def paper_size_parser(description: str, beam_search: bool = False) -> argparse.A
 def paper_size_model(device_name: str) -> tuple[torch.device, HIN]:
     """The chosen device and the paper's HIN on it (HINConfig() defaults, random weights from
     seed 0)."""
-    device = pick_device(device_name)
+    device = resolve_device(device_name)
     torch.manual_seed(0)
     return device, HIN(HINConfig()).to(device)
 
@@ -44,12 +45,6 @@ def random_features(batch: int, args: argparse.Namespace, config: HINConfig,
     features: speed and memory depend only on their shapes."""
     return (torch.randn(batch, args.grid_tokens, config.grid_dim, device=device),
             torch.randn(batch, args.regions, config.region_dim, device=device))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def synchronize(device: torch.device) -> None:

@@ -4,7 +4,7 @@ dynamic batching and one request at a time (--max-batch 1).
 Starts `hin serve` as a subprocess on a free loopback port, sends a bounded number of
 requests (default 200 from 16 concurrent clients, raw PNG bodies, keep-alive connections)
 after a short warm-up, and stops the server. Without --checkpoint it builds a demo-sized
-model that captions pictures: HIN with the synthetic demo's sizes (configs/synth_xe.yaml:
+model that captions pictures: HIN with the synthetic demo's sizes (the synth_xe config:
 2 layers, d_model 128, 4 heads, d_ff 256) over the tests' tiny random CLIP and DETR
 extractors, taught one five-word caption; the pictures are 64x64 like the synthetic world's.
 Usage: python benchmarks/serve.py [--checkpoint CKPT] [--requests 200] [--clients 16]

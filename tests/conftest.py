@@ -13,7 +13,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="session")
 def golden() -> dict:
-    """Outputs of the reference implementation (see ../shared/golden/README.md)."""
+    """The reference implementation's weights, inputs and outputs for a small model (its
+    state dict, encoder outputs, log-probabilities and beam-search results)."""
     return torch.load(FIXTURES / "hin_reference_small.pt", weights_only=True)
 
 

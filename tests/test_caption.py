@@ -1,8 +1,9 @@
 """`hin caption` / `hin.Captioner`: precomputed features and pictures, end to end on tiny
 checkpoints, and clear refusals when a checkpoint's features cannot be made from pictures.
 
-The features-path checkpoint is a tiny HIN briefly fitted here (Adam, teacher forcing through
-`model.decode`) on the synthetic dataset's features: the training package is not on main yet.
+The features-path checkpoint is a tiny HIN briefly fitted here (40 Adam steps, teacher forcing
+through `model.decode`) on the synthetic dataset's features: enough to caption above chance in
+a second, where a `hin train` run would take far longer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
 from hin.data.synth import generate
-from hin.data.vocab import Vocabulary
+from hin.data.vocab import Vocabulary, VocabularyError
 from hin.decoding import beam_search
 from hin.extract import (
     image_id_from_name,
@@ -101,6 +102,25 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
         assert len(entry["captions"][0]["caption"].split()) >= 2
 
 
+def test_caption_refuses_a_vocab_that_differs_from_the_recorded_one(synth_checkpoint, tmp_path,
+                                                                    capsys):
+    checkpoint, root = synth_checkpoint
+    vocab = Vocabulary.load(root / "vocab.json")
+    words = list(vocab.words)
+    words[5], words[6] = words[6], words[5]       # right size, another word order
+    Vocabulary(words, vocab.counts).save(tmp_path / "swapped.json")
+    assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.hdf5"),
+                 "--region", str(root / "region.hdf5"), "--ids", "100001",
+                 "--vocab", str(tmp_path / "swapped.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"hin caption: error: the vocabulary {tmp_path / 'swapped.json'} differs from the one "
+        f"recorded in {checkpoint} at entry 5: {words[5]!r} instead of {words[6]!r}; the recorded "
+        "vocabulary is used by default: leave out --vocab\n")
+    assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.hdf5"),
+                 "--region", str(root / "region.hdf5"), "--ids", "100001",
+                 "--vocab", str(root / "vocab.json")]) == 0
+
+
 def test_caption_missing_feature_entry_names_the_id(synth_checkpoint, capsys):
     checkpoint, root = synth_checkpoint
     assert main(["caption", "--checkpoint", str(checkpoint), "--grid", str(root / "grid.hdf5"),
@@ -163,7 +183,7 @@ def test_inconsistent_checkpoint_and_missing_vocabulary_are_refused(picture_setu
                                               r"recorded grid extractor 'detr'"):
         hin.Captioner(checkpoint)(root / "pictures" / "12.png")
     bare = save(tmp_path / "bare.pt", model)
-    with pytest.raises(CheckpointError, match=r"carries no vocabulary; pass the one it was "
+    with pytest.raises(VocabularyError, match=r"carries no vocabulary; pass the one it was "
                                               r"trained with"):
         hin.Captioner(bare)
 
@@ -174,3 +194,15 @@ def test_unreadable_picture_is_named(picture_setup, tmp_path, capsys):
     broken.write_bytes(b"no picture here")
     assert main(["caption", str(broken), "--checkpoint", str(checkpoint)]) == 2
     assert "broken.jpg: UnidentifiedImageError" in capsys.readouterr().err
+
+
+def test_picture_over_the_pixel_limit_is_one_line(picture_setup, monkeypatch, capsys):
+    checkpoint, root, _, _ = picture_setup
+    monkeypatch.setenv("HIN_MAX_PIXELS", "2000")      # the 60x40 picture has 2400
+    picture = root / "pictures" / "COCO_val2014_000000000011.jpg"
+    assert main(["caption", "--checkpoint", str(checkpoint), str(picture)]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]          # above it: transformers' weight-loading bars
+    assert "Traceback" not in err and last.startswith("hin caption: error: ")
+    assert f"{picture}: 60x40 is 2,400 pixels, over the limit of 2,000" in last
+    assert "HIN_MAX_PIXELS=2400" in last

@@ -1,11 +1,16 @@
 """Checkpoint formats: strict reference import, our atomic format, clear errors."""
 
+import errno
+import os
+
 import pytest
 import torch
 
-from conftest import tiny_model
-from hin.checkpoint import CheckpointError, import_reference, load, reference_name, save
+from conftest import tiny_features, tiny_model
+from hin.checkpoint import CheckpointError, import_reference, load, read, reference_name, save
 from hin.cli import main
+from hin.model import HIN
+from reference_checkpoints import save_like_reference_training
 
 
 def reference_state(golden):
@@ -63,10 +68,11 @@ def test_truncated_file_is_a_clear_error(golden, tmp_path):
     good = save(tmp_path / "good.pt", tiny_model())
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="truncated or corrupted") as error:
         load(truncated)
+    assert "weights_only" not in str(error.value)
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
-        import_reference(truncated)
+        import_reference(truncated, num_heads=4)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -122,5 +128,128 @@ def test_cli_import_checkpoint(golden, tmp_path, capsys):
 def test_cli_reports_bad_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["import-checkpoint", str(bad), str(tmp_path / "o.pt")]) == 2
-    assert "hin import-checkpoint: error:" in capsys.readouterr().err
+    assert main(["import-checkpoint", str(bad), str(tmp_path / "o.pt"), "--heads", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hin import-checkpoint: error: {bad} could not be read as a PyTorch "
+                          "checkpoint (UnpicklingError: ") and "truncated or corrupted" in err
+    assert "weights_only" not in err and len(err.splitlines()) == 1
+
+
+class RunsAShellCommand:
+    """What a malicious checkpoint pickles: unpickling it would run `touch MARKER`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickled_os_system_is_refused_by_name_and_never_runs(golden, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    bad = tmp_path / "bad.pth"
+    state = save_like_reference_training(reference_state(golden), tmp_path / "ref.pth")
+    payload = torch.load(state, weights_only=False)
+    torch.save({**payload, "hook": RunsAShellCommand(marker)}, bad)
+    refused = f"{os.system.__module__}.system"
+    for attempt in (lambda: load(bad), lambda: import_reference(bad, num_heads=4)):
+        with pytest.raises(CheckpointError, match=rf"bad\.pth pickles {refused}: hin loads only "
+                                                  "tensors") as error:
+            attempt()
+        assert "truncated" not in str(error.value) and "weights_only" not in str(error.value)
+    assert main(["import-checkpoint", str(bad), str(tmp_path / "out.pt"), "--heads", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"pickles {refused}:" in err and len(err.splitlines()) == 1
+    assert not marker.exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_numpy_object_arrays_stay_refused(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "objects.pt"
+    torch.save({"values": np.array([{"a": 1}], dtype=object)}, path)
+    with pytest.raises(CheckpointError, match=r"objects\.pt pickles numpy\.dtypes\.ObjectDType: "):
+        read(path)
+
+
+def test_a_reference_training_checkpoint_keeps_its_numpy_entries(golden, tmp_path):
+    payload = read(save_like_reference_training(reference_state(golden), tmp_path / "ref.pth"))
+    name, keys, *_ = payload["numpy_rng_state"]
+    assert name == "MT19937" and keys.dtype.name == "uint32" and keys.shape == (624,)
+    assert float(payload["val_cider"]) == pytest.approx(1.0873)
+    assert payload["scheduler"]["last_epoch"] == 2
+
+
+def test_a_directory_is_not_called_missing(tmp_path, capsys):
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+        load(tmp_path)
+    assert main(["import-checkpoint", str(tmp_path), str(tmp_path / "o.pt"), "--heads", "8"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_import_checkpoint_requires_heads(golden, tmp_path, capsys):
+    reference = tmp_path / "ref.pth"
+    torch.save({"state_dict": reference_state(golden)}, reference)
+    with pytest.raises(SystemExit) as stopped:
+        main(["import-checkpoint", str(reference), str(tmp_path / "out.pt")])
+    assert stopped.value.code == 2
+    assert "the following arguments are required: --heads" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="num_heads"):
+        import_reference(reference)
+
+
+def test_import_checkpoint_never_overwrites_its_input_unless_forced(golden, tmp_path, capsys):
+    reference = tmp_path / "ref.pth"
+    torch.save({"state_dict": reference_state(golden)}, reference)
+    before = reference.read_bytes()
+    same = tmp_path / "." / "ref.pth"
+    assert main(["import-checkpoint", str(reference), str(same), "--heads", "4"]) == 2
+    assert "is the reference checkpoint itself" in capsys.readouterr().err
+    assert reference.read_bytes() == before
+    assert main(["import-checkpoint", str(reference), str(same), "--heads", "4", "--force"]) == 0
+    assert load(reference)[0].config.num_heads == 4
+
+
+def test_loading_builds_the_model_without_initialising_it(tmp_path, monkeypatch):
+    model = tiny_model(seed=3)
+    path = save(tmp_path / "model.pt", model)
+    initialised_on = []
+    real_reset = HIN.reset_parameters
+
+    def recording_reset(self):
+        initialised_on.append(self.decoder.head.weight.device.type)
+        real_reset(self)
+    monkeypatch.setattr(HIN, "reset_parameters", recording_reset)
+    loaded, _ = load(path)
+    assert initialised_on == ["meta"]
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert not any(t.is_meta for t in tensors)
+    assert all(p.requires_grad for p in loaded.parameters())
+    assert torch.equal(loaded.decoder.position_table, model.decoder.position_table)
+    grid, region = tiny_features()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(grid, region).grid, model.encode(grid, region).grid)
+
+
+def test_import_copies_the_reference_tensors(golden):
+    state = reference_state(golden)
+    model = import_reference(state, num_heads=4)
+    with torch.no_grad():
+        model.decoder.head.weight.zero_()
+    assert state["decoder.fc.weight"].abs().sum() > 0
+
+
+def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = save(tmp_path / "last.pt", tiny_model(seed=1))
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=rf"no space left on the device writing {path}; "
+                                              r"the previous last\.pt is intact"):
+        save(path, tiny_model(seed=2))
+    assert path.read_bytes() == before
+    with pytest.raises(CheckpointError, match=r"no last\.pt was written"):
+        save(tmp_path / "sub" / "last.pt", tiny_model(seed=2))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["last.pt"]

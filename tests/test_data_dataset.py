@@ -49,7 +49,7 @@ def test_caption_pairs_batch(parts):
 def test_region_padding_rows_are_exactly_zero(parts):
     split, store, _ = parts
     batch = collate([ImageReferences(split, store)[index] for index in range(4)])
-    padding = batch.region.abs().sum(-1) == 0  # the model's mask rule (spec §2)
+    padding = batch.region.abs().sum(-1) == 0  # the model's mask rule (docs/model.md §2)
     assert padding.tolist() == [[False, False, True], [True, True, True],
                                 [False, False, False], [False, True, True]]
     assert batch.tokens is None and batch.image_ids == [1, 2, 3, 4]

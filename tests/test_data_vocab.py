@@ -5,7 +5,7 @@ import pickle
 import pytest
 
 from data_files import FIXTURES
-from hin.data.vocab import Vocabulary, VocabularyError, tokenize
+from hin.data.vocab import Vocabulary, VocabularyError, tokenize, vocabulary_for
 
 LEGACY = FIXTURES / "vocab_m2_legacy.pkl"
 
@@ -96,3 +96,43 @@ def test_json_errors_name_the_file(tmp_path):
     values["words"] = ["a", "<pad>", "<bos>", "<eos>", "<unk>"]
     with pytest.raises(VocabularyError, match="must start with the specials"):
         Vocabulary.from_dict(values)
+
+
+def test_a_checkpoints_recorded_vocabulary_is_the_one_used(tmp_path):
+    vocab = Vocabulary.from_counts({"red": 3, "green": 2, "ball": 1}, min_freq=1)
+    same = tmp_path / "same.json"
+    vocab.save(same)
+    recorded = {"vocabulary": vocab.to_dict()}
+    for given in (None, same):
+        used = vocabulary_for("model.pt", recorded, given, size=7)
+        assert used.words == vocab.words and used.source == "recorded in model.pt"
+    used = vocabulary_for("imported.pt", {}, same, size=7)      # no record: the file is used
+    assert used.words == vocab.words and used.source == str(same)
+    assert used.digest() == vocab.digest() != Vocabulary(vocab.words[:-1], [0] * 6).digest()
+
+
+def test_a_vocab_file_that_differs_from_the_recorded_one_is_refused(tmp_path):
+    vocab = Vocabulary.from_counts({"red": 3, "green": 2, "ball": 1}, min_freq=1)
+    swapped = tmp_path / "swapped.json"
+    words = list(vocab.words)
+    words[4], words[5] = words[5], words[4]
+    Vocabulary(words, vocab.counts).save(swapped)
+    with pytest.raises(VocabularyError) as error:
+        vocabulary_for("model.pt", {"vocabulary": vocab.to_dict()}, swapped, size=7)
+    assert str(error.value) == (
+        f"the vocabulary {swapped} differs from the one recorded in model.pt at entry 4: 'green' "
+        "instead of 'red'; the recorded vocabulary is used by default: leave out --vocab")
+    longer = tmp_path / "longer.json"
+    Vocabulary([*vocab.words, "cube"], [*vocab.counts, 1]).save(longer)
+    with pytest.raises(VocabularyError, match="at entry 7: 'cube' instead of nothing"):
+        vocabulary_for("model.pt", {"vocabulary": vocab.to_dict()}, longer, size=7)
+
+
+def test_without_a_recorded_vocabulary_a_file_of_the_right_size_is_needed(tmp_path):
+    vocab = Vocabulary.from_counts({"red": 3, "green": 2, "ball": 1}, min_freq=1)
+    vocab.save(tmp_path / "v.json")
+    with pytest.raises(VocabularyError, match=r"imported\.pt carries no vocabulary; pass the one "
+                                              r"it was trained with \(--vocab"):
+        vocabulary_for("imported.pt", {}, None, size=7)
+    with pytest.raises(VocabularyError, match=r"has 7 entries but imported\.pt was trained with 9"):
+        vocabulary_for("imported.pt", {}, tmp_path / "v.json", size=9)

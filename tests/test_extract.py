@@ -243,3 +243,15 @@ def test_cli_names_missing_weights(tmp_path, pictures, capsys):
     assert main(["extract", "grid", "--images", str(pictures), "--out", str(tmp_path / "g.h5"),
                  "--model", str(tmp_path / "nowhere")]) == 2
     assert "could not load CLIPVisionModelWithProjection weights" in capsys.readouterr().err
+
+
+def test_extraction_skips_pictures_over_the_pixel_limit_and_says_the_limit(clip_dir, pictures,
+                                                                           tmp_path, monkeypatch):
+    monkeypatch.setenv("HIN_MAX_PIXELS", "2000")      # 2400 pixels is over; 1500 and 1089 are not
+    extractor = build_extractor("clip-grid", model=str(clip_dir), device="cpu")
+    report = extract_to_file(extractor, list_images(pictures), tmp_path / "grid.h5", workers=0,
+                             progress=False)
+    assert report.written == 2
+    [(path, reason)] = report.failed
+    assert path.name == "COCO_val2014_000000391895.jpg"
+    assert "over the limit of 2,000" in reason and "HIN_MAX_PIXELS=2400" in reason

@@ -76,6 +76,9 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
     assert [c["sha256"] for c in metrics["checkpoints"]] == [
         hashlib.sha256(c.read_bytes()).hexdigest() for c in checkpoints]
     assert metrics["checkpoints"][0]["config"]["d_model"] == 16
+    assert metrics["vocabulary"] == {"source": data.vocabulary, "sha256": vocab.digest(),
+                                     "size": len(vocab)}
+    assert "vocabulary" not in metrics["data"]
     assert metrics["unavailable"] == {"SPICE": "not requested"}
     assert set(metrics["tools"]) == {"pycocoevalcap", "java"}
     assert set(metrics["versions"]) == {"hin", "torch"}
@@ -91,7 +94,7 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
 def test_images_without_references_get_captions_only(world):
     root, data, checkpoints, _ = world
     result = evaluate(checkpoints[:1], "features", data, decoding=DecodingConfig(beam_size=2, max_len=5),
-                      out_dir=root / "server", progress=False)
+                      out_dir=root / "server", progress=False, vocab=data.vocabulary)
     assert result.report is None
     assert [path.name for path in result.written] == ["captions.json"]
     assert not (root / "server" / "metrics.json").exists()
@@ -101,7 +104,34 @@ def test_images_without_references_get_captions_only(world):
 def test_vocabulary_must_match_the_checkpoint(world, tmp_path):
     root, data, checkpoints, vocab = world
     Vocabulary(vocab.words[:-1], [1] * (len(vocab) - 1)).save(tmp_path / "small.json")
-    small = DataConfig(**{**data.to_dict(), "vocabulary": str(tmp_path / "small.json")})
     with pytest.raises(ValueError, match=f"has {len(vocab) - 1} entries but .*model0.pt was "
                                          f"trained with {len(vocab)}"):
-        evaluate(checkpoints[:1], "test", small, progress=False)
+        evaluate(checkpoints[:1], "test", data, vocab=tmp_path / "small.json", progress=False)
+
+
+def test_evaluate_uses_and_records_the_checkpoints_own_vocabulary(world, tmp_path, capsys):
+    root, data, checkpoints, vocab = world
+    model, _ = load(checkpoints[0])
+    recorded = save(tmp_path / "recorded.pt", model, vocabulary=vocab.to_dict())
+    words = list(vocab.words)
+    words[4], words[5] = words[5], words[4]
+    Vocabulary(words, vocab.counts).save(tmp_path / "swapped.json")
+    arguments = _cli_args(data, [recorded], "val", tmp_path / "out")
+    arguments[arguments.index("--vocab") + 1] = str(tmp_path / "swapped.json")
+    assert main(arguments) == 2
+    assert capsys.readouterr().err == (
+        f"hin evaluate: error: the vocabulary {tmp_path / 'swapped.json'} differs from the one "
+        f"recorded in {recorded} at entry 4: {words[4]!r} instead of {words[5]!r}; the recorded "
+        "vocabulary is used by default: leave out --vocab\n")
+    with pytest.raises(ValueError, match=r"the vocabulary recorded in .*other\.pt differs from "
+                                         r"the one recorded in .*recorded\.pt at entry 4"):
+        evaluate([recorded, save(tmp_path / "other.pt", model,
+                                 vocabulary=Vocabulary(words, vocab.counts).to_dict())],
+                 "val", data, progress=False)
+
+    evaluate([recorded], "val", DataConfig(**{**data.to_dict(), "vocabulary": "absent.json"}),
+             decoding=DecodingConfig(beam_size=2, max_len=5), out_dir=tmp_path / "out",
+             spice=False, progress=False)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["vocabulary"] == {"source": f"recorded in {recorded}",
+                                     "sha256": vocab.digest(), "size": len(vocab)}

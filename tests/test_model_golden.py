@@ -8,17 +8,36 @@ import pytest
 import torch
 
 from hin.checkpoint import import_reference, load, save
+from hin.cli import main
 from hin.decoding import beam_search
+from reference_checkpoints import as_if_pickled_by_numpy_1, save_like_reference_training
 
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=["imported", "saved-and-loaded"])
+@pytest.fixture(scope="module", params=["imported", "saved-and-loaded", "reference-training-file",
+                                        "numpy-1-training-file-via-cli"])
 def model(request, golden, tmp_path_factory):
-    imported = import_reference(golden["state_dicts"][0], num_heads=golden["config"]["h"])
+    """The golden weights, imported from a state_dict, through our own format, from a file
+    saved the way the reference's train.py saves (numpy RNG state and floats inside), and
+    from such a file as numpy 1.x pickled it, converted by `hin import-checkpoint`."""
+    heads = golden["config"]["h"]
+    folder = tmp_path_factory.mktemp("ckpt")
+    if request.param == "reference-training-file":
+        return import_reference(save_like_reference_training(golden["state_dicts"][0],
+                                                             folder / "ref.pth"), num_heads=heads)
+    if request.param == "numpy-1-training-file-via-cli":
+        saved = save_like_reference_training(golden["state_dicts"][0], folder / "ref2.pth")
+        reference = as_if_pickled_by_numpy_1(saved, folder / "ref.pth")
+        assert main(["import-checkpoint", str(reference), str(folder / "hin.pt"),
+                     "--heads", str(heads)]) == 0
+        loaded, extra = load(folder / "hin.pt")
+        assert extra == {}
+        return loaded
+    imported = import_reference(golden["state_dicts"][0], num_heads=heads)
     if request.param == "imported":
         return imported
-    path = save(tmp_path_factory.mktemp("ckpt") / "small.pt", imported)
+    path = save(folder / "small.pt", imported)
     loaded, extra = load(path)
     assert extra == {}
     return loaded

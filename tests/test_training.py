@@ -5,11 +5,14 @@ checkpoint comes from validation alone, and 2 gloo processes train as one.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,11 +27,9 @@ from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
 from hin.model import HIN
 from hin.training import loop
-from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
+from hin.training.loop import RunDirectoryError, TrainingError, TrainingInterrupted, resume, start
 from hin.training.runlog import LOG_FILE
 from training_runs import BATCHES_PER_EPOCH, TRAIN_IMAGES, ddp_worker, tiny_overrides
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_resolved_config_is_written_and_stored_in_every_checkpoint(synth, uninte
 def test_a_second_start_into_an_existing_run_is_refused(synth, uninterrupted):
     run_dir, _ = uninterrupted
     before = (run_dir / loop.LAST).read_bytes()
-    with pytest.raises(TrainingError, match=r"already holds a run.*hin train --resume"):
+    with pytest.raises(RunDirectoryError, match=r"already holds a run.*hin train --resume"):
         start(config(synth, run_dir), progress=False)
     assert (run_dir / loop.LAST).read_bytes() == before
 
@@ -181,8 +182,7 @@ def test_a_signal_saves_the_step_it_interrupted_and_the_run_resumes(synth, tmp_p
 def test_cli_exits_130_after_saving_on_sigint(synth, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     send_signal_during_step(monkeypatch, signal.SIGINT, step=3)
-    code = main(["train", "--config", str(REPO / "configs" / "synth_xe.yaml"),
-                 *tiny_overrides(synth, run_dir)])
+    code = main(["train", "--config", "synth_xe", *tiny_overrides(synth, run_dir)])
     assert code == 130
     assert f"hin train --resume {run_dir}" in capsys.readouterr().err
     assert saved(run_dir)[1]["training"]["progress"]["step"] == 3
@@ -269,6 +269,9 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
     xe_model, _ = checkpoint.load(xe_run / loop.BEST)
     scst_model, extra = checkpoint.load(best)
     assert scst_model.config == xe_model.config        # the architecture comes from --init
+    init = {"path": str(xe_run / loop.BEST), "sha256": checkpoint.sha256(xe_run / loop.BEST)}
+    assert extra["init"] == init and saved(run_dir)[1]["init"] == init
+    assert log_records(run_dir, "init") == [{"event": "init", **init}]
     assert extra["validation"]["CIDEr-D"] == log_records(run_dir, "epoch")[0]["val"]["CIDEr-D"]
     assert any(not torch.equal(a, b) for a, b in zip(xe_model.state_dict().values(),
                                                        scst_model.state_dict().values()))
@@ -283,6 +286,156 @@ def test_scst_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, 
     start(config(synth, stopped, *scst, "train.max_steps=3"), init=init, progress=False)
     resume(stopped, ["train.max_steps=0"], progress=False)
     assert saved(stopped)[1]["training"]["progress"] == saved(whole)[1]["training"]["progress"]
+    assert saved(stopped)[1]["init"] == saved(whole)[1]["init"]       # kept across the resume
     assert_same_tensors(saved(whole)[0], saved(stopped)[0])
     rewards = [[r["reward"] for r in log_records(run, "step")] for run in (whole, stopped)]
     assert len(rewards[0]) == 4 and rewards[1] == rewards[0]
+
+
+def train_cli(synth: Path, run_dir: Path, *extra: str) -> int:
+    return main(["train", "--config", "synth_xe",
+                 *tiny_overrides(synth, run_dir, *extra)])
+
+
+def one_line_error(capsys) -> str:
+    """The error the command ended with (after any progress bars): one line, no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n"), err
+    return err.splitlines()[-1] + "\n"
+
+
+@pytest.mark.parametrize("name", loop.RUN_FILES)
+def test_any_run_file_makes_a_directory_an_existing_run(synth, tmp_path, capsys, name):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / name).write_text("from an earlier run\n")
+    assert train_cli(synth, run_dir) == 2
+    assert one_line_error(capsys) == (
+        f"hin train: error: {run_dir} already holds a run ({name}); continue it with "
+        f"`hin train --resume {run_dir}` or choose another run_dir\n")
+    assert [p.name for p in run_dir.iterdir()] == [name]
+    assert (run_dir / name).read_text() == "from an earlier run\n"
+
+
+def test_a_finished_run_says_how_to_extend_it(synth, uninterrupted, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run_dir)
+    before = (run_dir / loop.LAST).read_bytes()
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert one_line_error(capsys) == (
+        f"hin train: error: the run in {run_dir} is finished: it trained all train.epochs=2 "
+        f"epochs. To train on, resume with a higher limit, e.g. `hin train --resume {run_dir} "
+        "train.epochs=7` (any number of epochs above it)\n")
+    assert (run_dir / loop.LAST).read_bytes() == before
+
+    resume(run_dir, ["train.epochs=3"], progress=False)
+    progress = saved(run_dir)[1]["training"]["progress"]
+    assert (progress["epoch"], progress["step"]) == (4, 3 * BATCHES_PER_EPOCH)
+    assert [r["epoch"] for r in log_records(run_dir, "epoch")] == [1, 2, 3]
+
+
+def test_a_run_stopped_by_the_stopping_rule_says_how_to_extend_it(synth, uninterrupted,
+                                                                   tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run_dir)
+    payload = checkpoint.read_hin(run_dir / loop.LAST)
+    payload["extra"]["training"]["progress"].update(epochs_since_best=2, done=True)
+    torch.save(payload, run_dir / loop.LAST)
+    rule = ["train.epochs=9", "train.patience=2", "train.min_epochs=1"]
+    with pytest.raises(RunDirectoryError, match=r"stopped by the stopping rule after epoch 2 "
+                                                r"\(2 epochs without a better validation score, "
+                                                r"train.patience=2\).*train.patience=7` \(train.patience=0: no "
+                                                r"early stopping\)$"):
+        resume(run_dir, rule)
+
+
+def test_max_steps_reached_is_finished_and_stale_temporary_files_are_removed(synth, tmp_path,
+                                                                            capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")   # a kill during a save
+    assert train_cli(synth, run_dir, "train.max_steps=3") == 0
+    assert not (run_dir / ".last.pt.x1y2.tmp").exists()
+    (run_dir / ".best.pt.z3.tmp").write_bytes(b"half a checkpoint")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert one_line_error(capsys).endswith(
+        "it reached train.max_steps=3 (step 3). To train on, resume with a higher limit, e.g. "
+        f"`hin train --resume {run_dir} train.max_steps=1003` (train.max_steps=0: no step "
+        "limit)\n")
+    assert saved(run_dir)[1]["training"]["progress"]["step"] == 3
+    assert main(["train", "--resume", str(run_dir), "train.max_steps=4"]) == 0
+    assert saved(run_dir)[1]["training"]["progress"]["step"] == 4
+    assert not (run_dir / ".best.pt.z3.tmp").exists()
+
+
+def test_scst_needs_init_and_init_fixes_the_model(synth, uninterrupted, tmp_path, capsys):
+    run_dir = tmp_path / "scst"
+    assert train_cli(synth, run_dir, "train.stage=scst") == 2
+    assert "train.stage=scst fine-tunes a trained model: give the cross-entropy checkpoint to " \
+           "start from with --init" in one_line_error(capsys)
+    init = uninterrupted[0] / loop.BEST
+    assert main(["train", "--config", "synth_scst", "--init",
+                 str(init), *tiny_overrides(synth, run_dir, "model.d_model=64",
+                                            "model.dropout=0.1")]) == 2
+    assert one_line_error(capsys) == (
+        f"hin train: error: the model settings come from --init {init}, but model.d_model=64 "
+        "(checkpoint: 32) differ from it: drop those model.* settings (or train from scratch "
+        "without --init)\n")
+    assert not (run_dir / loop.LOG_FILE).exists()
+
+
+def test_a_resumed_run_keeps_its_model_and_takes_no_init(synth, uninterrupted, capsys):
+    run_dir = uninterrupted[0]
+    assert main(["train", "--resume", str(run_dir), "model.d_ff=128", "train.epochs=3"]) == 2
+    assert "a resumed run keeps its model: model.d_ff=128 (checkpoint: 64) differ" in \
+        one_line_error(capsys)
+    assert main(["train", "--resume", str(run_dir), "--init", str(run_dir / loop.BEST)]) == 2
+    assert "--init starts a new run" in one_line_error(capsys)
+
+
+def test_an_unsupported_device_is_one_line(synth, tmp_path, capsys):
+    assert train_cli(synth, tmp_path / "run", "train.device=tpu") == 2
+    assert one_line_error(capsys) == ("hin train: error: unknown device 'tpu': use auto, cpu, cuda "
+                                      "or cuda:N\n")
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line(synth, tmp_path, capsys, monkeypatch):
+    def refused(*args, **kwargs):   # what the OS answers in a read-only directory (even root's,
+        raise PermissionError(errno.EACCES, "Permission denied")   # on a read-only mount)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    run_dir = tmp_path / "run"
+    assert train_cli(synth, run_dir) == 2
+    assert one_line_error(capsys) == (
+        f"hin train: error: cannot write in the run directory {run_dir} (Permission denied): "
+        "choose another run_dir or make it writable\n")
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_last_checkpoint(synth, tmp_path, capsys,
+                                                                   monkeypatch):
+    run_dir = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def disk_fills_up(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(*args, **kwargs)
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    assert train_cli(synth, run_dir, "train.checkpoint_every=2", "train.max_steps=5") == 2
+    assert one_line_error(capsys) == (
+        f"hin train: error: no space left on the device writing {run_dir / loop.LAST}; the "
+        "previous last.pt is intact. Free some space and try again\n")
+    monkeypatch.undo()
+    assert saved(run_dir)[1]["training"]["progress"]["step"] == 2
+    assert sorted(p.name for p in run_dir.iterdir() if p.suffix in (".pt", ".tmp")) == [loop.LAST]
+
+
+def test_a_nonfinite_loss_before_any_checkpoint_claims_none(synth, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    nan_loss_at_batch(monkeypatch, 2)
+    assert train_cli(synth, run_dir) == 1
+    err = one_line_error(capsys)
+    assert "non-finite loss (nan) at step 2 (epoch 1, batch 2); no checkpoint was saved before it" \
+        in err and "last good checkpoint" not in err
+    assert not (run_dir / loop.LAST).exists()

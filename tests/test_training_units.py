@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from hin.cli import main
 from hin.config import ConfigError, RunConfig
 from hin.training.distributed import Context, EpochOrder
 from hin.training.loop import capture_rng, restore_rng
 from hin.training.schedule import lr_factor, scst_lr_factor, should_stop, xe_lr_factor
 from hin.training.scst import scst_loss, sequence_mask, teacher_forcing_inputs
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "src" / "hin" / "configs"
 
 
 def test_xe_schedule_warms_up_then_decays_by_epoch():
@@ -154,5 +155,54 @@ def test_learning_rates_in_scientific_notation_are_numbers(tmp_path):
     assert RunConfig.load(path).train.lr == 1e-4
     assert RunConfig.load(path, ["train.lr=2E-5"]).train.lr == 2e-5
     assert RunConfig.load(None, ["run_dir=runs/1e3x"]).run_dir == "runs/1e3x"
-    with pytest.raises(ConfigError, match="lr must be a positive number"):
+    with pytest.raises(ConfigError, match="train.lr=.fast.: expected a number"):
         RunConfig.load(None, ["train.lr=fast"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.bf16=maybe", "train.bf16='maybe': expected true or false (bool)"),
+    ("model.dropout=high", "model.dropout='high': expected a number (float)"),
+    ("train.epochs=true", "train.epochs=True: expected an integer (int)"),
+    ("train.epochs=2.5", "train.epochs=2.5: expected an integer (int)"),
+    ("data.vocabulary=[a]", "data.vocabulary=['a']: expected a string (str)"),
+])
+def test_values_must_have_their_declared_type(override, message, capsys):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.load(None, [override])
+    assert str(error.value) == message
+    assert main(["train", "--config", str(CONFIGS / "synth_xe.yaml"), override]) == 2
+    assert capsys.readouterr().err == f"hin train: error: {message}\n"
+
+
+def test_integers_are_accepted_where_numbers_are_expected():
+    config = RunConfig.load(None, ["train.lr=1", "model.dropout=0"])
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+    assert config.model.dropout == 0.0 and isinstance(config.model.dropout, float)
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused_with_its_line(tmp_path, capsys):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  epochs: 3\nmodel:\n  d_model: 64\ntrain:\n  lr: 1.0e-4\n")
+    message = f"config file {path} line 5: key 'train' is given twice (first on line 1); keep one"
+    with pytest.raises(ConfigError) as error:
+        RunConfig.load(path)
+    assert str(error.value) == message
+    assert main(["train", "--config", str(path)]) == 2
+    assert capsys.readouterr().err == f"hin train: error: {message}\n"
+
+
+def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: [1e-4\nmodel:\n  d_model: 64\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hin train: error: config file {path} line 4: ") and err.count("\n") == 1
+    assert main(["train", "--config", str(CONFIGS / "synth_xe.yaml"), "train.lr=[1"]) == 2
+    assert "override 'train.lr=[1': '[1' is not a value" in capsys.readouterr().err
+
+
+def test_an_empty_run_dir_is_refused(capsys):
+    with pytest.raises(ConfigError, match="run_dir is empty"):
+        RunConfig.load(None, ["run_dir="])
+    assert main(["train", "--config", str(CONFIGS / "synth_xe.yaml"), "run_dir="]) == 2
+    assert "run_dir is empty: name the run's directory" in capsys.readouterr().err

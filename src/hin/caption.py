@@ -27,7 +27,7 @@ from PIL import Image
 from hin.checkpoint import CheckpointError, load
 from hin.config import DataConfig, DecodingConfig
 from hin.data.features import FeatureStore
-from hin.data.vocab import Vocabulary
+from hin.data.vocab import vocabulary_for
 from hin.decoding import search
 from hin.devices import resolve_device
 from hin.extract.images import load_rgb
@@ -80,24 +80,9 @@ class Captioner:
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
         self.model, self.extra = load(self.checkpoint, map_location=self.device)
-        self.vocab = self._vocabulary(vocab)
+        self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
         self.decoding, self.batch_size, self.max_regions = decoding, batch_size, max_regions
         self._extractors: tuple[Any, Any] | None = None
-
-    def _vocabulary(self, vocab: str | Path | None) -> Vocabulary:
-        if vocab is not None:
-            loaded = Vocabulary.load(vocab)
-        elif isinstance(self.extra.get("vocabulary"), dict):
-            loaded = Vocabulary.from_dict(self.extra["vocabulary"], source=str(self.checkpoint))
-        else:
-            raise CheckpointError(f"{self.checkpoint} carries no vocabulary; pass the one it was "
-                                  "trained with (--vocab vocab.json, or vocab=...)")
-        if len(loaded) != self.model.config.vocab_size:
-            raise CheckpointError(f"the vocabulary has {len(loaded)} entries but "
-                                  f"{self.checkpoint} was trained with "
-                                  f"{self.model.config.vocab_size}; give the vocabulary it was "
-                                  "trained with")
-        return loaded
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
         """Caption one picture or several (paths or PIL images)."""
@@ -184,7 +169,8 @@ class Captioner:
                     "records no extractor for them)")
             raise CheckpointError(f"{self.checkpoint} was trained on {what}, so hin cannot "
                                   f"compute them from pictures; {FEATURES_INSTEAD}")
-        extractor = extractor_from_attributes(recorded, device=str(self.device))
+        extractor = extractor_from_attributes(recorded, device=str(self.device),
+                                              precision=self.decoding.precision)
         expected = getattr(self.model.config, f"{kind}_dim")
         if extractor.kind != kind or extractor.feature_dim != expected:
             raise CheckpointError(

@@ -2,7 +2,14 @@
 
 Our format is one `torch.save` dict: format tag, the model config, the weights and any
 extra entries a caller adds (vocabulary, training state). It is written atomically and
-read with `weights_only=True`, so loading never executes pickled code.
+read with `weights_only=True`, so loading never executes pickled code. The only objects
+beyond tensors and plain Python data that a checkpoint may hold are numpy arrays, dtypes and
+scalars: the reference's training script saves `np.random.get_state()` and numpy floats in
+its published checkpoints. A file that pickles anything else is refused, naming what it
+pickles.
+
+Models are built on the meta device and given the loaded tensors, so loading never spends
+time on a random initialisation that is thrown away.
 
 The reference's parameter names live only here, in `reference_name`. Imports are strict:
 the only keys that may be absent from our model are the reference's decoding-state
@@ -11,12 +18,15 @@ buffers; anything else missing, unexpected or mis-shaped is an error naming the 
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -65,21 +75,94 @@ class CheckpointError(HINError, ValueError):
     """A checkpoint that cannot be used, with what is wrong and how to fix it."""
 
 
-def _torch_load(path: Path) -> Any:
+def _numpy_globals() -> list[tuple[Any, str]]:
+    """What unpickling numpy arrays, dtypes and scalars calls, under the names both numpy 1.x
+    (`numpy.core.multiarray`) and numpy 2.x (`numpy._core.multiarray`) write into pickles.
+    The functions are taken from numpy's own pickles, so they are right for either numpy.
+    Only numeric dtypes: an object array could smuggle arbitrary objects."""
+    reconstruct = np.zeros(0).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
+    named = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        named += [(reconstruct, f"{module}._reconstruct"), (scalar, f"{module}.scalar")]
+    for code in "?bBhHiIlLqQefdgFDG":     # bool, (unsigned) integers, floats, complex
+        dtype_class = type(np.dtype(code))
+        named.append((dtype_class, f"{dtype_class.__module__}.{dtype_class.__qualname__}"))
+    return named
+
+
+NUMPY_GLOBALS = _numpy_globals()
+
+
+def read(path: str | Path) -> Any:
+    """`torch.load` of a checkpoint file on the CPU, allowing nothing but tensors, plain
+    Python data and numpy arrays/dtypes/scalars; the errors say which of "not a file",
+    "pickles something we do not load" and "damaged" it is."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file: give the file "
+                              "inside it (a hin run directory holds best.pt and last.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several unrelated types for unreadable files
+    with torch.serialization.safe_globals(NUMPY_GLOBALS):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several unrelated types for unreadable files
+            refused = _refused_globals(path, error)
+            reason = _reason(error)
+    if refused:
         raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no details'}); the file may be "
-            f"truncated or corrupted, or not a checkpoint at all: copy or save it again") from error
+            f"{path} pickles {', '.join(refused)}: hin loads only tensors, numbers, strings, "
+            "containers and numpy arrays from checkpoints, never code or other objects. Export "
+            "the weights where the file was made (torch.save(model.state_dict(), ...))")
+    raise CheckpointError(
+        f"{path} could not be read as a PyTorch checkpoint ({reason}); the file may be "
+        "truncated or corrupted, or not a checkpoint at all: copy or save it again")
+
+
+def _refused_globals(path: Path, error: Exception) -> list[str]:
+    """The pickled classes/functions the safe loader refused: every global the pickle names
+    beyond the allowlist, and the class it would have had to build (an object array's dtype)."""
+    try:
+        refused = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:   # not a zip checkpoint (the legacy format, or no checkpoint at all)
+        refused = set()
+    for named_global, built_class in re.findall(r"GLOBAL (\S+)|but got <class '([^']+)'>",
+                                                str(error)):
+        refused.add(named_global or built_class)
+    return sorted(refused)
+
+
+def _reason(error: Exception) -> str:
+    """torch's message without its boilerplate (which advises `weights_only=False`: never)."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    lines = [line.strip() for line in str(error).splitlines()]
+    useful = [line for line in lines
+              if line and "weights_only" not in line and not line.startswith(boilerplate)]
+    return f"{type(error).__name__}: {useful[0] if useful else 'no details'}"
+
+
+def sha256(path: str | Path) -> str:
+    """Hex digest of a file's bytes: how runs and reports name the checkpoints they used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _assembled(config: HINConfig, state: dict[str, Tensor]) -> HIN:
+    """An HIN built on the meta device (no initialisation to throw away), holding `state`'s
+    tensors. Strict: every parameter and buffer of the model must be in `state`."""
+    with torch.device("meta"):
+        model = HIN(config)
+    model.load_state_dict(state, assign=True)
+    return model
 
 
 def _reference_state_dict(source: dict[str, Any] | str | Path) -> dict[str, Tensor]:
     if isinstance(source, (str, Path)):
-        source = _torch_load(Path(source))
+        source = read(source)
     if not isinstance(source, dict):
         raise CheckpointError(f"expected a state_dict (a dict of tensors), got {type(source).__name__}")
     if "state_dict" in source and isinstance(source["state_dict"], dict):
@@ -115,13 +198,15 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return f"{len(keys)}: {shown}" + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def import_reference(source: dict[str, Any] | str | Path, num_heads: int = 8) -> HIN:
-    """Build an HIN from a reference checkpoint (a state_dict, `{'state_dict': ...}`, or a
-    .pth/.pt path holding either). The configuration is inferred from tensor shapes, except
-    `num_heads`, which shapes cannot tell (the paper uses 8)."""
+def import_reference(source: dict[str, Any] | str | Path, *, num_heads: int) -> HIN:
+    """Build an HIN from a reference checkpoint (a state_dict, `{'state_dict': ...}` as the
+    reference's training script saves it, or a .pth/.pt path holding either). The
+    configuration is inferred from tensor shapes, except `num_heads`, which shapes cannot
+    tell (the paper uses 8). The model gets copies: `source`'s tensors are never shared."""
     state = _reference_state_dict(source)
-    model = HIN(_infer_reference_config(state, num_heads))
-    ours = model.state_dict()
+    config = _infer_reference_config(state, num_heads)
+    with torch.device("meta"):
+        ours = HIN(config).state_dict()
     mapping = {reference_name(name): name for name in ours}
     missing = sorted(set(mapping) - set(state))
     unexpected = sorted(set(state) - set(mapping))
@@ -135,9 +220,8 @@ def import_reference(source: dict[str, Any] | str | Path, num_heads: int = 8) ->
     if problems:
         raise CheckpointError("reference checkpoint does not match the HIN architecture: "
                               + "; ".join(problems))
-    model.load_state_dict({ours_name: state[ref_name].float()
-                           for ref_name, ours_name in mapping.items()})
-    return model.eval()
+    return _assembled(config, {ours_name: state[ref_name].to(torch.float32, copy=True)
+                               for ref_name, ours_name in mapping.items()}).eval()
 
 
 def save(path: str | Path, model: HIN, **extra: Any) -> Path:
@@ -154,16 +238,21 @@ def save(path: str | Path, model: HIN, **extra: Any) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            kept = (f"the previous {path.name} is intact" if path.exists()
+                    else f"no {path.name} was written")
+            raise CheckpointError(f"no space left on the device writing {path}; {kept}. "
+                                  "Free some space and try again") from error
         raise
     return path
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HIN, dict[str, Any]]:
-    """Read a hin checkpoint -> (model in eval mode, extra entries). Strict."""
+def read_hin(path: str | Path) -> dict[str, Any]:
+    """The raw payload of a hin checkpoint (format checked): config, weights, extra."""
     path = Path(path)
-    payload = _torch_load(path)
+    payload = read(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         looks_reference = isinstance(payload, dict) and (
             "state_dict" in payload or any(str(k).startswith("encoder.") for k in payload))
@@ -173,9 +262,14 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HI
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version "
                               f"{payload.get('format_version')}; this hin reads {FORMAT_VERSION}")
-    model = HIN(HINConfig.from_dict(payload["config"]))
+    return payload
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HIN, dict[str, Any]]:
+    """Read a hin checkpoint -> (model in eval mode, extra entries). Strict."""
+    payload = read_hin(path)
     try:
-        model.load_state_dict(payload["model"])
+        model = _assembled(HINConfig.from_dict(payload["config"]), payload["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not match its config: {error}") from error
     return model.to(map_location).eval(), payload["extra"]

@@ -12,11 +12,20 @@ from hin.errors import HINError, UsageError
 if TYPE_CHECKING:
     from hin.config import DecodingConfig
 
+VOCAB_HELP = ("vocabulary JSON, for checkpoints that record none (imported reference ones); "
+              "must equal a recorded one")
+
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from hin.checkpoint import import_reference, save
 
-    model = import_reference(args.reference, num_heads=args.heads)
+    reference, out = Path(args.reference), Path(args.out)
+    if out.exists() and reference.exists() and out.samefile(reference) and not args.force:
+        raise UsageError(f"{out} is the reference checkpoint itself; writing there would replace "
+                         "it: give another output path (or --force to replace it)")
+    model = import_reference(reference, num_heads=args.heads)
     save(args.out, model)
     print(f"wrote {args.out} ({model.config.num_layers} layers, d_model {model.config.d_model}, "
           f"vocab {model.config.vocab_size}, {args.heads} heads)")
@@ -114,7 +123,8 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 def _score(args: argparse.Namespace) -> int:
     import json
 
-    from hin.metrics import read_coco_references, read_coco_results, score_captions
+    from hin.data.coco import read_coco_references
+    from hin.metrics import read_coco_results, score_captions
 
     captions = read_coco_results(args.results)
     references = read_coco_references(args.annotations)
@@ -135,11 +145,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hin.evaluate import evaluate
 
     data = DataConfig(annotations=args.annotations, grid_features=args.grid,
-                      region_features=args.region, vocabulary=args.vocab,
-                      max_regions=args.max_regions, num_workers=args.workers)
+                      region_features=args.region, max_regions=args.max_regions,
+                      num_workers=args.workers)
     result = evaluate(args.checkpoint, args.split, data, decoding=_decoding(args),
                       batch_size=args.batch_size, out_dir=args.out, spice=not args.no_spice,
-                      device=args.device)
+                      device=args.device, vocab=args.vocab)
     if result.report is not None:
         print(result.report.format_table())
     else:
@@ -176,32 +186,51 @@ def _decoding(args: argparse.Namespace) -> DecodingConfig:
 
 
 def _extract_pictures(extractor: object, args: argparse.Namespace) -> int:
-    from hin.extract import extract_to_file, list_images
+    from hin.extract import choose_shard, extract_to_file, list_images
 
     report = extract_to_file(extractor, list_images(args.images), args.out,
                              batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             workers=args.workers)
+                             workers=args.workers, shard=choose_shard(args.shard))
     print(report.summary())
     return 1 if report.failed else 0
+
+
+def _extraction_device(args: argparse.Namespace) -> str:
+    """--device; `auto` under torchrun is this rank's GPU (LOCAL_RANK), one shard per GPU."""
+    from hin.devices import resolve_device
+
+    return str(resolve_device(args.device, local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
 
 
 def _extract_grid(args: argparse.Namespace) -> int:
     from hin.extract import ClipGridExtractor
 
-    return _extract_pictures(ClipGridExtractor(args.model, device=args.device, dtype=args.dtype),
-                             args)
+    extractor = ClipGridExtractor(args.model, device=_extraction_device(args),
+                                  precision=args.precision)
+    return _extract_pictures(extractor, args)
+
+
+def _extract_merge(args: argparse.Namespace) -> int:
+    from hin.extract import merge_shards
+
+    print(merge_shards(args.out, args.shards).summary())
+    return 0
 
 
 def _extract_regions(args: argparse.Namespace) -> int:
     from hin.extract import build_extractor, import_vinvl
 
     if args.vinvl_tsv:
+        if args.shard:
+            raise UsageError("--shard spreads extraction from pictures; a VinVL TSV import "
+                             "runs whole (drop --shard)")
         report = import_vinvl(args.vinvl_tsv, args.out, args.predictions, dtype=args.store_as)
         print(report.summary())
         return 0
     options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
                "max_regions": args.max_regions}
-    extractor = build_extractor(args.extractor, device=args.device, dtype=args.dtype,
+    extractor = build_extractor(args.extractor, device=_extraction_device(args),
+                                precision=args.precision,
                                 **{k: v for k, v in options.items() if v is not None})
     return _extract_pictures(extractor, args)
 
@@ -228,6 +257,8 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
+    from hin.config import EXTRACTION_PRECISIONS
+
     extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
                                                   "regions) or VinVL TSV import, as HDF5")
     actions = extract.add_subparsers(dest="extract_command", required=True, metavar="ACTION")
@@ -238,9 +269,14 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
                        help="images per atomically written part (a kill loses at most one)")
         p.add_argument("--workers", type=int, default=2, help="picture decoding processes")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
-        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16",
-                                                           "bfloat16"],
-                       help="compute dtype (auto: float16 on CUDA, float32 on CPU)")
+        p.add_argument("--precision", default="fp32", choices=EXTRACTION_PRECISIONS,
+                       help="fp32 (exact), bf16 autocast (fast on CUDA and on CPUs with "
+                            "avx512_bf16/AMX), fp16 weights (CUDA, as the released CLIP grids), "
+                            "or auto (bf16 where the device runs it fast)")
+        p.add_argument("--shard", metavar="K/N",
+                       help="extract only shard K of N of the pictures (sorted by id) into "
+                            "OUT.shard-K-of-N.h5, joined later by `hin extract merge OUT`; "
+                            "under torchrun the default is one shard per rank")
 
     p = actions.add_parser("grid", help="CLIP grid features: <id>_features [256, 1024] and "
                                         "<id>_global [768], fp16")
@@ -269,6 +305,13 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     add_run_options(p, batch_size=8)
     p.set_defaults(handler=_extract_regions)
 
+    p = actions.add_parser("merge", help="join the shard files of a --shard K/N extraction into "
+                                         "its output, once every shard has finished")
+    p.add_argument("out", help="the output file the shards were run with (--out)")
+    p.add_argument("shards", nargs="*",
+                   help="shard files (default: every OUT.shard-K-of-N.h5 beside OUT)")
+    p.set_defaults(handler=_extract_merge)
+
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")
     p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...)")
@@ -276,7 +319,7 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
-    p.add_argument("--vocab", help="vocabulary JSON (default: the checkpoint's own)")
+    p.add_argument("--vocab", help=VOCAB_HELP)
     _add_decoding_options(p, num_captions=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
@@ -285,14 +328,18 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hin.config import RunConfig
+    from hin.config import RunConfig, apply_overrides, load_yaml
     from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
 
+    if args.resume and args.init:
+        raise UsageError("--init starts a new run; a resumed run continues from its last.pt")
     try:
         if args.resume:
             best = resume(args.resume, args.overrides)
         else:
-            best = start(RunConfig.load(args.config, args.overrides), init=args.init)
+            given = apply_overrides(load_yaml(args.config), args.overrides)
+            best = start(RunConfig.from_dict(given), init=args.init,
+                         model_keys=list(given.get("model") or {}))
     except TrainingInterrupted as stopped:
         print(f"hin train: {stopped}", file=sys.stderr)
         return 130
@@ -313,9 +360,13 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from hin.demo import run_demo
+    from hin.demo import DemoInterrupted, run_demo
 
-    run_demo(args.data, args.runs, args.configs)
+    try:
+        run_demo(args.data, args.runs, args.configs, force=args.force)
+    except DemoInterrupted as stopped:
+        print(f"hin demo: {stopped}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -428,22 +479,18 @@ def _add_explain_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_explain)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hin", description="HIN image captioning: data, training, evaluation, feature "
-                                "extraction and captioning. `hin COMMAND --help` for details.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_import_checkpoint_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("import-checkpoint",
                             help="convert a reference HIN checkpoint (.pth) into hin's format")
     p.add_argument("reference", help="reference checkpoint: a state_dict or {'state_dict': ...}")
     p.add_argument("out", help="where to write the hin checkpoint (.pt)")
-    p.add_argument("--heads", type=int, default=8,
-                   help="attention heads (not recoverable from tensor shapes; paper: 8)")
+    p.add_argument("--heads", type=int, required=True,
+                   help="attention heads: tensor shapes cannot tell (the paper's models: 8)")
+    p.add_argument("--force", action="store_true", help="allow OUT to be the reference file")
     p.set_defaults(handler=_import_checkpoint)
 
-    _add_data_commands(commands)
 
+def _add_score_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("score", help="score a COCO results file (BLEU, METEOR, ROUGE-L, "
                                           "CIDEr, SPICE) against COCO caption annotations")
     p.add_argument("--results", required=True,
@@ -458,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.set_defaults(handler=_score)
 
+
+def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     from hin.config import DataConfig
 
     data = DataConfig()
@@ -476,39 +525,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="annotation directory (COCO json + Karpathy .npy) or dataset_coco.json")
     p.add_argument("--grid", default=data.grid_features, help="grid feature HDF5 file")
     p.add_argument("--region", default=data.region_features, help="region feature HDF5 file")
-    p.add_argument("--vocab", default=data.vocabulary, help="vocabulary JSON file")
+    p.add_argument("--vocab", help=VOCAB_HELP)
     p.add_argument("--max-regions", type=int, default=data.max_regions)
     p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")
     p.set_defaults(handler=_evaluate)
 
-    _add_extract_commands(commands)
-    _add_serve_commands(commands)
+
+def _add_train_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train HIN: cross-entropy, or SCST from an XE "
                                           "checkpoint; resumable, one process or torchrun")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", help="YAML run configuration (configs/*.yaml)")
+    source.add_argument("--config", help="YAML run configuration: a path, or the name of a "
+                                          "shipped one (synth_xe, synth_scst, coco_xe, coco_scst)")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--init", help="start from this hin checkpoint's weights (SCST from XE best.pt)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. train.batch_size=20 run_dir=runs/try")
     p.set_defaults(handler=_train)
 
+
+def _add_plot_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("plot", help="draw a run's loss, learning rate and validation "
                                          "metrics (from its log.jsonl) to a PNG")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a `hin train` run directory")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     p.set_defaults(handler=_plot)
 
+
+def _add_demo_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("demo", help="the whole pipeline on the bundled synthetic dataset "
                                          "(what `make demo` runs)")
     p.add_argument("--data", default="data/synth", help="synthetic dataset directory")
-    p.add_argument("--runs", default="runs/demo", help="where the demo's runs go (replaced)")
-    p.add_argument("--configs", default="configs", help="directory with synth_xe/synth_scst.yaml")
+    p.add_argument("--runs", default="runs/demo",
+                   help="the demo's own folder: its xe/, scst/ and eval/ are replaced on each run")
+    p.add_argument("--configs", help="folder with your own synth_xe.yaml and synth_scst.yaml "
+                                     "(default: the ones shipped with hin)")
+    p.add_argument("--force", action="store_true",
+                   help="use a --runs folder that holds other files (only the demo's "
+                        "subfolders are replaced; other files are kept)")
     p.set_defaults(handler=_demo)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hin", description="HIN image captioning: data, training, evaluation, feature "
+                                "extraction and captioning. `hin COMMAND --help` for details.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_import_checkpoint_commands(commands)
+    _add_data_commands(commands)
+    _add_score_commands(commands)
+    _add_evaluate_commands(commands)
+    _add_extract_commands(commands)
+    _add_train_commands(commands)
+    _add_plot_commands(commands)
+    _add_demo_commands(commands)
     _add_explain_commands(commands)
+    _add_serve_commands(commands)
     return parser
 
 

@@ -21,7 +21,19 @@ POSITION_TABLES = ("frozen-random", "sinusoid")
 
 
 class _YAMLLoader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way."""
+    """YAML 1.1 reads `1e-4` (no dot) as a string; learning rates are written that way.
+    A key given twice in one mapping (e.g. a section repeated) is an error, not "last wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line {first_line[key]}); "
+                    "keep one", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _YAMLLoader.add_implicit_resolver(
@@ -44,7 +56,7 @@ def require_positive_ints(config: Any, *names: str) -> None:
 
 @dataclass(frozen=True)
 class HINConfig:
-    """Architecture of one HIN model (spec §1–6). Defaults are the paper's."""
+    """Architecture of one HIN model (docs/model.md §1–6). Defaults are the paper's."""
 
     vocab_size: int = 10201
     num_layers: int = 3
@@ -95,8 +107,23 @@ class HINConfig:
         return from_dict(cls, values)
 
 
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _checked(hint: Any, value: Any, key: str) -> Any:
+    """`value` if it has the declared type `hint` (ints are accepted as floats), else an error
+    naming the key, the value and what was expected."""
+    if hint not in _EXPECTED:
+        return value
+    accepted = (int, float) if hint is float else hint
+    if isinstance(value, bool) and hint is not bool or not isinstance(value, accepted):
+        raise ConfigError(f"{key}={value!r}: expected {_EXPECTED[hint]} ({hint.__name__})")
+    return float(value) if hint is float else value
+
+
 def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys by name."""
+    """Build dataclass `cls` from a (nested) dict, rejecting unknown keys by name and values
+    that do not have their field's declared type."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -110,7 +137,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, f"{where}{name}.")
-        kwargs[name] = value
+        kwargs[name] = _checked(hint, value, f"{where}{name}")
     return cls(**kwargs)
 
 
@@ -119,7 +146,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like key=value (e.g. train.lr=1e-4)")
-    return key.split("."), yaml.load(raw, Loader=_YAMLLoader) if raw.strip() else ""
+    try:
+        return key.split("."), yaml.load(raw, Loader=_YAMLLoader) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: {raw!r} is not a value (YAML: "
+                          f"{getattr(error, 'problem', None) or error}); quote text values") from None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -136,18 +167,46 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return result
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def packaged_config_names() -> list[str]:
+    return sorted(path.stem for path in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def find_config(name: str | Path) -> Path:
+    """A run configuration file: a path, or the bare name of one shipped inside the package
+    (`synth_xe`, `coco_scst`, ...), so the configs work after `pip install` too."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a YAML file")
+    packaged = PACKAGED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if len(path.parts) == 1 and packaged.is_file():
+        return packaged
+    raise ConfigError(f"config file {path} does not exist; give a YAML path or the name of a "
+                      f"shipped config: {', '.join(packaged_config_names())}")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    path = find_config(path)
     with path.open() as handle:
-        values = yaml.load(handle, Loader=_YAMLLoader) or {}
+        try:
+            values = yaml.load(handle, Loader=_YAMLLoader) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"config file {path}{where}: {problem}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return values
 
 
 PRECISIONS = ("fp32", "bf16", "auto")
+# Feature extraction also offers fp16: the weights in float16 on CUDA (the released CLIP grids).
+EXTRACTION_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 def require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -194,7 +253,7 @@ class DecodingConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where a dataset's files are and how batches are made from them (spec §2, §6, §9).
+    """Where a dataset's files are and how batches are made from them (docs/model.md §2, §6, §9).
 
     Defaults point at the synthetic dataset written by `hin data synth --out data/synth`.
     `annotations` is a directory with captions_{train,val}2014.json and the Karpathy split
@@ -232,7 +291,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training stage (spec §8): cross-entropy (`xe`) or self-critical (`scst`).
+    """One training stage (docs/model.md §8): cross-entropy (`xe`) or self-critical (`scst`).
 
     `lr` is the stage's base rate; the epoch-wise schedule of the stage scales it.
     Validation always uses the validation split; the test split is never read here.
@@ -285,6 +344,11 @@ class RunConfig:
     model: HINConfig = HINConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+
+    def __post_init__(self) -> None:
+        if not str(self.run_dir).strip():
+            raise ConfigError("run_dir is empty: name the run's directory, e.g. run_dir=runs/try "
+                              "(an empty one would fill the current directory)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,4 @@
-"""Caption decoding: beam search (spec §7) for one model or an ensemble, and greedy.
+"""Caption decoding: beam search (docs/model.md §7) for one model or an ensemble, and greedy.
 
 Each model's encoder memory is projected once per image and shared by all beams; beams
 only carry their own self-attention cache, which is gathered when beams reorder. The

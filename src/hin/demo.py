@@ -4,45 +4,114 @@ Generates the dataset (once), trains cross-entropy then a short SCST, evaluates 
 the test split next to a blind baseline (the most frequent training caption for every
 image), shows a few captions against their references and says where everything is.
 It only orchestrates: every step is the same library call the `hin` commands make.
+
+The runs folder is the demo's own: it marks it with `.hin-demo` and replaces only its own
+subfolders on the next run. It never deletes what it did not write: a folder holding anything
+else is refused unless `force=True`, and even then only the demo's subfolders are replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from hin.config import RunConfig
+from hin.config import RunConfig, find_config
 from hin.data.coco import load_splits
 from hin.data.synth import MANIFEST_FILE, generate
+from hin.errors import UsageError
 from hin.evaluate import evaluate
 from hin.metrics import METRIC_NAMES, score_captions
-from hin.training.loop import BEST, start
+from hin.training.loop import BEST, TrainingInterrupted, start
+
+MARKER = ".hin-demo"
+OWN_ENTRIES = ("xe", "scst", "eval")   # what the demo writes in its runs folder, besides MARKER
+
+
+class DemoInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped the demo; the message says where it stood."""
+
+
+def _config(folder: str | None, name: str) -> Path:
+    return find_config(name) if folder is None else Path(folder) / f"{name}.yaml"
 
 
 def _stage(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
+def prepare_runs(runs: Path, force: bool = False) -> None:
+    """Make `runs` the demo's folder, removing only what an earlier demo wrote there."""
+    if runs.exists() and not runs.is_dir():
+        raise UsageError(f"--runs {runs} is a file; give a folder for the demo's runs")
+    present = sorted(entry.name for entry in runs.iterdir()) if runs.exists() else []
+    demo_wrote = (*OWN_ENTRIES, MARKER) if (runs / MARKER).is_file() else ()
+    foreign = [name for name in present if name not in demo_wrote]
+    if foreign and not force:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise UsageError(f"--runs {runs} holds files the demo did not write ({shown}); give a "
+                         "new or empty folder, or pass --force to replace only its "
+                         f"{', '.join(name + '/' for name in OWN_ENTRIES)} (other files are kept)")
+    for name in OWN_ENTRIES:
+        if (runs / name).is_dir():
+            shutil.rmtree(runs / name)
+        elif (runs / name).exists():
+            (runs / name).unlink()
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / MARKER).write_text("written by `hin demo`; it replaces xe/, scst/ and eval/ here "
+                               "on its next run\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM ends the demo like Ctrl-C: one DemoInterrupted, not a traceback. Training
+    installs its own handlers meanwhile (it saves last.pt first) and raises TrainingInterrupted."""
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = None
+    with contextlib.suppress(ValueError):   # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except TrainingInterrupted as stopped:
+        raise DemoInterrupted(f"interrupted during training: {stopped}") from None
+    except KeyboardInterrupt:
+        raise DemoInterrupted("interrupted; run `hin demo` again to start over") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_demo(data_dir: str = "data/synth", run_dir: str = "runs/demo",
-             configs: str = "configs") -> dict[str, dict[str, float]]:
-    """Run the demo; returns the test-split scores of each system."""
+             configs: str | None = None, force: bool = False) -> dict[str, dict[str, float]]:
+    """Run the demo; returns the test-split scores of each system. `configs` is a folder with
+    synth_xe.yaml and synth_scst.yaml (default: the ones shipped with hin). Raises
+    DemoInterrupted on Ctrl-C or SIGTERM."""
+    with _interruptible():
+        return _run_demo(Path(data_dir), Path(run_dir), configs, force)
+
+
+def _run_demo(data: Path, runs: Path, configs: str | None,
+              force: bool) -> dict[str, dict[str, float]]:
     began = time.perf_counter()
-    data, runs, configs = Path(data_dir), Path(run_dir), Path(configs)
+    prepare_runs(runs, force)
     if not (data / MANIFEST_FILE).is_file():
         _stage(f"generating the synthetic dataset in {data}")
         generate(data)
-    if runs.exists():
-        shutil.rmtree(runs)
     paths = [f"data.annotations={data}", f"data.grid_features={data}/grid.hdf5",
              f"data.region_features={data}/region.hdf5", f"data.vocabulary={data}/vocab.json"]
 
     _stage("cross-entropy training (validation split selects the best epoch)")
-    xe = RunConfig.load(configs / "synth_xe.yaml", [f"run_dir={runs}/xe", *paths])
+    xe = RunConfig.load(_config(configs, "synth_xe"), [f"run_dir={runs}/xe", *paths])
     xe_best = start(xe)
     _stage("self-critical training (CIDEr-D reward), from the best XE checkpoint")
-    scst = RunConfig.load(configs / "synth_scst.yaml", [f"run_dir={runs}/scst", *paths])
+    scst = RunConfig.load(_config(configs, "synth_scst"), [f"run_dir={runs}/scst", *paths])
     scst_best = start(scst, init=xe_best)
 
     _stage("evaluation on the test split (never seen during training)")

@@ -12,7 +12,6 @@ references: images without references get captions only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +21,12 @@ from typing import Any
 import torch
 
 from hin import __version__
-from hin.checkpoint import load
+from hin.checkpoint import load, sha256
 from hin.config import DataConfig, DecodingConfig
 from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.features import FeatureStore
-from hin.data.vocab import Vocabulary
+from hin.data.vocab import Vocabulary, require_same_words, vocabulary_for
 from hin.decoding import caption_batches
 from hin.devices import resolve_device
 from hin.errors import UsageError
@@ -47,14 +46,6 @@ class Evaluation:
     written: list[Path]
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_images(data: DataConfig, split: str, store: FeatureStore) -> Split:
     """A Karpathy split ("val", "test") with its references, or "features": every image of
     the grid feature file, without references (e.g. COCO test2014 for the evaluation server)."""
@@ -71,29 +62,32 @@ def load_images(data: DataConfig, split: str, store: FeatureStore) -> Split:
 def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
              decoding: DecodingConfig = DecodingConfig(), batch_size: int = 50,
              out_dir: str | Path | None = None, spice: bool = True,
-             device: str = "auto", progress: bool = True) -> Evaluation:
+             device: str = "auto", progress: bool = True,
+             vocab: str | Path | None = None) -> Evaluation:
     """Caption every image of `split` by beam search (an ensemble when several checkpoints
-    are given), score against the references, write captions.json / metrics.json to out_dir."""
+    are given), score against the references, write captions.json / metrics.json to out_dir.
+    The vocabulary is the one the checkpoints record; `vocab` (a file) is for checkpoints
+    that record none (`data.vocabulary` is not read here)."""
     if not checkpoints:
         raise UsageError("evaluate needs at least one checkpoint")
+    out = None if out_dir is None else _output_directory(Path(out_dir))
     device = resolve_device(device)
     loaded = [load(path, map_location=device) for path in checkpoints]
     models = [model for model, _ in loaded]
     config = models[0].config
-    recorded = loaded[0][1].get("vocabulary")   # checkpoints written by `hin train` carry it
-    vocab = (Vocabulary.from_dict(recorded, source=str(checkpoints[0])) if recorded
-             else Vocabulary.load(data.vocabulary))
-    if len(vocab) != config.vocab_size:
-        raise UsageError(f"vocabulary {data.vocabulary} has {len(vocab)} entries but "
-                         f"{checkpoints[0]} was trained with {config.vocab_size}; give the "
-                         "vocabulary the checkpoint was trained with")
+    vocabularies = [vocabulary_for(path, extra, vocab, model.config.vocab_size)
+                    for path, (model, extra) in zip(checkpoints, loaded)]
+    for other in vocabularies[1:]:     # an ensemble averages the same words' log-probs
+        require_same_words(vocabularies[0], other, "an ensemble needs checkpoints trained "
+                           "with the same vocabulary")
+    vocabulary = vocabularies[0]
     store = FeatureStore(data.grid_features, data.region_features, max_regions=data.max_regions,
                          grid_dim=config.grid_dim, region_dim=config.region_dim)
     images = load_images(data, split, store)
     loader = make_loader(ImageReferences(images, store), batch_size,
                          num_workers=data.num_workers)
 
-    captions = caption_batches(models, loader, vocab.decode, decoding,
+    captions = caption_batches(models, loader, vocabulary.decode, decoding,
                                desc=f"decoding {split}", progress=progress)
     collapse = decoding.collapse_repeats
     if collapse:
@@ -103,26 +97,37 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     report = (score_captions(captions, references, collapse_repeats=collapse, spice=spice,
                              progress=progress) if references else None)
     written = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
         written.append(_write_json(out / CAPTIONS_FILE, results))
         if report is not None:
-            provenance = _provenance(checkpoints, models, split, data, decoding, batch_size)
+            provenance = _provenance(checkpoints, models, split, data, decoding, batch_size,
+                                     vocabulary)
             written.append(_write_json(out / METRICS_FILE, {**report.to_dict(), **provenance}))
     return Evaluation(captions, report, written)
 
 
+def _output_directory(out: Path) -> Path:
+    """Made (or checked) before any decoding, so a bad --out never costs a decoding run."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; hin evaluate writes {CAPTIONS_FILE} and "
+                         f"{METRICS_FILE} into a directory: give a directory path")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _provenance(checkpoints: Sequence[str | Path], models: list[Any], split: str,
-                data: DataConfig, decoding: DecodingConfig, batch_size: int) -> dict[str, Any]:
+                data: DataConfig, decoding: DecodingConfig, batch_size: int,
+                vocabulary: Vocabulary) -> dict[str, Any]:
     return {
         "split": split,
         "checkpoints": [{"path": str(path), "sha256": sha256(path),
                          "config": model.config.to_dict()}
                         for path, model in zip(checkpoints, models)],
         "decoding": {**decoding.to_dict(), "batch_size": batch_size, "ensemble": len(models)},
-        "data": data.to_dict(),
+        "vocabulary": {"source": vocabulary.source, "sha256": vocabulary.digest(),
+                       "size": len(vocabulary)},
+        "data": {key: value for key, value in data.to_dict().items() if key != "vocabulary"},
         "versions": {"hin": __version__, "torch": torch.__version__},
     }
 

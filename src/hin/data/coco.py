@@ -1,4 +1,4 @@
-"""COCO caption annotations and the Karpathy splits, as the paper used them (spec §9).
+"""COCO caption annotations and the Karpathy splits, as the paper used them (docs/model.md §9).
 
 Two sources give the same in-memory result, a `Split` per name (image id -> file name ->
 reference captions):
@@ -13,24 +13,24 @@ captions are errors naming the file, the count and the first ids.
 from __future__ import annotations
 
 import collections
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from hin.data.errors import DataError, first_ids
+from hin.files import read_json, require_file
 
 SPLITS = ("train", "val", "test")
 CAPTION_FILES = ("captions_train2014.json", "captions_val2014.json")
-SPLIT_ID_FILES = {
-    "train": ("coco_train_ids.npy", "coco_restval_ids.npy"),
-    "val": ("coco_dev_ids.npy",),
-    "test": ("coco_test_ids.npy",),
-}
-KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+# Karpathy's split has four parts; training uses two of them. The part names are the "split"
+# values of dataset_coco.json, and each part has its annotation-id file.
+SPLIT_PARTS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
+PART_ID_FILES = {"train": "coco_train_ids.npy", "restval": "coco_restval_ids.npy",
+                 "val": "coco_dev_ids.npy", "test": "coco_test_ids.npy"}
+SPLIT_ID_FILES = {split: tuple(PART_ID_FILES[part] for part in parts)
+                  for split, parts in SPLIT_PARTS.items()}
 
 
 @dataclass(frozen=True)
@@ -87,16 +87,6 @@ def load_split(source: str | Path, name: str) -> Split:
     return load_splits(source, [name])[name]
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist")
-    with path.open(encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as error:
-            raise DataError(f"annotation file {path} is not valid JSON: {error}") from error
-
-
 def _fail_if_any(ids: Sequence[object], where: str, problem: str, fix: str) -> None:
     if ids:
         raise DataError(f"{where}: {len(ids)} {problem} (first: {first_ids(ids)}); {fix}")
@@ -107,41 +97,74 @@ def _duplicates(ids: Iterable[object]) -> list[object]:
 
 
 @dataclass(frozen=True)
-class _Annotation:
+class Annotation:
     image_id: int
     caption: str
-    file: str
 
 
-def _read_coco_captions(directory: Path) -> tuple[dict[int, _Annotation], dict[int, str]]:
+@dataclass(frozen=True)
+class CocoCaptionFile:
+    """One COCO captions file (`captions_val2014.json`): image file names by image id and the
+    annotations by annotation id, in file order."""
+
+    path: Path
+    file_names: dict[int, str]
+    annotations: dict[int, Annotation]
+
+
+def read_coco_captions(path: str | Path) -> CocoCaptionFile:
+    """Parse and check a COCO captions file: every annotation names a listed image, and no
+    annotation id repeats. Training, evaluation and `hin score` all read COCO files here."""
+    path = Path(path)
+    content = read_json(path, "annotation file", error=DataError)
+    if not isinstance(content, dict) or not isinstance(content.get("annotations"), list) \
+            or not isinstance(content.get("images"), list):
+        raise DataError(f"{path} is not a COCO caption file (needs 'images' and 'annotations' "
+                        "lists)")
+    try:
+        file_names = {int(image["id"]): str(image.get("file_name", ""))
+                      for image in content["images"]}
+        entries = [(int(ann["id"]), int(ann["image_id"]), ann["caption"])
+                   for ann in content["annotations"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{path}: an image or annotation lacks an integer 'id', 'image_id' or a "
+                        f"'caption' ({error!r}); it is not a COCO caption file") from error
+    _fail_if_any(_duplicates(ann_id for ann_id, _, _ in entries), str(path),
+                 "annotation ids are listed more than once", "each annotation id must be unique")
+    orphans = [ann_id for ann_id, image_id, _ in entries if image_id not in file_names]
+    _fail_if_any(orphans, str(path), "annotations name an image id absent from its 'images'",
+                 "the caption file is incomplete; re-download it")
+    return CocoCaptionFile(path, file_names, {ann_id: Annotation(image_id, str(caption))
+                                              for ann_id, image_id, caption in entries})
+
+
+def read_coco_references(path: str | Path) -> dict[int, list[str]]:
+    """Image id -> its reference captions, in file order (what `hin score` scores against)."""
+    references: dict[int, list[str]] = collections.defaultdict(list)
+    for annotation in read_coco_captions(path).annotations.values():
+        references[annotation.image_id].append(annotation.caption)
+    return dict(references)
+
+
+def _read_coco_captions(directory: Path) -> tuple[dict[int, Annotation], dict[int, str]]:
     """All annotations (by annotation id) and image file names (by image id) of the COCO files."""
-    annotations: dict[int, _Annotation] = {}
+    annotations: dict[int, Annotation] = {}
     file_names: dict[int, str] = {}
     for name in CAPTION_FILES:
-        path = directory / name
-        content = _read_json(path)
-        if not isinstance(content, dict) or "annotations" not in content or "images" not in content:
-            raise DataError(f"{path} is not a COCO caption file (needs 'images' and 'annotations')")
-        images = {int(image["id"]): str(image["file_name"]) for image in content["images"]}
-        repeated = [ann["id"] for ann in content["annotations"] if int(ann["id"]) in annotations]
-        _fail_if_any(repeated, str(path), "annotation ids also appear in an earlier caption file",
+        caption_file = read_coco_captions(directory / name)
+        repeated = [ann_id for ann_id in caption_file.annotations if ann_id in annotations]
+        _fail_if_any(repeated, str(caption_file.path),
+                     "annotation ids also appear in an earlier caption file",
                      "each annotation id must be listed once")
-        orphans = [ann["id"] for ann in content["annotations"]
-                   if int(ann["image_id"]) not in images]
-        _fail_if_any(orphans, str(path), "annotations name an image id absent from its 'images'",
-                     "the caption file is incomplete; re-download it")
-        file_names.update(images)
-        for ann in content["annotations"]:
-            annotations[int(ann["id"])] = _Annotation(int(ann["image_id"]), str(ann["caption"]),
-                                                      name)
+        file_names.update(caption_file.file_names)
+        annotations.update(caption_file.annotations)
     return annotations, file_names
 
 
 def _read_id_file(path: Path) -> list[int]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Karpathy split file {path} does not exist (an annotation directory needs "
-            f"coco_{{train,restval,dev,test}}_ids.npy next to {' and '.join(CAPTION_FILES)})")
+    require_file(path, "Karpathy split file",
+                 f"an annotation directory needs coco_{{train,restval,dev,test}}_ids.npy next to "
+                 f"{' and '.join(CAPTION_FILES)}")
     ids = np.load(path, allow_pickle=False)
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise DataError(f"{path} must hold a 1-D integer array of annotation ids, "
@@ -175,13 +198,13 @@ def _load_coco_directory(directory: Path, names: Sequence[str]) -> dict[str, Spl
 
 
 def _load_karpathy_json(path: Path, names: Sequence[str]) -> dict[str, Split]:
-    content = _read_json(path)
+    content = read_json(path, "annotation file", error=DataError)
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
         raise DataError(f"{path} is not Karpathy's dataset_coco.json (needs an 'images' list)")
     splits = {}
     for name in names:
         chosen = [image for image in content["images"]
-                  if image.get("split") in KARPATHY_SPLITS[name]]
+                  if image.get("split") in SPLIT_PARTS[name]]
         where = f"{path} (split {name})"
         image_ids = [int(image["cocoid"]) for image in chosen]
         _fail_if_any(_duplicates(image_ids), where, "image ids (cocoid) are listed more than once",

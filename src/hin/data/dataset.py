@@ -2,7 +2,7 @@
 their references for evaluation and SCST, and the one `collate` that turns either into a `Batch`.
 
 Features stay in their on-disk dtype per sample and are cast to float32 once per batch.
-Region padding rows are exactly zero: the model derives its padding mask from them (spec §2).
+Region padding rows are exactly zero: the model derives its padding mask from them (docs/model.md §2).
 This module must never know about the model beyond the tensors a `Batch` carries.
 """
 
@@ -53,16 +53,9 @@ class Batch:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return replace(self, grid=self.grid.to(device, non_blocking=non_blocking),
-                       region=self.region.to(device, non_blocking=non_blocking),
-                       tokens=None if self.tokens is None
-                       else self.tokens.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Batch:
-        """Called by DataLoader(pin_memory=True) for faster host-to-GPU copies."""
-        return replace(self, grid=self.grid.pin_memory(), region=self.region.pin_memory(),
-                       tokens=None if self.tokens is None else self.tokens.pin_memory())
+    def to(self, device: torch.device | str) -> Batch:
+        return replace(self, grid=self.grid.to(device), region=self.region.to(device),
+                       tokens=None if self.tokens is None else self.tokens.to(device))
 
 
 class CaptionPairs(Dataset):
@@ -137,12 +130,12 @@ def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
 
 def make_loader(dataset: CaptionPairs | ImageReferences, batch_size: int, *, shuffle: bool = False,
                 num_workers: int = 0, seed: int = 0, sampler: Sampler[Any] | None = None,
-                drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+                drop_last: bool = False) -> DataLoader:
     """A DataLoader yielding `Batch`es. Shuffling and worker seeds come from its own seeded
     generator, never from the global RNG, so a resumed training run repeats exactly."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=num_workers,
                       collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
-                      generator=generator, drop_last=drop_last, pin_memory=pin_memory,
+                      generator=generator, drop_last=drop_last,
                       persistent_workers=num_workers > 0)

@@ -3,7 +3,7 @@
 Grid file: `<image_id>_features` [Ng, Dg] (optionally `<image_id>_global`). Region file:
 `<image_id>_features` [n, Dr] with `<image_id>_boxes`, `<image_id>_size`, `<image_id>_cls_prob`.
 Regions are padded with zero rows or truncated to `max_regions`; the model recognises
-padding as all-zero rows (spec §2), so padding is exactly zero. Zero regions is valid.
+padding as all-zero rows (docs/model.md §2), so padding is exactly zero. Zero regions is valid.
 
 Geometry, for putting attention maps back on the picture (`FeatureStore.geometry`): the grid
 file's attributes `hin_grid_rows`, `hin_grid_cols` (tokens in row-major order) and per image
@@ -31,14 +31,32 @@ import numpy as np
 from tqdm import tqdm
 
 from hin.data.errors import DataError, first_ids
+from hin.files import require_file
 
 FEATURES_SUFFIX = "_features"
 ATTRIBUTE_PREFIX = "hin_"
 CHECK_FIX = "run `hin data check` to list every problem entry, then re-extract those images"
+MAKE_FIX = "extract features with `hin extract` or generate the synthetic set with `hin data synth`"
 
 
 def feature_key(image_id: int) -> str:
     return f"{image_id}{FEATURES_SUFFIX}"
+
+
+def feature_ids(handle: h5py.File) -> set[int]:
+    """Ids with a `<id>_features` entry (reads names only, no data)."""
+    return {int(name[:-len(FEATURES_SUFFIX)]) for name in handle if name.endswith(FEATURES_SUFFIX)}
+
+
+def open_hdf5(path: str | Path, fix: str = MAKE_FIX) -> h5py.File:
+    """Open a feature file read-only; a missing, folder or damaged path is a one-line error
+    naming it (h5py's own message does not say which file)."""
+    path = require_file(path, "feature file", fix)
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise DataError(f"feature file {path} is not a readable HDF5 file ({error}); it may be "
+                        f"truncated or corrupted: {fix}") from error
 
 
 GRID_ROWS, GRID_COLS = "grid_rows", "grid_cols"     # grid file attributes (with ATTRIBUTE_PREFIX)
@@ -81,9 +99,13 @@ def read_attributes(path: str | Path) -> dict[str, object]:
     """What made a feature file (its `hin_*` attributes, without the prefix): extractor, model,
     feature_dim, ... Empty for files not written by `hin extract` (released or synthetic
     features). Training stores this in checkpoints so that `hin caption` can redo it."""
-    with h5py.File(path, "r") as handle:
-        return {key.removeprefix(ATTRIBUTE_PREFIX): _plain(value)
-                for key, value in handle.attrs.items() if key.startswith(ATTRIBUTE_PREFIX)}
+    with open_hdf5(path) as handle:
+        return file_attributes(handle)
+
+
+def file_attributes(handle: h5py.File) -> dict[str, object]:
+    return {key.removeprefix(ATTRIBUTE_PREFIX): _plain(value)
+            for key, value in handle.attrs.items() if key.startswith(ATTRIBUTE_PREFIX)}
 
 
 def _plain(value: object) -> object:
@@ -145,18 +167,12 @@ class HDF5File:
     @property
     def handle(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():
-            if not self.path.is_file():
-                raise FileNotFoundError(
-                    f"feature file {self.path} does not exist; extract features with "
-                    f"`hin extract` or generate the synthetic set with `hin data synth`")
-            self._handle = h5py.File(self.path, "r")
+            self._handle = open_hdf5(self.path)
             self._pid = os.getpid()
         return self._handle
 
     def image_ids(self) -> set[int]:
-        """Ids with a `<id>_features` entry (reads names only, no data)."""
-        return {int(name[:-len(FEATURES_SUFFIX)]) for name in self.handle
-                if name.endswith(FEATURES_SUFFIX)}
+        return feature_ids(self.handle)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "_handle": None, "_pid": None}

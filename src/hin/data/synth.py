@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from hin.data.coco import CAPTION_FILES, SPLIT_ID_FILES
+from hin.data.coco import CAPTION_FILES, PART_ID_FILES, SPLIT_ID_FILES
 from hin.data.errors import DataError
 from hin.data.features import feature_key
 from hin.data.vocab import Vocabulary, tokenize
@@ -317,9 +317,7 @@ def generate(out_dir: str | Path, seed: int = 0, train: int = 2000, val: int = 2
 
 def _write_annotations(out: Path, images: list[_Image]) -> dict[str, list[int]]:
     """COCO caption files + Karpathy id arrays; returns the annotation ids per split file."""
-    split_files = {"train": "coco_train_ids.npy", "restval": "coco_restval_ids.npy",
-                   "val": "coco_dev_ids.npy", "test": "coco_test_ids.npy"}
-    ids_per_file: dict[str, list[int]] = {name: [] for name in split_files.values()}
+    ids_per_file: dict[str, list[int]] = {name: [] for name in PART_ID_FILES.values()}
     contents = {name: {"info": {"description": "hin synthetic shapes captions", "version": "1.0"},
                        "licenses": [], "images": [], "annotations": []} for name in CAPTION_FILES}
     next_annotation = 1
@@ -330,7 +328,7 @@ def _write_annotations(out: Path, images: list[_Image]) -> dict[str, list[int]]:
         for caption in image.captions:
             content["annotations"].append({"id": next_annotation, "image_id": image.image_id,
                                            "caption": caption})
-            ids_per_file[split_files[image.split]].append(next_annotation)
+            ids_per_file[PART_ID_FILES[image.split]].append(next_annotation)
             next_annotation += 1
     for name, content in contents.items():
         (out / name).write_text(json.dumps(content) + "\n", encoding="utf-8")

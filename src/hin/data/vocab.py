@@ -1,6 +1,6 @@
 """Caption vocabulary: the tokenisation rule, word ids, JSON storage and the legacy-pickle import.
 
-The rule (spec §6) is the reference's, so that the standard 10,201-entry COCO vocabulary comes
+The rule (docs/model.md §6) is the reference's, so that the standard 10,201-entry COCO vocabulary comes
 out: lower-case, spaCy's rule-based English tokenizer, punctuation tokens dropped, words kept
 at frequency >= `min_freq`, specials first, then descending frequency with ties alphabetical.
 The same `tokenize` makes the training targets.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import json
 import pickle
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from hin.errors import HINError
+from hin.files import read_json, require_file
 
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
 SPECIALS = (UNK, PAD, BOS, EOS)
@@ -80,6 +82,7 @@ class Vocabulary:
         self.words = words
         self.counts = [int(count) for count in counts]
         self._ids = {word: index for index, word in enumerate(words)}
+        self.source = "built in memory"     # where it was read from, for reports
 
     @classmethod
     def build(cls, captions: Iterable[str], min_freq: int = 5,
@@ -128,6 +131,10 @@ class Vocabulary:
                 words.append(self.words[token_id])
         return " ".join(words)
 
+    def digest(self) -> str:
+        """sha256 of the word list in id order: equal digests decode ids to equal words."""
+        return hashlib.sha256(json.dumps(self.words, ensure_ascii=False).encode()).hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, stored inside checkpoints and vocabulary files."""
         return {"format": JSON_FORMAT, "version": JSON_VERSION,
@@ -141,9 +148,11 @@ class Vocabulary:
                 f"{values.get('version')!r}; expected {JSON_FORMAT!r} version {JSON_VERSION}); "
                 f"a reference .pkl vocabulary is imported with Vocabulary.from_legacy_pickle")
         try:
-            return cls(values["words"], values["counts"])
+            vocab = cls(values["words"], values["counts"])
         except VocabularyError as error:
             raise VocabularyError(f"{source}: {error}") from error
+        vocab.source = source
+        return vocab
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=0) + "\n",
@@ -151,28 +160,70 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"vocabulary file {path} does not exist; build one with `hin data vocab` "
-                f"or import the reference's pickle with `hin data vocab --legacy FILE.pkl`")
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise VocabularyError(f"vocabulary file {path} is not valid JSON: {error}") from error
+        values = read_json(path, "vocabulary file",
+                           "build one with `hin data vocab` or import the reference's pickle with "
+                           "`hin data vocab --legacy FILE.pkl`", error=VocabularyError)
         return cls.from_dict(values, source=str(path))
 
     @classmethod
     def from_legacy_pickle(cls, path: str | Path) -> Vocabulary:
         """Import the torchtext-style `Vocab` pickle of the reference and M2, safely."""
-        path = Path(path)
+        path = require_file(path, "legacy vocabulary pickle")
         with path.open("rb") as handle:
-            legacy = _LegacyUnpickler(handle, path).load()
+            try:
+                legacy = _LegacyUnpickler(handle, path).load()
+            except VocabularyError:
+                raise
+            except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+                    IndexError) as error:
+                raise VocabularyError(
+                    f"{path} is not a readable vocabulary pickle: it is truncated or corrupted "
+                    f"({type(error).__name__}: {error}); copy the reference's vocab .pkl again"
+                    ) from error
         if not isinstance(legacy, _LegacyVocab) or not hasattr(legacy, "itos"):
             raise VocabularyError(f"{path} does not hold a torchtext-style Vocab (no 'itos' list)")
         freqs = getattr(legacy, "freqs", {})
         return cls(legacy.itos, [0 if word in SPECIALS else freqs.get(word, 0)
                                  for word in legacy.itos])
+
+
+def vocabulary_for(checkpoint: str | Path, extra: Mapping[str, Any], given: str | Path | None,
+                   size: int) -> Vocabulary:
+    """The vocabulary that decodes `checkpoint`'s outputs, by one rule for every command: the
+    vocabulary the checkpoint records (`extra["vocabulary"]`, written by `hin train`) is used;
+    a `given` file is for checkpoints without one (imported reference checkpoints), and one
+    that differs from the recorded vocabulary is refused, naming the first differing entry."""
+    recorded = extra.get("vocabulary")
+    if recorded is not None:
+        vocab = Vocabulary.from_dict(recorded, source=f"recorded in {checkpoint}")
+        if given is not None:
+            require_same_words(vocab, Vocabulary.load(given), "the recorded vocabulary is used "
+                               "by default: leave out --vocab")
+    elif given is None:
+        raise VocabularyError(f"{checkpoint} carries no vocabulary; pass the one it was trained "
+                              "with (--vocab vocab.json, or vocab=...)")
+    else:
+        vocab = Vocabulary.load(given)
+    if len(vocab) != size:
+        raise VocabularyError(f"the vocabulary {vocab.source} has {len(vocab)} entries but "
+                              f"{checkpoint} was trained with {size}; give the vocabulary it "
+                              "was trained with")
+    return vocab
+
+
+def require_same_words(expected: Vocabulary, other: Vocabulary, fix: str) -> None:
+    """Refuse `other` unless it maps every id to the same word as `expected`; `fix` says
+    what to do instead."""
+    if other.words == expected.words:
+        return
+    index = next((i for i, (a, b) in enumerate(zip(expected.words, other.words)) if a != b),
+                 min(len(expected), len(other)))
+
+    def entry(vocab: Vocabulary) -> str:
+        return repr(vocab.words[index]) if index < len(vocab) else "nothing (it ends there)"
+    raise VocabularyError(
+        f"the vocabulary {other.source} differs from the one {expected.source} at entry "
+        f"{index}: {entry(other)} instead of {entry(expected)}; {fix}")
 
 
 class _LegacyVocab:

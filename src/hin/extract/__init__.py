@@ -5,6 +5,7 @@ Importing this package registers the built-in extractors; `transformers` is impo
 when a model is loaded, so the TSV import works without it.
 """
 
+from hin.data.features import read_attributes
 from hin.extract.grid import ClipGridExtractor
 from hin.extract.images import ClipPreprocessor, ImageFile, image_id_from_name, list_images
 from hin.extract.pipeline import (
@@ -18,11 +19,12 @@ from hin.extract.pipeline import (
                                   register_extractor,
 )
 from hin.extract.regions import DetrRegionExtractor
+from hin.extract.shards import Shard, choose_shard
 from hin.extract.vinvl import import_vinvl
-from hin.extract.writer import FeatureWriter, read_attributes
+from hin.extract.writer import FeatureWriter, merge_shards
 
 __all__ = ["EXTRACTORS", "ClipGridExtractor", "ClipPreprocessor", "DetrRegionExtractor",
-           "ExtractionReport", "FeatureWriter", "ImageFile", "PictureExtractor",
-           "build_extractor", "extract_to_file", "extractor_from_attributes",
-           "image_id_from_name", "import_vinvl", "list_images", "prepare_pictures",
-           "read_attributes", "register_extractor"]
+           "ExtractionReport", "FeatureWriter", "ImageFile", "PictureExtractor", "Shard",
+           "build_extractor", "choose_shard", "extract_to_file", "extractor_from_attributes",
+           "image_id_from_name", "import_vinvl", "list_images", "merge_shards",
+           "prepare_pictures", "read_attributes", "register_extractor"]

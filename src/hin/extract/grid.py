@@ -6,12 +6,13 @@ Per image, from transformers' CLIP vision tower (ViT-L/14 at 224 px by default):
   and `pooler_output` is `post_layernorm(class token)`, so the norm is applied here;
 - `global` [768]: `visual_projection(pooler_output)`, i.e. CLIP's image embedding, not
   normalised.
-Both are stored as float16, the released layout. Pictures are prepared as CLIP does
-(images.ClipPreprocessor). For figures, each image also gets `size` (h, w) and `crop`
-(x1, y1, x2, y2: the square of the picture the patches cover, in its pixels), and the file
-records the patch layout (`grid_rows` x `grid_cols`, row-major). Weights come from a local
-folder or the Hugging Face cache; this module never substitutes anything for weights it
-cannot load.
+Both are stored as float16, the released layout, whatever the arithmetic (`precision`:
+fp32, bf16 autocast, or fp16 weights on CUDA as the released grids were computed). Pictures
+are prepared as CLIP does (images.ClipPreprocessor). For figures, each image also gets `size`
+(h, w) and `crop` (x1, y1, x2, y2: the square of the picture the patches cover, in its
+pixels), and the file records the patch layout (`grid_rows` x `grid_cols`, row-major).
+Weights come from a local folder or the Hugging Face cache; this module never substitutes
+anything for weights it cannot load.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from hin.data.features import GRID_COLS, GRID_ROWS
 from hin.devices import resolve_device
 from hin.extract.images import ClipPreprocessor
 from hin.extract.pipeline import (
+    COMPUTE_DTYPES,
     ImageEntry,
+    extraction_autocast,
     load_pretrained,
     register_extractor,
-    resolve_dtype,
+    resolve_extraction_precision,
     transformers_module,
 )
 
@@ -68,13 +71,13 @@ class ClipGridExtractor:
     kind = "grid"
 
     def __init__(self, model: str = DEFAULT_CLIP, device: str = "auto",
-                 dtype: str = "auto") -> None:
+                 precision: str = "fp32") -> None:
         transformers = transformers_module()
         self.model_name = str(model)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.precision = resolve_extraction_precision(precision, self.device)
         self.model = load_pretrained(transformers.CLIPVisionModelWithProjection, self.model_name,
-                                     self.device, self.dtype)
+                                     self.device, self.precision)
         config = self.model.config
         self.feature_dim = config.hidden_size
         self.global_dim = config.projection_dim
@@ -84,23 +87,25 @@ class ClipGridExtractor:
 
     @classmethod
     def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
-                        dtype: str = "auto") -> ClipGridExtractor:
+                        precision: str = "fp32") -> ClipGridExtractor:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
-        return cls(str(recorded["model"]), device=device, dtype=dtype)
+        return cls(str(recorded["model"]), device=device, precision=precision)
 
     def attributes(self) -> dict[str, object]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "feature_dim": self.feature_dim, "tokens": self.tokens,
                 "global_dim": self.global_dim, "image_size": self.preprocess.size,
                 GRID_ROWS: self.grid_side, GRID_COLS: self.grid_side,
-                "compute_dtype": str(self.dtype).removeprefix("torch.")}
+                "compute_dtype": COMPUTE_DTYPES[self.precision]}
 
     @torch.inference_mode()
     def __call__(self, prepared: Sequence[ClipPicture]) -> list[ImageEntry]:
-        pixels = torch.from_numpy(np.stack([p.pixels for p in prepared])).to(self.device, self.dtype)
-        vision = self.model.vision_model(pixel_values=pixels)
-        patches = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
-        embeddings = self.model.visual_projection(vision.pooler_output)
+        pixels = torch.from_numpy(np.stack([p.pixels for p in prepared])).to(self.device,
+                                                                            self.model.dtype)
+        with extraction_autocast(self.device, self.precision):
+            vision = self.model.vision_model(pixel_values=pixels)
+            patches = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
+            embeddings = self.model.visual_projection(vision.pooler_output)
         patches = patches.to(torch.float16).cpu().numpy()
         embeddings = embeddings.to(torch.float16).cpu().numpy()
         return [{"features": grid, "global": embedding,

@@ -17,7 +17,9 @@ pictures).
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hin.errors import HINError
+from hin.errors import HINError, UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _TRAILING_INTEGER = re.compile(r"(?:^|_)(\d+)$")
+MAX_PIXELS_ENV = "HIN_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 64_000_000   # a 64 MP picture decodes to ~200 MB of RGB; COCO's are ~0.3 MP
 
 
 class ImageListError(HINError, ValueError):
@@ -108,11 +112,34 @@ def _named(paths: Iterable[Path]) -> list[ImageFile]:
     return sorted(files, key=lambda file: file.image_id)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode a picture fully as RGB, or raise PictureError saying why."""
+def max_pixels() -> int:
+    """The largest picture (width x height) hin decodes: $HIN_MAX_PIXELS, else 64 million."""
+    configured = os.environ.get(MAX_PIXELS_ENV)
+    if configured is None:
+        return DEFAULT_MAX_PIXELS
+    if not configured.strip().isdigit() or int(configured) <= 0:
+        raise UsageError(f"{MAX_PIXELS_ENV}={configured!r} is not a positive whole number of pixels")
+    return int(configured)
+
+
+def load_rgb(path: str | Path, limit: int | None = None) -> Image.Image:
+    """Decode a picture fully as RGB, or raise PictureError saying why. Pictures over `limit`
+    pixels (default `max_pixels()`) are refused from their header, before any decoding."""
+    limit = max_pixels() if limit is None else limit
     try:
-        with Image.open(path) as picture:
-            return picture.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # we say it below
+            with Image.open(path) as picture:
+                width, height = picture.size
+                if width * height > limit:
+                    raise PictureError(
+                        f"{path}: {width}x{height} is {width * height:,} pixels, over the limit of "
+                        f"{limit:,} (it would decode to {3 * width * height / 1e6:,.0f} MB of RGB); "
+                        f"shrink the picture, or raise the limit with "
+                        f"{MAX_PIXELS_ENV}={width * height}")
+                return picture.convert("RGB")
+    except PictureError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise PictureError(f"{path}: {type(error).__name__}: {error}") from error
 

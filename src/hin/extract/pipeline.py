@@ -6,11 +6,15 @@ of prepared pictures into one `{suffix: array}` entry per image (`features`, `gl
 `boxes`, ...). This module batches, shows images/s, skips the ids the output already holds
 (re-running resumes), writes a chunk at a time through `FeatureWriter` (a kill loses at most
 one chunk, see writer.py) and lists pictures that fail to decode in a report while the run
-goes on. It must never write a substitute entry for a picture it could not read.
+goes on. It must never write a substitute entry for a picture it could not read. With a
+`Shard` it extracts only that shard's block of the pictures, into the shard's own file
+(shards.py). Extractors compute in the `precision` chosen here (fp32, bf16 autocast, fp16
+weights on CUDA) and store their results in the released dtypes whatever it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,22 +27,37 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from hin.config import EXTRACTION_PRECISIONS
+from hin.devices import autocast, resolve_precision
 from hin.errors import MissingExtraError, UsageError
 from hin.extract.images import ImageFile, PictureError, load_rgb
+from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 ImageEntry = dict[str, np.ndarray]
 
+COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` -> float16 on CUDA (how the released CLIP features were computed), float32 on CPU."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise UsageError(f"dtype must be auto or one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+
+def resolve_extraction_precision(name: str, device: torch.device) -> str:
+    """`fp32` | `bf16` | `auto` as everywhere in hin (`hin.devices.resolve_precision`), plus
+    `fp16`: the weights themselves in float16 on CUDA, how the released CLIP grids were made."""
+    if name not in EXTRACTION_PRECISIONS:
+        raise UsageError(f"extraction precision must be one of {', '.join(EXTRACTION_PRECISIONS)}, got {name!r}")
+    if name == "fp16" and device.type != "cuda":
+        raise UsageError(f"precision fp16 needs a CUDA device, not {device}: on a CPU use bf16 "
+                         "(fast where it has avx512_bf16 or AMX) or fp32")
+    return name if name == "fp16" else resolve_precision(name, device)
+
+
+def weights_dtype(precision: str) -> torch.dtype:
+    """fp16 casts the weights; fp32 and bf16 keep them in float32 (bf16 runs under autocast)."""
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def extraction_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for `bf16`; nothing for fp32 and fp16 (whose weights are float16)."""
+    return autocast(device, "bf16" if precision == "bf16" else "fp32")
 
 
 def transformers_module() -> Any:
@@ -51,11 +70,13 @@ def transformers_module() -> Any:
     return transformers
 
 
-def load_pretrained(model_class: type, model: str, device: torch.device, dtype: torch.dtype,
+def load_pretrained(model_class: type, model: str, device: torch.device, precision: str,
                     revision: str | None = None) -> Any:
-    """A transformers model from a local folder or the Hugging Face cache/hub, in eval mode."""
+    """A transformers model from a local folder or the Hugging Face cache/hub, in eval mode,
+    with its weights in the dtype `precision` (resolved) needs."""
     try:
-        loaded = model_class.from_pretrained(model, revision=revision, dtype=dtype)
+        loaded = model_class.from_pretrained(model, revision=revision,
+                                             dtype=weights_dtype(precision))
     except OSError as error:
         raise FileNotFoundError(
             f"could not load {model_class.__name__} weights {model!r}"
@@ -75,7 +96,7 @@ class PictureExtractor(Protocol):
 
     @classmethod
     def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
-                        dtype: str = "auto") -> PictureExtractor:
+                        precision: str = "fp32") -> PictureExtractor:
         """Rebuild the extractor that wrote `recorded` (a file's `attributes()`)."""
 
     def attributes(self) -> dict[str, object]:
@@ -106,13 +127,13 @@ def build_extractor(name: str, **options: Any) -> PictureExtractor:
 
 
 def extractor_from_attributes(recorded: dict[str, object], device: str = "auto",
-                              dtype: str = "auto") -> PictureExtractor:
+                              precision: str = "fp32") -> PictureExtractor:
     """The registered extractor that wrote features with these attributes, rebuilt."""
     name = recorded.get("extractor")
     if name not in EXTRACTORS:
         raise UsageError(f"features made by {name!r} cannot be computed from pictures here; "
                          f"picture extractors: {sorted(EXTRACTORS)}")
-    return EXTRACTORS[name].from_attributes(recorded, device=device, dtype=dtype)
+    return EXTRACTORS[name].from_attributes(recorded, device=device, precision=precision)
 
 
 def prepare_pictures(extractor: PictureExtractor,
@@ -155,11 +176,16 @@ class ExtractionReport:
     images_in_file: int = 0
     seconds: float = 0.0
     failure_report: Path | None = None
+    shard: Shard | None = None
+    merge_into: Path | None = None      # a shard's final output
 
     def summary(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         lines = [f"{self.out}: wrote {self.written} images ({rate:.2f} images/s), skipped "
                  f"{self.skipped} already present; the file holds {self.images_in_file} images"]
+        if self.shard is not None:
+            lines.append(f"shard {self.shard} has finished; once all {self.shard.count} have: "
+                         f"hin extract merge {self.merge_into}")
         if self.failed:
             lines.append(f"{len(self.failed)} pictures could not be read; listed in "
                          f"{self.failure_report}")
@@ -173,15 +199,22 @@ def failure_report_path(out: str | Path) -> Path:
 
 def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out: str | Path, *,
                     batch_size: int = 32, chunk_size: int = 512, workers: int = 2,
-                    progress: bool = True) -> ExtractionReport:
-    """Extract every picture of `files` not yet in `out`; see the module docstring."""
+                    progress: bool = True, shard: Shard | None = None) -> ExtractionReport:
+    """Extract every picture of `files` (or of its shard `shard`, into that shard's file) not
+    yet in `out`; see the module docstring and shards.py."""
     if batch_size < 1 or chunk_size < 1 or workers < 0:
         raise UsageError("batch_size and chunk_size must be positive and workers >= 0, got "
                          f"{batch_size}, {chunk_size}, {workers}")
     started = time.perf_counter()
-    writer = FeatureWriter(out, extractor.attributes())
+    if shard is None:
+        writer = FeatureWriter(out, extractor.attributes())
+    else:
+        writer = FeatureWriter(out, extractor.attributes(), shard,
+                               fingerprint(file.image_id for file in files))
+        files = shard.take(files)
     todo = [file for file in files if file.image_id not in writer.done_ids]
-    report = ExtractionReport(Path(out), skipped=len(files) - len(todo))
+    report = ExtractionReport(writer.target, skipped=len(files) - len(todo), shard=shard,
+                              merge_into=writer.out)
     loader = DataLoader(_PreparedPictures(todo, extractor.preprocess), batch_size=batch_size,
                         num_workers=workers, collate_fn=_as_list)
     chunk: dict[int, ImageEntry] = {}
@@ -201,7 +234,7 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
         writer.write_chunk(chunk)
         report.written += len(chunk)
     report.images_in_file = writer.finish()
-    report.failure_report = _write_failures(failure_report_path(out), report.failed)
+    report.failure_report = _write_failures(failure_report_path(writer.target), report.failed)
     report.seconds = time.perf_counter() - started
     return report
 

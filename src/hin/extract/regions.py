@@ -29,10 +29,12 @@ from PIL import Image
 from hin.devices import resolve_device
 from hin.errors import MissingExtraError, UsageError
 from hin.extract.pipeline import (
+    COMPUTE_DTYPES,
     ImageEntry,
+    extraction_autocast,
     load_pretrained,
     register_extractor,
-    resolve_dtype,
+    resolve_extraction_precision,
     transformers_module,
 )
 
@@ -67,7 +69,7 @@ class DetrRegionExtractor:
     kind = "region"
 
     def __init__(self, model: str = DEFAULT_DETR, revision: str | None = DEFAULT_DETR_REVISION,
-                 device: str = "auto", dtype: str = "auto", threshold: float = 0.5,
+                 device: str = "auto", precision: str = "fp32", threshold: float = 0.5,
                  max_regions: int = 50) -> None:
         if not 0.0 <= threshold < 1.0 or max_regions < 1:
             raise UsageError(f"threshold must be in [0, 1) and max_regions positive, got "
@@ -76,12 +78,12 @@ class DetrRegionExtractor:
         self.model_name = str(model)
         self.revision = revision
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.precision = resolve_extraction_precision(precision, self.device)
         self.threshold = threshold
         self.max_regions = max_regions
         try:
             self.model = load_pretrained(transformers.DetrForObjectDetection, self.model_name,
-                                         self.device, self.dtype, revision=revision)
+                                         self.device, self.precision, revision=revision)
         except ImportError as error:
             raise MissingExtraError(f"{self.model_name} needs {error}; use a checkpoint with "
                               "transformers' own ResNet backbone, e.g. facebook/detr-resnet-50 "
@@ -93,17 +95,17 @@ class DetrRegionExtractor:
 
     @classmethod
     def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
-                        dtype: str = "auto") -> DetrRegionExtractor:
+                        precision: str = "fp32") -> DetrRegionExtractor:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
         return cls(str(recorded["model"]), revision=str(recorded["revision"]) or None,
-                   device=device, dtype=dtype, threshold=float(recorded["threshold"]),
+                   device=device, precision=precision, threshold=float(recorded["threshold"]),
                    max_regions=int(recorded["max_regions"]))
 
     def attributes(self) -> dict[str, object]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "revision": self.revision or "", "feature_dim": self.feature_dim,
                 "threshold": self.threshold, "max_regions": self.max_regions,
-                "compute_dtype": str(self.dtype).removeprefix("torch.")}
+                "compute_dtype": COMPUTE_DTYPES[self.precision]}
 
     @torch.inference_mode()
     def __call__(self, prepared: Sequence[DetrPicture]) -> list[ImageEntry]:
@@ -115,8 +117,9 @@ class DetrRegionExtractor:
             _, h, w = picture.pixels.shape
             pixels[i, :, :h, :w] = torch.from_numpy(picture.pixels)
             mask[i, :h, :w] = 1
-        output = self.model(pixel_values=pixels.to(self.device, self.dtype),
-                            pixel_mask=mask.to(self.device))
+        with extraction_autocast(self.device, self.precision):
+            output = self.model(pixel_values=pixels.to(self.device, self.model.dtype),
+                                pixel_mask=mask.to(self.device))
         probabilities = output.logits.float().softmax(-1)[..., :-1]     # drop "no object"
         confidence = probabilities.max(-1).values                        # [B, Q]
         return [self._regions(picture, states, boxes, scores)

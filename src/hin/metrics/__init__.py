@@ -13,7 +13,6 @@ from hin.metrics.coco import (
     find_corenlp,
     find_java,
     ptb_tokenize,
-    read_coco_references,
     read_coco_results,
     score_captions,
 )
@@ -22,5 +21,5 @@ from hin.metrics.postprocess import collapse_repeats
 __all__ = [
     "CORENLP_ENV", "METRIC_NAMES", "CiderDTable", "CiderError", "JavaNotFoundError", "MetricsError",
     "MetricsReport", "cider_d", "collapse_repeats", "find_corenlp", "find_java", "ptb_tokenize",
-    "read_coco_references", "read_coco_results", "score_captions",
+    "read_coco_results", "score_captions",
 ]

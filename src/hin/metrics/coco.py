@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_
 from tqdm import tqdm
 
 from hin.errors import HINError
+from hin.files import read_json
 from hin.metrics.postprocess import collapse_repeats as _collapse_repeats
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -224,7 +224,7 @@ def score_captions(candidates: Mapping[Hashable, str],
                    progress: bool = True) -> MetricsReport:
     """Score one caption per id against that id's reference captions (raw, untokenised text).
 
-    `collapse_repeats` post-processes the candidates first (spec §7); `spice=False` skips the
+    `collapse_repeats` post-processes the candidates first (docs/model.md §7); `spice=False` skips the
     slow SPICE run. Raises JavaNotFoundError without Java and MetricsError on bad inputs.
     """
     ids = _check_inputs(candidates, references)
@@ -288,7 +288,7 @@ def _check_inputs(candidates: Mapping[Hashable, str],
 
 def read_coco_results(path: str | Path) -> dict[Hashable, str]:
     """A COCO results file (`[{"image_id": …, "caption": …}, …]`) as {image_id: caption}."""
-    entries = _read_json(path)
+    entries = read_json(path, "results file", error=MetricsError)
     if not isinstance(entries, list):
         raise MetricsError(f"{path}: a COCO results file is a JSON list of "
                            '{"image_id": ..., "caption": ...} objects')
@@ -301,24 +301,3 @@ def read_coco_results(path: str | Path) -> dict[Hashable, str]:
                                "keep one per image")
         captions[entry["image_id"]] = entry["caption"]
     return captions
-
-
-def read_coco_references(path: str | Path) -> dict[Hashable, list[str]]:
-    """A COCO captions annotation file (`captions_val2014.json`) as {image_id: [captions]}."""
-    data = _read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise MetricsError(f"{path}: not a COCO captions annotation file (no 'annotations' list)")
-    references: dict[Hashable, list[str]] = defaultdict(list)
-    for annotation in data["annotations"]:
-        references[annotation["image_id"]].append(annotation["caption"])
-    return dict(references)
-
-
-def _read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise MetricsError(f"{path} is not valid JSON: {error}") from error

@@ -1,4 +1,4 @@
-"""Caption post-processing applied before scoring (spec §7).
+"""Caption post-processing applied before scoring (docs/model.md §7).
 
 Captions arrive already cut at `<eos>` (the vocabulary's decode does that). The reference
 evaluation additionally collapses immediately repeated words ("a a dog" -> "a dog"); we do

@@ -1,4 +1,4 @@
-"""The HIN network (spec §1–6): layers, encoder, decoder and the model that joins them."""
+"""The HIN network (docs/model.md §1–6): layers, encoder, decoder and the model that joins them."""
 
 from hin.model.decoder import DecoderCache
 from hin.model.encoder import EncoderOutput

@@ -1,4 +1,4 @@
-"""BGAF decoder (spec §5) and its decoding cache.
+"""BGAF decoder (docs/model.md §5) and its decoding cache.
 
 Tokens are laid out [B, K, T]: K hypotheses (beams) per image. Cross-attention treats
 an image's K·T tokens as one query set over that image's memory, so the encoder
@@ -138,7 +138,7 @@ class Decoder(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
     def reset_position_table(self) -> None:
-        """Fill the frozen table as configured (spec §1): Xavier-random or sinusoid."""
+        """Fill the frozen table as configured (docs/model.md §1): Xavier-random or sinusoid."""
         rows, d = self.position_table.shape
         if self.config.position_table == "sinusoid":
             self.position_table.copy_(sinusoid_table(rows, d))

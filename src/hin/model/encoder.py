@@ -1,4 +1,4 @@
-"""HIN encoder: input projections, CTFA layers and the hierarchical interaction (spec §2–4).
+"""HIN encoder: input projections, CTFA layers and the hierarchical interaction (docs/model.md §2–4).
 
 Ng and Nr are read from the inputs; the interaction alternates cross-type and same-type
 steps for any number of levels (the reference stops working at five).

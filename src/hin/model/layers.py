@@ -1,4 +1,4 @@
-"""HIN's building blocks (spec §1): attention, feed-forward, and the two-candidate pick.
+"""HIN's building blocks (docs/model.md §1): attention, feed-forward, and the two-candidate pick.
 
 Attention splits its key/value projection from the attention itself, so that decoding can
 project the constant encoder memory once per image and reuse it at every step and for
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 MASK_VALUE = -1e9
-"""Added to attention scores of hidden keys (spec §1): finite, so a fully padded row is
+"""Added to attention scores of hidden keys (docs/model.md §1): finite, so a fully padded row is
 uniform instead of NaN."""
 
 
@@ -59,7 +59,7 @@ class KeyValue:
 
 
 class _HeadProjections(nn.Module):
-    """Query/key/value/output projections (biases start at 0, spec §6), dropout, LayerNorm."""
+    """Query/key/value/output projections (biases start at 0, docs/model.md §6), dropout, LayerNorm."""
 
     def __init__(self, d_model: int, num_heads: int, dropout: float):
         super().__init__()
@@ -116,7 +116,7 @@ class Attention(_HeadProjections):
 
 
 class FeedForward(nn.Module):
-    """LayerNorm(x + dropout(W2 · dropout(relu(W1 x)))) (spec §1)."""
+    """LayerNorm(x + dropout(W2 · dropout(relu(W1 x)))) (docs/model.md §1)."""
 
     def __init__(self, d_model: int, d_ff: int, dropout: float):
         super().__init__()
@@ -132,7 +132,7 @@ class FeedForward(nn.Module):
 
 
 class PickAttention(_HeadProjections):
-    """Each token attends over its own two candidates (spec §1, "Pick"), with the residual.
+    """Each token attends over its own two candidates (docs/model.md §1, "Pick"), with the residual.
 
     For token s_t and candidates (a_t, b_t): per head, softmax over the two scores
     q_t·k(a_t) and q_t·k(b_t), then the weighted values, output projection, dropout,

@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hin.config import ConfigError, DecodingConfig
 from hin.errors import HINError
+from hin.extract.images import max_pixels
 from hin.serve.settings import MAX_BEAM_SIZE
 
 OPTIONS = {"beam_size": f"beam size, 1 to {MAX_BEAM_SIZE}",
@@ -162,17 +163,18 @@ def _flag(given: Mapping[str, str], name: str) -> bool:
 
 
 def decode_picture(data: bytes) -> tuple[Image.Image, str]:
-    """Bytes -> (RGB picture, its format), refusing what Pillow cannot read fully and
-    pictures over Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)."""
+    """Bytes -> (RGB picture, its format), refusing what Pillow cannot read fully and, from
+    the header before decoding, pictures over Pillow's decompression-bomb limit or hin's
+    (hin.extract.images.max_pixels, $HIN_MAX_PIXELS), whichever is lower."""
+    limit = max_pixels() if Image.MAX_IMAGE_PIXELS is None else min(Image.MAX_IMAGE_PIXELS, max_pixels())
     try:
         with Image.open(io.BytesIO(data)) as picture:
-            pixels, limit = picture.width * picture.height, Image.MAX_IMAGE_PIXELS
-            if limit is not None and pixels > limit:
-                raise Image.DecompressionBombError(f"{pixels} pixels")
+            if picture.width * picture.height > limit:
+                raise Image.DecompressionBombError(f"{picture.width}x{picture.height} pixels")
             return picture.convert("RGB"), str(picture.format or "unknown")
     except Image.DecompressionBombError as error:
-        raise RequestError(400, f"the picture is too large to decode safely ({error}; Pillow's "
-                                f"limit is {Image.MAX_IMAGE_PIXELS} pixels)") from error
+        raise RequestError(400, f"the picture is too large to decode safely ({error}; the limit "
+                                f"is {limit} pixels)") from error
     except UnidentifiedImageError as error:
         raise RequestError(400, "the upload is not a picture Pillow can read (send JPEG, PNG, "
                                 "WebP, GIF, BMP or TIFF)") from error

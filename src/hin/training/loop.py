@@ -1,4 +1,4 @@
-"""Training runs (spec §8): cross-entropy, then self-critical CIDEr-D optimisation.
+"""Training runs (docs/model.md §8): cross-entropy, then self-critical CIDEr-D optimisation.
 
 A run directory holds `config.yaml` (resolved), `log.jsonl` (one JSON object per step and
 per epoch), `last.pt` (everything needed to continue: weights, optimiser, position in the
@@ -6,6 +6,10 @@ data order, RNG states, best score) and `best.pt` (chosen on validation CIDEr-D 
 test split is never read here). Checkpoints are atomic; SIGINT/SIGTERM save `last.pt`
 before exiting; a non-finite loss stops the run (or skips the batch) and never overwrites
 the last good checkpoint. On CPU a resumed run equals the uninterrupted one bit for bit.
+
+A directory holding any run file is an existing run: it is resumed, never started afresh;
+a finished run says how to extend it. SCST starts from a checkpoint (`init`), whose path
+and sha256 the log and every checkpoint record; the model's settings then come from it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import contextlib
 import math
 import random
 import signal
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from hin import checkpoint
-from hin.config import DecodingConfig, RunConfig, apply_overrides
+from hin.config import ConfigError, DecodingConfig, HINConfig, RunConfig, apply_overrides
 from hin.data.coco import load_splits
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
 from hin.data.features import FeatureStore, read_attributes
@@ -44,7 +50,7 @@ from hin.metrics import (
 )
 from hin.model import HIN
 from hin.training import distributed
-from hin.training.runlog import RunLog
+from hin.training.runlog import LOG_FILE, RunLog
 from hin.training.schedule import lr_factor, should_stop
 from hin.training.scst import self_critical_loss
 
@@ -52,10 +58,16 @@ CONFIG_FILE = "config.yaml"
 LAST = "last.pt"
 BEST = "best.pt"
 CIDER_TABLE = "cider_train.npz"
+RUN_FILES = (CONFIG_FILE, LOG_FILE, LAST, BEST)
 
 
 class TrainingError(HINError, RuntimeError):
     """The run cannot go on (non-finite loss, inconsistent files); says what to do."""
+
+
+class RunDirectoryError(HINError, ValueError):
+    """A run directory that cannot be used as asked: it holds another run, it cannot be
+    written, or its run is finished; says what to do instead."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -130,11 +142,16 @@ class Trainer:
     """One stage of training over one run directory."""
 
     def __init__(self, config: RunConfig, *, init: str | Path | None = None,
-                 resume_state: dict[str, Any] | None = None, progress: bool = True):
+                 resume_state: dict[str, Any] | None = None, progress: bool = True,
+                 model_keys: Collection[str] | None = None):
+        """`model_keys`: the model settings the user gave, which must agree with `init`'s
+        (default: those that differ from HINConfig's defaults)."""
         self.context = distributed.setup(config.train.device)
         self.show_progress = progress and self.context.is_main
         self.vocab = Vocabulary.load(config.data.vocabulary)
-        init_model = self._init_model(init) if init else None
+        init_model = self._init_model(init, config.model, model_keys) if init else None
+        self.init_record = ({"path": str(init), "sha256": checkpoint.sha256(init)} if init
+                            else (resume_state or {}).get("init"))
         model_config = init_model.config if init_model else replace(
             config.model, vocab_size=len(self.vocab))
         self.config = replace(config, model=model_config)
@@ -175,13 +192,24 @@ class Trainer:
             (self.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(self.config.to_dict(),
                                                                    sort_keys=False))
             self.log = RunLog(self.run_dir, use_tensorboard=train.tensorboard)
+        if init:
+            self._log({"event": "init", **self.init_record})
 
-    def _init_model(self, path: str | Path) -> HIN:
+    def _init_model(self, path: str | Path, wanted: HINConfig,
+                    model_keys: Collection[str] | None) -> HIN:
         model, extra = checkpoint.load(path)
         if ("vocabulary" in extra
                 and Vocabulary.from_dict(extra["vocabulary"]).words != self.vocab.words):
             raise TrainingError(f"{path} was trained with another vocabulary than "
                                 "data.vocabulary; point data.vocabulary at the one it used")
+        if model_keys is None:
+            model_keys = [f.name for f in fields(HINConfig)
+                          if getattr(wanted, f.name) != getattr(HINConfig(), f.name)]
+        conflicts = model_conflicts(wanted, model.config, model_keys)
+        if conflicts:
+            raise ConfigError(f"the model settings come from --init {path}, but "
+                              f"{', '.join(conflicts)} differ from it: drop those model.* "
+                              "settings (or train from scratch without --init)")
         return model
 
     def _find_java(self) -> str | None:
@@ -287,9 +315,10 @@ class Trainer:
     def _extra(self) -> dict[str, Any]:
         """Stored in every checkpoint: what `hin evaluate` and `hin caption` need to use it."""
         data = self.config.data
+        init = {"init": self.init_record} if self.init_record else {}
         return {"config": self.config.to_dict(), "vocabulary": self.vocab.to_dict(),
                 "features": {"grid": read_attributes(data.grid_features),
-                             "region": read_attributes(data.region_features)}}
+                             "region": read_attributes(data.region_features)}, **init}
 
     def save_last(self) -> None:
         if self.context.is_main:
@@ -308,55 +337,84 @@ class Trainer:
         """Train until the epoch limit, the stopping rule or train.max_steps; -> best.pt."""
         train = self.config.train
         step_loss = self._xe_loss if train.stage == "xe" else self._scst_loss
-        per_rank = train.batch_size // self.context.world_size
         self.model.train()
         with _StopSignals() as stop:
             while not self.progress.done and self.progress.epoch <= train.epochs:
                 epoch = self.progress.epoch
-                lr = train.lr * lr_factor(train.stage, epoch)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                order = distributed.EpochOrder(len(self.train_set), train.batch_size, train.seed,
-                                               epoch, self.context, self.progress.batch)
-                loader = make_loader(self.train_set, per_rank, sampler=order,
-                                     num_workers=self.config.data.num_workers,
-                                     seed=train.seed + epoch)
-                bar = tqdm(loader, desc=f"{train.stage} epoch {epoch}", unit="batch",
-                           initial=self.progress.batch, total=order.batches,
-                           disable=not self.show_progress)
+                lr = self._set_learning_rate(epoch)
+                bar = self._epoch_batches(epoch)
                 for batch in bar:
                     started = time.perf_counter()
-                    loss, values = step_loss(batch.to(self.context.device))
-                    if not self._finite_everywhere(loss):
-                        self._nonfinite(loss)
+                    values = self._optimise(step_loss, batch)
+                    if values is None:      # a skipped non-finite batch
                         continue
-                    values = self._mean_over_ranks(values)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    self.progress.batch += 1
-                    self.progress.step += 1
-                    self.progress.epoch_losses.append(values["loss"])
                     bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
-                    if self.progress.step % train.log_every == 0:
-                        self._log({"event": "step", "stage": train.stage, "epoch": epoch,
-                                   "step": self.progress.step, "lr": lr,
-                                   "seconds": time.perf_counter() - started, **values})
-                    if train.checkpoint_every and self.progress.step % train.checkpoint_every == 0:
-                        self.save_last()
-                    if self._stop_requested(stop):
-                        self.save_last()
-                        self._log({"event": "stop", "reason": "signal", "step": self.progress.step})
-                        raise TrainingInterrupted(
-                            f"interrupted at epoch {epoch}, step {self.progress.step}; saved "
-                            f"{self.run_dir / LAST}; continue with `hin train --resume {self.run_dir}`")
-                    if train.max_steps and self.progress.step >= train.max_steps:
-                        self.save_last()
-                        self._log({"event": "stop", "reason": "max_steps", "step": self.progress.step})
+                    self._log_step(epoch, lr, values, started)
+                    if self._checkpoint_or_stop(epoch, stop):
                         return self.run_dir / BEST
                 bar.close()
                 self._end_epoch(epoch, lr)
         return self.run_dir / BEST
+
+    def _set_learning_rate(self, epoch: int) -> float:
+        """The stage's schedule for `epoch`, set on the optimiser."""
+        train = self.config.train
+        lr = train.lr * lr_factor(train.stage, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _epoch_batches(self, epoch: int) -> tqdm:
+        """This rank's batches of `epoch` from where the run stands, behind a progress bar."""
+        train = self.config.train
+        order = distributed.EpochOrder(len(self.train_set), train.batch_size, train.seed,
+                                       epoch, self.context, self.progress.batch)
+        loader = make_loader(self.train_set, train.batch_size // self.context.world_size,
+                             sampler=order, num_workers=self.config.data.num_workers,
+                             seed=train.seed + epoch)
+        return tqdm(loader, desc=f"{train.stage} epoch {epoch}", unit="batch",
+                    initial=self.progress.batch, total=order.batches,
+                    disable=not self.show_progress)
+
+    def _optimise(self, step_loss: Any, batch: Batch) -> dict[str, float] | None:
+        """One optimiser step -> the step's logged numbers; None when the batch was skipped
+        for a non-finite loss (train.nonfinite=skip; `stop` raises)."""
+        loss, values = step_loss(batch.to(self.context.device))
+        if not self._finite_everywhere(loss):
+            self._nonfinite(loss)
+            return None
+        values = self._mean_over_ranks(values)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.progress.batch += 1
+        self.progress.step += 1
+        self.progress.epoch_losses.append(values["loss"])
+        return values
+
+    def _log_step(self, epoch: int, lr: float, values: dict[str, float], started: float) -> None:
+        if self.progress.step % self.config.train.log_every == 0:
+            self._log({"event": "step", "stage": self.config.train.stage, "epoch": epoch,
+                       "step": self.progress.step, "lr": lr,
+                       "seconds": time.perf_counter() - started, **values})
+
+    def _checkpoint_or_stop(self, epoch: int, stop: _StopSignals) -> bool:
+        """Save `last.pt` when due; after a signal raise TrainingInterrupted; -> True when
+        train.max_steps is reached (saved)."""
+        train = self.config.train
+        if train.checkpoint_every and self.progress.step % train.checkpoint_every == 0:
+            self.save_last()
+        if self._stop_requested(stop):
+            self.save_last()
+            self._log({"event": "stop", "reason": "signal", "step": self.progress.step})
+            raise TrainingInterrupted(
+                f"interrupted at epoch {epoch}, step {self.progress.step}; saved "
+                f"{self.run_dir / LAST}; continue with `hin train --resume {self.run_dir}`")
+        if train.max_steps and self.progress.step >= train.max_steps:
+            self.save_last()
+            self._log({"event": "stop", "reason": "max_steps", "step": self.progress.step})
+            return True
+        return False
 
     def _stop_requested(self, stop: _StopSignals) -> bool:
         return self._any_rank(stop.received is not None)
@@ -386,9 +444,12 @@ class Trainer:
         self._log({"event": "nonfinite", "step": self.progress.step + 1, "loss": value,
                    "policy": self.config.train.nonfinite})
         if self.config.train.nonfinite == "stop":
+            last = self.run_dir / LAST
+            kept = (f"the last good checkpoint is {last} (not overwritten)" if last.is_file()
+                    else "no checkpoint was saved before it (train.checkpoint_every=N saves "
+                         "one every N steps)")
             raise TrainingError(
-                f"non-finite loss ({value}) at {where}{rank}; the last good checkpoint is "
-                f"{self.run_dir / LAST} (not overwritten). Lower train.lr, or set "
+                f"non-finite loss ({value}) at {where}{rank}; {kept}. Lower train.lr, or set "
                 "train.nonfinite=skip to skip such batches")
         self._say(f"skipping a batch with non-finite loss at {where}")
         self.progress.batch += 1
@@ -422,29 +483,101 @@ class Trainer:
         self.save_last()
 
 
-def start(config: RunConfig, *, init: str | Path | None = None, progress: bool = True) -> Path:
-    """A new run in config.run_dir (which must not hold one already) -> best.pt path."""
-    last = Path(config.run_dir) / LAST
-    if last.exists():
-        raise TrainingError(f"{config.run_dir} already holds a run ({last}); continue it with "
-                            f"`hin train --resume {config.run_dir}` or set run_dir=<new directory>")
-    return _fit(Trainer(config, init=init, progress=progress))
+def model_conflicts(wanted: HINConfig, actual: HINConfig, keys: Collection[str]) -> list[str]:
+    """`model.key=wanted (checkpoint: actual)` for each of `keys` whose values differ; the
+    vocabulary size is never one of them (it comes from the vocabulary)."""
+    return [f"model.{key}={getattr(wanted, key)!r} (checkpoint: {getattr(actual, key)!r})"
+            for key in sorted(keys) if key != "vocab_size"
+            and getattr(wanted, key) != getattr(actual, key)]
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    """Create run_dir, check that files can be written in it, and remove the temporary
+    files that a kill during a checkpoint save leaves behind."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as error:
+        raise RunDirectoryError(f"cannot write in the run directory {run_dir} "
+                                f"({error.strerror or error}): choose another run_dir or make "
+                                "it writable") from None
+    for name in (LAST, BEST):
+        for stale in run_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def start(config: RunConfig, *, init: str | Path | None = None, progress: bool = True,
+          model_keys: Collection[str] | None = None) -> Path:
+    """A new run in config.run_dir (which must hold no run files) -> best.pt path.
+    `init`: start from that checkpoint's weights and model settings (required for SCST);
+    `model_keys`: the model settings the user gave (see Trainer)."""
+    run_dir = Path(config.run_dir)
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); continue it with "
+            f"`hin train --resume {run_dir}` or choose another run_dir")
+    if config.train.stage == "scst" and init is None:
+        raise ConfigError("train.stage=scst fine-tunes a trained model: give the cross-entropy "
+                          "checkpoint to start from with --init (e.g. --init runs/synth_xe/best.pt)")
+    _prepare_run_dir(run_dir)
+    return _fit(Trainer(config, init=init, progress=progress, model_keys=model_keys))
 
 
 def resume(run_dir: str | Path, overrides: list[str] = (), progress: bool = True) -> Path:
-    """Continue the run saved in run_dir/last.pt, optionally with `key=value` overrides."""
-    last = Path(run_dir) / LAST
-    _, extra = checkpoint.load(last)
-    config = RunConfig.from_dict(extra["config"])
-    if overrides:
-        config = RunConfig.from_dict(apply_overrides(config.to_dict(), list(overrides)))
-    config = replace(config, run_dir=str(run_dir))
-    payload = torch.load(last, map_location="cpu", weights_only=True)
-    state = {"model": payload["model"], **extra["training"]}
+    """Continue the run saved in run_dir/last.pt, optionally with `key=value` overrides
+    (not of the model's settings); a finished run is refused with how to extend it."""
+    run_dir = Path(run_dir)
+    last = run_dir / LAST
+    if not last.is_file():
+        raise RunDirectoryError(f"{run_dir} holds no {LAST} to resume from; start a run there "
+                                "with `hin train --config ...`")
+    payload = checkpoint.read_hin(last)
+    extra = payload["extra"]
+    saved = RunConfig.from_dict(extra["config"])
+    config = replace(RunConfig.from_dict(apply_overrides(extra["config"], list(overrides))),
+                     run_dir=str(run_dir))
+    conflicts = model_conflicts(config.model, saved.model, [f.name for f in fields(HINConfig)])
+    if conflicts:
+        raise ConfigError(f"a resumed run keeps its model: {', '.join(conflicts)} differ from "
+                          f"{last}; start a new run for another model")
+    state = {"model": payload["model"], "init": extra.get("init"), **extra["training"]}
+    state["progress"]["done"] = _stopping_rule_met(config, Progress(**state["progress"]))
+    _refuse_finished(run_dir, config, Progress(**state["progress"]))
+    _prepare_run_dir(run_dir)
     trainer = Trainer(config, resume_state=state, progress=progress)
     trainer._log({"event": "resume", "step": trainer.progress.step,
                   "epoch": trainer.progress.epoch})
     return _fit(trainer)
+
+
+def _stopping_rule_met(config: RunConfig, progress: Progress) -> bool:
+    """Whether the run stopped early by the rule, judged with the (possibly overridden)
+    patience and minimum, after the last finished epoch."""
+    train = config.train
+    return progress.epoch > 1 and should_stop(progress.epoch - 1, progress.epochs_since_best,
+                                              train.patience, train.min_epochs)
+
+
+def _refuse_finished(run_dir: Path, config: RunConfig, progress: Progress) -> None:
+    train = config.train
+    if train.max_steps and progress.step >= train.max_steps:
+        why = f"reached train.max_steps={train.max_steps} (step {progress.step})"
+        extend, other = f"train.max_steps={progress.step + 1000}", "train.max_steps=0: no step limit"
+    elif progress.done:
+        why = (f"was stopped by the stopping rule after epoch {progress.epoch - 1} "
+               f"({progress.epochs_since_best} epochs without a better validation score, "
+               f"train.patience={train.patience})")
+        extend, other = f"train.patience={train.patience + 5}", "train.patience=0: no early stopping"
+    elif progress.epoch > train.epochs:
+        why = f"trained all train.epochs={train.epochs} epochs"
+        extend, other = f"train.epochs={train.epochs + 5}", "any number of epochs above it"
+    else:
+        return
+    raise RunDirectoryError(f"the run in {run_dir} is finished: it {why}. To train on, resume "
+                            f"with a higher limit, e.g. `hin train --resume {run_dir} {extend}` "
+                            f"({other})")
 
 
 def _fit(trainer: Trainer) -> Path:

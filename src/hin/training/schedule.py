@@ -1,4 +1,4 @@
-"""The paper's epoch-wise learning-rate schedules and SCST stopping rule (spec §8).
+"""The paper's epoch-wise learning-rate schedules and SCST stopping rule (docs/model.md §8).
 
 Epochs are counted from 1. These are pure functions of the epoch number, so a resumed run
 recomputes exactly the rate the uninterrupted run used.

@@ -1,4 +1,4 @@
-"""Self-critical sequence training (spec §8): rewards, baseline and loss.
+"""Self-critical sequence training (docs/model.md §8): rewards, baseline and loss.
 
 The beams are found without gradients (cached beam search); their log-probabilities are
 then recomputed in one teacher-forced pass with gradients. This gives the same loss as

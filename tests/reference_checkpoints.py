@@ -1,0 +1,59 @@
+"""Checkpoint files written the way the reference's training script writes them.
+
+Its `train.py` saves, every epoch, a dict with the model's state_dict, the Adam optimiser's
+and LambdaLR scheduler's states, the RNG states of torch, CUDA, numpy and `random`, and
+numpy floats for the validation CIDEr. The published checkpoints are such files.
+"""
+
+from __future__ import annotations
+
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def save_like_reference_training(state_dict: dict[str, torch.Tensor], path: Path) -> Path:
+    """Write `state_dict` inside a reference-style training checkpoint at `path`."""
+    parameters = [tensor.clone().requires_grad_() for tensor in state_dict.values()
+                  if tensor.is_floating_point()]
+    optimizer = torch.optim.Adam(parameters, lr=1.0, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 4))
+    for _ in range(2):
+        optimizer.zero_grad()
+        sum(p.square().sum() for p in parameters).backward()
+        optimizer.step()
+        scheduler.step()
+    val_cider = np.float64(1.0873)
+    torch.save({
+        "torch_rng_state": torch.get_rng_state(),
+        "cuda_rng_state": torch.get_rng_state(),   # torch.cuda.get_rng_state(): a uint8 tensor too
+        "numpy_rng_state": np.random.get_state(),
+        "random_rng_state": random.getstate(),
+        "epoch": 7,
+        "val_loss": np.float64(2.3125),
+        "val_cider": val_cider,
+        "state_dict": state_dict,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "patience": 2,
+        "best_cider": val_cider,
+        "use_rl": False,
+    }, path)
+    return path
+
+
+def as_if_pickled_by_numpy_1(source: Path, target: Path) -> Path:
+    """A copy of `source` whose pickle names numpy's functions as numpy 1.x wrote them
+    (`numpy.core.multiarray`, which numpy 2 renamed `numpy._core.multiarray`)."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        for entry in original.infolist():
+            data = original.read(entry)
+            if entry.filename.endswith("/data.pkl"):
+                renamed = data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+                assert renamed != data
+                data = renamed
+            copy.writestr(entry, data)
+    return target
