@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hin-installed
 
-.PHONY: install test demo clean
+.PHONY: install test browser demo clean
 
 install: $(STAMP)
 
@@ -18,9 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The `hin serve` browser test drives Debian's chromium + chromium-driver; install them when
+# missing (as root), else that one test skips and says why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "chromium/chromedriver missing and not root: the browser test will be skipped"; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

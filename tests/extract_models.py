@@ -12,6 +12,7 @@ from PIL import Image
 CLIP_HIDDEN, CLIP_PROJECTION, CLIP_IMAGE, CLIP_PATCH = 32, 16, 32, 8
 CLIP_TOKENS = (CLIP_IMAGE // CLIP_PATCH) ** 2
 DETR_D_MODEL, DETR_QUERIES = 32, 10
+TAUGHT_CAPTION = "a red dog on grass"
 
 
 def write_tiny_clip(directory: Path) -> Path:
@@ -50,3 +51,59 @@ def write_pictures(directory: Path, sizes: dict[str, tuple[int, int]], seed: int
         pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(directory / name)
     return directory
+
+
+def tiny_hin_config(vocab_size: int, grid_dim: int, region_dim: int, **sizes):
+    from hin.config import HINConfig
+
+    values = {"num_layers": 2, "d_model": 32, "num_heads": 4, "d_ff": 64, "dropout": 0.0, **sizes}
+    return HINConfig(vocab_size=vocab_size, grid_dim=grid_dim, region_dim=region_dim, **values)
+
+
+def write_picture_checkpoint(root: Path, pictures: dict[str, tuple[int, int]],
+                             hin_sizes: dict | None = None, **extra):
+    """Tiny CLIP + DETR, their features of `pictures` (written to root/pictures) in
+    root/grid.h5 and root/region.h5, and a tiny HIN taught TAUGHT_CAPTION that records them
+    as its extractors (so it captions pictures) -> (checkpoint path, model, vocabulary). `extra` goes into the
+    checkpoint too."""
+    from hin.checkpoint import save
+    from hin.data.features import FeatureStore
+    from hin.data.vocab import Vocabulary
+    from hin.extract import build_extractor, extract_to_file, list_images, read_attributes
+    from hin.model import HIN
+
+    folder = write_pictures(root / "pictures", pictures)
+    grid = build_extractor("clip-grid", model=str(write_tiny_clip(root / "clip")), device="cpu")
+    region = build_extractor("detr", model=str(write_tiny_detr(root / "detr")), revision=None,
+                             device="cpu", threshold=0.0, max_regions=4)
+    files = list_images(folder)
+    for extractor, out in ((grid, root / "grid.h5"), (region, root / "region.h5")):
+        extract_to_file(extractor, files, out, workers=0, progress=False)
+    vocab = Vocabulary.from_counts({"a": 9, "red": 8, "dog": 7, "on": 6, "grass": 5}, min_freq=1)
+    torch.manual_seed(1)
+    model = HIN(tiny_hin_config(len(vocab), CLIP_HIDDEN, DETR_D_MODEL, **(hin_sizes or {})))
+    store = FeatureStore(root / "grid.h5", root / "region.h5", grid_dim=CLIP_HIDDEN,
+                         region_dim=DETR_D_MODEL)
+    _teach(model, store, [f.image_id for f in files],
+           [vocab.bos_id, *map(vocab.index, TAUGHT_CAPTION.split()), vocab.eos_id])
+    features = {"grid": read_attributes(root / "grid.h5"),
+                "region": read_attributes(root / "region.h5")}
+    checkpoint = save(root / "tiny.pt", model.eval(), vocabulary=vocab.to_dict(),
+                      features=features, **extra)
+    return checkpoint, model, vocab
+
+
+def _teach(model, store, image_ids: list[int], caption: list[int], steps: int = 30) -> None:
+    """A few Adam steps of teacher forcing towards one caption for every picture, so that the
+    tiny model's captions have words (a random one often stops at once)."""
+    grid = torch.from_numpy(np.stack([store[i][0] for i in image_ids])).float()
+    region = torch.from_numpy(np.stack([store[i][1] for i in image_ids])).float()
+    tokens = torch.tensor([caption] * len(image_ids))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        logprobs = model.decode(tokens[:, :-1], model.encode(grid, region))
+        loss = torch.nn.functional.nll_loss(logprobs.flatten(0, 1), tokens[:, 1:].flatten())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    store.close()

@@ -16,16 +16,10 @@ import pytest
 import torch
 
 import hin
-from extract_models import (
-    CLIP_HIDDEN,
-    DETR_D_MODEL,
-    write_pictures,
-    write_tiny_clip,
-    write_tiny_detr,
-)
+from extract_models import tiny_hin_config, write_picture_checkpoint, write_pictures
 from hin.checkpoint import CheckpointError, load, save
 from hin.cli import main
-from hin.config import DecodingConfig, HINConfig
+from hin.config import DecodingConfig
 from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
@@ -34,10 +28,7 @@ from hin.data.synth import generate
 from hin.data.vocab import Vocabulary, VocabularyError
 from hin.decoding import beam_search
 from hin.extract import (
-    build_extractor,
-    extract_to_file,
     image_id_from_name,
-    list_images,
     read_attributes,
 )
 from hin.model import HIN
@@ -45,11 +36,6 @@ from hin.model import HIN
 pytest.importorskip("transformers")
 
 PICTURES = {"COCO_val2014_000000000011.jpg": (40, 60), "12.png": (50, 30), "13.jpg": (32, 32)}
-
-
-def _tiny_config(vocab: Vocabulary, grid_dim: int, region_dim: int) -> HINConfig:
-    return HINConfig(vocab_size=len(vocab), num_layers=2, d_model=32, num_heads=4, d_ff=64,
-                     dropout=0.0, grid_dim=grid_dim, region_dim=region_dim)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +48,7 @@ def synth_checkpoint(tmp_path_factory):
                          grid_dim=GRID_DIM, region_dim=REGION_DIM)
     pairs = CaptionPairs(load_split(root, "train"), store, vocab, max_len=20)
     torch.manual_seed(0)
-    model = HIN(_tiny_config(vocab, GRID_DIM, REGION_DIM))
+    model = HIN(tiny_hin_config(len(vocab), GRID_DIM, REGION_DIM))
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _, batch in zip(range(40), _forever(make_loader(pairs, 50, shuffle=True))):
@@ -91,19 +77,7 @@ def _forever(loader):
 def picture_setup(tmp_path_factory):
     """Tiny CLIP + DETR, their features of three pictures, and a tiny HIN recording them."""
     root = tmp_path_factory.mktemp("pictures")
-    pictures = write_pictures(root / "pictures", PICTURES)
-    grid = build_extractor("clip-grid", model=str(write_tiny_clip(root / "clip")), device="cpu")
-    region = build_extractor("detr", model=str(write_tiny_detr(root / "detr")), revision=None,
-                             device="cpu", threshold=0.0, max_regions=4)
-    files = list_images(pictures)
-    for extractor, out in ((grid, root / "grid.h5"), (region, root / "region.h5")):
-        extract_to_file(extractor, files, out, workers=0, progress=False)
-    vocab = Vocabulary.from_counts({"a": 9, "red": 8, "dog": 7, "on": 6, "grass": 5}, min_freq=1)
-    torch.manual_seed(1)
-    model = HIN(_tiny_config(vocab, CLIP_HIDDEN, DETR_D_MODEL)).eval()
-    features = {"grid": read_attributes(root / "grid.h5"),
-                "region": read_attributes(root / "region.h5")}
-    checkpoint = save(root / "tiny.pt", model, vocabulary=vocab.to_dict(), features=features)
+    checkpoint, model, vocab = write_picture_checkpoint(root, PICTURES)
     return checkpoint, root, model, vocab
 
 

@@ -48,7 +48,10 @@ def test_the_wheel_ships_configs_license_and_one_version(tmp_path):
     assert f"hin-{hin.__version__}.dist-info/licenses/LICENSE" in names
     assert f"Version: {hin.__version__}\n" in metadata
     assert "License-Expression: MIT\n" in metadata
-    assert 'Requires-Dist: hin[extract,plot]; extra == "dev"' in metadata
+    assert 'Requires-Dist: hin[extract,plot,serve]; extra == "dev"' in metadata
+    assert sorted(n for n in names if n.startswith("hin/serve/static/")) == [
+        f"hin/serve/static/{name}" for name in ("app.js", "docs.html", "docs.js", "index.html",
+                                                "style.css")]
 
     installed = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",

@@ -126,14 +126,14 @@ class Captioner:
                        regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
         """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
         rows (or cut) to `max_regions`, exactly as the training loader does."""
-        ids, logprobs = search(self.model, *self.batch(grids, regions), self.decoding)
-        scores = logprobs.sum(-1).tolist()
+        return self.captioned(names, *search(self.model, *self.batch(grids, regions), self.decoding))
+
+    def captioned(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor) -> list[CaptionedImage]:
+        """`search`'s ids and per-token log-probs [B, K, T] -> each image's captions with scores."""
         results = []
-        for name, hypotheses, hypothesis_scores in zip(names, ids.tolist(), scores):
-            captions = []
-            for tokens, score in zip(hypotheses, hypothesis_scores):
-                captions.append(Caption(self.text(tokens), score))
-            results.append(CaptionedImage(name, tuple(captions)))
+        for name, hypotheses, scores in zip(names, ids.tolist(), logprobs.sum(-1).tolist()):
+            captions = tuple(Caption(self.text(tokens), score) for tokens, score in zip(hypotheses, scores))
+            results.append(CaptionedImage(name, captions))
         return results
 
     def text(self, tokens: Sequence[int]) -> str:

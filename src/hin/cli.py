@@ -379,6 +379,59 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from hin.serve import ServeSettings, create_app
+
+    try:
+        import uvicorn
+    except ImportError as missing:
+        from hin.errors import MissingExtraError
+
+        raise MissingExtraError("`hin serve` needs uvicorn: pip install 'hin[serve]'") from missing
+    settings = ServeSettings(args.checkpoint, decoding=_decoding(args), device=args.device,
+                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             max_upload_mb=args.max_upload_mb, keep_uploads=args.keep_uploads)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    app = create_app(settings)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"hin serve: warning: listening on {args.host}: anyone who can reach this machine "
+              "can use the model (no authentication, no TLS)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("serve", help="a page and an HTTP API that caption pictures "
+                                          "(batched; binds 127.0.0.1 unless told)")
+    p.add_argument("--checkpoint", required=True, help="hin checkpoint (.pt)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; another than loopback exposes the model to the "
+                        "network, unauthenticated")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most concurrent requests captioned in one model call")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="longest a request waits for others to batch with")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="larger uploads are refused with 413")
+    p.add_argument("--keep-uploads", metavar="DIR",
+                   help="write every decoded upload to DIR (named by its sha256); by default "
+                        "uploads never touch the disk")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for inference (torch.set_num_threads); on a shared "
+                        "machine 1 can be much faster than torch's default")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
+                                                           "info", "debug"])
+    _add_decoding_options(p, num_captions=True)
+    p.set_defaults(handler=_serve)
+
+
 def _explain(args: argparse.Namespace) -> int:
     from hin.explain import explain, write_figures
 
@@ -538,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot_commands(commands)
     _add_demo_commands(commands)
     _add_explain_commands(commands)
+    _add_serve_commands(commands)
     return parser
 
 

@@ -1,0 +1,63 @@
+"""The attention maps of a served caption, as JSON a page can draw over the picture.
+
+Maps come from `hin.explain.attention_maps` on the same features the caption was decoded
+from, fed the best caption's tokens. Geometry (`hin.data.features.describe_geometry`, from
+what the extractors return) says where the maps belong on the picture: the grid's rows x cols
+and the picture box its cells cover (CLIP sees the centred square crop), and the region boxes
+in picture pixels. What an extractor does not tell is null, with the reason in `missing`,
+never guessed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from hin.data.features import describe_geometry
+from hin.extract.pipeline import ImageEntry
+
+
+def explain_available() -> bool:
+    """hin.explain (the attention-map API) is part of this installation."""
+    return importlib.util.find_spec("hin.explain") is not None
+
+
+def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor, best: torch.Tensor,
+                  grid_entries: Sequence[ImageEntry], region_entries: Sequence[ImageEntry]
+                  ) -> list[dict[str, Any]]:
+    """Maps of each picture's best caption `best` [B, T] (search's ids: words, <eos>, <pad>)."""
+    from hin.explain import attention_maps, generated_words
+
+    bos = torch.full((best.shape[0], 1), captioner.vocab.bos_id, dtype=best.dtype)
+    # Word k was predicted at input position k - 1: feed <bos> and the words before the last.
+    maps = attention_maps(captioner.model, grid, region, torch.cat((bos, best[:, :-1].cpu()), 1))
+    grid_extractor, region_extractor = captioner.extractors()
+    explanations = []
+    for b, (grid_entry, region_entry) in enumerate(zip(grid_entries, region_entries)):
+        words = [captioner.vocab.words[token] for token in generated_words(captioner, best[b].tolist())]
+        regions = min(len(region_entry["features"]), captioner.max_regions)
+        geometry = describe_geometry("upload", grid_extractor.attributes(), grid_entry, region_entry,
+                                     len(grid_entry["features"]), f"the {grid_extractor.name} extractor",
+                                     f"the {region_extractor.name} extractor")
+        explanations.append({
+            "words": words,
+            "layers": maps.num_layers,
+            "encoder_grid": _rounded(maps.encoder_grid[b]),
+            "encoder_region": _rounded(maps.encoder_region[b, :, :regions]),
+            "decoder_grid": _rounded(maps.decoder_grid[b, :, :len(words)]),
+            "decoder_region": _rounded(maps.decoder_region[b, :, :len(words), :regions]),
+            "decoder_gate": _rounded(maps.decoder_gate[b, :, :len(words)]),
+            "grid": ({"rows": geometry.grid_layout[0], "cols": geometry.grid_layout[1],
+                      "box": [round(v, 2) for v in geometry.grid_box]} if geometry.grid_placed else None),
+            "regions": (None if geometry.boxes is None else
+                        {"boxes": [[round(float(v), 2) for v in box] for box in geometry.boxes[:regions]]}),
+            "missing": list(geometry.missing),
+        })
+    return explanations
+
+
+def _rounded(values: torch.Tensor) -> list:
+    return torch.round(values.float(), decimals=5).tolist()

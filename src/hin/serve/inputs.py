@@ -1,0 +1,183 @@
+"""What a caption request may carry, read defensively: the body (size-limited), a multipart
+form or raw picture bytes, the options, and the picture itself (Pillow's decompression-bomb
+limit applies). Everything stays in memory; every refusal is a `RequestError` whose status
+and message go back to the client as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from hin.config import ConfigError, DecodingConfig
+from hin.errors import HINError
+from hin.extract.images import max_pixels
+from hin.serve.settings import MAX_BEAM_SIZE
+
+OPTIONS = {"beam_size": f"beam size, 1 to {MAX_BEAM_SIZE}",
+           "num_captions": "captions to return, best first, 1 to the beam size",
+           "explain": "true to add the attention maps of the best caption"}
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+class RequestError(HINError, ValueError):
+    """A request that cannot be served as sent; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Options:
+    """One request's settings. Requests are batched together only when these are equal."""
+
+    decoding: DecodingConfig
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class Upload:
+    picture: bytes
+    fields: dict[str, str]
+
+
+def check_declared_size(content_length: str | None, limit: int) -> None:
+    if content_length and content_length.isdigit() and int(content_length) > limit:
+        raise too_large(int(content_length), limit)
+
+
+def too_large(size: int, limit: int) -> RequestError:
+    return RequestError(413, f"the upload is {size / 2**20:.2f} MiB, over this server's limit of "
+                             f"{limit / 2**20:.3g} MiB (--max-upload-mb)")
+
+
+def read_upload(body: bytes, content_type: str) -> Upload:
+    """Raw picture bytes, or a multipart form with exactly one file and option fields."""
+    if not body:
+        raise RequestError(400, "the request body is empty: send a picture as raw bytes or as "
+                                "the file of a multipart form (field `file`)")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        return _multipart(body, content_type)
+    if media_type == "application/x-www-form-urlencoded":
+        raise RequestError(415, "a url-encoded form cannot carry a picture: send multipart/form-"
+                                "data with the picture as field `file`, or the raw picture bytes")
+    return Upload(body, {})
+
+
+def _multipart(body: bytes, content_type: str) -> Upload:
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, parameters = parse_options_header(content_type)
+    boundary = parameters.get(b"boundary")
+    if not boundary:
+        raise RequestError(400, "multipart/form-data without a boundary parameter")
+    parts: list[dict] = []
+    header = {"name": b"", "value": b""}
+
+    def begin() -> None:
+        parts.append({"headers": {}, "data": bytearray()})
+
+    def header_field(data: bytes, start: int, end: int) -> None:
+        header["name"] += data[start:end]
+
+    def header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def header_end() -> None:
+        parts[-1]["headers"][header["name"].lower()] = header["value"]
+        header.update(name=b"", value=b"")
+
+    def part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"] += data[start:end]
+
+    parser = MultipartParser(boundary, {"on_part_begin": begin, "on_header_field": header_field,
+                                        "on_header_value": header_value,
+                                        "on_header_end": header_end, "on_part_data": part_data})
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as error:  # python-multipart's errors have no common public base
+        raise RequestError(400, f"malformed multipart body: {error}") from error
+    files, fields = [], {}
+    for part in parts:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition"))
+        name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" in disposition:
+            files.append(bytes(part["data"]))
+        elif name in fields:
+            raise RequestError(400, f"form field {name!r} is given twice")
+        else:
+            fields[name] = part["data"].decode("utf-8", "replace")
+    if len(files) != 1:
+        raise RequestError(400, f"the form carries {len(files)} files; send exactly one picture "
+                                "(field `file`)")
+    if not files[0]:
+        raise RequestError(400, "the uploaded file is empty")
+    return Upload(files[0], fields)
+
+
+def parse_options(query: Mapping[str, str], fields: Mapping[str, str],
+                  defaults: DecodingConfig) -> Options:
+    """Query parameters and form fields (not both for one option) -> checked options."""
+    given = dict(query)
+    for name, value in fields.items():
+        if name in given:
+            raise RequestError(400, f"option {name!r} is given both in the query and in the form")
+        given[name] = value
+    unknown = sorted(set(given) - set(OPTIONS))
+    if unknown:
+        known = "; ".join(f"{name}: {meaning}" for name, meaning in OPTIONS.items())
+        raise RequestError(400, f"unknown option(s) {', '.join(map(repr, unknown))}; the options "
+                                f"are {known}")
+    beam_size = _integer(given, "beam_size", defaults.beam_size, MAX_BEAM_SIZE)
+    num_captions = _integer(given, "num_captions", min(defaults.num_captions, beam_size),
+                            beam_size)
+    try:
+        decoding = dataclasses.replace(defaults, beam_size=beam_size, num_captions=num_captions)
+    except ConfigError as error:
+        raise RequestError(422, str(error)) from error
+    return Options(decoding, _flag(given, "explain"))
+
+
+def _integer(given: Mapping[str, str], name: str, default: int, largest: int) -> int:
+    if name not in given:
+        return default
+    text = given[name].strip()
+    if not text.lstrip("-").isdigit() or not 1 <= int(text) <= largest:
+        raise RequestError(422, f"option {name} must be a whole number from 1 to {largest}, "
+                                f"got {given[name]!r}")
+    return int(text)
+
+
+def _flag(given: Mapping[str, str], name: str) -> bool:
+    value = given.get(name, "false").strip().lower()
+    if value not in TRUE | FALSE:
+        raise RequestError(422, f"option {name} must be true or false, got {given[name]!r}")
+    return value in TRUE
+
+
+def decode_picture(data: bytes) -> tuple[Image.Image, str]:
+    """Bytes -> (RGB picture, its format), refusing what Pillow cannot read fully and, from
+    the header before decoding, pictures over Pillow's decompression-bomb limit or hin's
+    (hin.extract.images.max_pixels, $HIN_MAX_PIXELS), whichever is lower."""
+    limit = max_pixels() if Image.MAX_IMAGE_PIXELS is None else min(Image.MAX_IMAGE_PIXELS, max_pixels())
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            if picture.width * picture.height > limit:
+                raise Image.DecompressionBombError(f"{picture.width}x{picture.height} pixels")
+            return picture.convert("RGB"), str(picture.format or "unknown")
+    except Image.DecompressionBombError as error:
+        raise RequestError(400, f"the picture is too large to decode safely ({error}; the limit "
+                                f"is {limit} pixels)") from error
+    except UnidentifiedImageError as error:
+        raise RequestError(400, "the upload is not a picture Pillow can read (send JPEG, PNG, "
+                                "WebP, GIF, BMP or TIFF)") from error
+    except (OSError, ValueError, SyntaxError) as error:
+        raise RequestError(400, f"the picture could not be decoded ({error}): is it truncated "
+                                "or corrupt?") from error

@@ -1,0 +1,293 @@
+"""`hin serve`'s HTTP API, in process: captions equal the Captioner's, requests are batched
+only with equal settings, every bad request gets a 4xx JSON answer and the server goes on,
+a checkpoint that cannot caption pictures still serves its page, nothing is loaded from
+elsewhere. The model is a tiny random HIN whose recorded extractors (tiny CLIP and DETR)
+run on pictures; the real-browser test is test_serve_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import re
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hin
+from extract_models import write_picture_checkpoint
+from hin.checkpoint import save
+from hin.cli import main
+from hin.config import DecodingConfig
+from hin.extract import read_attributes
+from hin.serve import ServeSettings, create_app
+from hin.serve.batching import DynamicBatcher
+from hin.serve.explanations import explain_available
+
+pytest.importorskip("transformers")
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+PICTURES = {"COCO_val2014_000000000011.jpg": (40, 60), "12.png": (50, 30), "13.png": (32, 32)}
+TEST_IDS = [11, 12]
+DEFAULTS = DecodingConfig(beam_size=3, num_captions=1)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A picture-captioning checkpoint trained "from" a data folder whose test split holds
+    pictures 11 and 12 (the page's demo pictures)."""
+    root = tmp_path_factory.mktemp("serve")
+    checkpoint, model, vocab = write_picture_checkpoint(
+        root, PICTURES, config={"data": {"annotations": str(root / "pictures")}})
+    np.save(root / "pictures" / "coco_test_ids.npy", np.array(TEST_IDS))
+    return checkpoint, root, model, vocab
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    checkpoint, _, _, _ = served
+    settings = ServeSettings(checkpoint, decoding=DEFAULTS, device="cpu", max_batch=4,
+                             max_wait_ms=5, max_upload_mb=0.05)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _png(root, name="12.png") -> bytes:
+    return (root / "pictures" / name).read_bytes()
+
+
+def test_captions_equal_the_captioners_for_a_form_and_for_raw_bytes(served, client):
+    checkpoint, root, _, _ = served
+    expected = hin.Captioner(checkpoint, device="cpu",
+                             decoding=DecodingConfig(beam_size=2, num_captions=2))(
+        root / "pictures" / "12.png")[0].to_dict()["captions"]
+    form = client.post("/v1/captions?beam_size=2", files={"file": ("x.png", _png(root))},
+                       data={"num_captions": "2"})
+    raw = client.post("/v1/captions?beam_size=2&num_captions=2", content=_png(root),
+                      headers={"content-type": "image/png"})
+    for response in (form, raw):
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["captions"] == expected and len(expected) == 2
+        assert answer["decoding"] == {**DEFAULTS.to_dict(), "beam_size": 2, "num_captions": 2}
+        assert answer["model"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        assert answer["model"]["features"]["grid"]["extractor"] == "clip-grid"
+        assert answer["picture"] == {"width": 30, "height": 50, "format": "PNG"}
+        assert "explanation" not in answer
+    default = client.post("/v1/captions", content=_png(root)).json()
+    assert default["decoding"]["beam_size"] == 3 and len(default["captions"]) == 1
+
+
+def _bad_requests(root) -> list[tuple[str, dict, int, str]]:
+    """(method, httpx request arguments, expected status, words the error must contain)."""
+    png = _png(root)
+    return [
+        ("POST", {"content": b"this is not a picture"}, 400, "not a picture Pillow can read"),
+        ("POST", {"content": png[:len(png) // 2]}, 400, "truncated or corrupt"),
+        ("POST", {"content": b""}, 400, "body is empty"),
+        ("POST", {"content": b"\0" * 60_000}, 413, "over this server's limit of 0.05 MiB"),
+        ("POST", {"files": {"file": ("big.png", b"\0" * 60_000)}}, 413, "--max-upload-mb"),
+        ("POST", {"content": png, "params": {"beam": "3"}}, 400, "unknown option(s) 'beam'"),
+        ("POST", {"content": png, "params": {"beam_size": "0"}}, 422, "from 1 to 10, got '0'"),
+        ("POST", {"content": png, "params": {"beam_size": "11"}}, 422, "from 1 to 10"),
+        ("POST", {"content": png, "params": {"beam_size": "two"}}, 422, "whole number"),
+        ("POST", {"content": png, "params": {"beam_size": "2", "num_captions": "3"}}, 422,
+         "num_captions must be a whole number from 1 to 2"),
+        ("POST", {"content": png, "params": {"explain": "maybe"}}, 422, "true or false"),
+        ("POST", {"files": [("file", ("a.png", png)), ("file", ("b.png", png))]}, 400,
+         "carries 2 files"),
+        ("POST", {"files": {"file": ("a.png", png)}, "data": {"beam_size": "2"},
+                  "params": {"beam_size": "2"}}, 400, "both in the query and in the form"),
+        ("POST", {"data": {"beam_size": "2"}}, 415, "url-encoded form cannot carry a picture"),
+        ("GET", {}, 405, "Method Not Allowed"),
+        ("PUT", {"content": png}, 405, "Method Not Allowed"),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bad_requests_get_a_json_error_and_the_server_goes_on(served, client, monkeypatch):
+    _, root, _, _ = served
+    good = client.post("/v1/captions", content=_png(root)).json()["captions"]
+    for method, arguments, status, words in _bad_requests(root):
+        response = client.request(method, "/v1/captions", **arguments)
+        assert response.status_code == status, (method, arguments.keys(), response.text)
+        assert words in response.json()["detail"]
+        after = client.post("/v1/captions", content=_png(root))
+        assert after.status_code == 200 and after.json()["captions"] == good
+    # Pillow's decompression-bomb limit: over it (Pillow refuses) and over half of it (Pillow
+    # only warns; the server refuses too).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for side in (50, 40):
+        buffer = io.BytesIO()
+        Image.new("RGB", (side, side)).save(buffer, format="PNG")
+        response = client.post("/v1/captions", content=buffer.getvalue())
+        assert response.status_code == 400
+        assert "too large to decode safely" in response.json()["detail"]
+        assert "limit is 1000 pixels" in response.json()["detail"]
+    monkeypatch.undo()
+    assert client.post("/v1/captions", content=_png(root)).json()["captions"] == good
+    assert client.get("/healthz").json() == {"status": "ok", "can_caption": True}
+
+
+def test_concurrent_requests_are_batched_with_equal_settings_only(served):
+    checkpoint, root, _, _ = served
+    settings = ServeSettings(checkpoint, decoding=DEFAULTS, device="cpu", max_batch=4,
+                             max_wait_ms=1000)
+    app = create_app(settings)
+    names = ["12.png", "13.png", "COCO_val2014_000000000011.jpg", "12.png", "13.png", "12.png"]
+    beams = [3, 3, 3, 3, 2, 2]
+
+    async def send_all():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hin") as client:
+            return await asyncio.gather(*(
+                client.post("/v1/captions", params={"beam_size": beam}, content=_png(root, name))
+                for name, beam in zip(names, beams)))
+
+    answers = asyncio.run(send_all())
+    assert sorted(app.state.service.batcher.batch_sizes) == [2, 4]
+    for name, beam, answer in zip(names, beams, answers):
+        alone = hin.Captioner(checkpoint, device="cpu",
+                              decoding=DecodingConfig(beam_size=beam))(root / "pictures" / name)
+        assert answer.json()["captions"] == alone[0].to_dict()["captions"]
+    app.state.service.close()
+
+
+def test_batcher_groups_by_key_caps_batches_and_survives_a_failing_batch():
+    started, release = threading.Event(), threading.Event()
+    seen = []
+
+    def run(key, items):
+        if key == "slow":
+            started.set()
+            release.wait(5)
+        if key == "broken":
+            raise ValueError("this batch fails")
+        seen.append((key, list(items)))
+        return [f"{key}:{item}" for item in items]
+
+    batcher = DynamicBatcher(run, max_batch=3, max_wait_s=0.0)
+    slow = batcher.submit("slow", 0)
+    assert started.wait(5)     # while the worker is busy, the next requests gather
+    futures = [batcher.submit(key, i) for i, key in enumerate("aabaaab", start=1)]
+    broken = batcher.submit("broken", 9)
+    release.set()
+    assert slow.result(5) == "slow:0"
+    assert [f.result(5) for f in futures] == ["a:1", "a:2", "b:3", "a:4", "a:5", "a:6", "b:7"]
+    with pytest.raises(ValueError, match="this batch fails"):
+        broken.result(5)
+    assert seen[1:] == [("a", [1, 2, 4]), ("b", [3, 7]), ("a", [5, 6])]
+    assert batcher.submit("a", 10).result(5) == "a:10"
+    batcher.close()
+    assert batcher.batch_sizes == [1, 3, 2, 2, 1, 1]
+
+
+def test_the_batcher_gathers_requests_within_max_wait_and_runs_a_lone_one():
+    batcher = DynamicBatcher(lambda key, items: items, max_batch=8, max_wait_s=0.3)
+    first, second = batcher.submit("k", 1), batcher.submit("k", 2)
+    assert (first.result(5), second.result(5)) == (1, 2)
+    assert batcher.submit("k", 3).result(5) == 3      # alone: runs once max_wait has passed
+    batcher.close()
+    assert batcher.batch_sizes == [2, 1]
+
+
+def test_explain_returns_the_best_captions_maps_with_their_geometry(served, client):
+    _, root, model, vocab = served
+    response = client.post("/v1/captions?explain=true&num_captions=2",
+                           files={"file": ("p.jpg", _png(root, "COCO_val2014_000000000011.jpg"))})
+    if not explain_available():
+        assert response.status_code == 501 and "hin.explain" in response.json()["detail"]
+        return
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    explanation = answer["explanation"]
+    words = explanation["words"]
+    assert " ".join(words).startswith(answer["captions"][0]["caption"].split()[0])
+    assert all(word in vocab for word in words)
+    layers, cells = model.config.num_layers, 16            # tiny CLIP: 32 px, 8 px patches
+    assert explanation["layers"] == layers
+    assert np.array(explanation["encoder_grid"]).shape == (layers, cells)
+    assert np.array(explanation["encoder_grid"]).sum(-1) == pytest.approx(np.ones(layers), abs=1e-3)
+    regions = len(explanation["regions"]["boxes"])
+    assert 1 <= regions <= 4
+    assert np.array(explanation["encoder_region"]).shape == (layers, regions)
+    assert np.array(explanation["decoder_grid"]).shape == (layers, len(words), cells)
+    assert np.array(explanation["decoder_region"]).shape == (layers, len(words), regions)
+    assert np.array(explanation["decoder_gate"]).shape == (layers, len(words))
+    # a 60x40 picture: CLIP resizes it to 48x32 and crops the centre 32x32 -> x from 10 to 50
+    assert explanation["grid"] == {"rows": 4, "cols": 4, "box": [10.0, 0.0, 50.0, 40.0]}
+    assert explanation["missing"] == []
+
+
+def test_a_checkpoint_that_cannot_caption_pictures_serves_the_page_with_the_reason(served,
+                                                                                   tmp_path):
+    _, root, model, vocab = served
+    features = {"grid": read_attributes(root / "grid.h5"),
+                "region": {"extractor": "vinvl-tsv", "feature_dim": 32}}
+    checkpoint = save(tmp_path / "vinvl.pt", model, vocabulary=vocab.to_dict(), features=features)
+    with TestClient(create_app(ServeSettings(checkpoint, device="cpu"))) as client:
+        assert client.get("/").status_code == 200
+        info = client.get("/v1/info").json()
+        assert info["can_caption"] is False and "VinVL region features" in info["unavailable"]
+        assert info["demo_pictures"] == []
+        assert client.get("/healthz").json() == {"status": "ok", "can_caption": False}
+        refused = client.post("/v1/captions", content=_png(root))
+        assert refused.status_code == 503
+        assert "cannot caption pictures" in refused.json()["detail"]
+        assert "--vinvl-tsv" in refused.json()["detail"]
+
+
+def test_the_page_and_docs_load_nothing_from_elsewhere(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>hin serve</title>" in page.text
+    local = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert set(local) >= {"/static/app.js", "/static/style.css", "/docs"}
+    for path in ["/", "/docs", "/static/app.js", "/static/style.css", "/static/docs.js"]:
+        text = client.get(path).text
+        assert not re.search(r"(?:src|href)=\"(?:https?:)?//|import\s|url\(|https?://(?!127)",
+                             text), path
+    spec = client.get("/openapi.json").json()
+    parameters = {p["name"] for p in spec["paths"]["/v1/captions"]["post"]["parameters"]}
+    assert parameters == {"beam_size", "num_captions", "explain"}
+    assert "multipart/form-data" in spec["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_demo_pictures_are_the_test_splits_served_by_index(served, client):
+    _, root, _, _ = served
+    info = client.get("/v1/info").json()
+    assert info["demo_pictures"] == ["COCO_val2014_000000000011.jpg", "12.png"]
+    assert client.get("/v1/demo/1").content == _png(root)
+    missing = client.get("/v1/demo/2")
+    assert missing.status_code == 404 and "no demo picture 2" in missing.json()["detail"]
+    for path in ["/v1/demo/..%2F..%2Ftiny.pt", "/v1/demo/-1", "/static/../tiny.pt",
+                 "/static/..%2F..%2F..%2Ftiny.pt"]:
+        refused = client.get(path)
+        assert refused.status_code == 404 and "detail" in refused.json(), path
+
+
+def test_uploads_are_kept_only_when_asked(served, tmp_path):
+    checkpoint, root, _, _ = served
+    kept = tmp_path / "kept"
+    settings = ServeSettings(checkpoint, device="cpu", keep_uploads=kept, max_wait_ms=0)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/captions", content=_png(root)).status_code == 200
+        assert client.post("/v1/captions", content=b"not a picture").status_code == 400
+    digest = hashlib.sha256(_png(root)).hexdigest()
+    assert [path.name for path in kept.iterdir()] == [f"{digest}.png"]
+
+
+def test_hin_serve_refuses_bad_flags_in_one_line(served, tmp_path, capsys):
+    checkpoint, _, _, _ = served
+    assert main(["serve", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--max-batch", "0"]) == 2
+    assert "hin serve: error: --max-batch must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--beam", "12"]) == 2
+    assert "--beam 12 is over the server's limit of 10" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
