@@ -150,11 +150,6 @@ def test_bad_training_values_are_refused(override, message):
         RunConfig.load(None, [override])
 
 
-def test_caption_groups_are_for_cross_entropy_only():
-    with pytest.raises(ConfigError, match="captions_per_image applies to cross-entropy only"):
-        RunConfig.load(None, ["train.stage=scst", "train.captions_per_image=5"])
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_grouped_captions_give_the_loss_of_their_pairs_and_padding_rows_add_nothing(precision):
     """Captions of one image decoded as a group [1, K, T] (one encoder pass, a row of <pad>

@@ -299,7 +299,8 @@ class TrainConfig:
     `precision` (fp32 | bf16 | auto) is the arithmetic of the model's forward passes, training
     and validation alike; losses, rewards and the optimiser state are always float32.
     `captions_per_image` k: 1 = shuffled (image, caption) pairs; k > 1 = each batch holds
-    batch_size / k images with k of their captions, encoded once per image (XE only).
+    batch_size / k images with k of their captions, encoded once per image (XE only:
+    SCST batches are `batch_size` images).
     `batch_size` always counts captions.
     """
 
@@ -329,9 +330,6 @@ class TrainConfig:
         require_positive_ints(self, "epochs", "batch_size", "beam_size", "max_len",
                               "val_batch_size", "log_every", "captions_per_image")
         require_choice(self, "precision", PRECISIONS)
-        if self.stage == "scst" and self.captions_per_image != 1:
-            raise ConfigError("TrainConfig.captions_per_image applies to cross-entropy only; "
-                              "SCST batches are images (set it to 1)")
         if self.batch_size % self.captions_per_image:
             raise ConfigError(f"TrainConfig.batch_size ({self.batch_size}) counts captions and "
                               f"must be a multiple of captions_per_image ({self.captions_per_image})")

@@ -366,7 +366,8 @@ class Trainer:
     def _epoch_batches(self, epoch: int) -> tqdm:
         """This rank's batches of `epoch` from where the run stands, behind a progress bar."""
         train = self.config.train
-        items = train.batch_size // train.captions_per_image   # pairs, caption groups or images
+        group = train.captions_per_image if train.stage == "xe" else 1
+        items = train.batch_size // group   # pairs, caption groups or (SCST) images
         order = distributed.EpochOrder(len(self.train_set), items, train.seed,
                                        epoch, self.context, self.progress.batch)
         loader = make_loader(self.train_set, items // self.context.world_size,
