@@ -11,6 +11,7 @@ import yaml
 
 from hin import demo
 from hin.cli import main
+from hin.data.shape_features import GRID_DIM, REGION_DIM
 from hin.data.synth import generate
 from hin.errors import UsageError
 from hin.training import loop
@@ -64,7 +65,8 @@ def small_demo(tmp_path_factory):
     generate(root / "data", train=20, val=4, test=4, min_freq=1, progress=False)
     (root / "configs").mkdir()
     (root / "configs" / "synth_xe.yaml").write_text(yaml.safe_dump({
-        "model": {"num_layers": 1, "d_model": 16, "num_heads": 2, "d_ff": 32},
+        "model": {"num_layers": 1, "d_model": 16, "num_heads": 2, "d_ff": 32,
+                  "grid_dim": GRID_DIM, "region_dim": REGION_DIM},
         "data": {"max_regions": 4, "num_workers": 0},
         "train": {"stage": "xe", "batch_size": 10, "val_full_metrics": False, "device": "cpu"}}))
     return root / "data", root / "configs"
@@ -94,7 +96,7 @@ def test_a_signal_during_demo_training_saves_and_ends_with_one_line(small_demo, 
 
 
 def test_sigterm_outside_training_ends_with_one_line(tmp_path, monkeypatch, capsys):
-    def generate_then_terminated(out):
+    def generate_then_terminated(out, **options):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the demo")
     monkeypatch.setattr(demo, "generate", generate_then_terminated)
