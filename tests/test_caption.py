@@ -163,9 +163,12 @@ def test_captioner_in_three_lines_and_text_output(picture_setup):
     captioner = hin.Captioner(checkpoint, decoding=DecodingConfig(beam_size=2, num_captions=2))
     result = captioner(root / "pictures" / "12.png")[0]
     assert result.source.endswith("12.png") and len(result.captions) == 2
-    assert all(word in vocab for c in result.captions for word in c.text.split())
+    best, second = result.captions
+    assert best.log_prob >= second.log_prob and best.text != second.text
     text = str(result).splitlines()
-    assert text[0].endswith("12.png") and text[1].startswith("  1. ")
+    assert text[0].endswith("12.png")
+    assert text[1:] == [f"  {rank}. {c.text}  (log-prob {c.log_prob:.2f})"
+                        for rank, c in enumerate(result.captions, start=1)]
 
 
 def test_vinvl_checkpoint_says_what_to_pass_instead(picture_setup, tmp_path):
