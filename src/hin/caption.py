@@ -26,7 +26,7 @@ from PIL import Image
 
 from hin.checkpoint import CheckpointError, load
 from hin.config import DataConfig, DecodingConfig
-from hin.data.features import FeatureStore
+from hin.data.features import FeatureStore, pad_regions
 from hin.data.vocab import vocabulary_for
 from hin.decoding import search
 from hin.devices import resolve_device
@@ -144,12 +144,10 @@ class Captioner:
     def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image arrays -> the model's float32 batch, regions padded with zero rows (or cut)
         to `max_regions` exactly as the training loader does."""
-        grid = torch.from_numpy(np.stack(grids).astype(np.float32))
-        region = torch.zeros(len(regions), self.max_regions, self.model.config.region_dim)
-        for i, rows in enumerate(regions):
-            kept = rows[:self.max_regions]
-            region[i, :len(kept)] = torch.from_numpy(np.asarray(kept, dtype=np.float32))
-        return grid, region
+        region_dim = self.model.config.region_dim
+        region = np.stack([pad_regions(rows, self.max_regions, region_dim) for rows in regions])
+        return (torch.from_numpy(np.stack(grids).astype(np.float32)),
+                torch.from_numpy(region.astype(np.float32)))
 
     def extractors(self) -> tuple[Any, Any]:
         """The grid and region extractors this checkpoint's features came from (built once)."""

@@ -39,6 +39,16 @@ CHECK_FIX = "run `hin data check` to list every problem entry, then re-extract t
 MAKE_FIX = "extract features with `hin extract` or generate the synthetic set with `hin data synth`"
 
 
+def pad_regions(rows: np.ndarray, max_regions: int, region_dim: int) -> np.ndarray:
+    """[n, Dr] region rows -> [max_regions, Dr]: the first `max_regions` rows, then zero rows
+    (padding the model recognises by their zero sum). The one rule for training and captioning."""
+    rows = np.asarray(rows).reshape(-1, region_dim)
+    padded = np.zeros((max_regions, region_dim), dtype=rows.dtype)
+    kept = min(len(rows), max_regions)
+    padded[:kept] = rows[:kept]
+    return padded
+
+
 def feature_key(image_id: int) -> str:
     return f"{image_id}{FEATURES_SUFFIX}"
 
@@ -232,10 +242,7 @@ class FeatureStore:
             return self._cache[image_id]
         grid = self._read(self.grid, image_id, self.grid_dim)
         region = self._read(self.region, image_id, self.region_dim)
-        padded = np.zeros((self.max_regions, self.region_dim), dtype=region.dtype)
-        kept = min(len(region), self.max_regions)
-        padded[:kept] = region[:kept]
-        entry = (grid, padded)
+        entry = (grid, pad_regions(region, self.max_regions, self.region_dim))
         if self._cache is not None:
             self._cache[image_id] = entry
         return entry
