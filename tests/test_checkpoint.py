@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_features, tiny_model
 from hin.checkpoint import CheckpointError, import_reference, load, read, reference_name, save
 from hin.cli import main
+from hin.files import OutOfSpaceError
 from hin.model import HIN
 from reference_checkpoints import save_like_reference_training
 
@@ -246,10 +247,10 @@ def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(CheckpointError, match=rf"no space left on the device writing {path}; "
+    with pytest.raises(OutOfSpaceError, match=rf"no space left on the device writing {path}; "
                                               r"the previous last\.pt is intact"):
         save(path, tiny_model(seed=2))
     assert path.read_bytes() == before
-    with pytest.raises(CheckpointError, match=r"no last\.pt was written"):
+    with pytest.raises(OutOfSpaceError, match=r"no last\.pt was written"):
         save(tmp_path / "sub" / "last.pt", tiny_model(seed=2))
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["last.pt"]

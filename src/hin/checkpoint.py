@@ -18,11 +18,8 @@ buffers; anything else missing, unexpected or mis-shaped is an error naming the 
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from torch import Tensor
 
 from hin.config import HINConfig
 from hin.errors import HINError
+from hin.files import atomic_write
 from hin.model import HIN
 
 FORMAT = "hin-checkpoint"
@@ -231,21 +229,8 @@ def save(path: str | Path, model: HIN, **extra: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "config": model.config.to_dict(), "model": model.state_dict(), "extra": extra}
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException as error:
-        Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            kept = (f"the previous {path.name} is intact" if path.exists()
-                    else f"no {path.name} was written")
-            raise CheckpointError(f"no space left on the device writing {path}; {kept}. "
-                                  "Free some space and try again") from error
-        raise
+    with atomic_write(path, "wb") as file:
+        torch.save(payload, file)
     return path
 
 

@@ -1,4 +1,5 @@
-"""Opening the files a user names, with one message for each way a path can be wrong.
+"""Opening the files a user names, with one message for each way a path can be wrong, and
+writing every file atomically (temporary file, fsync, rename).
 
 A missing path says "does not exist", a folder where a file belongs says "is a directory",
 and malformed JSON names the file and the position; each message ends with what to do.
@@ -6,9 +7,14 @@ and malformed JSON names the file and the position; each message ends with what 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hin.errors import HINError
 
@@ -38,3 +44,52 @@ def read_json(path: str | Path, what: str, fix: str = "",
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as problem:
         raise error(f"{what} {path} is not valid JSON: {problem}") from problem
+
+
+class OutOfSpaceError(HINError):
+    """The disk filled up while writing; the file that was there before is untouched."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path` for writing and rename it onto `path` only when the
+    block ends without error (after fsync). A crash, a kill or a full disk therefore leaves
+    either the old file or the new one, never a half-written file that looks finished. Every
+    file the project writes goes through here (or `write_text`/`write_json`/`write_yaml`)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException as error:
+        Path(temp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise OutOfSpaceError(f"no space left on the device writing {path}; {kept}. "
+                                  "Free some space and try again") from error
+        raise
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Replace `path` with `text` (UTF-8) atomically."""
+    with atomic_write(path) as file:
+        file.write(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
+    """Replace `path` with `value` as JSON (UTF-8, one trailing newline) atomically."""
+    return write_text(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_yaml(path: str | Path, value: Any) -> Path:
+    """Replace `path` with `value` as YAML (keys in the given order) atomically."""
+    import yaml
+
+    return write_text(path, yaml.safe_dump(value, sort_keys=False))
