@@ -28,11 +28,12 @@ from hin.checkpoint import CheckpointError, load
 from hin.config import DataConfig, DecodingConfig
 from hin.data.features import FeatureStore, pad_regions
 from hin.data.vocab import vocabulary_for
-from hin.decoding import search
+from hin.decoding import cast_for_decoding, search
 from hin.devices import resolve_device
 from hin.extract.images import load_rgb
 from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
+from hin.model import HIN
 
 Picture = str | Path | Image.Image
 FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
@@ -83,6 +84,14 @@ class Captioner:
         self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
         self.decoding, self.batch_size, self.max_regions = decoding, batch_size, max_regions
         self._extractors: tuple[Any, Any] | None = None
+        self._decoding_models: dict[str, list[HIN]] = {}
+
+    def decoding_models(self, precision: str) -> list[HIN]:
+        """The model as `precision` decodes it (`hin.decoding.cast_for_decoding`), cast on
+        first use and kept: a server answers many requests with the same copy."""
+        if precision not in self._decoding_models:
+            self._decoding_models[precision] = cast_for_decoding(self.model, precision)
+        return self._decoding_models[precision]
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
         """Caption one picture or several (paths or PIL images)."""
@@ -126,7 +135,8 @@ class Captioner:
                        regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
         """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
         rows (or cut) to `max_regions`, exactly as the training loader does."""
-        return self.captioned(names, *search(self.model, *self.batch(grids, regions), self.decoding))
+        models = self.decoding_models(self.decoding.precision)
+        return self.captioned(names, *search(models, *self.batch(grids, regions), self.decoding))
 
     def captioned(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor) -> list[CaptionedImage]:
         """`search`'s ids and per-token log-probs [B, K, T] -> each image's captions with scores."""

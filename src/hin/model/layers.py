@@ -59,6 +59,11 @@ class KeyValue:
         self.key = key
         self.value = value
 
+    def contiguous(self) -> KeyValue:
+        """The same keys/values laid out [B, h, N, d_k] in memory: attention over a memory
+        that is read at every decoding step then never copies it again."""
+        return KeyValue(self.key.contiguous(), self.value.contiguous())
+
 
 class _HeadProjections(nn.Module):
     """Query/key/value/output projections (biases start at 0, docs/model.md §6), dropout, LayerNorm."""
