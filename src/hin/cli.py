@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
-from hin.errors import HINError, UsageError
+from hin.errors import HINError, Interrupted, UsageError
 
 if TYPE_CHECKING:
     from hin.config import DecodingConfig
@@ -17,15 +19,13 @@ VOCAB_HELP = ("vocabulary JSON, for checkpoints that record none (imported refer
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hin.checkpoint import import_reference, save
+    from hin.files import refuse_overwriting
 
-    reference, out = Path(args.reference), Path(args.out)
-    if out.exists() and reference.exists() and out.samefile(reference) and not args.force:
-        raise UsageError(f"{out} is the reference checkpoint itself; writing there would replace "
-                         "it: give another output path (or --force to replace it)")
-    model = import_reference(reference, num_heads=args.heads)
+    if not args.force:
+        refuse_overwriting(args.out, {"the reference checkpoint itself": args.reference},
+                           "give another output path (or --force to replace it)")
+    model = import_reference(args.reference, num_heads=args.heads)
     save(args.out, model)
     print(f"wrote {args.out} ({model.config.num_layers} layers, d_model {model.config.d_model}, "
           f"vocab {model.config.vocab_size}, {args.heads} heads)")
@@ -70,7 +70,10 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_vocab(args: argparse.Namespace) -> int:
     from hin.data.coco import load_splits
     from hin.data.vocab import Vocabulary
+    from hin.files import refuse_overwriting
 
+    refuse_overwriting(args.out, {"--legacy": args.legacy, "--annotations": args.annotations},
+                       "give --out another path")
     if args.legacy:
         vocab = Vocabulary.from_legacy_pickle(args.legacy)
     else:
@@ -128,8 +131,13 @@ def _score(args: argparse.Namespace) -> int:
     import json
 
     from hin.data.coco import read_coco_references
+    from hin.files import refuse_overwriting
     from hin.metrics import read_coco_results, score_captions
 
+    if args.out:
+        refuse_overwriting(args.out, {"--results": args.results,
+                                      "--annotations": args.annotations},
+                           "give --out another path (the metrics go into a file of their own)")
     captions = read_coco_results(args.results)
     references = read_coco_references(args.annotations)
     if args.only_results:
@@ -595,15 +603,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = None
+    with contextlib.suppress(ValueError):   # not the main thread: leave signals alone
+        # SIGTERM unwinds like Ctrl-C, so every command cleans up (temporary files, workers,
+        # Java children) and ends with one line instead of dying silently with 143.
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args)
+    except Interrupted as stopped:
+        print(f"hin {args.command}: {stopped}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"hin {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (HINError, OSError) as error:
         # What the user gave us is wrong (or a path of theirs cannot be used): one line.
         # Anything else is a bug in hin and keeps its traceback.
         print(f"hin {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from hin.data.vocab import Vocabulary, require_same_words, vocabulary_for
 from hin.decoding import caption_batches
 from hin.devices import resolve_device
 from hin.errors import UsageError
+from hin.files import refuse_overwriting
 from hin.metrics import MetricsReport, collapse_repeats, score_captions
 
 SPLITS = ("val", "test", "features")
@@ -71,6 +72,12 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     if not checkpoints:
         raise UsageError("evaluate needs at least one checkpoint")
     out = None if out_dir is None else _output_directory(Path(out_dir))
+    if out is not None:
+        inputs = {"--annotations": data.annotations, "--grid": data.grid_features,
+                  "--region": data.region_features, "--vocab": vocab,
+                  **{f"--checkpoint {path}": path for path in checkpoints}}
+        for name in (CAPTIONS_FILE, METRICS_FILE):
+            refuse_overwriting(out / name, inputs, "give --out a folder of its own")
     device = resolve_device(device)
     loaded = [load(path, map_location=device) for path in checkpoints]
     models = [model for model, _ in loaded]

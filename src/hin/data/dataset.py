@@ -23,6 +23,7 @@ from hin.data.coco import Split
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary
+from hin.processes import worker_init
 
 
 @dataclass(frozen=True)
@@ -164,4 +165,4 @@ def make_loader(dataset: CaptionPairs | ImageReferences, batch_size: int, *, shu
                       sampler=sampler, num_workers=num_workers,
                       collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
                       generator=generator, drop_last=drop_last,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, worker_init_fn=worker_init())

@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 from hin.config import EXTRACTION_PRECISIONS
 from hin.devices import autocast, resolve_precision
-from hin.errors import MissingExtraError, UsageError
+from hin.errors import Interrupted, MissingExtraError, UsageError
 from hin.extract.images import ImageFile, PictureError, load_rgb
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
+from hin.processes import worker_init
 
 ImageEntry = dict[str, np.ndarray]
 
@@ -216,23 +217,31 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
     report = ExtractionReport(writer.target, skipped=len(files) - len(todo), shard=shard,
                               merge_into=writer.out)
     loader = DataLoader(_PreparedPictures(todo, extractor.preprocess), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_as_list)
+                        num_workers=workers, collate_fn=_as_list, worker_init_fn=worker_init())
     chunk: dict[int, ImageEntry] = {}
-    with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
-              disable=not progress) as bar:
-        for batch in loader:
-            good = [(file, prepared) for file, prepared, error in batch if error is None]
-            report.failed += [(file.path, error) for file, _, error in batch if error is not None]
-            if good:
-                entries = extractor([prepared for _, prepared in good])
-                chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
-            if len(chunk) >= chunk_size:
-                writer.write_chunk(chunk)
-                report.written += len(chunk)
-                chunk = {}
-            bar.update(len(batch))
-        writer.write_chunk(chunk)
-        report.written += len(chunk)
+    try:
+        with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
+                  disable=not progress) as bar:
+            for batch in loader:
+                good = [(file, prepared) for file, prepared, error in batch if error is None]
+                report.failed += [(file.path, error) for file, _, error in batch
+                                  if error is not None]
+                if good:
+                    entries = extractor([prepared for _, prepared in good])
+                    chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
+                if len(chunk) >= chunk_size:
+                    writer.write_chunk(chunk)
+                    report.written += len(chunk)
+                    chunk = {}
+                bar.update(len(batch))
+            writer.write_chunk(chunk)
+            report.written += len(chunk)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted after {report.written} of the {len(todo)} pictures to do (the "
+            f"{len(chunk)} of the chunk in progress are lost); {len(writer.done_ids)} images "
+            f"are kept in {writer.target.name} and {writer.parts}: run the same command again "
+            "to resume") from None
     report.images_in_file = writer.finish()
     report.failure_report = _write_failures(failure_report_path(writer.target), report.failed)
     report.seconds = time.perf_counter() - started

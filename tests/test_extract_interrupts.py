@@ -1,0 +1,208 @@
+"""A stopped extraction or merge loses nothing and leaves nothing behind: no DataLoader worker
+outlives `hin extract` (SIGKILL, SIGTERM, Ctrl-C), SIGTERM and Ctrl-C end in one line that says
+how far it got and that a re-run resumes, and a merge stopped midway removes its partial copy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hin.cli import main
+from hin.errors import Interrupted
+from hin.extract import FeatureWriter, Shard, merge_shards
+from hin.extract import writer as writer_module
+from hin.files import OutOfSpaceError
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+PICTURES = 16
+SLOW_EXTRACTION = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from hin.cli import main
+    from hin.extract import register_extractor
+
+    def slow_prepare(picture):
+        time.sleep(0.25)
+        return np.zeros(300_000, np.float32)   # 1.2 MB: more than a pipe holds
+
+    @register_extractor("slow-test")
+    class Slow:
+        kind, feature_dim, preprocess = "grid", 2, staticmethod(slow_prepare)
+        def __init__(self, **options):
+            pass
+        def attributes(self):
+            return {"extractor": "slow-test", "feature_dim": 2}
+        def __call__(self, prepared):
+            return [{"features": np.ones((1, 2), np.float16)} for _ in prepared]
+
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.fixture
+def slow_run(tmp_path):
+    """A function starting `hin extract grid` with a slow extractor and two workers on 16
+    pictures; returns (process, output path)."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for image_id in range(1, PICTURES + 1):
+        Image.new("RGB", (8, 8), (image_id, 0, 0)).save(pictures / f"{image_id}.png")
+    script = tmp_path / "slow_extract.py"
+    script.write_text(SLOW_EXTRACTION)
+    out = tmp_path / "grid.h5"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+
+    def start():
+        return subprocess.Popen(
+            [sys.executable, str(script), "extract", "grid", "--extractor", "slow-test",
+             "--images", str(pictures), "--out", str(out), "--workers", "2", "--batch-size", "1",
+             "--chunk-size", "1", "--device", "cpu"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return start, out
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, seconds: float = 60.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def started_workers(process, out: Path) -> list[int]:
+    """The worker pids, once the run has written its first part."""
+    parts = out.with_name(out.name + ".parts")
+    assert wait_for(lambda: any(parts.glob("part-*.h5"))), process.communicate()
+    workers = children(process.pid)
+    assert len(workers) == 2, workers
+    return workers
+
+
+def test_kill_9_during_extract_leaves_no_worker_running(slow_run):
+    start, out = slow_run
+    process = start()
+    workers = started_workers(process, out)
+    process.kill()
+    process.wait()
+    try:
+        assert wait_for(lambda: not any(alive(pid) for pid in workers), 10), \
+            [pid for pid in workers if alive(pid)]
+    finally:
+        for pid in filter(alive, workers):     # a failing run must not leave them behind
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_during_extract_says_where_and_a_rerun_resumes(slow_run, stop):
+    start, out = slow_run
+    process = start()
+    workers = started_workers(process, out)
+    process.send_signal(stop)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("hin extract: interrupted after ")
+    assert "run the same command again to resume" in line
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), 10)
+    done = int(line.split("; ")[1].split(" images are kept")[0])
+    assert done >= 1
+    resumed = start()
+    output, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    assert f"skipped {done} already present; the file holds {PICTURES} images" in output
+
+
+ATTRIBUTES = {"extractor": "test", "feature_dim": 2}
+
+
+def two_shards(out: Path) -> list[Path]:
+    for index in (1, 2):
+        writer = FeatureWriter(out, ATTRIBUTES, Shard(index, 2), "2 ids")
+        writer.write_chunk({index: {"features": np.full((1, 2), index, np.float16)}})
+        writer.finish()
+    return [Shard(1, 2).path(out), Shard(2, 2).path(out)]
+
+
+def test_merge_into_one_of_its_shards_is_refused_and_deletes_nothing(tmp_path, capsys):
+    out = tmp_path / "grid.h5"
+    shards = two_shards(out)
+    before = {path: path.read_bytes() for path in shards}
+    code = main(["extract", "merge", str(shards[0]), *map(str, shards)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "is a shard file, but the first argument of `hin extract merge` is OUT" in err
+    assert f"hin extract merge {out} {shards[0]}" in err
+    assert {path: path.read_bytes() for path in shards} == before
+
+
+def test_merge_with_out_repeated_among_the_inputs_is_refused(tmp_path, capsys):
+    out = tmp_path / "grid.h5"
+    shards = two_shards(out)
+    assert main(["extract", "merge", str(out), *map(str, shards)]) == 0
+    merged = out.read_bytes()
+    link = tmp_path / "link.h5"
+    link.symlink_to(out)
+    for repeated in (out, link):
+        code = main(["extract", "merge", str(out), str(repeated)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        assert f"{out} is also shard file {repeated}" in err and "nothing was merged" in err
+        assert out.read_bytes() == merged
+
+
+def test_merge_stopped_midway_removes_its_partial_copy(tmp_path, monkeypatch):
+    out = tmp_path / "grid.h5"
+    two_shards(out)
+
+    def stopped(*args):
+        (tmp_path / ".grid.h5.merging.tmp").write_bytes(b"half a copy")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(writer_module, "_copy_entries", stopped)
+    with pytest.raises(Interrupted, match=r"interrupted while merging into .*grid.h5; the "
+                                          r"partial copy was removed and no grid.h5 was written"):
+        merge_shards(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.shard-1-of-2.h5",
+                                                          "grid.shard-2-of-2.h5"]
+
+
+def test_merge_without_room_for_its_copy_is_refused_before_writing(tmp_path, monkeypatch):
+    out = tmp_path / "grid.h5"
+    two_shards(out)
+    monkeypatch.setattr(writer_module.shutil, "disk_usage",
+                        lambda path: type("Usage", (), {"free": 1000})())
+    with pytest.raises(OutOfSpaceError, match=r"writes a new copy of about .* MB beside it "
+                                              r"before replacing it, and only 0 MB are free"):
+        merge_shards(out)
+    assert not out.exists() and len(list(tmp_path.iterdir())) == 2
