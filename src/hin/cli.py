@@ -23,7 +23,7 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
     from hin.files import refuse_overwriting
 
     if not args.force:
-        refuse_overwriting(args.out, {"the reference checkpoint itself": args.reference},
+        refuse_overwriting(args.out, {"the reference checkpoint": args.reference},
                            "give another output path (or --force to replace it)")
     model = import_reference(args.reference, num_heads=args.heads)
     save(args.out, model)
