@@ -5,17 +5,23 @@ belongs, an `--out` that is a file, and pictures too large to decode."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import FIXTURES
 from hin import evaluate as evaluate_module
+from hin.caption import Captioner
 from hin.checkpoint import save
 from hin.cli import main
-from hin.config import HINConfig
+from hin.config import DataConfig, DecodingConfig, HINConfig
+from hin.data.features import FeatureStore
+from hin.data.shape_features import GRID_DIM, REGION_DIM
 from hin.data.synth import generate
 from hin.data.vocab import Vocabulary, VocabularyError
+from hin.errors import UsageError
 from hin.extract.images import MAX_PIXELS_ENV, PictureError, load_rgb, max_pixels
 from hin.model import HIN
 from training_runs import tiny_overrides
@@ -159,3 +165,80 @@ def test_pictures_over_the_pixel_limit_are_refused_before_decoding(tmp_path, mon
     monkeypatch.setenv(MAX_PIXELS_ENV, "lots")
     with pytest.raises(ValueError, match="HIN_MAX_PIXELS='lots' is not a positive whole number"):
         max_pixels()
+
+
+def test_score_refuses_to_write_its_metrics_over_the_results(world, tmp_path, capsys):
+    _, data, _, _ = world
+    results = tmp_path / "c.json"
+    results.write_text(json.dumps([{"image_id": 100001, "caption": "a red circle"}]))
+    kept = results.read_text()
+    code = main(["score", "--results", str(results), "--annotations",
+                 str(data / "captions_val2014.json"), "--only-results", "--no-spice",
+                 "--out", str(results)])
+    one_line_error(capsys, code, f"{results} is also --results; writing there would replace it")
+    assert results.read_text() == kept
+
+
+def test_evaluate_refuses_an_out_folder_whose_files_are_its_inputs(world, tmp_path, capsys):
+    root, data, checkpoint, _ = world
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "captions.json").symlink_to(data / "grid.hdf5")
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--split", "test",
+                 "--annotations", str(data), "--grid", str(data / "grid.hdf5"),
+                 "--region", str(data / "region.hdf5"), "--workers", "0", "--no-spice",
+                 "--out", str(out)])
+    one_line_error(capsys, code, "captions.json is also --grid", "give --out a folder of its own")
+
+
+def test_data_vocab_refuses_to_write_over_its_annotations(world, tmp_path, capsys):
+    _, data, _, _ = world
+    annotations = tmp_path / "dataset_coco.json"
+    annotations.write_text("{}")
+    code = main(["data", "vocab", "--annotations", str(annotations), "--out", str(annotations)])
+    one_line_error(capsys, code, "is also --annotations")
+    assert annotations.read_text() == "{}"
+
+
+def test_the_regions_a_checkpoint_was_trained_with_are_used_unless_overridden(world, tmp_path,
+                                                                              capsys):
+    """A model trained with data.max_regions=1 is given one region by evaluate, caption,
+    explain and serve (all through Captioner or evaluate), not the default 50."""
+    _, data, _, _ = world
+    vocab = Vocabulary.load(data / "vocab.json")
+    torch.manual_seed(0)
+    model = HIN(HINConfig(vocab_size=len(vocab), num_layers=1, d_model=16, num_heads=2, d_ff=32,
+                          dropout=0.0, grid_dim=GRID_DIM, region_dim=REGION_DIM))
+    one = save(tmp_path / "one.pt", model, vocabulary=vocab.to_dict(),
+               config={"data": {"max_regions": 1}})
+    paper = save(tmp_path / "paper.pt", model, vocabulary=vocab.to_dict())
+    ids = [100001, 100002]
+    grid, region = data / "grid.hdf5", data / "region.hdf5"
+    decoding = DecodingConfig(beam_size=2, max_len=6)
+    captioner = Captioner(one, decoding=decoding, device="cpu")
+    assert captioner.max_regions == 1 and captioner.notes == []
+    store = FeatureStore(grid, region, max_regions=1, grid_dim=model.config.grid_dim,
+                         region_dim=model.config.region_dim)
+    grids, regions = zip(*(store[i] for i in ids))
+    assert ([c.captions for c in captioner.caption_features(grid, region, ids)]
+            == [c.captions for c in captioner.caption_arrays(ids, grids, regions)])
+    overridden = Captioner(one, decoding=decoding, device="cpu", max_regions=50)
+    assert overridden.max_regions == 50
+    assert overridden.notes == [f"max_regions 50 overrides the 1 regions per image {one} was "
+                                "trained with"]
+    assert Captioner(paper, device="cpu").max_regions == 50   # records none: the paper's
+    config = DataConfig(annotations=str(data), grid_features=str(grid),
+                        region_features=str(region), num_workers=0)
+    default = evaluate_module.evaluate([one], "features", config, decoding=decoding,
+                                       progress=False, device="cpu")
+    assert default.notes == [] and default.captions == evaluate_module.evaluate(
+        [one], "features", replace(config, max_regions=50), decoding=decoding, progress=False,
+        device="cpu", max_regions=1).captions
+    code = main(["evaluate", "--checkpoint", str(one), "--split", "features", "--grid", str(grid),
+                 "--region", str(region), "--workers", "0", "--beam", "2", "--max-len", "6",
+                 "--max-regions", "50", "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    assert code == 0
+    assert "hin evaluate: note: max_regions 50 overrides the 1 regions" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"trained with different numbers of regions per image "
+                                         r"\(.*one.pt: 1, .*paper.pt: 50\).*--max-regions"):
+        evaluate_module.evaluate([one, paper], "features", config, progress=False)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hin.checkpoint import CheckpointError, load
-from hin.config import DataConfig, DecodingConfig
+from hin.checkpoint import CheckpointError, load, max_regions_for
+from hin.config import DecodingConfig
 from hin.data.features import FeatureStore, pad_regions
 from hin.data.vocab import vocabulary_for
 from hin.decoding import search
@@ -76,12 +76,16 @@ class Captioner:
 
     def __init__(self, checkpoint: str | Path, *, vocab: str | Path | None = None,
                  device: str = "auto", decoding: DecodingConfig = DecodingConfig(),
-                 batch_size: int = 8, max_regions: int = DataConfig.max_regions) -> None:
+                 batch_size: int = 8, max_regions: int | None = None) -> None:
+        """`max_regions`: None (the default) gives the model as many regions per image as it
+        was trained with; a number overrides that, and `notes` then says so."""
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
         self.model, self.extra = load(self.checkpoint, map_location=self.device)
         self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
-        self.decoding, self.batch_size, self.max_regions = decoding, batch_size, max_regions
+        self.decoding, self.batch_size = decoding, batch_size
+        self.max_regions, note = max_regions_for(self.checkpoint, self.extra, max_regions)
+        self.notes = [note] if note else []
         self._extractors: tuple[Any, Any] | None = None
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:

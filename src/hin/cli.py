@@ -157,11 +157,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hin.evaluate import evaluate
 
     data = DataConfig(annotations=args.annotations, grid_features=args.grid,
-                      region_features=args.region, max_regions=args.max_regions,
-                      num_workers=args.workers)
+                      region_features=args.region, num_workers=args.workers)
     result = evaluate(args.checkpoint, args.split, data, decoding=_decoding(args),
                       batch_size=args.batch_size, out_dir=args.out, spice=not args.no_spice,
-                      device=args.device, vocab=args.vocab)
+                      device=args.device, vocab=args.vocab, max_regions=args.max_regions)
+    for note in result.notes:
+        print(f"hin evaluate: note: {note}", file=sys.stderr)
     if result.report is not None:
         print(result.report.format_table())
     else:
@@ -258,7 +259,10 @@ def _caption(args: argparse.Namespace) -> int:
     if not args.pictures and None in precomputed:
         raise UsageError("give pictures, or all of --grid, --region and --ids")
     captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
-                          decoding=_decoding(args), batch_size=args.batch_size)
+                          decoding=_decoding(args), batch_size=args.batch_size,
+                          max_regions=args.max_regions)
+    for note in captioner.notes:
+        print(f"hin caption: note: {note}", file=sys.stderr)
     results = (captioner.caption_pictures(args.pictures) if args.pictures
                else captioner.caption_features(args.grid, args.region, args.ids))
     if args.json:
@@ -337,6 +341,8 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
     p.add_argument("--vocab", help=VOCAB_HELP)
+    p.add_argument("--max-regions", type=int,
+                   help="regions per image (default: as many as the checkpoint was trained with)")
     _add_decoding_options(p, num_captions=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
@@ -543,7 +549,8 @@ def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default=data.grid_features, help="grid feature HDF5 file")
     p.add_argument("--region", default=data.region_features, help="region feature HDF5 file")
     p.add_argument("--vocab", help=VOCAB_HELP)
-    p.add_argument("--max-regions", type=int, default=data.max_regions)
+    p.add_argument("--max-regions", type=int,
+                   help="regions per image (default: as many as the checkpoint was trained with)")
     p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")

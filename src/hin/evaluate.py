@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hin import __version__
-from hin.checkpoint import load, sha256
+from hin.checkpoint import load, max_regions_for, sha256
 from hin.config import DataConfig, DecodingConfig
 from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
@@ -45,6 +45,7 @@ class Evaluation:
     captions: dict[int, str]
     report: MetricsReport | None
     written: list[Path]
+    notes: list[str]
 
 
 def load_images(data: DataConfig, split: str, store: FeatureStore) -> Split:
@@ -64,11 +65,13 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
              decoding: DecodingConfig = DecodingConfig(), batch_size: int = 50,
              out_dir: str | Path | None = None, spice: bool = True,
              device: str = "auto", progress: bool = True,
-             vocab: str | Path | None = None) -> Evaluation:
+             vocab: str | Path | None = None, max_regions: int | None = None) -> Evaluation:
     """Caption every image of `split` by beam search (an ensemble when several checkpoints
     are given), score against the references, write captions.json / metrics.json to out_dir.
     The vocabulary is the one the checkpoints record; `vocab` (a file) is for checkpoints
-    that record none (`data.vocabulary` is not read here)."""
+    that record none (`data.vocabulary` is not read here). Likewise the regions per image
+    are the number the checkpoints were trained with unless `max_regions` overrides it
+    (`data.max_regions` is not read)."""
     if not checkpoints:
         raise UsageError("evaluate needs at least one checkpoint")
     out = None if out_dir is None else _output_directory(Path(out_dir))
@@ -88,6 +91,15 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
         require_same_words(vocabularies[0], other, "an ensemble needs checkpoints trained "
                            "with the same vocabulary")
     vocabulary = vocabularies[0]
+    chosen = [max_regions_for(path, extra, max_regions)
+              for path, (_, extra) in zip(checkpoints, loaded)]
+    if len({value for value, _ in chosen}) > 1:
+        trained = ", ".join(f"{path}: {value}" for path, (value, _) in zip(checkpoints, chosen))
+        raise UsageError(f"the checkpoints were trained with different numbers of regions per "
+                         f"image ({trained}); an ensemble is given one number: choose it with "
+                         "--max-regions")
+    data = replace(data, max_regions=chosen[0][0])
+    notes = [note for _, note in chosen if note]
     store = FeatureStore(data.grid_features, data.region_features, max_regions=data.max_regions,
                          grid_dim=config.grid_dim, region_dim=config.region_dim)
     images = load_images(data, split, store)
@@ -111,7 +123,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
             provenance = _provenance(checkpoints, models, split, data, decoding, batch_size,
                                      vocabulary)
             written.append(_write_json(out / METRICS_FILE, {**report.to_dict(), **provenance}))
-    return Evaluation(captions, report, written)
+    return Evaluation(captions, report, written, notes)
 
 
 def _output_directory(out: Path) -> Path:
