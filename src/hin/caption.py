@@ -26,9 +26,9 @@ from PIL import Image
 
 from hin.checkpoint import CheckpointError, load, max_regions_for
 from hin.config import DecodingConfig
-from hin.data.features import FeatureStore, pad_regions
+from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
-from hin.decoding import search
+from hin.decoding import require_decodable, search
 from hin.devices import resolve_device
 from hin.extract.images import load_rgb
 from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
@@ -83,6 +83,7 @@ class Captioner:
         self.device = resolve_device(device)
         self.model, self.extra = load(self.checkpoint, map_location=self.device)
         self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
+        require_decodable(self.model.config, decoding.beam_size, decoding.max_len, batch_size)
         self.decoding, self.batch_size = decoding, batch_size
         self.max_regions, note = max_regions_for(self.checkpoint, self.extra, max_regions)
         self.notes = [note] if note else []
@@ -130,7 +131,8 @@ class Captioner:
                        regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
         """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
         rows (or cut) to `max_regions`, exactly as the training loader does."""
-        return self.captioned(names, *search(self.model, *self.batch(grids, regions), self.decoding))
+        return self.captioned(names, *search(self.model, *self.batch(grids, regions, names),
+                                             self.decoding))
 
     def captioned(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor) -> list[CaptionedImage]:
         """`search`'s ids and per-token log-probs [B, K, T] -> each image's captions with scores."""
@@ -145,12 +147,15 @@ class Captioner:
         text = self.vocab.decode(tokens)
         return collapse_repeats(text) if self.decoding.collapse_repeats else text
 
-    def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
+              names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image arrays -> the model's float32 batch, regions padded with zero rows (or cut)
-        to `max_regions` exactly as the training loader does."""
+        to `max_regions` exactly as the training loader does. `names` name the images in
+        messages (default: their position)."""
         region_dim = self.model.config.region_dim
         region = np.stack([pad_regions(rows, self.max_regions, region_dim) for rows in regions])
-        return (torch.from_numpy(np.stack(grids).astype(np.float32)),
+        names = names if names is not None else [f"#{i + 1}" for i in range(len(grids))]
+        return (torch.from_numpy(stack_grids(grids, names).astype(np.float32)),
                 torch.from_numpy(region.astype(np.float32)))
 
     def extractors(self) -> tuple[Any, Any]:

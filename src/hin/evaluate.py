@@ -27,7 +27,7 @@ from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary, require_same_words, vocabulary_for
-from hin.decoding import caption_batches
+from hin.decoding import caption_batches, require_decodable
 from hin.devices import resolve_device
 from hin.errors import UsageError
 from hin.files import refuse_overwriting
@@ -85,6 +85,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     loaded = [load(path, map_location=device) for path in checkpoints]
     models = [model for model, _ in loaded]
     config = models[0].config
+    require_decodable(config, decoding.beam_size, decoding.max_len, batch_size)
     vocabularies = [vocabulary_for(path, extra, vocab, model.config.vocab_size)
                     for path, (model, extra) in zip(checkpoints, loaded)]
     for other in vocabularies[1:]:     # an ensemble averages the same words' log-probs

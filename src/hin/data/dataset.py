@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from hin.data.coco import Split
 from hin.data.errors import DataError
-from hin.data.features import FeatureStore
+from hin.data.features import FeatureStore, stack_grids
 from hin.data.vocab import Vocabulary
 from hin.processes import worker_init
 
@@ -148,7 +148,8 @@ def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
         if not grouped:
             tokens = tokens[:, 0]
     return Batch(
-        grid=torch.from_numpy(np.stack([sample.grid for sample in samples])).float(),
+        grid=torch.from_numpy(stack_grids([sample.grid for sample in samples],
+                                          [sample.image_id for sample in samples])).float(),
         region=torch.from_numpy(np.stack([sample.region for sample in samples])).float(),
         tokens=tokens,
         image_ids=[sample.image_id for sample in samples],
