@@ -5,8 +5,11 @@ belongs, an `--out` that is a file, and pictures too large to decode."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -242,3 +245,156 @@ def test_the_regions_a_checkpoint_was_trained_with_are_used_unless_overridden(wo
     with pytest.raises(UsageError, match=r"trained with different numbers of regions per image "
                                          r"\(.*one.pt: 1, .*paper.pt: 50\).*--max-regions"):
         evaluate_module.evaluate([one, paper], "features", config, progress=False)
+
+
+# -- data and features ---------------------------------------------------------------------
+
+@pytest.fixture
+def odd_grid(world, tmp_path):
+    """A copy of the synthetic grid file with the four kinds of entries hin cannot read: a
+    group named like features (100002), 63 grid tokens instead of 64 (100003), a name that is
+    no id, and image 100001 again with its id zero-padded."""
+    _, data, _, _ = world
+    grid = tmp_path / "grid.hdf5"
+    shutil.copy(data / "grid.hdf5", grid)
+    with h5py.File(grid, "a") as handle:
+        del handle["100002_features"]
+        handle.create_group("100002_features")
+        short = handle["100003_features"][:63]
+        del handle["100003_features"]
+        handle["100003_features"] = short
+        handle["abc_features"] = handle["100004_features"][()]
+        handle["0100001_features"] = handle["100001_features"][()] + 1
+    return grid
+
+
+def test_data_check_reports_every_feature_entry_hin_cannot_use(world, odd_grid, capsys):
+    _, data, _, _ = world
+    code = main(["data", "check", "--annotations", str(data), "--grid", str(odd_grid),
+                 "--region", str(data / "region.hdf5"), "--split", "train"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"{odd_grid}: image 100002: the features entry is an HDF5 group, not an array" in out
+    assert (f"{odd_grid}: image 100003: has 63 grid tokens, expected 64 (the file records a 8x8 "
+            "grid)") in out
+    assert f"{odd_grid}: entry 'abc_features' does not name an image id" in out
+    assert (f"{odd_grid}: entry '0100001_features' writes image id 100001 with leading zeros, so "
+            "it is never read ('100001_features' also exists)") in out
+    assert "all entries present and well-formed" not in out
+
+
+def test_caption_of_odd_feature_entries_is_one_line(world, odd_grid, capsys):
+    _, data, _, _ = world
+    vocab = Vocabulary.load(data / "vocab.json")
+    model = HIN(HINConfig(vocab_size=len(vocab), num_layers=1, d_model=16, num_heads=2, d_ff=32,
+                          dropout=0.0, grid_dim=GRID_DIM, region_dim=REGION_DIM))
+    checkpoint = save(odd_grid.parent / "m.pt", model, vocabulary=vocab.to_dict())
+    common = ["caption", "--checkpoint", str(checkpoint), "--grid", str(odd_grid),
+              "--region", str(data / "region.hdf5"), "--device", "cpu", "--ids"]
+    one_line_error(capsys, main([*common, "100001", "100003"]),
+                   "images in one batch need the same number of grid tokens: image 100001 has "
+                   "64, 100003 has 63")
+    one_line_error(capsys, main([*common, "100002"]),
+                   "image 100002: the features entry is an HDF5 group, not an array")
+
+
+def test_explain_names_malformed_boxes_crop_and_box_counts_instead_of_failing(world, tmp_path):
+    _, data, _, _ = world
+    grid, region = tmp_path / "grid.hdf5", tmp_path / "region.hdf5"
+    shutil.copy(data / "grid.hdf5", grid)
+    shutil.copy(data / "region.hdf5", region)
+    with h5py.File(grid, "a") as grid_file, h5py.File(region, "a") as region_file:
+        del grid_file["100001_crop"]
+        grid_file["100001_crop"] = np.array([1.0, 2.0])
+        rows = len(region_file["100001_features"])
+        del region_file["100001_boxes"]
+        region_file["100001_boxes"] = np.ones((rows, 3), np.float32)
+        boxes = region_file["100002_boxes"][()]
+        del region_file["100002_boxes"]
+        region_file["100002_boxes"] = np.concatenate([boxes, boxes])
+    store = FeatureStore(grid, region, grid_dim=GRID_DIM, region_dim=REGION_DIM)
+    first, second = store.geometry(100001), store.geometry(100002)
+    assert first.boxes is None and first.grid_box is None
+    assert f"{grid}: '100001_crop' holds 2 values, expected 4 (x1, y1, x2, y2)" in first.missing
+    assert (f"{region}: '100001_boxes' has shape [{rows}, 3], expected [n, 4] (x1, y1, x2, y2 "
+            "per region)") in first.missing
+    assert second.boxes is None
+    assert any(f"has {2 * len(boxes)} boxes but {len(boxes)} region features for image 100002"
+               in line for line in second.missing)
+
+
+def test_karpathy_json_with_a_number_as_caption_or_an_unknown_split_is_refused(tmp_path, capsys):
+    image = {"cocoid": 7, "filename": "7.jpg", "split": "train", "sentences": [{"raw": "a dog"}]}
+    for change, fragment in (({"sentences": [{"raw": 12345}]},
+                              "image entry 0: (cocoid 7) sentence 0 has 'raw' 12345, not the "
+                              "caption's text"),
+                             ({"split": "training"},
+                              "image entry 0: (cocoid 7) has split 'training'; the split names "
+                              "are train, restval, val, test")):
+        annotations = tmp_path / "dataset_coco.json"
+        annotations.write_text(json.dumps({"images": [{**image, **change}]}))
+        code = main(["data", "vocab", "--annotations", str(annotations),
+                     "--out", str(tmp_path / "vocab.json")])
+        one_line_error(capsys, code, fragment)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (["<unk>", "<pad>", "<bos>", "<eos>", "dog"], "holds a JSON list, not a hin vocabulary"),
+    ({"format": "hin-vocabulary", "version": 1, "words": ["<unk>", "<pad>", "<bos>", "<eos>"]},
+     "has no 'counts' list"),
+    ({"format": "hin-vocabulary", "version": 1, "words": ["<unk>", "<pad>", "<bos>", "<eos>", 7],
+      "counts": [0, 0, 0, 0, 1]}, "words are non-empty text; 7 at entry 4 is not"),
+    ({"format": "hin-vocabulary", "version": 1, "words": ["<unk>", "<pad>", "<bos>", "<eos>", ""],
+      "counts": [0, 0, 0, 0, 1]}, "words are non-empty text; '' at entry 4 is not"),
+], ids=["plain-list", "no-counts", "number-word", "empty-word"])
+def test_malformed_vocabulary_file_is_one_line(world, tmp_path, capsys, content, fragment):
+    _, data, _, without_vocab = world
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(content))
+    code = main(["caption", "--checkpoint", str(without_vocab), "--vocab", str(path),
+                 "--grid", str(data / "grid.hdf5"), "--region", str(data / "region.hdf5"),
+                 "--ids", "100001"])
+    one_line_error(capsys, code, fragment)
+
+
+def test_data_vocab_with_a_minimum_frequency_nothing_reaches_is_refused(world, tmp_path, capsys):
+    _, data, _, _ = world
+    code = main(["data", "vocab", "--annotations", str(data), "--min-freq", "100000",
+                 "--out", str(tmp_path / "vocab.json")])
+    one_line_error(capsys, code, "no word occurs 100000 times", "lower the minimum frequency")
+    assert not (tmp_path / "vocab.json").exists()
+
+
+# -- evaluation and captioning -------------------------------------------------------------
+
+def test_a_lone_surrogate_in_a_caption_is_one_line(world, tmp_path, capsys):
+    _, data, _, _ = world
+    results = tmp_path / "c.json"
+    results.write_text('[{"image_id": 100021, "caption": "a \\ud800 dog"}]')
+    code = main(["score", "--results", str(results), "--annotations",
+                 str(data / "captions_val2014.json"), "--only-results", "--no-spice"])
+    one_line_error(capsys, code, "a caption of image id 100021 holds '\\ud800', half of a UTF-16 "
+                                 "surrogate pair and no character")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--batch-size", "0"], "batch size must be at least 1, got 0"),
+    (["--beam", "100000"], "beam size 100000 is not between 1 and the model's vocabulary size"),
+    (["--max-len", "55"], "maximum caption length 55 is not between 1 and the 54 positions the "
+                          "model has: give --max-len 54 or less"),
+], ids=["batch-0", "beam-over-vocabulary", "max-len-over-positions"])
+def test_decoding_settings_the_model_cannot_use_are_refused_before_decoding(
+        world, tmp_path, monkeypatch, capsys, flags, fragment):
+    root, data, with_vocab, _ = world
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoding started")
+    monkeypatch.setattr(evaluate_module, "caption_batches", no_decoding)
+    code = main(["evaluate", "--checkpoint", str(with_vocab), "--split", "test",
+                 "--annotations", str(data), "--grid", str(data / "grid.hdf5"),
+                 "--region", str(data / "region.hdf5"), "--workers", "0", "--no-spice",
+                 "--out", str(tmp_path / "eval"), *flags])
+    one_line_error(capsys, code, fragment)
+    code = main(["caption", "--checkpoint", str(with_vocab), "--grid", str(data / "grid.hdf5"),
+                 "--region", str(data / "region.hdf5"), "--ids", "100001", *flags])
+    one_line_error(capsys, code, fragment)
