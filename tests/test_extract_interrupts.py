@@ -206,3 +206,19 @@ def test_merge_without_room_for_its_copy_is_refused_before_writing(tmp_path, mon
                                               r"before replacing it, and only 0 MB are free"):
         merge_shards(out)
     assert not out.exists() and len(list(tmp_path.iterdir())) == 2
+
+
+def test_extract_without_the_weights_says_where_it_looked_and_how_to_go_on(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.new("RGB", (8, 8)).save(pictures / "1.png")
+    code = main(["extract", "grid", "--images", str(pictures), "--out", str(tmp_path / "g.h5"),
+                 "--model", "hin-tests/no-such-clip", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert ("could not load CLIPVisionModelWithProjection weights 'hin-tests/no-such-clip': there "
+            "is no folder 'hin-tests/no-such-clip' here and they are not in the Hugging Face "
+            "cache ") in err
+    assert "`hf download hin-tests/no-such-clip`" in err
+    assert "`--extractor synth-grid` and `--extractor synth-regions`" in err

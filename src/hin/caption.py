@@ -30,7 +30,7 @@ from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
 from hin.decoding import require_decodable, search
 from hin.devices import resolve_device
-from hin.extract.images import load_rgb
+from hin.extract.images import folder_pictures, load_rgb
 from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
 
@@ -186,6 +186,13 @@ class Captioner:
                 f"{extractor.kind} features of size {extractor.feature_dim}; the checkpoint's "
                 "feature record is inconsistent with its weights")
         return extractor
+
+
+def picture_paths(sources: Sequence[str | Path]) -> list[Path]:
+    """Picture paths, each folder replaced by its pictures (the listing rule of `hin extract`:
+    entries named like pictures, by name)."""
+    return [path for source in map(Path, sources)
+            for path in (folder_pictures(source) if source.is_dir() else [source])]
 
 
 def load_picture(picture: Picture) -> Image.Image:

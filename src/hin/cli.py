@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from hin.errors import HINError, Interrupted, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hin.config import DecodingConfig
 
 VOCAB_HELP = ("vocabulary JSON, for checkpoints that record none (imported reference ones); "
@@ -198,12 +200,16 @@ def _decoding(args: argparse.Namespace) -> DecodingConfig:
                           collapse_repeats=not args.keep_repeats, precision=args.precision)
 
 
-def _extract_pictures(extractor: object, args: argparse.Namespace) -> int:
+def _extract_pictures(build: Callable[[], object], args: argparse.Namespace) -> int:
+    """List the pictures and check the settings, then `build` the extractor (a model load)."""
     from hin.extract import choose_shard, extract_to_file, list_images
+    from hin.extract.images import max_pixels
 
-    report = extract_to_file(extractor, list_images(args.images), args.out,
-                             batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             workers=args.workers, shard=choose_shard(args.shard))
+    files = list_images(args.images)
+    shard = choose_shard(args.shard)
+    max_pixels()
+    report = extract_to_file(build(), files, args.out, batch_size=args.batch_size,
+                             chunk_size=args.chunk_size, workers=args.workers, shard=shard)
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -219,8 +225,9 @@ def _extract_grid(args: argparse.Namespace) -> int:
     from hin.extract import build_extractor
 
     options = {"model": args.model} if args.model else {}
-    return _extract_pictures(build_extractor(args.extractor, device=_extraction_device(args),
-                                             precision=args.precision, **options), args)
+    return _extract_pictures(lambda: build_extractor(args.extractor,
+                                                     device=_extraction_device(args),
+                                                     precision=args.precision, **options), args)
 
 
 def _extract_merge(args: argparse.Namespace) -> int:
@@ -242,16 +249,15 @@ def _extract_regions(args: argparse.Namespace) -> int:
         return 0
     options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
                "max_regions": args.max_regions}
-    extractor = build_extractor(args.extractor, device=_extraction_device(args),
-                                precision=args.precision,
-                                **{k: v for k, v in options.items() if v is not None})
-    return _extract_pictures(extractor, args)
+    return _extract_pictures(lambda: build_extractor(
+        args.extractor, device=_extraction_device(args), precision=args.precision,
+        **{k: v for k, v in options.items() if v is not None}), args)
 
 
 def _caption(args: argparse.Namespace) -> int:
     import json
 
-    from hin.caption import Captioner
+    from hin.caption import Captioner, picture_paths
 
     precomputed = (args.grid, args.region, args.ids)
     if args.pictures and any(value is not None for value in precomputed):
@@ -263,7 +269,7 @@ def _caption(args: argparse.Namespace) -> int:
                           max_regions=args.max_regions)
     for note in captioner.notes:
         print(f"hin caption: note: {note}", file=sys.stderr)
-    results = (captioner.caption_pictures(args.pictures) if args.pictures
+    results = (captioner.caption_pictures(picture_paths(args.pictures)) if args.pictures
                else captioner.caption_features(args.grid, args.region, args.ids))
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
@@ -335,7 +341,7 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")
-    p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...)")
+    p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...) or folders of them")
     p.add_argument("--checkpoint", required=True, help="hin checkpoint")
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
@@ -447,10 +453,12 @@ def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from hin.caption import picture_paths
     from hin.explain import explain, write_figures
 
     explanations = explain(
-        [args.checkpoint] + ([args.compare] if args.compare else []), pictures=args.pictures,
+        [args.checkpoint] + ([args.compare] if args.compare else []),
+        pictures=picture_paths(args.pictures),
         ids=args.ids, grid=args.grid, region=args.region, images=args.images,
         annotations=args.annotations, split=args.split, limit=args.limit, layer=args.layer,
         words=args.words, decoding=_decoding(args), device=args.device, batch_size=args.batch_size)
@@ -476,8 +484,8 @@ def _layer(value: str) -> int | None:
 def _add_explain_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("explain", help="figures of where the model looks (attention maps) "
                                             "beside its captions, and an index.html")
-    p.add_argument("pictures", nargs="*", help="picture files (the checkpoint's recorded extractors "
-                                               "are re-run on them)")
+    p.add_argument("pictures", nargs="*", help="picture files or folders of them (the checkpoint's "
+                                               "recorded extractors are re-run on them)")
     p.add_argument("--checkpoint", required=True, help="hin checkpoint")
     p.add_argument("--compare", metavar="CKPT2", help="a second checkpoint drawn in a second column "
                                                       "(e.g. the XE baseline beside SCST)")

@@ -73,18 +73,34 @@ def transformers_module() -> Any:
 
 def load_pretrained(model_class: type, model: str, device: torch.device, precision: str,
                     revision: str | None = None) -> Any:
-    """A transformers model from a local folder or the Hugging Face cache/hub, in eval mode,
-    with its weights in the dtype `precision` (resolved) needs."""
+    """A transformers model from a local folder or the Hugging Face cache (never downloaded
+    here: hin reaches no network at run time), in eval mode, with its weights in the dtype
+    `precision` (resolved) needs."""
     try:
-        loaded = model_class.from_pretrained(model, revision=revision,
+        loaded = model_class.from_pretrained(model, revision=revision, local_files_only=True,
                                              dtype=weights_dtype(precision))
     except OSError as error:
-        raise FileNotFoundError(
-            f"could not load {model_class.__name__} weights {model!r}"
-            f"{f' (revision {revision})' if revision else ''}: {error}. Give a local folder "
-            "written by save_pretrained, or a hub name that is in the Hugging Face cache "
-            "(downloaded once with network access)") from error
+        raise FileNotFoundError(_missing_weights(model_class.__name__, model, revision, error)
+                                ) from error
     return loaded.to(device).eval()
+
+
+def _missing_weights(class_name: str, model: str, revision: str | None, error: OSError) -> str:
+    """One line: which weights, where they were looked for, what to do, and how to try hin's
+    recipe without them."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    which = f"{class_name} weights {model!r}{f' (revision {revision})' if revision else ''}"
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if Path(model).exists():
+        where = f"the folder {model} does not hold them in a readable form ({reason})"
+    else:
+        where = (f"there is no folder {model!r} here and they are not in the Hugging Face cache "
+                 f"{HF_HUB_CACHE} (hin never downloads them itself)")
+    return (f"could not load {which}: {where}. Give a folder written by save_pretrained, or "
+            f"download them once with network access (`hf download {model}`); to try the "
+            "recipe without them, the offline extractors made for the synthetic pictures need "
+            "no weights: `--extractor synth-grid` and `--extractor synth-regions`")
 
 
 class PictureExtractor(Protocol):
