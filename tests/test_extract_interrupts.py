@@ -4,6 +4,8 @@ how far it got and that a re-run resumes, and a merge stopped midway removes its
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -203,7 +205,7 @@ def test_merge_without_room_for_its_copy_is_refused_before_writing(tmp_path, mon
     monkeypatch.setattr(writer_module.shutil, "disk_usage",
                         lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(OutOfSpaceError, match=r"writes a new copy of about .* MB beside it "
-                                              r"before replacing it, and only 0 MB are free"):
+                                              r"before replacing it, and only 0.0 MB are free"):
         merge_shards(out)
     assert not out.exists() and len(list(tmp_path.iterdir())) == 2
 
@@ -222,3 +224,86 @@ def test_extract_without_the_weights_says_where_it_looked_and_how_to_go_on(tmp_p
             "cache ") in err
     assert "`hf download hin-tests/no-such-clip`" in err
     assert "`--extractor synth-grid` and `--extractor synth-regions`" in err
+
+
+def small_pictures(folder: Path, count: int = 3) -> Path:
+    folder.mkdir()
+    for image_id in range(1, count + 1):
+        Image.new("RGB", (24, 24), (40 * image_id, 0, 0)).save(folder / f"{image_id}.png")
+    return folder
+
+
+def synth_grid(pictures: Path, out: Path, *more: str) -> int:
+    return main(["extract", "grid", "--extractor", "synth-grid", "--images", str(pictures),
+                 "--out", str(out), "--workers", "0", "--device", "cpu", *more])
+
+
+def test_links_to_nowhere_and_folders_named_like_pictures_are_listed_as_failed(tmp_path, capsys):
+    pictures = small_pictures(tmp_path / "pictures")
+    (pictures / "4.png").symlink_to(tmp_path / "gone.png")           # dangling
+    (pictures / "5.png").symlink_to(pictures / "6.png")               # a loop
+    (pictures / "6.png").symlink_to(pictures / "5.png")
+    (pictures / "7.png").mkdir()
+    out = tmp_path / "grid.h5"
+    assert synth_grid(pictures, out) == 1
+    assert "4 pictures could not be read" in capsys.readouterr().out
+    report = (tmp_path / "grid.h5.failed.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in report[1:]] == [
+        str(pictures / f"{image_id}.png") for image_id in (4, 5, 6, 7)]
+    assert "IsADirectoryError" in report[4]
+
+
+@pytest.mark.parametrize("value", ["abc", "²", "-5"])
+def test_a_bad_pixel_limit_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys, value):
+    pictures = small_pictures(tmp_path / "pictures")
+    monkeypatch.setenv("HIN_MAX_PIXELS", value)
+    monkeypatch.setattr("hin.extract.build_extractor",
+                        lambda *a, **k: pytest.fail("the extractor was built first"))
+    code = synth_grid(pictures, tmp_path / "grid.h5")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"HIN_MAX_PIXELS={value!r} is not a positive whole number of pixels" in err
+
+
+def test_a_full_disk_during_extraction_stops_in_one_line_and_a_rerun_resumes(tmp_path,
+                                                                             monkeypatch, capsys):
+    pictures = small_pictures(tmp_path / "pictures", count=4)
+    out = tmp_path / "grid.h5"
+    real = writer_module.atomic_write
+    calls = []
+
+    @contextlib.contextmanager
+    def filling(path, mode="w"):
+        calls.append(path)
+        with real(path, mode) as file:
+            if len(calls) == 3:        # the third part finds the disk full
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield file
+    monkeypatch.setattr(writer_module, "atomic_write", filling)
+    code = synth_grid(pictures, out, "--chunk-size", "1", "--batch-size", "1")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("hin extract: error: no space left on the "
+                                                   "device writing")
+    assert "part-000002.h5" in err
+    assert "the 2 images already in grid.h5 or its finished parts are kept" in err
+    assert "run the same command again to resume" in err
+    parts = out.with_name("grid.h5.parts")
+    assert sorted(p.name for p in parts.iterdir()) == ["part-000000.h5", "part-000001.h5"]
+    monkeypatch.setattr(writer_module, "atomic_write", real)
+    assert synth_grid(pictures, out) == 0
+    assert "skipped 2 already present; the file holds 4 images" in capsys.readouterr().out
+
+
+def test_caption_takes_a_folder_of_pictures_like_extract(tmp_path, capsys):
+    from hin.caption import picture_paths
+
+    pictures = small_pictures(tmp_path / "pictures")
+    (pictures / "notes.txt").write_text("not a picture")
+    assert picture_paths([pictures, pictures / "2.png"]) == [
+        pictures / "1.png", pictures / "2.png", pictures / "3.png", pictures / "2.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["caption", "--checkpoint", str(tmp_path / "none.pt"), str(empty)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{empty} holds no pictures" in err

@@ -264,12 +264,13 @@ def _caption(args: argparse.Namespace) -> int:
         raise UsageError("give pictures or --grid/--region/--ids, not both")
     if not args.pictures and None in precomputed:
         raise UsageError("give pictures, or all of --grid, --region and --ids")
+    pictures = picture_paths(args.pictures)
     captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
                           decoding=_decoding(args), batch_size=args.batch_size,
                           max_regions=args.max_regions)
     for note in captioner.notes:
         print(f"hin caption: note: {note}", file=sys.stderr)
-    results = (captioner.caption_pictures(picture_paths(args.pictures)) if args.pictures
+    results = (captioner.caption_pictures(pictures) if pictures
                else captioner.caption_features(args.grid, args.region, args.ids))
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))

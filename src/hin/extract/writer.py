@@ -3,8 +3,9 @@
 HDF5 keeps no journal: a process killed while it adds datasets to a file can leave the whole
 file unreadable. So extraction never writes into the output file while it runs:
 
-1. each chunk of images goes to its own small part file, written under a temporary name and
-   renamed into `<out>.parts/` when complete (a rename is atomic), so a part is whole or absent;
+1. each chunk of images goes to its own small part file, built in memory, written under a
+   temporary name and renamed into `<out>.parts/` when complete (a rename is atomic), so a part
+   is whole or absent;
 2. when every image is done, the existing output (if any) and the parts are copied into a new
    file beside the output, which is renamed over it; the parts are deleted after that rename.
 
@@ -23,6 +24,7 @@ rename leaves such copies behind); different features under one id are refused.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import shutil
@@ -37,7 +39,7 @@ import numpy as np
 from hin.data.features import ATTRIBUTE_PREFIX, feature_ids, file_attributes, open_hdf5
 from hin.errors import HINError, Interrupted
 from hin.extract.shards import Shard
-from hin.files import OutOfSpaceError, out_of_space, refuse_overwriting
+from hin.files import OutOfSpaceError, atomic_write, out_of_space, refuse_overwriting
 
 PART_GLOB = "part-*.h5"
 SHARD_KEYS = ("shard", "shard_of")      # attributes only a shard file has
@@ -150,23 +152,22 @@ class FeatureWriter:
             return
         self.parts.mkdir(parents=True, exist_ok=True)
         final = self.parts / f"part-{self._next_part:06d}.h5"
-        temporary = final.with_name(final.name + ".tmp")
+        # Built in memory and written by hin.files: HDF5 itself never meets a full disk (it
+        # reports one in dozens of messages and can crash the interpreter when it closes).
+        image = io.BytesIO()
+        with h5py.File(image, "w") as handle:
+            _record(handle, self.target_attributes)
+            for image_id, arrays in entries.items():
+                for suffix, array in arrays.items():
+                    handle.create_dataset(f"{image_id}_{suffix}", data=array)
         try:
-            with h5py.File(temporary, "w") as handle:
-                _record(handle, self.target_attributes)
-                for image_id, arrays in entries.items():
-                    for suffix, array in arrays.items():
-                        handle.create_dataset(f"{image_id}_{suffix}", data=array)
-            _fsync(temporary)
-        except BaseException as error:
-            temporary.unlink(missing_ok=True)
-            if out_of_space(error):
-                raise OutOfSpaceError(
-                    f"no space left on the device writing {final}; the {len(self._done)} images "
-                    f"already in {self.target.name} or its finished parts are kept: free some "
-                    "space and run the same command again to resume") from None
-            raise
-        os.replace(temporary, final)
+            with atomic_write(final, "wb") as file:
+                file.write(image.getbuffer())
+        except OutOfSpaceError:
+            raise OutOfSpaceError(
+                f"no space left on the device writing {final}; the {len(self._done)} images "
+                f"already in {self.target.name} or its finished parts are kept: free some "
+                "space and run the same command again to resume") from None
         self._next_part += 1
         self._done |= set(entries)
 
@@ -219,8 +220,8 @@ def _require_space(target: Path, sources: Sequence[Path]) -> None:
     free = shutil.disk_usage(target.parent).free
     if needed > free:
         raise OutOfSpaceError(
-            f"merging into {target} writes a new copy of about {needed / 1e6:,.0f} MB beside it "
-            f"before replacing it, and only {free / 1e6:,.0f} MB are free in {target.parent}: "
+            f"merging into {target} writes a new copy of about {needed / 1e6:,.1f} MB beside it "
+            f"before replacing it, and only {free / 1e6:,.1f} MB are free in {target.parent}: "
             "free some space (or move the files to a larger disk) and run the same command "
             "again; nothing was changed")
 
