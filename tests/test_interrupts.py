@@ -1,11 +1,14 @@
-"""A stopped extraction or merge loses nothing and leaves nothing behind: no DataLoader worker
-outlives `hin extract` (SIGKILL, SIGTERM, Ctrl-C), SIGTERM and Ctrl-C end in one line that says
-how far it got and that a re-run resumes, and a merge stopped midway removes its partial copy."""
+"""A stopped command loses nothing and leaves nothing behind: no DataLoader worker outlives
+`hin extract` (SIGKILL, SIGTERM, Ctrl-C), SIGTERM and Ctrl-C end in one line that says how far
+it got and that a re-run resumes, a merge stopped midway removes its partial copy, and no Java
+process outlives `hin score`; with the extraction refusals that go with them (merge targets,
+full disks, missing weights, pictures that cannot be read)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -307,3 +310,50 @@ def test_caption_takes_a_folder_of_pictures_like_extract(tmp_path, capsys):
     code = main(["caption", "--checkpoint", str(tmp_path / "none.pt"), str(empty)])
     err = capsys.readouterr().err
     assert code == 2 and f"{empty} holds no pictures" in err
+
+
+SLOW_SCORE = textwrap.dedent("""
+    import sys, time
+    from hin.cli import main
+    from hin.metrics import coco
+
+    def slow_tokenize(*args, **kwargs):     # the METEOR JVM is running meanwhile
+        print("tokenizing", flush=True)
+        time.sleep(60)
+    coco.ptb_tokenize = slow_tokenize
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_while_scoring_ends_the_java_process_too(tmp_path, stop):
+    from hin.metrics.coco import find_java
+
+    try:
+        find_java()
+    except Exception:
+        pytest.skip("no Java")
+    annotations = tmp_path / "captions.json"
+    annotations.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1.jpg"}],
+        "annotations": [{"id": 1, "image_id": 1, "caption": "a dog"}]}))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"image_id": 1, "caption": "a dog"}]))
+    script = tmp_path / "slow_score.py"
+    script.write_text(SLOW_SCORE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, str(script), "score", "--results", str(results),
+                                "--annotations", str(annotations), "--no-spice"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline() == "tokenizing\n"
+    java = children(process.pid)
+    assert len(java) == 1, java
+    process.send_signal(stop)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "hin score: interrupted"
+    try:
+        assert wait_for(lambda: not alive(java[0]), 10)
+    finally:
+        if alive(java[0]):
+            os.kill(java[0], signal.SIGKILL)
