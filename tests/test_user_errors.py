@@ -61,6 +61,13 @@ def one_line_error(capsys, code: int, *fragments: str) -> str:
     return line
 
 
+def evaluate_args(checkpoint, data, out, *more: str) -> list[str]:
+    """`hin evaluate` of the test split of the world's data set into `out`."""
+    return ["evaluate", "--checkpoint", str(checkpoint), "--split", "test", "--annotations",
+            str(data), "--grid", str(data / "grid.hdf5"), "--region", str(data / "region.hdf5"),
+            "--workers", "0", "--no-spice", "--out", str(out), *more]
+
+
 def test_damaged_hdf5_is_named_in_data_check(world, capsys):
     root, data, _, _ = world
     code = main(["data", "check", "--annotations", str(data), "--grid", str(root / "broken.hdf5"),
@@ -113,10 +120,7 @@ def test_evaluate_out_that_is_a_file_is_refused_before_any_work(world, tmp_path,
     def no_loading(*args, **kwargs):
         raise AssertionError("a checkpoint was loaded before --out was checked")
     monkeypatch.setattr(evaluate_module, "load", no_loading)
-    code = main(["evaluate", "--checkpoint", str(checkpoint), "--split", "test",
-                 "--annotations", str(data), "--grid", str(data / "grid.hdf5"),
-                 "--region", str(data / "region.hdf5"), "--workers", "0", "--no-spice",
-                 "--out", str(out)])
+    code = main(evaluate_args(checkpoint, data, out))
     one_line_error(capsys, code, f"--out {out} is a file", "give a directory")
     assert out.read_text() == "keep me"
 
@@ -187,10 +191,7 @@ def test_evaluate_refuses_an_out_folder_whose_files_are_its_inputs(world, tmp_pa
     out = tmp_path / "eval"
     out.mkdir()
     (out / "captions.json").symlink_to(data / "grid.hdf5")
-    code = main(["evaluate", "--checkpoint", str(checkpoint), "--split", "test",
-                 "--annotations", str(data), "--grid", str(data / "grid.hdf5"),
-                 "--region", str(data / "region.hdf5"), "--workers", "0", "--no-spice",
-                 "--out", str(out)])
+    code = main(evaluate_args(checkpoint, data, out))
     one_line_error(capsys, code, "captions.json is also --grid", "give --out a folder of its own")
 
 
@@ -390,10 +391,7 @@ def test_decoding_settings_the_model_cannot_use_are_refused_before_decoding(
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoding started")
     monkeypatch.setattr(evaluate_module, "caption_batches", no_decoding)
-    code = main(["evaluate", "--checkpoint", str(with_vocab), "--split", "test",
-                 "--annotations", str(data), "--grid", str(data / "grid.hdf5"),
-                 "--region", str(data / "region.hdf5"), "--workers", "0", "--no-spice",
-                 "--out", str(tmp_path / "eval"), *flags])
+    code = main(evaluate_args(with_vocab, data, tmp_path / "eval", *flags))
     one_line_error(capsys, code, fragment)
     code = main(["caption", "--checkpoint", str(with_vocab), "--grid", str(data / "grid.hdf5"),
                  "--region", str(data / "region.hdf5"), "--ids", "100001", *flags])
