@@ -303,7 +303,8 @@ def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Seq
         grid_extractor, region_extractor = captioner.extractors()
         geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
                                         f"the {grid_extractor.name} extractor",
-                                        f"the {region_extractor.name} extractor")
+                                        f"the {region_extractor.name} extractor",
+                                        region_rows=len(r["features"]))
                       for path, g, r in zip(paths, grid_entries, region_entries)]
         columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
                                       [r["features"] for r in region_entries], geometries, label=label,

@@ -81,11 +81,7 @@ def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
     if isinstance(source, (str, Path)):
         source = Path(source)
         if source.is_dir():
-            paths = sorted(p for p in source.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not paths:
-                raise ImageListError(f"{source} holds no pictures (looked for "
-                                     f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths = folder_pictures(source)
         elif source.is_file() and source.suffix.lower() not in IMAGE_SUFFIXES:
             paths = _read_list_file(source)
         elif source.is_file():
@@ -96,6 +92,18 @@ def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
     else:
         paths = [Path(p) for p in source]
     return _named(paths)
+
+
+def folder_pictures(folder: Path) -> list[Path]:
+    """A folder's entries named like pictures, by name. Links that lead nowhere (dangling or
+    looping) and folders named like pictures are kept: reading them fails and says why (an
+    extraction lists them in its failure report) instead of skipping them unseen. A folder
+    without any is refused."""
+    paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ImageListError(f"{folder} holds no pictures (looked for "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
 
 
 def _read_list_file(list_file: Path) -> list[Path]:
@@ -131,7 +139,7 @@ def max_pixels() -> int:
     configured = os.environ.get(MAX_PIXELS_ENV)
     if configured is None:
         return DEFAULT_MAX_PIXELS
-    if not configured.strip().isdigit() or int(configured) <= 0:
+    if re.fullmatch(r"[0-9]+", configured.strip()) is None or int(configured) <= 0:
         raise UsageError(f"{MAX_PIXELS_ENV}={configured!r} is not a positive whole number of pixels")
     return int(configured)
 

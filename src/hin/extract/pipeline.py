@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, STORAGE_DTYPES
 from hin.devices import autocast, resolve_precision
-from hin.errors import MissingExtraError, UsageError
+from hin.errors import Interrupted, MissingExtraError, UsageError
 from hin.extract.images import (
     ORIENTATION_KEY,
     ImageFile,
@@ -41,6 +41,7 @@ from hin.extract.images import (
 )
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
+from hin.processes import worker_init
 
 ImageEntry = dict[str, np.ndarray]
 
@@ -88,18 +89,34 @@ def transformers_module() -> Any:
 
 def load_pretrained(model_class: type, model: str, device: torch.device, precision: str,
                     revision: str | None = None) -> Any:
-    """A transformers model from a local folder or the Hugging Face cache/hub, in eval mode,
-    with its weights in the dtype `precision` (resolved) needs."""
+    """A transformers model from a local folder or the Hugging Face cache (never downloaded
+    here: hin reaches no network at run time), in eval mode, with its weights in the dtype
+    `precision` (resolved) needs."""
     try:
-        loaded = model_class.from_pretrained(model, revision=revision,
+        loaded = model_class.from_pretrained(model, revision=revision, local_files_only=True,
                                              dtype=weights_dtype(precision))
     except OSError as error:
-        raise FileNotFoundError(
-            f"could not load {model_class.__name__} weights {model!r}"
-            f"{f' (revision {revision})' if revision else ''}: {error}. Give a local folder "
-            "written by save_pretrained, or a hub name that is in the Hugging Face cache "
-            "(downloaded once with network access)") from error
+        raise FileNotFoundError(_missing_weights(model_class.__name__, model, revision, error)
+                                ) from error
     return loaded.to(device).eval()
+
+
+def _missing_weights(class_name: str, model: str, revision: str | None, error: OSError) -> str:
+    """One line: which weights, where they were looked for, what to do, and how to try hin's
+    recipe without them."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    which = f"{class_name} weights {model!r}{f' (revision {revision})' if revision else ''}"
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if Path(model).exists():
+        where = f"the folder {model} does not hold them in a readable form ({reason})"
+    else:
+        where = (f"there is no folder {model!r} here and they are not in the Hugging Face cache "
+                 f"{HF_HUB_CACHE} (hin never downloads them itself)")
+    return (f"could not load {which}: {where}. Give a folder written by save_pretrained, or "
+            f"download them once with network access (`hf download {model}`); to try the "
+            "recipe without them, the offline extractors made for the synthetic pictures need "
+            "no weights: `--extractor synth-grid` and `--extractor synth-regions`")
 
 
 class PictureExtractor(Protocol):
@@ -243,23 +260,32 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
     report = ExtractionReport(writer.target, skipped=len(files) - len(todo), shard=shard,
                               merge_into=writer.out)
     loader = DataLoader(_PreparedPictures(todo, extractor.preprocess, orientation),
-                        batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
+                        batch_size=batch_size, num_workers=workers, collate_fn=_as_list,
+                        worker_init_fn=worker_init())
     chunk: dict[int, ImageEntry] = {}
-    with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
-              disable=not progress) as bar:
-        for batch in loader:
-            good = [(file, prepared) for file, prepared, error in batch if error is None]
-            report.failed += [(file.path, error) for file, _, error in batch if error is not None]
-            if good:
-                entries = extractor([prepared for _, prepared in good])
-                chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
-            if len(chunk) >= chunk_size:
-                writer.write_chunk(chunk)
-                report.written += len(chunk)
-                chunk = {}
-            bar.update(len(batch))
-        writer.write_chunk(chunk)
-        report.written += len(chunk)
+    try:
+        with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
+                  disable=not progress) as bar:
+            for batch in loader:
+                good = [(file, prepared) for file, prepared, error in batch if error is None]
+                report.failed += [(file.path, error) for file, _, error in batch
+                                  if error is not None]
+                if good:
+                    entries = extractor([prepared for _, prepared in good])
+                    chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
+                if len(chunk) >= chunk_size:
+                    writer.write_chunk(chunk)
+                    report.written += len(chunk)
+                    chunk = {}
+                bar.update(len(batch))
+            writer.write_chunk(chunk)
+            report.written += len(chunk)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted after {report.written} of the {len(todo)} pictures to do (the "
+            f"{len(chunk)} of the chunk in progress are lost); {len(writer.done_ids)} images "
+            f"are kept in {writer.target.name} and {writer.parts}: run the same command again "
+            "to resume") from None
     report.images_in_file = writer.finish()
     report.failure_report = _write_failures(failure_report_path(writer.target), report.failed)
     report.seconds = time.perf_counter() - started

@@ -91,8 +91,8 @@ class DetrRegionExtractor:
             raise MissingExtraError(f"{self.model_name} needs {error}; use a checkpoint with "
                               "transformers' own ResNet backbone, e.g. facebook/detr-resnet-50 "
                               "at revision no_timm") from error
-        processor = transformers.DetrImageProcessorPil.from_pretrained(self.model_name,
-                                                                       revision=revision)
+        processor = transformers.DetrImageProcessorPil.from_pretrained(
+            self.model_name, revision=revision, local_files_only=True)
         self.preprocess = DetrPreprocessor(processor)
         self.feature_dim = self.model.config.d_model
 
