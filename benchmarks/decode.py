@@ -12,6 +12,8 @@ Usage: python benchmarks/decode.py [--batch-sizes 10 50] [--precision fp32 bf16]
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from common import (
@@ -44,7 +46,9 @@ def main() -> None:
         for precision in precisions(args, device):
             settings = DecodingConfig(beam_size=args.beam, max_len=args.max_len,
                                       precision=precision)
+            start = time.perf_counter()
             models = cast_for_decoding(model, precision)
+            cast_seconds = time.perf_counter() - start
             reset_peak(device)
 
             def run() -> None:
@@ -55,7 +59,9 @@ def main() -> None:
                       if device.type == "cpu" else "")
             print(f"batch {batch:4d} {precision}: {median:7.3f} s (min {fastest:.3f}, CPU {cpu:.3f} s)  "
                   f"{batch / median:8.2f} img/s  steps decoded {best[precision].shape[-1]}/"
-                  f"{args.max_len}  peak {peak_memory_gib(device)}{versus}")
+                  f"{args.max_len}  peak {peak_memory_gib(device)}{versus}"
+                  + (f"  (weights cast once before: {cast_seconds:.2f} s)" if models[0] is not model
+                     else ""))
         if len(best) == 2:
             same = sum(torch.equal(a, b) for a, b in zip(best["fp32"], best["bf16"]))
             print(f"batch {batch:4d}: bf16 finds fp32's best caption for {same}/{batch} images")

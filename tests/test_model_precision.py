@@ -9,6 +9,7 @@ from conftest import tiny_features, tiny_model
 from hin.config import DecodingConfig
 from hin.decoding import beam_search, cast_for_decoding, search
 from hin.devices import autocast
+from hin.model.layers import FUSED_MIN_SCORES, Attention, mask_to_bias
 
 CPU = torch.device("cpu")
 PAD = 1
@@ -99,3 +100,25 @@ def test_search_runs_in_the_asked_precision(precision):
     else:
         assert not torch.equal(logprobs, plain_logprobs)
     assert model.dtype == torch.float32             # decoding in bf16 casts a copy
+
+
+def test_large_bf16_attention_without_autograd_takes_the_fused_kernel_with_the_same_result():
+    """The encoder's big self-attention in bf16 decoding runs PyTorch's fused kernel; it must
+    agree with the explicit float32-softmax path that training (autograd) takes."""
+    torch.manual_seed(0)
+    attention = Attention(32, 4, 0.0).to(torch.bfloat16)
+    tokens = int(FUSED_MIN_SCORES ** 0.5) + 2
+    x = torch.randn(2, tokens, 32, dtype=torch.bfloat16)
+    hidden = torch.zeros(2, 1, 1, tokens, dtype=torch.bool)
+    hidden[1, ..., -5:] = True
+    bias = mask_to_bias(hidden, torch.bfloat16)
+    called = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                      lambda *a, **k: called.append(1) or real(*a, **k))
+        with torch.no_grad():
+            fused = attention(x, x, bias)
+        explicit = attention(x, x, bias).detach()
+    assert called == [1]
+    torch.testing.assert_close(fused.float(), explicit.float(), atol=3e-2, rtol=0)

@@ -20,6 +20,13 @@ uniform instead of NaN. bfloat16 holds it (as -999292928); a narrower type gets 
 most negative finite value."""
 
 
+FUSED_MIN_SCORES = 128 * 128
+"""bfloat16 attention without autograd with at least this many scores per head (the encoder's
+258 x 258 grid self-attention) runs PyTorch's fused kernel, about twice as fast there on a
+CPU; smaller ones (decoding's few queries, the hierarchy's 256 x 50) are faster on the
+explicit path below, and so is training (benchmarks/README.md)."""
+
+
 def mask_to_bias(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Boolean mask (True = hidden) -> additive attention bias of `dtype`."""
     fill = max(MASK_VALUE, torch.finfo(dtype).min)
@@ -108,7 +115,9 @@ class Attention(_HeadProjections):
         With a `probabilities` list (the explain path), the attention probabilities
         [B, h, Q, N] are appended to it; the output is computed the same way either way."""
         q = self._split_heads(self.q_proj(query))
-        if q.dtype == torch.float32:
+        fused_is_faster = (not torch.is_grad_enabled()
+                           and q.shape[-2] * kv.key.shape[-2] >= FUSED_MIN_SCORES)
+        if q.dtype == torch.float32 or fused_is_faster:
             heads = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=bias)
         else:
             heads = _low_precision_attention(q, kv, bias)
