@@ -27,6 +27,7 @@ from hin.data.shape_features import GRID_DIM, REGION_DIM
 from hin.data.synth import generate
 from hin.data.vocab import Vocabulary, VocabularyError
 from hin.decoding import beam_search
+from hin.devices import resolve_precision
 from hin.extract import (
     image_id_from_name,
     read_attributes,
@@ -103,6 +104,17 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
                                                                           abs=1e-4)
         assert entry["captions"][0]["log_prob"] >= entry["captions"][1]["log_prob"]
         assert len(entry["captions"][0]["caption"].split()) >= 2
+
+
+def test_captioner_decodes_bf16_with_one_cast_copy_and_keeps_its_fp32_model(synth_checkpoint):
+    checkpoint, _ = synth_checkpoint
+    captioner = hin.Captioner(checkpoint, device="cpu", decoding=DecodingConfig(precision="bf16"))
+    (cast,) = captioner.decoding_models("bf16")
+    assert cast.dtype == torch.bfloat16 and captioner.model.dtype == torch.float32
+    assert captioner.decoding_models("bf16") == [cast]                # cast once, then kept
+    assert captioner.decoding_models("fp32") == [captioner.model]
+    auto = resolve_precision("auto", torch.device("cpu"))
+    assert captioner.decoding_models("auto") is captioner.decoding_models(auto)
 
 
 def test_caption_refuses_a_vocab_that_differs_from_the_recorded_one(synth_checkpoint, tmp_path,

@@ -29,7 +29,7 @@ from hin.config import DecodingConfig
 from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
 from hin.decoding import cast_for_decoding, require_decodable, search
-from hin.devices import resolve_device
+from hin.devices import resolve_device, resolve_precision
 from hin.extract.images import as_rgb, folder_pictures, load_rgb
 from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
@@ -94,6 +94,7 @@ class Captioner:
     def decoding_models(self, precision: str) -> list[HIN]:
         """The model as `precision` decodes it (`hin.decoding.cast_for_decoding`), cast on
         first use and kept: a server answers many requests with the same copy."""
+        precision = resolve_precision(precision, self.device)     # auto and bf16: one copy
         if precision not in self._decoding_models:
             self._decoding_models[precision] = cast_for_decoding(self.model, precision)
         return self._decoding_models[precision]
