@@ -125,9 +125,8 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import json
-
     from hin.data.coco import read_coco_references
+    from hin.files import write_json
     from hin.metrics import read_coco_results, score_captions
 
     captions = read_coco_results(args.results)
@@ -138,8 +137,7 @@ def _score(args: argparse.Namespace) -> int:
                             spice=not args.no_spice)
     print(report.format_table())
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(report.to_dict(), handle, indent=2)
+        write_json(args.out, report.to_dict())
         print(f"wrote {args.out}")
     return 0
 
@@ -348,7 +346,8 @@ def _train(args: argparse.Namespace) -> int:
         else:
             given = apply_overrides(load_yaml(args.config), args.overrides)
             best = start(RunConfig.from_dict(given), init=args.init,
-                         model_keys=list(given.get("model") or {}))
+                         model_keys=list(given.get("model") or {}),
+                         data_keys=list(given.get("data") or {}))
     except TrainingInterrupted as stopped:
         print(f"hin train: {stopped}", file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ from hin.errors import MissingExtraError, UsageError
 from hin.extract.images import ImageFile, PictureError, load_rgb
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
+from hin.files import write_text
 
 ImageEntry = dict[str, np.ndarray]
 
@@ -245,5 +246,5 @@ def _write_failures(path: Path, failed: list[tuple[Path, str]]) -> Path | None:
         path.unlink(missing_ok=True)
         return None
     lines = ["path\terror"] + [f"{file}\t{' '.join(error.split())}" for file, error in failed]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
     return path
