@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hin.errors import HINError
-from hin.files import write_json
+from hin.files import OutOfSpaceError, write_json
 
 LOCK_FILE = "hin.lock"
 
@@ -83,7 +83,12 @@ class FolderLock:
         self.held = False
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": what}
-        draft = write_json(self.folder / f".{LOCK_FILE}.{os.getpid()}.tmp", mine, indent=None)
+        try:
+            draft = write_json(self.folder / f".{LOCK_FILE}.{os.getpid()}.tmp", mine, indent=None)
+        except OutOfSpaceError:
+            raise OutOfSpaceError(f"no space left on the device to lock {self.folder} (writing "
+                                  f"{LOCK_FILE}); nothing was written there. Free some space "
+                                  "and try again") from None
         try:
             for _ in range(2):     # a second try after removing a stale lock
                 try:
