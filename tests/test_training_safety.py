@@ -140,6 +140,14 @@ def test_a_feature_width_that_is_not_the_models_names_the_setting_that_fixes_it(
     assert one_line_error(capsys, code).endswith(f"set model.region_dim={REGION_DIM}")
     assert not run_dir.exists()
 
+    stopped = stopped_run(synth, tmp_path / "stopped")        # the model is the run's now
+    capsys.readouterr()
+    code = main(["train", "--resume", str(stopped), "train.max_steps=4",
+                 f"data.grid_features={synth / 'region.hdf5'}"])
+    assert one_line_error(capsys, code) == (
+        f"{synth / 'region.hdf5'} holds {REGION_DIM}-wide features but model.grid_dim={GRID_DIM}: "
+        f"the model (from {stopped / loop.LAST}) needs features made like those it was trained on")
+
 
 def test_a_data_error_in_a_loader_worker_is_raised_as_itself(synth):
     split = load_splits(synth, ["val"])["val"]
