@@ -709,14 +709,13 @@ def resume(run_dir: str | Path, overrides: list[str] = (), progress: bool = True
     _refuse_new_epoch_order(run_dir, saved, config, progress_now)
     state["progress"]["done"] = _stopping_rule_met(config, progress_now)
     _refuse_finished(run_dir, config, Progress(**state["progress"]))
-    for note in notes:
-        print(f"{last}: {note}")
 
     def claim() -> str | None:
         if last.stat().st_mtime_ns != read_at.st_mtime_ns:
             raise RunDirectoryError(f"{last} changed while this resume was loading (another "
                                     "process trained meanwhile); resume again")
-        return repair_log(run_dir)
+        said = [f"{last}: {note}" for note in notes] + [repair_log(run_dir) or ""]
+        return "\n".join(line for line in said if line) or None
 
     trainer = Trainer(config, resume_state=state, progress=progress, claim=claim)
     trainer._log({"event": "resume", "step": trainer.progress.step,
