@@ -14,7 +14,7 @@ import hin
 from hin.config import ConfigError, RunConfig, find_config, packaged_config_names
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = ["coco_scst", "coco_xe", "synth_scst", "synth_xe"]
+SHIPPED = ["coco_scst", "coco_xe", "small_scst", "small_xe", "synth_scst", "synth_xe"]
 
 
 def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
@@ -27,7 +27,7 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     (tmp_path / "synth_xe.yaml").write_text("train:\n  epochs: 3\n")   # a path wins over a name
     assert RunConfig.load("synth_xe.yaml").train.epochs == 3
     with pytest.raises(ConfigError, match="mine.yaml does not exist.*shipped config: coco_scst, "
-                                          "coco_xe, synth_scst, synth_xe"):
+                                          "coco_xe, small_scst, small_xe, synth_scst, synth_xe"):
         find_config("mine.yaml")
     with pytest.raises(ConfigError, match="elsewhere/synth_xe.yaml does not exist"):
         find_config("elsewhere/synth_xe.yaml")                      # a path is never renamed

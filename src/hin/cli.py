@@ -130,10 +130,8 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import json
-
     from hin.data.coco import read_coco_references
-    from hin.files import refuse_overwriting
+    from hin.files import refuse_overwriting, write_json
     from hin.metrics import read_coco_results, score_captions
 
     if args.out:
@@ -148,8 +146,7 @@ def _score(args: argparse.Namespace) -> int:
                             spice=not args.no_spice)
     print(report.format_table())
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(report.to_dict(), handle, indent=2)
+        write_json(args.out, report.to_dict())
         print(f"wrote {args.out}")
     return 0
 
@@ -379,7 +376,8 @@ def _train(args: argparse.Namespace) -> int:
         else:
             given = apply_overrides(load_yaml(args.config), args.overrides)
             best = start(RunConfig.from_dict(given), init=args.init,
-                         model_keys=list(given.get("model") or {}))
+                         model_keys=list(given.get("model") or {}),
+                         data_keys=list(given.get("data") or {}))
     except TrainingInterrupted as stopped:
         print(f"hin train: {stopped}", file=sys.stderr)
         return 130
@@ -581,7 +579,8 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
                                           "checkpoint; resumable, one process or torchrun")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML run configuration: a path, or the name of a "
-                                          "shipped one (synth_xe, synth_scst, coco_xe, coco_scst)")
+                                          "shipped one (synth_xe, synth_scst, coco_xe, coco_scst, "
+                                          "small_xe, small_scst for your own small data set)")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--init", help="start from this hin checkpoint's weights (SCST from XE best.pt)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

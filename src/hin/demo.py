@@ -40,6 +40,7 @@ from hin.data.synth import (
 from hin.errors import UsageError
 from hin.evaluate import evaluate
 from hin.explain import INDEX_FILE, explain, write_figures
+from hin.files import write_text
 from hin.grounding import measure
 from hin.metrics import METRIC_NAMES, score_captions
 from hin.training.loop import BEST, TrainingInterrupted, start
@@ -84,9 +85,8 @@ def prepare_runs(runs: Path, force: bool = False) -> None:
         elif (runs / name).exists():
             (runs / name).unlink()
     runs.mkdir(parents=True, exist_ok=True)
-    (runs / MARKER).write_text("written by `hin demo`; it replaces "
-                               f"{', '.join(name + '/' for name in OWN_ENTRIES)} here on its next "
-                               "run\n", encoding="utf-8")
+    write_text(runs / MARKER, "written by `hin demo`; it replaces "
+               f"{', '.join(name + '/' for name in OWN_ENTRIES)} here on its next run\n")
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from hin.data.vocab import tokenize
 from hin.decoding import search
 from hin.errors import MissingExtraError, UsageError
 from hin.extract.images import list_images, load_rgb, recorded_orientation
+from hin.files import atomic_write, write_text
 from hin.metrics import CiderDTable, cider_d
 from hin.model import HIN, AttentionTrace
 
@@ -514,7 +515,8 @@ def write_figures(explanations: Sequence[ImageExplanation], out: str | Path,
     for index, explanation in enumerate(explanations):
         figure = render(explanation, layer_label)
         path = out / figure_name(explanation, index)
-        figure.savefig(path, dpi=DPI)
+        with atomic_write(path, "wb") as file:
+            figure.savefig(file, format="png", dpi=DPI)
         pyplot.close(figure)
         paths.append(path)
     write_index(explanations, paths, out / INDEX_FILE)
@@ -578,5 +580,5 @@ attention and the caption. Click a CIDEr-D heading to sort.</p>
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    write_text(path, page)
     return path

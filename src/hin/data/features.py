@@ -332,6 +332,17 @@ class FeatureStore:
             raise DataError(f"{file.path}: image {image_id}: {problem}; {CHECK_FIX}")
         return array
 
+    def widths(self, image_id: int) -> tuple[int, int]:
+        """(grid, region) feature width of image `image_id` as stored (names and shapes only),
+        so a width that is not the model's is found before any training starts."""
+        def width(file: HDF5File) -> int:
+            dataset = file.handle.get(feature_key(image_id))
+            if dataset is None:
+                raise DataError(f"image {image_id} has no '{feature_key(image_id)}' entry in "
+                                f"{file.path}; {CHECK_FIX}")
+            return int(dataset.shape[-1]) if dataset.shape else 0
+        return width(self.grid), width(self.region)
+
     def geometry(self, image_id: int) -> ImageGeometry:
         """What the files record about where image `image_id`'s grid cells and regions lie."""
         def entries(file: HDF5File) -> dict[str, np.ndarray]:

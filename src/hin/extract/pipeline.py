@@ -41,6 +41,7 @@ from hin.extract.images import (
 )
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
+from hin.files import write_text
 from hin.processes import worker_init
 
 ImageEntry = dict[str, np.ndarray]
@@ -298,5 +299,5 @@ def _write_failures(path: Path, failed: list[tuple[Path, str]]) -> Path | None:
         path.unlink(missing_ok=True)
         return None
     lines = ["path\terror"] + [f"{file}\t{' '.join(error.split())}" for file, error in failed]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
     return path

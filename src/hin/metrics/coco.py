@@ -39,7 +39,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_
 from tqdm import tqdm
 
 from hin.errors import HINError
-from hin.files import read_json
+from hin.files import read_json, write_json, write_text
 from hin.metrics.postprocess import collapse_repeats as _collapse_repeats
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -119,7 +119,7 @@ def ptb_tokenize(captions: Sequence[str], java: str | None = None) -> list[str]:
     text = "\n".join(" ".join(caption.splitlines()) for caption in captions)
     with tempfile.TemporaryDirectory(prefix="hin-ptb-") as tmp:
         path = Path(tmp) / "captions.txt"
-        path.write_bytes(text.encode())
+        write_text(path, text)
         result = subprocess.run(
             [java, "-cp", str(_PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer",
              "-preserveLines", "-lowerCase", str(path)],
@@ -165,8 +165,8 @@ def _spice(java: str, corenlp: Path, gts: dict, res: dict) -> float:
                                  str(corenlp / "*")])
     with tempfile.TemporaryDirectory(prefix="hin-spice-") as tmp:
         in_path, out_path = Path(tmp) / "input.json", Path(tmp) / "output.json"
-        in_path.write_text(json.dumps([{"image_id": index, "test": res[i][0], "refs": gts[i]}
-                                       for index, i in enumerate(ids)]))
+        write_json(in_path, [{"image_id": index, "test": res[i][0], "refs": gts[i]}
+                             for index, i in enumerate(ids)], indent=None)
         result = subprocess.run(
             [java, "-Xmx8G", "-cp", classpath, "edu.anu.spice.SpiceScorer", str(in_path),
              "-out", str(out_path), "-subset", "-silent"],

@@ -17,6 +17,7 @@ from hin.decoding import search
 from hin.errors import HINError
 from hin.evaluate import sha256
 from hin.extract.images import IMAGE_SUFFIXES, ImageListError, image_id_from_name
+from hin.files import atomic_write
 from hin.serve.batching import DynamicBatcher
 from hin.serve.explanations import explain_available, explain_batch
 from hin.serve.inputs import Options, RequestError
@@ -69,7 +70,8 @@ class CaptionService:
         """With --keep-uploads DIR: the upload, named by its content's sha256."""
         if self.keep_uploads:
             name = f"{hashlib.sha256(data).hexdigest()}.{picture_format.lower()}"
-            (self.keep_uploads / name).write_bytes(data)
+            with atomic_write(self.keep_uploads / name, "wb") as file:
+                file.write(data)
 
     def close(self) -> None:
         self.batcher.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hin.errors import MissingExtraError, UsageError
+from hin.files import atomic_write
 from hin.training.runlog import read_log
 
 PLOT_FILE = "curves.png"
@@ -19,10 +20,11 @@ SELECTION_METRIC = "CIDEr-D"
 
 def current_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of the run as it now stands: steps and epochs logged after the checkpoint
-    a resume went back to were redone, so the first logging of them is dropped."""
+    a resume went back to were redone, so the first logging of them is dropped (a restart
+    goes back to step 0)."""
     kept: list[dict[str, Any]] = []
     for record in records:
-        if record["event"] == "resume":
+        if record["event"] in ("resume", "restart"):
             kept = [r for r in kept if r.get("step", 0) <= record["step"]]
         kept.append(record)
     return kept
@@ -113,6 +115,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     figure.suptitle(f"{Path(run_dir).resolve().name}: training curves")
     figure.tight_layout()
     path = Path(out) if out else Path(run_dir) / PLOT_FILE
-    figure.savefig(path, dpi=100)
+    with atomic_write(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=100)
     pyplot.close(figure)
     return path
