@@ -35,6 +35,7 @@ from hin import checkpoint
 from hin.config import ConfigError, DecodingConfig, HINConfig, RunConfig, apply_overrides
 from hin.data.coco import load_splits
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
+from hin.data.familiarity import feature_profile
 from hin.data.features import FeatureStore, read_attributes
 from hin.data.vocab import Vocabulary, tokenize
 from hin.decoding import caption_batches
@@ -163,6 +164,8 @@ class Trainer:
         store = FeatureStore(data.grid_features, data.region_features,
                              max_regions=data.max_regions, grid_dim=model_config.grid_dim,
                              region_dim=model_config.region_dim, cache=data.cache_features)
+        self.feature_profile = feature_profile(splits["train"].image_ids(),
+                                               lambda image_id: store[image_id][0])
         self.train_set = (CaptionPairs(splits["train"], store, self.vocab,
                                        data.max_caption_tokens, progress=self.show_progress,
                                        captions_per_image=train.captions_per_image)
@@ -317,7 +320,8 @@ class Trainer:
         init = {"init": self.init_record} if self.init_record else {}
         return {"config": self.config.to_dict(), "vocabulary": self.vocab.to_dict(),
                 "features": {"grid": read_attributes(data.grid_features),
-                             "region": read_attributes(data.region_features)}, **init}
+                             "region": read_attributes(data.region_features)},
+                "feature_profile": self.feature_profile, **init}
 
     def save_last(self) -> None:
         if self.context.is_main:
