@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from hin.errors import MissingExtraError
-from hin.serve.explanations import explain_available
+from hin.serve.explanations import explain_available, map_colours
 from hin.serve.guard import HostAndOriginGuard
 from hin.serve.inputs import (
     OPTIONS,
@@ -73,6 +73,7 @@ CAPTION_ERRORS = {status: {**ERROR, "description": meaning} for status, meaning 
 
 def create_app(settings: ServeSettings) -> FastAPI:
     service = CaptionService(settings)
+    colours = map_colours()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -126,7 +127,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                     max_upload_bytes=settings.max_upload_bytes,
                     max_pixels_in_flight=settings.max_pixels_in_flight,
                     max_queue=settings.max_queue,
-                    demo_pictures=[path.name for path in service.demo_pictures])
+                    demo_pictures=[path.name for path in service.demo_pictures],
+                    map_colormap=colours)
 
     @app.get("/v1/demo/{index}", summary="One of the checkpoint's test pictures, by index",
              response_class=FileResponse, responses={

@@ -98,6 +98,11 @@ class Health(BaseModel):
     can_caption: bool
 
 
+class Colormap(BaseModel):
+    name: str = Field(description="hin.explain.MAP_COLORMAP, also used by `hin explain`")
+    stops: list[list[int]] = Field(description="evenly spaced RGB stops, low to high")
+
+
 class Info(BaseModel):
     model: ModelInfo
     can_caption: bool
@@ -109,3 +114,4 @@ class Info(BaseModel):
     max_pixels_in_flight: int
     max_queue: int
     demo_pictures: list[str]
+    map_colormap: Colormap
