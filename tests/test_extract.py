@@ -133,7 +133,8 @@ def test_grid_features_are_post_layernorm_patches_and_projected_class_token(clip
     assert read_attributes(out) == {
         "extractor": "clip-grid", "kind": "grid", "model": str(clip_dir),
         "feature_dim": CLIP_HIDDEN, "tokens": CLIP_TOKENS, "global_dim": CLIP_PROJECTION,
-        "image_size": 32, "grid_rows": 4, "grid_cols": 4, "compute_dtype": "float32"}
+        "image_size": 32, "grid_rows": 4, "grid_cols": 4, "compute_dtype": "float32",
+        "orientation": "stored"}
 
 
 def test_rerun_skips_done_ids_and_adds_new_pictures(clip_dir, pictures, tmp_path):

@@ -30,7 +30,7 @@ from hin.data.features import FeatureStore, pad_regions
 from hin.data.vocab import vocabulary_for
 from hin.decoding import search
 from hin.devices import resolve_device
-from hin.extract.images import load_rgb
+from hin.extract.images import as_rgb, load_rgb
 from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
 
@@ -180,7 +180,8 @@ class Captioner:
 
 
 def load_picture(picture: Picture) -> Image.Image:
-    return picture if isinstance(picture, Image.Image) else load_rgb(picture)
+    """A user's picture (a file, or a picture already decoded) read by hin's reading rule."""
+    return as_rgb(picture) if isinstance(picture, Image.Image) else load_rgb(picture)
 
 
 def _name(picture: Picture, index: int) -> str:

@@ -195,7 +195,8 @@ def _extract_pictures(extractor: object, args: argparse.Namespace) -> int:
 
     report = extract_to_file(extractor, list_images(args.images), args.out,
                              batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             workers=args.workers, shard=choose_shard(args.shard))
+                             workers=args.workers, shard=choose_shard(args.shard),
+                             orientation=args.orientation)
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -262,7 +263,7 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
-    from hin.config import EXTRACTION_PRECISIONS
+    from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS
 
     extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
                                                   "regions) or VinVL TSV import, as HDF5")
@@ -278,6 +279,11 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
                        help="fp32 (exact), bf16 autocast (fast on CUDA and on CPUs with "
                             "avx512_bf16/AMX), fp16 weights (CUDA, as the released CLIP grids), "
                             "or auto (bf16 where the device runs it fast)")
+        p.add_argument("--orientation", default=DATASET_ORIENTATION, choices=ORIENTATIONS,
+                       help="stored (default: pixels as stored, as the reference's extraction "
+                            "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
+                            "as hin caption/explain/serve read pictures: for your own photos); "
+                            "recorded in the file")
         p.add_argument("--shard", metavar="K/N",
                        help="extract only shard K of N of the pictures (sorted by id) into "
                             "OUT.shard-K-of-N.h5, joined later by `hin extract merge OUT`; "

@@ -207,6 +207,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 PRECISIONS = ("fp32", "bf16", "auto")
 # Feature extraction also offers fp16: the weights in float16 on CUDA (the released CLIP grids).
 EXTRACTION_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+# How pictures are turned upright (hin.extract.images.as_rgb): `exif` applies the EXIF
+# orientation tag (user pictures: caption, explain, serve); `stored` reads pixels as stored,
+# as the reference's extraction did, `hin extract`'s default.
+ORIENTATIONS = ("exif", "stored")
+DATASET_ORIENTATION = "stored"
 
 
 def require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:

@@ -8,8 +8,10 @@ of prepared pictures into one `{suffix: array}` entry per image (`features`, `gl
 one chunk, see writer.py) and lists pictures that fail to decode in a report while the run
 goes on. It must never write a substitute entry for a picture it could not read. With a
 `Shard` it extracts only that shard's block of the pictures, into the shard's own file
-(shards.py). Extractors compute in the `precision` chosen here (fp32, bf16 autocast, fp16
-weights on CUDA) and store their results in the released dtypes whatever it is.
+(shards.py). Pictures are read by hin's reading rule (images.as_rgb) with the `orientation`
+chosen for the run, which the file records (`hin_orientation`). Extractors compute in the
+`precision` chosen here (fp32, bf16 autocast, fp16 weights on CUDA) and store their results
+in the released dtypes whatever it is.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from hin.config import EXTRACTION_PRECISIONS
+from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS
 from hin.devices import autocast, resolve_precision
 from hin.errors import MissingExtraError, UsageError
-from hin.extract.images import ImageFile, PictureError, load_rgb
+from hin.extract.images import (
+    ORIENTATION_KEY,
+    ImageFile,
+    PictureError,
+    check_orientation,
+    load_rgb,
+)
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
 
@@ -146,9 +154,11 @@ class _PreparedPictures(Dataset):
     """Decodes and prepares one picture per item; a failure is returned, not raised, so one
     bad file does not stop the run."""
 
-    def __init__(self, files: Sequence[ImageFile], preprocess: Callable[[Image.Image], Any]):
+    def __init__(self, files: Sequence[ImageFile], preprocess: Callable[[Image.Image], Any],
+                 orientation: str):
         self.files = files
         self.preprocess = preprocess
+        self.orientation = orientation
 
     def __len__(self) -> int:
         return len(self.files)
@@ -156,7 +166,7 @@ class _PreparedPictures(Dataset):
     def __getitem__(self, index: int) -> tuple[ImageFile, Any, str | None]:
         file = self.files[index]
         try:
-            return file, self.preprocess(load_rgb(file.path)), None
+            return file, self.preprocess(load_rgb(file.path, orientation=self.orientation)), None
         except PictureError as error:
             return file, None, str(error)
 
@@ -197,26 +207,35 @@ def failure_report_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".failed.tsv")
 
 
+def extraction_attributes(extractor: PictureExtractor,
+                          orientation: str = DATASET_ORIENTATION) -> dict[str, object]:
+    """What a file extracted from pictures records: the extractor's attributes and the
+    orientation rule its pictures were read by."""
+    return {**extractor.attributes(), ORIENTATION_KEY: check_orientation(orientation)}
+
+
 def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out: str | Path, *,
                     batch_size: int = 32, chunk_size: int = 512, workers: int = 2,
-                    progress: bool = True, shard: Shard | None = None) -> ExtractionReport:
+                    progress: bool = True, shard: Shard | None = None,
+                    orientation: str = DATASET_ORIENTATION) -> ExtractionReport:
     """Extract every picture of `files` (or of its shard `shard`, into that shard's file) not
-    yet in `out`; see the module docstring and shards.py."""
+    yet in `out`, read with `orientation` (images.as_rgb); see the module docstring and
+    shards.py."""
     if batch_size < 1 or chunk_size < 1 or workers < 0:
         raise UsageError("batch_size and chunk_size must be positive and workers >= 0, got "
                          f"{batch_size}, {chunk_size}, {workers}")
+    attributes = extraction_attributes(extractor, orientation)
     started = time.perf_counter()
     if shard is None:
-        writer = FeatureWriter(out, extractor.attributes())
+        writer = FeatureWriter(out, attributes)
     else:
-        writer = FeatureWriter(out, extractor.attributes(), shard,
-                               fingerprint(file.image_id for file in files))
+        writer = FeatureWriter(out, attributes, shard, fingerprint(file.image_id for file in files))
         files = shard.take(files)
     todo = [file for file in files if file.image_id not in writer.done_ids]
     report = ExtractionReport(writer.target, skipped=len(files) - len(todo), shard=shard,
                               merge_into=writer.out)
-    loader = DataLoader(_PreparedPictures(todo, extractor.preprocess), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_as_list)
+    loader = DataLoader(_PreparedPictures(todo, extractor.preprocess, orientation),
+                        batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
     chunk: dict[int, ImageEntry] = {}
     with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
               disable=not progress) as bar:
