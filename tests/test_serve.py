@@ -10,7 +10,10 @@ import asyncio
 import hashlib
 import io
 import re
+import signal
+import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,6 +28,7 @@ from hin.extract import read_attributes
 from hin.serve import ServeSettings, create_app
 from hin.serve.batching import DynamicBatcher
 from hin.serve.explanations import explain_available
+from serving import running_server
 
 pytest.importorskip("transformers")
 pytest.importorskip("fastapi")
@@ -471,8 +475,6 @@ def test_hin_serve_refuses_a_bad_port_and_a_taken_port_before_loading_the_model(
     checkpoint, _, _, _ = served
     assert main(["serve", "--checkpoint", str(checkpoint), "--port", "70000"]) == 2
     assert "--port must be from 0 to 65535, got 70000" in capsys.readouterr().err
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -486,3 +488,74 @@ def test_hin_serve_refuses_a_bad_port_and_a_taken_port_before_loading_the_model(
                         ("--decode-workers", "0"), ("--shutdown-timeout", "0")):
         assert main(["serve", "--checkpoint", str(checkpoint), flag, value]) == 2
         assert flag in capsys.readouterr().err
+
+
+def _sideways_photo(stored=(600, 512)) -> bytes:
+    """A JPEG stored 600x512 whose EXIF orientation (6: turn 90 degrees clockwise) makes it
+    512x600 upright, as a phone writes it."""
+    pixels = np.zeros((stored[1], stored[0], 3), np.uint8)
+    pixels[:, : stored[0] // 3] = (220, 30, 30)                  # a red band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=80, exif=exif)
+    return buffer.getvalue()
+
+
+def test_a_phone_photo_is_read_upright_and_its_boxes_are_in_upright_pixels(served):
+    checkpoint, _, _, _ = served
+    settings = ServeSettings(checkpoint, device="cpu", max_wait_ms=0, allow_hosts=("testserver",))
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/captions?explain=true", content=_sideways_photo())
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["picture"] == {"width": 512, "height": 600, "format": "JPEG"}
+    if not explain_available():
+        return
+    explanation = answer["explanation"]
+    x1, y1, x2, y2 = explanation["grid"]["box"]
+    assert (x1, x2) == (0.0, 512.0) and 0 < y1 < y2 < 600    # CLIP's centre square, upright
+    for bx1, by1, bx2, by2 in explanation["regions"]["boxes"]:
+        assert -1 <= bx1 <= bx2 <= 513 and -1 <= by1 <= by2 <= 601
+
+
+def _trickle(url: str, declared: int = 100_000) -> socket.socket:
+    """A client that announces a body and sends one byte of it."""
+    host, port = url.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)))
+    client.sendall(f"POST /v1/captions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
+                   f"image/png\r\nContent-Length: {declared}\r\n\r\nx".encode())
+    return client
+
+
+def test_a_body_slower_than_the_body_timeout_is_refused_408(served):
+    checkpoint, root, _, _ = served
+    app = create_app(ServeSettings(checkpoint, device="cpu", body_timeout_s=0.5,
+                                   allow_hosts=("hin",)))
+
+    async def trickle():
+        yield b"x"
+        await asyncio.sleep(30)
+        yield b"y"
+
+    async def send():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hin") as client:
+            return await asyncio.wait_for(client.post("/v1/captions", content=trickle()), 20)
+
+    answer = asyncio.run(send())
+    assert answer.status_code == 408 and "--body-timeout" in answer.json()["detail"]
+    app.state.service.close()
+
+
+def test_a_client_trickling_its_body_cannot_hold_up_shutdown(served):
+    checkpoint, _, _, _ = served
+    with running_server(checkpoint, "--body-timeout", "600", "--shutdown-timeout", "1") as (
+            url, server):
+        stuck = _trickle(url)
+        time.sleep(0.5)
+        began = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        assert time.monotonic() - began < 1 + 5     # the shutdown limit, plus a margin
+        stuck.close()

@@ -259,7 +259,17 @@ def _caption(args: argparse.Namespace) -> int:
         print(json.dumps([result.to_dict() for result in results], indent=2))
     else:
         print("\n".join(str(result) for result in results))
+    _say_unfamiliar("caption", [result.unfamiliar for result in results])
     return 0
+
+
+def _say_unfamiliar(command: str, notes: list) -> None:
+    """Once per run, on stderr: how many pictures look unlike the training pictures."""
+    from hin.data.familiarity import run_note
+
+    note = run_note(notes)
+    if note:
+        print(f"hin {command}: {note}", file=sys.stderr)
 
 
 def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
@@ -499,6 +509,7 @@ def _explain(args: argparse.Namespace) -> int:
                   for v in explanation.views]
         print(f"{path}  {explanation.name}: " + " | ".join(scores))
     print(f"wrote {len(paths)} figures and {args.out}/index.html")
+    _say_unfamiliar("explain", [e.unfamiliar for e in explanations])
     return 0
 
 

@@ -130,6 +130,7 @@ class ImageExplanation:
     views: tuple[ModelView, ...]
     references: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    unfamiliar: str | None = None     # the first checkpoint's hin.data.familiarity note
 
 
 def select_layer(maps: Tensor, layer: int | None) -> Tensor:
@@ -297,9 +298,10 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
 def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Sequence[str | Path],
                       layer: int | None, words: str | None) -> list[ImageExplanation]:
     loaded = [load_picture(p) for p in paths]
-    columns = []
+    columns, unfamiliar = [], []
     for captioner, label in zip(captioners, labels):
         grid_entries, region_entries = captioner.picture_entries(loaded)
+        unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]
         grid_extractor, region_extractor = captioner.extractors()
         geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
                                         f"the {grid_extractor.name} extractor",
@@ -308,8 +310,9 @@ def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Seq
         columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
                                       [r["features"] for r in region_entries], geometries, label=label,
                                       layer=layer, words=words))
-    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns))
-            for row, (path, picture) in enumerate(zip(paths, loaded))]
+    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns),
+                             notes=(note,) if note else (), unfamiliar=note)
+            for row, (path, picture, note) in enumerate(zip(paths, loaded, unfamiliar))]
 
 
 # ---- figures (matplotlib, the `plot` extra) -------------------------------------------------

@@ -54,3 +54,15 @@ def unfamiliar(profile: dict[str, Any] | None, grid: np.ndarray) -> str | None:
             f"(its mean grid feature is {distance:.3g} from theirs; the farthest of "
             f"{profile['sampled']} sampled training pictures is {largest:.3g}): the captions "
             "come from a model that knows only its training world")
+
+
+def run_note(notes: Sequence[str | None]) -> str | None:
+    """One line for a whole run (`hin caption`, `hin explain`): how many of its pictures look
+    unlike the training pictures, or None when none does."""
+    flagged = sum(1 for note in notes if note)
+    if not flagged:
+        return None
+    return (f"note: {flagged} of {len(notes)} picture(s) look unlike the training pictures "
+            f"(their mean grid feature lies over {MARGIN}x farther from the training pictures' "
+            "than any sampled training picture's): the captions come from a model that knows "
+            "only its training world")

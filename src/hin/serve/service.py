@@ -17,7 +17,6 @@ from typing import Any
 
 from hin.caption import Captioner
 from hin.data.coco import load_split
-from hin.data.familiarity import unfamiliar
 from hin.decoding import search
 from hin.errors import HINError
 from hin.evaluate import sha256
@@ -139,9 +138,8 @@ class CaptionService:
                                        [entry["features"] for entry in regions])
         ids, logprobs = search(captioner.model, grid, region, options.decoding)
         captioned = captioner.captioned(["upload"] * len(pictures), ids, logprobs)
-        profile = captioner.extra.get("feature_profile")
         answers = [{"captions": result.to_dict()["captions"],
-                    "unfamiliar": unfamiliar(profile, entry["features"])}
+                    "unfamiliar": captioner.unfamiliar(entry["features"])}
                    for result, entry in zip(captioned, grids)]
         if options.explain:
             explained = explain_batch(captioner, grid, region, ids[:, 0], grids, regions)
