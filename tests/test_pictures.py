@@ -15,7 +15,7 @@ from hin.caption import load_picture
 from hin.cli import main
 from hin.data.features import read_attributes
 from hin.extract import build_extractor, extract_to_file, list_images, prepare_pictures
-from hin.extract.images import ClipPreprocessor, as_rgb, load_rgb
+from hin.extract.images import ClipPreprocessor, as_rgb, load_rgb, recorded_orientation
 from hin.serve.inputs import decode_picture
 
 ORIENTATION = 0x0112
@@ -210,3 +210,12 @@ def _png_bytes(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_files_that_record_no_orientation_were_read_as_stored():
+    """The released files and older hin files record none: their boxes are in stored pixels,
+    so `hin explain` over them draws the pictures as stored."""
+    assert recorded_orientation({"extractor": "clip-grid"}) == "stored"
+    assert recorded_orientation({"orientation": "exif"}) == "exif"
+    with pytest.raises(ValueError, match="orientation must be one of"):
+        recorded_orientation({"orientation": "sideways"})

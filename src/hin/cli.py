@@ -211,9 +211,11 @@ def _extraction_device(args: argparse.Namespace) -> str:
 def _extract_grid(args: argparse.Namespace) -> int:
     from hin.extract import build_extractor
 
-    options = {"model": args.model} if args.model else {}
+    options = {"model": args.model, "store_as": args.store_as}
     return _extract_pictures(build_extractor(args.extractor, device=_extraction_device(args),
-                                             precision=args.precision, **options), args)
+                                             precision=args.precision,
+                                             **{k: v for k, v in options.items() if v is not None}),
+                             args)
 
 
 def _extract_merge(args: argparse.Namespace) -> int:
@@ -230,11 +232,12 @@ def _extract_regions(args: argparse.Namespace) -> int:
         if args.shard:
             raise UsageError("--shard spreads extraction from pictures; a VinVL TSV import "
                              "runs whole (drop --shard)")
-        report = import_vinvl(args.vinvl_tsv, args.out, args.predictions, dtype=args.store_as)
+        report = import_vinvl(args.vinvl_tsv, args.out, args.predictions,
+                              dtype=args.store_as or "float16")
         print(report.summary())
         return 0
     options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
-               "max_regions": args.max_regions}
+               "max_regions": args.max_regions, "store_as": args.store_as}
     extractor = build_extractor(args.extractor, device=_extraction_device(args),
                                 precision=args.precision,
                                 **{k: v for k, v in options.items() if v is not None})
@@ -273,7 +276,7 @@ def _say_unfamiliar(command: str, notes: list) -> None:
 
 
 def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
-    from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS
+    from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS, STORAGE_DTYPES
 
     extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
                                                   "regions) or VinVL TSV import, as HDF5")
@@ -286,9 +289,14 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
         p.add_argument("--workers", type=int, default=2, help="picture decoding processes")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
         p.add_argument("--precision", default="fp32", choices=EXTRACTION_PRECISIONS,
-                       help="fp32 (exact), bf16 autocast (fast on CUDA and on CPUs with "
-                            "avx512_bf16/AMX), fp16 weights (CUDA, as the released CLIP grids), "
-                            "or auto (bf16 where the device runs it fast)")
+                       help="fp32 (default: exact, the reference's arithmetic for the released "
+                            "CLIP grids), bf16 autocast (fast on CUDA and on CPUs with "
+                            "avx512_bf16/AMX), fp16 weights (CUDA only, fast, not the "
+                            "reference's), or auto (bf16 where the device runs it fast)")
+        p.add_argument("--store-as", choices=STORAGE_DTYPES,
+                       help="stored feature dtype: float16 (default, half the disk) or float32 "
+                            "(as the reference stored its CLIP grids); the synthetic world's "
+                            "extractors store float16 only")
         p.add_argument("--orientation", default=DATASET_ORIENTATION, choices=ORIENTATIONS,
                        help="stored (default: pixels as stored, as the reference's extraction "
                             "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
@@ -300,7 +308,7 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
                             "under torchrun the default is one shard per rank")
 
     p = actions.add_parser("grid", help="CLIP grid features: <id>_features [256, 1024] and "
-                                        "<id>_global [768], fp16")
+                                        "<id>_global [768] (float16, or --store-as float32)")
     p.add_argument("--images", required=True,
                    help="folder of pictures, or a text file listing one path per line")
     p.add_argument("--out", required=True, help="grid HDF5 file (re-running resumes)")
@@ -319,8 +327,6 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--images", help="folder of pictures, or a text file of paths")
     p.add_argument("--out", required=True, help="region HDF5 file (re-running resumes)")
     p.add_argument("--predictions", help="VinVL predictions.tsv (boxes, size, confidences)")
-    p.add_argument("--store-as", default="float16", choices=["float16", "float32"],
-                   help="VinVL import: stored feature dtype")
     p.add_argument("--extractor", default="detr",
                    help="registered region extractor: detr, or synth-regions (objects = "
                         "connected blobs on a plain background)")

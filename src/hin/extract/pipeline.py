@@ -11,7 +11,7 @@ goes on. It must never write a substitute entry for a picture it could not read.
 (shards.py). Pictures are read by hin's reading rule (images.as_rgb) with the `orientation`
 chosen for the run, which the file records (`hin_orientation`). Extractors compute in the
 `precision` chosen here (fp32, bf16 autocast, fp16 weights on CUDA) and store their results
-in the released dtypes whatever it is.
+in the dtype they are given (`storage_dtype`), whatever the arithmetic.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS
+from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, STORAGE_DTYPES
 from hin.devices import autocast, resolve_precision
 from hin.errors import MissingExtraError, UsageError
 from hin.extract.images import (
@@ -49,13 +49,21 @@ COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def resolve_extraction_precision(name: str, device: torch.device) -> str:
     """`fp32` | `bf16` | `auto` as everywhere in hin (`hin.devices.resolve_precision`), plus
-    `fp16`: the weights themselves in float16 on CUDA, how the released CLIP grids were made."""
+    `fp16`: the weights themselves in float16, on CUDA only (faster, not the reference's
+    arithmetic: it computed the released CLIP grids in fp32)."""
     if name not in EXTRACTION_PRECISIONS:
         raise UsageError(f"extraction precision must be one of {', '.join(EXTRACTION_PRECISIONS)}, got {name!r}")
     if name == "fp16" and device.type != "cuda":
         raise UsageError(f"precision fp16 needs a CUDA device, not {device}: on a CPU use bf16 "
                          "(fast where it has avx512_bf16 or AMX) or fp32")
     return name if name == "fp16" else resolve_precision(name, device)
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """`float16` | `float32` (`--store-as`) -> the NumPy dtype features are stored in."""
+    if name not in STORAGE_DTYPES:
+        raise UsageError(f"features are stored as one of {', '.join(STORAGE_DTYPES)}, got {name!r}")
+    return np.dtype(name)
 
 
 def weights_dtype(precision: str) -> torch.dtype:
