@@ -164,7 +164,7 @@ class Trainer:
         store = FeatureStore(data.grid_features, data.region_features,
                              max_regions=data.max_regions, grid_dim=model_config.grid_dim,
                              region_dim=model_config.region_dim, cache=data.cache_features)
-        self.feature_profile = feature_profile(splits["train"].image_ids(),
+        self.feature_profile = feature_profile(splits["train"].image_ids,
                                                lambda image_id: store[image_id][0])
         self.train_set = (CaptionPairs(splits["train"], store, self.vocab,
                                        data.max_caption_tokens, progress=self.show_progress,
