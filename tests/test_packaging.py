@@ -50,7 +50,7 @@ def test_the_wheel_ships_configs_license_and_one_version(tmp_path):
     assert "License-Expression: MIT\n" in metadata
     assert 'Requires-Dist: hin[extract,plot,serve]; extra == "dev"' in metadata
     assert sorted(n for n in names if n.startswith("hin/serve/static/")) == [
-        f"hin/serve/static/{name}" for name in ("app.js", "docs.html", "docs.js", "index.html",
+        f"hin/serve/static/{name}" for name in ("app.js", "docs.html", "docs.js", "favicon.svg", "index.html",
                                                 "style.css")]
 
     installed = tmp_path / "site"

@@ -23,6 +23,7 @@ import yaml
 from hin import checkpoint
 from hin.cli import main
 from hin.config import RunConfig
+from hin.data.coco import load_split
 from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
 from hin.model import HIN
@@ -150,6 +151,10 @@ def test_resolved_config_is_written_and_stored_in_every_checkpoint(synth, uninte
         _, extra = saved(run_dir, name)
         assert extra["config"] == written
         assert Vocabulary.from_dict(extra["vocabulary"]).words == vocabulary.words
+        profile = extra["feature_profile"]          # for hin.data.familiarity's note
+        train_images = len(load_split(written["data"]["annotations"], "train").images)
+        assert profile["training_images"] == train_images
+        assert profile["sampled"] == min(256, train_images) and profile["largest_distance"] > 0
 
 
 def test_a_second_start_into_an_existing_run_is_refused(synth, uninterrupted):

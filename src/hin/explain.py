@@ -131,6 +131,7 @@ class ImageExplanation:
     views: tuple[ModelView, ...]
     references: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    unfamiliar: str | None = None     # the first checkpoint's hin.data.familiarity note
 
 
 def select_layer(maps: Tensor, layer: int | None) -> Tensor:
@@ -298,9 +299,10 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
 def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Sequence[str | Path],
                       layer: int | None, words: str | None) -> list[ImageExplanation]:
     loaded = [load_picture(p) for p in paths]
-    columns = []
+    columns, unfamiliar = [], []
     for captioner, label in zip(captioners, labels):
         grid_entries, region_entries = captioner.picture_entries(loaded)
+        unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]
         grid_extractor, region_extractor = captioner.extractors()
         geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
                                         f"the {grid_extractor.name} extractor",
@@ -310,13 +312,15 @@ def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Seq
         columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
                                       [r["features"] for r in region_entries], geometries, label=label,
                                       layer=layer, words=words))
-    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns))
-            for row, (path, picture) in enumerate(zip(paths, loaded))]
+    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns),
+                             notes=(note,) if note else (), unfamiliar=note)
+            for row, (path, picture, note) in enumerate(zip(paths, loaded, unfamiliar))]
 
 
 # ---- figures (matplotlib, the `plot` extra) -------------------------------------------------
 
-COLORMAP = "magma"
+# The one colormap of attention maps: these figures and the `hin serve` page (which reads it).
+MAP_COLORMAP = "magma"
 OVERLAY_ALPHA = 0.6
 PANEL_INCHES = 3.2
 CAPTION_INCHES = 0.7
@@ -381,16 +385,16 @@ def _draw_grid(axes: Any, explanation: ImageExplanation, view: ModelView, weight
     if geometry.grid_placed and (extent := _canvas(axes, explanation, geometry)) is not None:
         rows, cols = geometry.grid_layout
         x1, y1, x2, y2 = geometry.grid_box
-        axes.imshow(weights.reshape(rows, cols), cmap=COLORMAP, vmin=0, vmax=peak, alpha=OVERLAY_ALPHA,
+        axes.imshow(weights.reshape(rows, cols), cmap=MAP_COLORMAP, vmin=0, vmax=peak, alpha=OVERLAY_ALPHA,
                     interpolation="nearest", extent=(x1, x2, y2, y1))
         axes.set_xlim(extent[0], extent[1])
         axes.set_ylim(extent[2], extent[3])
         return None
     if geometry.grid_layout is not None:
-        axes.imshow(weights.reshape(geometry.grid_layout), cmap=COLORMAP, vmin=0, vmax=peak,
+        axes.imshow(weights.reshape(geometry.grid_layout), cmap=MAP_COLORMAP, vmin=0, vmax=peak,
                     interpolation="nearest")
     else:
-        axes.imshow(weights[None], cmap=COLORMAP, vmin=0, vmax=peak, interpolation="nearest", aspect="auto")
+        axes.imshow(weights[None], cmap=MAP_COLORMAP, vmin=0, vmax=peak, interpolation="nearest", aspect="auto")
     return "grid map not placed on the picture: " + "; ".join(
         m for m in geometry.missing if "grid" in m or "size" in m)
 
@@ -417,7 +421,7 @@ def _draw_regions(axes: Any, explanation: ImageExplanation, view: ModelView, wei
     _no_ticks(axes)
     extent = _canvas(axes, explanation, replace(geometry, size=tuple(size)))
     heat = region_heat(weights, boxes[:len(weights)], tuple(size))
-    axes.imshow(heat, cmap=COLORMAP, vmin=0, vmax=float(heat.max()) or 1.0, alpha=OVERLAY_ALPHA,
+    axes.imshow(heat, cmap=MAP_COLORMAP, vmin=0, vmax=float(heat.max()) or 1.0, alpha=OVERLAY_ALPHA,
                 interpolation="nearest", extent=extent)
     from matplotlib.patches import Rectangle
     for index in np.argsort(-weights, kind="stable")[:outline]:

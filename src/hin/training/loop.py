@@ -49,6 +49,7 @@ from hin.config import (
 from hin.data.coco import Split, load_splits
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
 from hin.data.errors import DataError
+from hin.data.familiarity import feature_profile
 from hin.data.features import FeatureStore, read_attributes
 from hin.data.vocab import Vocabulary, require_same_words, tokenize
 from hin.decoding import caption_batches
@@ -192,6 +193,8 @@ class Trainer:
                              region_dim=model_config.region_dim, cache=data.cache_features)
         model_from = (f"--init {init}" if init else source if resume_state else None)
         preflight(self.config, splits, store, model_from)
+        self.feature_profile = feature_profile(splits["train"].image_ids,
+                                               lambda image_id: store[image_id][0])
         self.train_set = (CaptionPairs(splits["train"], store, self.vocab,
                                        data.max_caption_tokens, progress=self.show_progress,
                                        captions_per_image=train.captions_per_image)
@@ -396,7 +399,8 @@ class Trainer:
         init = {"init": self.init_record} if self.init_record else {}
         return {"config": self.config.to_dict(), "vocabulary": self.vocab.to_dict(),
                 "features": {"grid": read_attributes(data.grid_features),
-                             "region": read_attributes(data.region_features)}, **init}
+                             "region": read_attributes(data.region_features)},
+                "feature_profile": self.feature_profile, **init}
 
     def save_last(self) -> None:
         if self.context.is_main:
