@@ -17,3 +17,8 @@ class UsageError(HINError, ValueError):
 
 class MissingExtraError(HINError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class Interrupted(HINError):
+    """Ctrl-C or SIGTERM stopped a command; the message says what was kept and how to go on.
+    The command line prints it as one line and exits 130."""
