@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import peak_memory_gib, reset_peak, timed  # noqa: E402
 from hin import checkpoint  # noqa: E402
 from hin.config import HINConfig, RunConfig  # noqa: E402
 from hin.data import synth  # noqa: E402
@@ -106,36 +107,19 @@ def split_words(text: str) -> list[SimpleNamespace]:
 
 # -- measuring -------------------------------------------------------------------------------
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def measured_row(section: str, setting: str, run: Callable[[], object], device: torch.device,
+                 sizes: Sizes, count: int, unit: str) -> Row:
+    """Median seconds of `run` (after a warm-up), `count` per second, peak memory."""
+    reset_peak(device)
+    seconds = timed(run, device, sizes.repeats)[0]
+    return Row(section, setting, f"{seconds:.3f} s, {count / seconds:,.1f} {unit}/s, "
+                                 f"{peak_memory_gib(device)}")
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn` over `repeats` runs after one warm-up run."""
-    fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def peak_memory(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB peak allocated"
-    import resource
-
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS"
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+def optimiser_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def features(batch: int, config: HINConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,19 +172,13 @@ def xe_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list[R
         grid, region = features(sizes.xe_captions // k, config, device)
         shaped = tokens.view(-1, k, tokens.shape[-1]) if k > 1 else tokens
         for precision in precisions:
-            reset_peak(device)
-
             def step() -> None:
                 with autocast(device, precision):
                     total, count = next_token_nll(model, grid, region, shaped, config.pad_id)
-                optimizer.zero_grad(set_to_none=True)
-                (total / count).backward()
-                optimizer.step()
+                optimiser_step(optimizer, total / count)
 
-            seconds = timed(step, device, sizes.repeats)
-            rows.append(Row("XE step", f"{sizes.xe_captions} captions, {layout}, {precision}",
-                            f"{seconds:.3f} s, {sizes.xe_captions / seconds:,.1f} captions/s, "
-                            f"{peak_memory(device)}"))
+            rows.append(measured_row("XE step", f"{sizes.xe_captions} captions, {layout}, {precision}",
+                                     step, device, sizes, sizes.xe_captions, "captions"))
     return rows
 
 
@@ -220,22 +198,13 @@ def scst_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
         owners = [i for i in range(beams.shape[0]) for _ in range(beams.shape[1])]
         return torch.from_numpy(table.score(captions, owners)).view(beams.shape[:2])
 
-    rows = []
-    for precision in precisions:
-        reset_peak(device)
+    def step(precision: str) -> Callable[[], None]:
+        return lambda: optimiser_step(optimizer, self_critical_loss(
+            model, grid, region, reward, beam_size=5, max_len=20, precision=precision)[0])
 
-        def step() -> None:
-            loss, _ = self_critical_loss(model, grid, region, reward, beam_size=5, max_len=20,
-                                         precision=precision)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        seconds = timed(step, device, sizes.repeats)
-        rows.append(Row("SCST step", f"{sizes.scst_images} images x 5 beams, {precision}",
-                        f"{seconds:.3f} s, {sizes.scst_images / seconds:,.1f} images/s, "
-                        f"{peak_memory(device)}"))
-    return rows
+    return [measured_row("SCST step", f"{sizes.scst_images} images x 5 beams, {precision}",
+                         step(precision), device, sizes, sizes.scst_images, "images")
+            for precision in precisions]
 
 
 def beam_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list[Row]:
@@ -247,7 +216,6 @@ def beam_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
     for batch in sizes.beam_batches:
         grid, region = features(batch, model.config, device)
         for precision in precisions:
-            reset_peak(device)
             steps = []
 
             def run() -> None:
@@ -255,10 +223,9 @@ def beam_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
                     ids, _ = beam_search(model, grid, region, beam_size=5, max_len=20)
                 steps.append(ids.shape[-1])
 
-            seconds = timed(run, device, sizes.repeats)
-            rows.append(Row("beam search", f"batch {batch}, beam 5, {precision}",
-                            f"{seconds:.3f} s, {batch / seconds:,.1f} images/s, {steps[-1]} steps, "
-                            f"{peak_memory(device)}", steps[-1] == 20))
+            row = measured_row("beam search", f"batch {batch}, beam 5, {precision}", run, device,
+                               sizes, batch, "images")
+            rows.append(replace(row, result=f"{row.result}, {steps[-1]} steps", ok=steps[-1] == 20))
     return rows
 
 
