@@ -182,7 +182,7 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@dataclass
+@dataclass(eq=False)
 class Phase:
     name: str
     measured_at: str
