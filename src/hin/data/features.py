@@ -430,10 +430,27 @@ def _shape_problem(entry: object, dim: int) -> str | None:
     return None
 
 
+# IEEE 754: a value is NaN or infinite exactly when all its exponent bits are set.
+_EXPONENT_BITS = {np.dtype(np.float16): (np.uint16, 0x7C00),
+                  np.dtype(np.float32): (np.uint32, 0x7F80_0000),
+                  np.dtype(np.float64): (np.uint64, 0x7FF0_0000_0000_0000)}
+
+
+def nonfinite_count(array: np.ndarray) -> int:
+    """How many NaN/inf values `array` holds. Every feature read pays this check, so it tests
+    the exponent bits (several times faster than np.isfinite on fp16, which starved the loader)."""
+    layout = _EXPONENT_BITS.get(array.dtype)
+    if layout is None:
+        return int(array.size - np.count_nonzero(np.isfinite(array)))
+    unsigned, mask = layout
+    bits = np.ascontiguousarray(array).view(unsigned) & unsigned(mask)
+    return int(np.count_nonzero(bits == unsigned(mask)))
+
+
 def _value_problem(array: np.ndarray) -> str | None:
     if not np.issubdtype(array.dtype, np.floating):
         return f"features have dtype {array.dtype}, expected float16 or float32"
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    bad = nonfinite_count(array)
     if bad:
         return f"features hold {bad} NaN/inf values"
     return None
