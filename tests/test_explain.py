@@ -123,7 +123,7 @@ def test_missing_boxes_give_a_grid_figure_that_says_why(tmp_path):
 def test_without_matplotlib_the_extra_is_named(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     explanation = ImageExplanation("corner.png", None, corner_picture(), (corner_view(),))
-    with pytest.raises(MissingExtraError, match=r"pip install 'hin\[plot\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'hin-caption\[plot\]'"):
         write_figures([explanation], tmp_path)
 
 
@@ -233,7 +233,7 @@ def test_explain_cli_without_matplotlib_names_the_extra(corner_data, tmp_path, m
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(figure_arguments(root, grid, region, pictures, "--ids", "11", "--out", str(tmp_path))) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "pip install 'hin[plot]'" in error
+    assert error.count("\n") == 1 and "pip install 'hin-caption[plot]'" in error
 
 
 # ---- end to end from pictures (the checkpoint's recorded extractors) ------------------------

@@ -321,6 +321,8 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
                    help="shard files (default: every OUT.shard-K-of-N.h5 beside OUT)")
     p.set_defaults(handler=_extract_merge)
 
+
+def _add_caption_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")
     p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...)")
@@ -385,9 +387,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError as missing:
-        from hin.errors import MissingExtraError
+        from hin.errors import MissingExtraError, pip_install
 
-        raise MissingExtraError("`hin serve` needs uvicorn: pip install 'hin[serve]'") from missing
+        raise MissingExtraError(f"`hin serve` needs uvicorn: {pip_install('serve')}") from missing
     settings = ServeSettings(args.checkpoint, decoding=_decoding(args), device=args.device,
                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              max_upload_mb=args.max_upload_mb, keep_uploads=args.keep_uploads)
@@ -577,21 +579,31 @@ def _add_demo_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_demo)
 
 
+class _Version(argparse.Action):
+    """`hin --version`: torch is imported only when asked, so `hin --help` stays fast."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from hin.devices import version_report
+
+        print(version_report())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hin", description="HIN image captioning: data, training, evaluation, feature "
                                 "extraction and captioning. `hin COMMAND --help` for details.")
+    parser.add_argument("--version", action=_Version, help="print hin's version, torch's and the "
+                                                          "CPU/GPU it sees, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_import_checkpoint_commands(commands)
-    _add_data_commands(commands)
-    _add_score_commands(commands)
-    _add_evaluate_commands(commands)
-    _add_extract_commands(commands)
-    _add_train_commands(commands)
-    _add_plot_commands(commands)
-    _add_demo_commands(commands)
-    _add_explain_commands(commands)
-    _add_serve_commands(commands)
+    # In the order a user meets them: try it, get data, train, evaluate, use, then the tools.
+    for add in (_add_demo_commands, _add_data_commands, _add_train_commands, _add_evaluate_commands,
+                _add_caption_commands, _add_explain_commands, _add_serve_commands, _add_extract_commands,
+                _add_import_checkpoint_commands, _add_score_commands, _add_plot_commands):
+        add(commands)
     return parser
 
 

@@ -17,3 +17,11 @@ class UsageError(HINError, ValueError):
 
 class MissingExtraError(HINError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+DISTRIBUTION = "hin-caption"   # the name on the package index, where `hin` is another project
+
+
+def pip_install(extra: str) -> str:
+    """The one way messages spell installing an extra: `pip install 'hin-caption[plot]'`."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"

@@ -28,7 +28,7 @@ from hin.data.coco import load_split
 from hin.data.features import FeatureStore, ImageGeometry, describe_geometry
 from hin.data.vocab import tokenize
 from hin.decoding import search
-from hin.errors import MissingExtraError, UsageError
+from hin.errors import MissingExtraError, UsageError, pip_install
 from hin.extract.images import list_images, load_rgb
 from hin.metrics import CiderDTable, cider_d
 from hin.model import HIN, AttentionTrace
@@ -327,7 +327,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as error:
-        raise MissingExtraError("hin explain draws with matplotlib: pip install 'hin[plot]' "
+        raise MissingExtraError(f"hin explain draws with matplotlib: {pip_install('plot')} "
                                 "(or pip install matplotlib)") from error
     matplotlib.use("Agg")
     from matplotlib import pyplot

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from hin.config import EXTRACTION_PRECISIONS
 from hin.devices import autocast, resolve_precision
-from hin.errors import MissingExtraError, UsageError
+from hin.errors import MissingExtraError, UsageError, pip_install
 from hin.extract.images import ImageFile, PictureError, load_rgb
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
@@ -66,7 +66,7 @@ def transformers_module() -> Any:
         import transformers
     except ImportError as error:
         raise MissingExtraError("feature extraction needs the `transformers` package: "
-                          "pip install 'hin[extract]'") from error
+                                f"{pip_install('extract')}") from error
     return transformers
 
 

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from hin.errors import MissingExtraError
+from hin.errors import MissingExtraError, pip_install
 from hin.serve.explanations import explain_available
 from hin.serve.inputs import (
     OPTIONS,
@@ -36,7 +36,7 @@ try:
     from starlette.concurrency import run_in_threadpool
 except ImportError as missing:
     raise MissingExtraError("`hin serve` needs FastAPI, uvicorn and python-multipart: "
-                            "pip install 'hin[serve]'") from missing
+                            f"{pip_install('serve')}") from missing
 
 STATIC = Path(__file__).parent / "static"
 

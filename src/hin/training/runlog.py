@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
-from hin.errors import UsageError
+from hin.errors import UsageError, pip_install
 
 LOG_FILE = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -38,7 +38,7 @@ def tensorboard_writer(run_dir: Path) -> ScalarWriter | None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
         warnings.warn(f"TensorBoard logging is off: tensorboard is installed but does not "
-                      f"import ({error}); reinstall it with pip install 'hin[tensorboard]', or "
+                      f"import ({error}); reinstall it with {pip_install('tensorboard')}, or "
                       "set train.tensorboard=false", stacklevel=2)
         return None
     return SummaryWriter(str(run_dir / TENSORBOARD_DIR))
