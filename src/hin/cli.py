@@ -435,20 +435,28 @@ def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from hin.explain import explain, write_figures
+    from hin.explain import PAPER_FILE, explain, write_figures
 
+    checkpoints = ([args.checkpoint] if args.checkpoint else []) + (args.compare or [])
+    if not checkpoints:
+        raise UsageError("give --checkpoint CKPT (and --compare CKPT2 for a second column), or "
+                         "--compare BASE.pt OURS.pt")
+    if args.paper and len(checkpoints) != 2:
+        raise UsageError(f"--paper compares two models, got {len(checkpoints)} checkpoints: give "
+                         "--compare BASE.pt OURS.pt (or --checkpoint OURS.pt --compare BASE.pt)")
     explanations = explain(
-        [args.checkpoint] + ([args.compare] if args.compare else []), pictures=args.pictures,
-        ids=args.ids, grid=args.grid, region=args.region, images=args.images,
-        annotations=args.annotations, split=args.split, limit=args.limit, layer=args.layer,
-        words=args.words, decoding=_decoding(args), device=args.device, batch_size=args.batch_size)
+        checkpoints, pictures=args.pictures, ids=args.ids, grid=args.grid, region=args.region,
+        images=args.images, annotations=args.annotations, split=args.split, limit=args.limit,
+        layer=args.layer, words=args.words, labels=args.labels, decoding=_decoding(args),
+        device=args.device, batch_size=args.batch_size)
     layer_label = "mean over layers" if args.layer is None else f"layer {args.layer}"
-    paths = write_figures(explanations, args.out, layer_label)
+    paths = write_figures(explanations, args.out, layer_label, paper=args.paper)
     for explanation, path in zip(explanations, paths):
-        scores = [f"{v.label}: {v.caption}" + ("" if v.cider is None else f" (CIDEr-D {v.cider:.3f})")
+        scores = [f"{v.label}: {v.caption}" + ("" if v.cider is None else f" (CIDEr-D x100 {100 * v.cider:.1f})")
                   for v in explanation.views]
         print(f"{path}  {explanation.name}: " + " | ".join(scores))
-    print(f"wrote {len(paths)} figures and {args.out}/index.html")
+    paper = f", {args.out}/{PAPER_FILE}.png and .pdf" if args.paper else ""
+    print(f"wrote {len(paths)} figures{paper} and {args.out}/index.html")
     return 0
 
 
@@ -466,9 +474,16 @@ def _add_explain_commands(commands: argparse._SubParsersAction) -> None:
                                             "beside its captions, and an index.html")
     p.add_argument("pictures", nargs="*", help="picture files (the checkpoint's recorded extractors "
                                                "are re-run on them)")
-    p.add_argument("--checkpoint", required=True, help="hin checkpoint")
-    p.add_argument("--compare", metavar="CKPT2", help="a second checkpoint drawn in a second column "
-                                                      "(e.g. the XE baseline beside SCST)")
+    p.add_argument("--checkpoint", help="hin checkpoint (the first column)")
+    p.add_argument("--compare", metavar="CKPT", nargs="+",
+                   help="checkpoints drawn in further columns: one beside --checkpoint, or two "
+                        "without it (--compare BASE.pt OURS.pt, as the paper's figure)")
+    p.add_argument("--labels", nargs="+", metavar="NAME",
+                   help="column titles, one per checkpoint (default: the checkpoints' folder names)")
+    p.add_argument("--paper", action="store_true",
+                   help="also draw all images as one table in the paper's layout (Fig. 6: image | "
+                        "grid maps | region maps | captions, differing words in red) to "
+                        "OUT/paper_figure.png and .pdf; needs two checkpoints")
     p.add_argument("--grid", help="grid feature HDF5 (with --region, and --ids or --split)")
     p.add_argument("--region", help="region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids from the feature files")
