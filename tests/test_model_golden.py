@@ -1,6 +1,6 @@
 """The model reproduces the reference implementation's own outputs (golden file).
 
-Tolerances (README): encoder outputs and log-probabilities within 1e-4 absolute,
+Tolerances (README, Faithfulness): encoder outputs and log-probabilities within 1e-4 absolute,
 beam sequences identical up to and including <eos>.
 """
 

@@ -1,4 +1,4 @@
-"""The README's "your own pictures and captions" recipe, end to end through the `hin` command
+"""The "your own pictures and captions" recipe (docs/training.md), end to end through the `hin` command
 with tiny random CLIP and DETR models: pictures -> dataset JSON -> features -> vocabulary ->
 training -> captioning a new picture with the checkpoint alone."""
 
