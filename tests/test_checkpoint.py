@@ -205,7 +205,7 @@ def test_import_checkpoint_never_overwrites_its_input_unless_forced(golden, tmp_
     before = reference.read_bytes()
     same = tmp_path / "." / "ref.pth"
     assert main(["import-checkpoint", str(reference), str(same), "--heads", "4"]) == 2
-    assert "is the reference checkpoint itself" in capsys.readouterr().err
+    assert "is also the reference checkpoint; writing there would replace it" in capsys.readouterr().err
     assert reference.read_bytes() == before
     assert main(["import-checkpoint", str(reference), str(same), "--heads", "4", "--force"]) == 0
     assert load(reference)[0].config.num_heads == 4

@@ -24,6 +24,7 @@ from hin.extract import (
     FeatureWriter,
     build_extractor,
     extract_to_file,
+    extractor_from_attributes,
     image_id_from_name,
     list_images,
     read_attributes,
@@ -133,7 +134,9 @@ def test_grid_features_are_post_layernorm_patches_and_projected_class_token(clip
     assert read_attributes(out) == {
         "extractor": "clip-grid", "kind": "grid", "model": str(clip_dir),
         "feature_dim": CLIP_HIDDEN, "tokens": CLIP_TOKENS, "global_dim": CLIP_PROJECTION,
-        "image_size": 32, "grid_rows": 4, "grid_cols": 4, "compute_dtype": "float32"}
+        "image_size": 32, "grid_rows": 4, "grid_cols": 4, "compute_dtype": "float32",
+        "storage_dtype": "float16",
+        "orientation": "stored"}
 
 
 def test_rerun_skips_done_ids_and_adds_new_pictures(clip_dir, pictures, tmp_path):
@@ -255,3 +258,35 @@ def test_extraction_skips_pictures_over_the_pixel_limit_and_says_the_limit(clip_
     [(path, reason)] = report.failed
     assert path.name == "COCO_val2014_000000391895.jpg"
     assert "over the limit of 2,000" in reason and "HIN_MAX_PIXELS=2400" in reason
+
+
+def test_store_as_float32_keeps_the_fp32_features_and_is_recorded(clip_dir, detr_dir, pictures,
+                                                                  tmp_path, capsys):
+    """The reference stored its CLIP grids as float32: `--store-as float32` does the same (for
+    DETR regions too), the default float16 rounds those very values, and the extractor
+    rebuilt from the file (as a checkpoint does) stores alike."""
+    stored = {}
+    for store_as in ("float16", "float32"):
+        out = tmp_path / f"{store_as}.h5"
+        assert main(["extract", "grid", "--images", str(pictures), "--out", str(out), "--model",
+                     str(clip_dir), "--workers", "0", "--device", "cpu", "--store-as", store_as]) == 0
+        assert read_attributes(out)["storage_dtype"] == store_as
+        with h5py.File(out) as handle:
+            stored[store_as] = handle["42_features"][()], handle["42_global"][()]
+    for exact, rounded in zip(stored["float32"], stored["float16"]):
+        assert exact.dtype == np.float32 and rounded.dtype == np.float16
+        assert np.array_equal(exact.astype(np.float16), rounded)
+        assert not np.array_equal(exact, rounded.astype(np.float32))
+    rebuilt = extractor_from_attributes(read_attributes(tmp_path / "float32.h5"), device="cpu")
+    assert rebuilt.attributes()["storage_dtype"] == "float32"
+    assert main(["extract", "regions", "--images", str(pictures), "--out", str(tmp_path / "r.h5"),
+                 "--model", str(detr_dir), "--threshold", "0", "--workers", "0",
+                 "--store-as", "float32"]) == 0
+    with h5py.File(tmp_path / "r.h5") as handle:
+        assert handle["7_features"].dtype == np.float32
+    capsys.readouterr()
+    assert main(["extract", "grid", "--extractor", "synth-grid", "--images", str(pictures),
+                 "--out", str(tmp_path / "s.h5"), "--store-as", "float32"]) == 2
+    assert "has no option store_as" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stored as one of float16, float32, got 'float64'"):
+        build_extractor("clip-grid", model=str(clip_dir), device="cpu", store_as="float64")

@@ -25,6 +25,7 @@ from hin.extract import (
     prepare_pictures,
     read_attributes,
 )
+from hin.extract.pipeline import extraction_attributes
 from hin.extract.shards import fingerprint
 from hin.extract.writer import FeatureFileError
 
@@ -214,7 +215,7 @@ def test_the_next_unsharded_run_adopts_finished_and_unfinished_shards(clip_dir, 
     extract_to_file(extractor, files, out, batch_size=1, workers=0, progress=False,
                     shard=Shard(1, 3))
     shard = Shard(2, 3)
-    writer = FeatureWriter(out, extractor.attributes(), shard,
+    writer = FeatureWriter(out, extraction_attributes(extractor), shard,
                            fingerprint(file.image_id for file in files))
     first = shard.take(files)[0]
     picture = Image.open(first.path).convert("RGB")

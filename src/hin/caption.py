@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hin.checkpoint import CheckpointError, load
-from hin.config import DataConfig, DecodingConfig
-from hin.data.features import FeatureStore, pad_regions
+from hin.checkpoint import CheckpointError, load, max_regions_for
+from hin.config import DecodingConfig
+from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
-from hin.decoding import search
+from hin.decoding import require_decodable, search
 from hin.devices import resolve_device
-from hin.extract.images import load_rgb
+from hin.extract.images import as_rgb, folder_pictures, load_rgb
 from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
 
@@ -76,12 +76,17 @@ class Captioner:
 
     def __init__(self, checkpoint: str | Path, *, vocab: str | Path | None = None,
                  device: str = "auto", decoding: DecodingConfig = DecodingConfig(),
-                 batch_size: int = 8, max_regions: int = DataConfig.max_regions) -> None:
+                 batch_size: int = 8, max_regions: int | None = None) -> None:
+        """`max_regions`: None (the default) gives the model as many regions per image as it
+        was trained with; a number overrides that, and `notes` then says so."""
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
         self.model, self.extra = load(self.checkpoint, map_location=self.device)
         self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
-        self.decoding, self.batch_size, self.max_regions = decoding, batch_size, max_regions
+        require_decodable(self.model.config, decoding.beam_size, decoding.max_len, batch_size)
+        self.decoding, self.batch_size = decoding, batch_size
+        self.max_regions, note = max_regions_for(self.checkpoint, self.extra, max_regions)
+        self.notes = [note] if note else []
         self._extractors: tuple[Any, Any] | None = None
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
@@ -126,7 +131,8 @@ class Captioner:
                        regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
         """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
         rows (or cut) to `max_regions`, exactly as the training loader does."""
-        return self.captioned(names, *search(self.model, *self.batch(grids, regions), self.decoding))
+        return self.captioned(names, *search(self.model, *self.batch(grids, regions, names),
+                                             self.decoding))
 
     def captioned(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor) -> list[CaptionedImage]:
         """`search`'s ids and per-token log-probs [B, K, T] -> each image's captions with scores."""
@@ -141,12 +147,15 @@ class Captioner:
         text = self.vocab.decode(tokens)
         return collapse_repeats(text) if self.decoding.collapse_repeats else text
 
-    def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
+              names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image arrays -> the model's float32 batch, regions padded with zero rows (or cut)
-        to `max_regions` exactly as the training loader does."""
+        to `max_regions` exactly as the training loader does. `names` name the images in
+        messages (default: their position)."""
         region_dim = self.model.config.region_dim
         region = np.stack([pad_regions(rows, self.max_regions, region_dim) for rows in regions])
-        return (torch.from_numpy(np.stack(grids).astype(np.float32)),
+        names = names if names is not None else [f"#{i + 1}" for i in range(len(grids))]
+        return (torch.from_numpy(stack_grids(grids, names).astype(np.float32)),
                 torch.from_numpy(region.astype(np.float32)))
 
     def extractors(self) -> tuple[Any, Any]:
@@ -179,8 +188,16 @@ class Captioner:
         return extractor
 
 
+def picture_paths(sources: Sequence[str | Path]) -> list[Path]:
+    """Picture paths, each folder replaced by its pictures (the listing rule of `hin extract`:
+    entries named like pictures, by name)."""
+    return [path for source in map(Path, sources)
+            for path in (folder_pictures(source) if source.is_dir() else [source])]
+
+
 def load_picture(picture: Picture) -> Image.Image:
-    return picture if isinstance(picture, Image.Image) else load_rgb(picture)
+    """A user's picture (a file, or a picture already decoded) read by hin's reading rule."""
+    return as_rgb(picture) if isinstance(picture, Image.Image) else load_rgb(picture)
 
 
 def _name(picture: Picture, index: int) -> str:

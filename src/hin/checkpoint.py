@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hin.config import HINConfig
-from hin.errors import HINError
+from hin.config import DataConfig, HINConfig
+from hin.errors import HINError, UsageError
 from hin.files import atomic_write
 from hin.model import HIN
 
@@ -258,3 +258,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HI
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not match its config: {error}") from error
     return model.to(map_location).eval(), payload["extra"]
+
+
+def max_regions_for(path: str | Path, extra: dict[str, Any], given: int | None = None
+                    ) -> tuple[int, str | None]:
+    """How many regions per image the model is given: the `data.max_regions` it was trained
+    with (recorded in its configuration; the paper's 50 for checkpoints that record none, such
+    as imported reference ones), unless `given` overrides it. Returns the value and, when a
+    given value differs from the recorded one, a note saying so."""
+    recorded = ((extra.get("config") or {}).get("data") or {}).get("max_regions")
+    if given is not None and given < 1:
+        raise UsageError(f"max_regions must be at least 1, got {given}")
+    if given is None:
+        return recorded or DataConfig.max_regions, None
+    if recorded is not None and given != recorded:
+        return given, (f"max_regions {given} overrides the {recorded} regions per image "
+                       f"{path} was trained with")
+    return given, None

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
-from hin.errors import HINError, UsageError
+from hin.errors import HINError, Interrupted, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from hin.config import DecodingConfig
 
 VOCAB_HELP = ("vocabulary JSON, for checkpoints that record none (imported reference ones); "
@@ -17,15 +21,13 @@ VOCAB_HELP = ("vocabulary JSON, for checkpoints that record none (imported refer
 
 
 def _import_checkpoint(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from hin.checkpoint import import_reference, save
+    from hin.files import refuse_overwriting
 
-    reference, out = Path(args.reference), Path(args.out)
-    if out.exists() and reference.exists() and out.samefile(reference) and not args.force:
-        raise UsageError(f"{out} is the reference checkpoint itself; writing there would replace "
-                         "it: give another output path (or --force to replace it)")
-    model = import_reference(reference, num_heads=args.heads)
+    if not args.force:
+        refuse_overwriting(args.out, {"the reference checkpoint": args.reference},
+                           "give another output path (or --force to replace it)")
+    model = import_reference(args.reference, num_heads=args.heads)
     save(args.out, model)
     print(f"wrote {args.out} ({model.config.num_layers} layers, d_model {model.config.d_model}, "
           f"vocab {model.config.vocab_size}, {args.heads} heads)")
@@ -70,7 +72,10 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_vocab(args: argparse.Namespace) -> int:
     from hin.data.coco import load_splits
     from hin.data.vocab import Vocabulary
+    from hin.files import refuse_overwriting
 
+    refuse_overwriting(args.out, {"--legacy": args.legacy, "--annotations": args.annotations},
+                       "give --out another path")
     if args.legacy:
         vocab = Vocabulary.from_legacy_pickle(args.legacy)
     else:
@@ -128,8 +133,13 @@ def _score(args: argparse.Namespace) -> int:
     import json
 
     from hin.data.coco import read_coco_references
+    from hin.files import refuse_overwriting
     from hin.metrics import read_coco_results, score_captions
 
+    if args.out:
+        refuse_overwriting(args.out, {"--results": args.results,
+                                      "--annotations": args.annotations},
+                           "give --out another path (the metrics go into a file of their own)")
     captions = read_coco_results(args.results)
     references = read_coco_references(args.annotations)
     if args.only_results:
@@ -149,11 +159,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hin.evaluate import evaluate
 
     data = DataConfig(annotations=args.annotations, grid_features=args.grid,
-                      region_features=args.region, max_regions=args.max_regions,
-                      num_workers=args.workers)
+                      region_features=args.region, num_workers=args.workers)
     result = evaluate(args.checkpoint, args.split, data, decoding=_decoding(args),
                       batch_size=args.batch_size, out_dir=args.out, spice=not args.no_spice,
-                      device=args.device, vocab=args.vocab)
+                      device=args.device, vocab=args.vocab, max_regions=args.max_regions)
+    for note in result.notes:
+        print(f"hin evaluate: note: {note}", file=sys.stderr)
     if result.report is not None:
         print(result.report.format_table())
     else:
@@ -189,12 +200,17 @@ def _decoding(args: argparse.Namespace) -> DecodingConfig:
                           collapse_repeats=not args.keep_repeats, precision=args.precision)
 
 
-def _extract_pictures(extractor: object, args: argparse.Namespace) -> int:
+def _extract_pictures(build: Callable[[], object], args: argparse.Namespace) -> int:
+    """List the pictures and check the settings, then `build` the extractor (a model load)."""
     from hin.extract import choose_shard, extract_to_file, list_images
+    from hin.extract.images import max_pixels
 
-    report = extract_to_file(extractor, list_images(args.images), args.out,
-                             batch_size=args.batch_size, chunk_size=args.chunk_size,
-                             workers=args.workers, shard=choose_shard(args.shard))
+    files = list_images(args.images)
+    shard = choose_shard(args.shard)
+    max_pixels()
+    report = extract_to_file(build(), files, args.out, batch_size=args.batch_size,
+                             chunk_size=args.chunk_size, workers=args.workers, shard=shard,
+                             orientation=args.orientation)
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -209,9 +225,10 @@ def _extraction_device(args: argparse.Namespace) -> str:
 def _extract_grid(args: argparse.Namespace) -> int:
     from hin.extract import build_extractor
 
-    options = {"model": args.model} if args.model else {}
-    return _extract_pictures(build_extractor(args.extractor, device=_extraction_device(args),
-                                             precision=args.precision, **options), args)
+    options = {"model": args.model, "store_as": args.store_as}
+    return _extract_pictures(lambda: build_extractor(
+        args.extractor, device=_extraction_device(args), precision=args.precision,
+        **{k: v for k, v in options.items() if v is not None}), args)
 
 
 def _extract_merge(args: argparse.Namespace) -> int:
@@ -228,30 +245,34 @@ def _extract_regions(args: argparse.Namespace) -> int:
         if args.shard:
             raise UsageError("--shard spreads extraction from pictures; a VinVL TSV import "
                              "runs whole (drop --shard)")
-        report = import_vinvl(args.vinvl_tsv, args.out, args.predictions, dtype=args.store_as)
+        report = import_vinvl(args.vinvl_tsv, args.out, args.predictions,
+                              dtype=args.store_as or "float16")
         print(report.summary())
         return 0
     options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
-               "max_regions": args.max_regions}
-    extractor = build_extractor(args.extractor, device=_extraction_device(args),
-                                precision=args.precision,
-                                **{k: v for k, v in options.items() if v is not None})
-    return _extract_pictures(extractor, args)
+               "max_regions": args.max_regions, "store_as": args.store_as}
+    return _extract_pictures(lambda: build_extractor(
+        args.extractor, device=_extraction_device(args), precision=args.precision,
+        **{k: v for k, v in options.items() if v is not None}), args)
 
 
 def _caption(args: argparse.Namespace) -> int:
     import json
 
-    from hin.caption import Captioner
+    from hin.caption import Captioner, picture_paths
 
     precomputed = (args.grid, args.region, args.ids)
     if args.pictures and any(value is not None for value in precomputed):
         raise UsageError("give pictures or --grid/--region/--ids, not both")
     if not args.pictures and None in precomputed:
         raise UsageError("give pictures, or all of --grid, --region and --ids")
+    pictures = picture_paths(args.pictures)
     captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
-                          decoding=_decoding(args), batch_size=args.batch_size)
-    results = (captioner.caption_pictures(args.pictures) if args.pictures
+                          decoding=_decoding(args), batch_size=args.batch_size,
+                          max_regions=args.max_regions)
+    for note in captioner.notes:
+        print(f"hin caption: note: {note}", file=sys.stderr)
+    results = (captioner.caption_pictures(pictures) if pictures
                else captioner.caption_features(args.grid, args.region, args.ids))
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
@@ -261,7 +282,7 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
-    from hin.config import EXTRACTION_PRECISIONS
+    from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS, STORAGE_DTYPES
 
     extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
                                                   "regions) or VinVL TSV import, as HDF5")
@@ -274,16 +295,26 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
         p.add_argument("--workers", type=int, default=2, help="picture decoding processes")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
         p.add_argument("--precision", default="fp32", choices=EXTRACTION_PRECISIONS,
-                       help="fp32 (exact), bf16 autocast (fast on CUDA and on CPUs with "
-                            "avx512_bf16/AMX), fp16 weights (CUDA, as the released CLIP grids), "
-                            "or auto (bf16 where the device runs it fast)")
+                       help="fp32 (default: exact, the reference's arithmetic for the released "
+                            "CLIP grids), bf16 autocast (fast on CUDA and on CPUs with "
+                            "avx512_bf16/AMX), fp16 weights (CUDA only, fast, not the "
+                            "reference's), or auto (bf16 where the device runs it fast)")
+        p.add_argument("--store-as", choices=STORAGE_DTYPES,
+                       help="stored feature dtype: float16 (default, half the disk) or float32 "
+                            "(as the reference stored its CLIP grids); the synthetic world's "
+                            "extractors store float16 only")
+        p.add_argument("--orientation", default=DATASET_ORIENTATION, choices=ORIENTATIONS,
+                       help="stored (default: pixels as stored, as the reference's extraction "
+                            "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
+                            "as hin caption/explain/serve read pictures: for your own photos); "
+                            "recorded in the file")
         p.add_argument("--shard", metavar="K/N",
                        help="extract only shard K of N of the pictures (sorted by id) into "
                             "OUT.shard-K-of-N.h5, joined later by `hin extract merge OUT`; "
                             "under torchrun the default is one shard per rank")
 
     p = actions.add_parser("grid", help="CLIP grid features: <id>_features [256, 1024] and "
-                                        "<id>_global [768], fp16")
+                                        "<id>_global [768] (float16, or --store-as float32)")
     p.add_argument("--images", required=True,
                    help="folder of pictures, or a text file listing one path per line")
     p.add_argument("--out", required=True, help="grid HDF5 file (re-running resumes)")
@@ -302,8 +333,6 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--images", help="folder of pictures, or a text file of paths")
     p.add_argument("--out", required=True, help="region HDF5 file (re-running resumes)")
     p.add_argument("--predictions", help="VinVL predictions.tsv (boxes, size, confidences)")
-    p.add_argument("--store-as", default="float16", choices=["float16", "float32"],
-                   help="VinVL import: stored feature dtype")
     p.add_argument("--extractor", default="detr",
                    help="registered region extractor: detr, or synth-regions (objects = "
                         "connected blobs on a plain background)")
@@ -325,12 +354,14 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
 def _add_caption_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")
-    p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...)")
+    p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...) or folders of them")
     p.add_argument("--checkpoint", required=True, help="hin checkpoint")
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
     p.add_argument("--vocab", help=VOCAB_HELP)
+    p.add_argument("--max-regions", type=int,
+                   help="regions per image (default: as many as the checkpoint was trained with)")
     _add_decoding_options(p, num_captions=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
@@ -435,6 +466,7 @@ def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from hin.caption import picture_paths
     from hin.explain import PAPER_FILE, explain, write_figures
 
     checkpoints = ([args.checkpoint] if args.checkpoint else []) + (args.compare or [])
@@ -445,7 +477,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise UsageError(f"--paper compares two models, got {len(checkpoints)} checkpoints: give "
                          "--compare BASE.pt OURS.pt (or --checkpoint OURS.pt --compare BASE.pt)")
     explanations = explain(
-        checkpoints, pictures=args.pictures, ids=args.ids, grid=args.grid, region=args.region,
+        checkpoints, pictures=picture_paths(args.pictures), ids=args.ids, grid=args.grid, region=args.region,
         images=args.images, annotations=args.annotations, split=args.split, limit=args.limit,
         layer=args.layer, words=args.words, labels=args.labels, decoding=_decoding(args),
         device=args.device, batch_size=args.batch_size)
@@ -472,8 +504,8 @@ def _layer(value: str) -> int | None:
 def _add_explain_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("explain", help="figures of where the model looks (attention maps) "
                                             "beside its captions, and an index.html")
-    p.add_argument("pictures", nargs="*", help="picture files (the checkpoint's recorded extractors "
-                                               "are re-run on them)")
+    p.add_argument("pictures", nargs="*", help="picture files or folders of them (the checkpoint's "
+                                               "recorded extractors are re-run on them)")
     p.add_argument("--checkpoint", help="hin checkpoint (the first column)")
     p.add_argument("--compare", metavar="CKPT", nargs="+",
                    help="checkpoints drawn in further columns: one beside --checkpoint, or two "
@@ -552,7 +584,8 @@ def _add_evaluate_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default=data.grid_features, help="grid feature HDF5 file")
     p.add_argument("--region", default=data.region_features, help="region feature HDF5 file")
     p.add_argument("--vocab", help=VOCAB_HELP)
-    p.add_argument("--max-regions", type=int, default=data.max_regions)
+    p.add_argument("--max-regions", type=int,
+                   help="regions per image (default: as many as the checkpoint was trained with)")
     p.add_argument("--workers", type=int, default=data.num_workers, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
     p.add_argument("--no-spice", action="store_true", help="skip SPICE (slow)")
@@ -622,15 +655,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = None
+    with contextlib.suppress(ValueError):   # not the main thread: leave signals alone
+        # SIGTERM unwinds like Ctrl-C, so every command cleans up (temporary files, workers,
+        # Java children) and ends with one line instead of dying silently with 143.
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args)
+    except Interrupted as stopped:
+        print(f"hin {args.command}: {stopped}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"hin {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (HINError, OSError) as error:
         # What the user gave us is wrong (or a path of theirs cannot be used): one line.
         # Anything else is a bug in hin and keeps its traceback.
         print(f"hin {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

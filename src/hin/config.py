@@ -205,8 +205,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 PRECISIONS = ("fp32", "bf16", "auto")
-# Feature extraction also offers fp16: the weights in float16 on CUDA (the released CLIP grids).
+# Feature extraction also offers fp16: the weights in float16, on CUDA only. The reference
+# computed the released CLIP grids in fp32 (and stored float32): fp32 is the faithful choice.
 EXTRACTION_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+# How extracted features are stored (`--store-as`): float16 halves the files; float32 keeps
+# every bit the arithmetic gave, as the reference's grids were stored.
+STORAGE_DTYPES = ("float16", "float32")
+# How pictures are turned upright (hin.extract.images.as_rgb): `exif` applies the EXIF
+# orientation tag (user pictures: caption, explain, serve); `stored` reads pixels as stored,
+# as the reference's extraction did, `hin extract`'s default.
+ORIENTATIONS = ("exif", "stored")
+DATASET_ORIENTATION = "stored"
 
 
 def require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:

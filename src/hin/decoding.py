@@ -36,6 +36,20 @@ def _as_models(model_or_list: HIN | Sequence[HIN]) -> list[HIN]:
     return models
 
 
+def require_decodable(config: HINConfig, beam_size: int, max_len: int, batch_size: int = 1) -> None:
+    """Refuse, before any decoding, settings a model `config` cannot decode with: a beam wider
+    than its vocabulary, captions longer than its positions, an empty batch."""
+    if beam_size < 1 or beam_size > config.vocab_size:
+        raise UsageError(f"beam size {beam_size} is not between 1 and the model's vocabulary size "
+                         f"({config.vocab_size} words): give a smaller --beam")
+    if not 1 <= max_len <= config.max_len:
+        raise UsageError(f"maximum caption length {max_len} is not between 1 and the "
+                         f"{config.max_len} positions the model has: give --max-len "
+                         f"{config.max_len} or less")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+
+
 class Stepper(Protocol):
     """What beam search drives: next-word log-probs of every hypothesis, and reordering."""
 
@@ -103,8 +117,7 @@ def beam_search_with(stepper: Stepper, batch: int, config: HINConfig, device: to
     with a teacher-forced re-scorer). `config` gives the special token ids."""
     if not 1 <= out_size <= beam_size:
         raise UsageError(f"out_size must be between 1 and beam_size ({beam_size}), got {out_size}")
-    if max_len < 1:
-        raise UsageError(f"max_len must be at least 1, got {max_len}")
+    require_decodable(config, beam_size, max_len)
     tokens = torch.full((batch, 1), config.bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(batch, 1, device=device)
     alive = torch.ones(batch, 1, dtype=torch.bool, device=device)

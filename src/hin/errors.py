@@ -19,6 +19,11 @@ class MissingExtraError(HINError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+class Interrupted(HINError):
+    """Ctrl-C or SIGTERM stopped a command; the message says what was kept and how to go on.
+    The command line prints it as one line and exits 130."""
+
+
 DISTRIBUTION = "hin-caption"   # the name on the package index, where `hin` is another project
 
 

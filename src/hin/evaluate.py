@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hin import __version__
-from hin.checkpoint import load, sha256
+from hin.checkpoint import load, max_regions_for, sha256
 from hin.config import DataConfig, DecodingConfig
 from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary, require_same_words, vocabulary_for
-from hin.decoding import caption_batches
+from hin.decoding import caption_batches, require_decodable
 from hin.devices import resolve_device
 from hin.errors import UsageError
+from hin.files import refuse_overwriting
 from hin.metrics import MetricsReport, collapse_repeats, score_captions
 
 SPLITS = ("val", "test", "features")
@@ -44,6 +45,7 @@ class Evaluation:
     captions: dict[int, str]
     report: MetricsReport | None
     written: list[Path]
+    notes: list[str]
 
 
 def load_images(data: DataConfig, split: str, store: FeatureStore) -> Split:
@@ -63,24 +65,42 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
              decoding: DecodingConfig = DecodingConfig(), batch_size: int = 50,
              out_dir: str | Path | None = None, spice: bool = True,
              device: str = "auto", progress: bool = True,
-             vocab: str | Path | None = None) -> Evaluation:
+             vocab: str | Path | None = None, max_regions: int | None = None) -> Evaluation:
     """Caption every image of `split` by beam search (an ensemble when several checkpoints
     are given), score against the references, write captions.json / metrics.json to out_dir.
     The vocabulary is the one the checkpoints record; `vocab` (a file) is for checkpoints
-    that record none (`data.vocabulary` is not read here)."""
+    that record none (`data.vocabulary` is not read here). Likewise the regions per image
+    are the number the checkpoints were trained with unless `max_regions` overrides it
+    (`data.max_regions` is not read)."""
     if not checkpoints:
         raise UsageError("evaluate needs at least one checkpoint")
     out = None if out_dir is None else _output_directory(Path(out_dir))
+    if out is not None:
+        inputs = {"--annotations": data.annotations, "--grid": data.grid_features,
+                  "--region": data.region_features, "--vocab": vocab,
+                  **{f"--checkpoint {path}": path for path in checkpoints}}
+        for name in (CAPTIONS_FILE, METRICS_FILE):
+            refuse_overwriting(out / name, inputs, "give --out a folder of its own")
     device = resolve_device(device)
     loaded = [load(path, map_location=device) for path in checkpoints]
     models = [model for model, _ in loaded]
     config = models[0].config
+    require_decodable(config, decoding.beam_size, decoding.max_len, batch_size)
     vocabularies = [vocabulary_for(path, extra, vocab, model.config.vocab_size)
                     for path, (model, extra) in zip(checkpoints, loaded)]
     for other in vocabularies[1:]:     # an ensemble averages the same words' log-probs
         require_same_words(vocabularies[0], other, "an ensemble needs checkpoints trained "
                            "with the same vocabulary")
     vocabulary = vocabularies[0]
+    chosen = [max_regions_for(path, extra, max_regions)
+              for path, (_, extra) in zip(checkpoints, loaded)]
+    if len({value for value, _ in chosen}) > 1:
+        trained = ", ".join(f"{path}: {value}" for path, (value, _) in zip(checkpoints, chosen))
+        raise UsageError(f"the checkpoints were trained with different numbers of regions per "
+                         f"image ({trained}); an ensemble is given one number: choose it with "
+                         "--max-regions")
+    data = replace(data, max_regions=chosen[0][0])
+    notes = [note for _, note in chosen if note]
     store = FeatureStore(data.grid_features, data.region_features, max_regions=data.max_regions,
                          grid_dim=config.grid_dim, region_dim=config.region_dim)
     images = load_images(data, split, store)
@@ -104,7 +124,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
             provenance = _provenance(checkpoints, models, split, data, decoding, batch_size,
                                      vocabulary)
             written.append(_write_json(out / METRICS_FILE, {**report.to_dict(), **provenance}))
-    return Evaluation(captions, report, written)
+    return Evaluation(captions, report, written, notes)
 
 
 def _output_directory(out: Path) -> Path:

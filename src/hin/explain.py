@@ -25,11 +25,11 @@ from torch import Tensor
 from hin.caption import Captioner, load_picture
 from hin.config import DecodingConfig
 from hin.data.coco import load_split
-from hin.data.features import FeatureStore, ImageGeometry, describe_geometry
+from hin.data.features import FeatureStore, ImageGeometry, describe_geometry, read_attributes
 from hin.data.vocab import tokenize
 from hin.decoding import search
 from hin.errors import MissingExtraError, UsageError, pip_install
-from hin.extract.images import list_images, load_rgb
+from hin.extract.images import list_images, load_rgb, recorded_orientation
 from hin.files import atomic_write, write_text
 from hin.metrics import CiderDTable, cider_d
 from hin.model import HIN, AttentionTrace
@@ -276,6 +276,7 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
                                                      layer, words)]
     chosen, references = _references(annotations, split, ids, limit)
     files = _picture_files(images)
+    orientation = recorded_orientation(read_attributes(grid))    # as the file's boxes are
     stores = [FeatureStore(grid, region, max_regions=c.max_regions, grid_dim=c.model.config.grid_dim,
                            region_dim=c.model.config.region_dim) for c in captioners]
     try:
@@ -291,7 +292,7 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
             for row, image_id in enumerate(chunk):
                 picture, notes = None, ()
                 if image_id in files:
-                    picture = load_rgb(files[image_id])
+                    picture = load_rgb(files[image_id], orientation=orientation)
                 else:
                     where = f"in {images}" if images is not None else "(no --images folder given)"
                     notes = (f"no picture of image {image_id} {where}: maps drawn on a blank canvas",)
@@ -312,7 +313,8 @@ def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Seq
         grid_extractor, region_extractor = captioner.extractors()
         geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
                                         f"the {grid_extractor.name} extractor",
-                                        f"the {region_extractor.name} extractor")
+                                        f"the {region_extractor.name} extractor",
+                                        region_rows=len(r["features"]))
                       for path, g, r in zip(paths, grid_entries, region_entries)]
         columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
                                       [r["features"] for r in region_entries], geometries, label=label,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from hin.errors import HINError
+from hin.errors import HINError, UsageError
 
 
 class FileFormatError(HINError, ValueError):
@@ -46,8 +46,30 @@ def read_json(path: str | Path, what: str, fix: str = "",
         raise error(f"{what} {path} is not valid JSON: {problem}") from problem
 
 
+def same_file(first: str | Path, second: str | Path) -> bool:
+    """Whether two paths name one file: links and relative paths resolved, existing or not."""
+    first, second = Path(first), Path(second)
+    if first.exists() and second.exists():
+        return first.samefile(second)
+    return first.resolve() == second.resolve()
+
+
+def refuse_overwriting(output: str | Path, inputs: dict[str, str | Path | None], fix: str) -> None:
+    """Refuse an output path that is one of a command's `inputs` (by role, e.g. "--results"):
+    writing it would replace what the command reads. `fix` says what to give instead."""
+    for role, path in inputs.items():
+        if path is not None and same_file(output, path):
+            raise UsageError(f"{output} is also {role}; writing there would replace it: {fix}")
+
+
 class OutOfSpaceError(HINError):
     """The disk filled up while writing; the file that was there before is untouched."""
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether `error` is a full disk (h5py reports it as an OSError naming errno 28 in text)."""
+    return isinstance(error, OSError) and (error.errno == errno.ENOSPC
+                                           or "No space left on device" in str(error))
 
 
 @contextlib.contextmanager
@@ -65,15 +87,27 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
             yield file
             file.flush()
+            os.chmod(file.fileno(), _file_mode(path))
             os.fsync(file.fileno())
         os.replace(temp_name, path)
     except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if out_of_space(error):
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
             raise OutOfSpaceError(f"no space left on the device writing {path}; {kept}. "
                                   "Free some space and try again") from error
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode the file would have if opened plainly: the existing file's, else 0666 less the
+    umask (mkstemp's temporaries are 0600, which would hide outputs from other users)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_text(path: str | Path, text: str) -> Path:

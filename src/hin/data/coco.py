@@ -129,12 +129,15 @@ def read_coco_captions(path: str | Path) -> CocoCaptionFile:
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"{path}: an image or annotation lacks an integer 'id', 'image_id' or a "
                         f"'caption' ({error!r}); it is not a COCO caption file") from error
+    not_text = [ann_id for ann_id, _, caption in entries if not isinstance(caption, str)]
+    _fail_if_any(not_text, str(path), "annotations have a 'caption' that is not text (e.g. a "
+                 "number)", "fix those captions in the file")
     _fail_if_any(_duplicates(ann_id for ann_id, _, _ in entries), str(path),
                  "annotation ids are listed more than once", "each annotation id must be unique")
     orphans = [ann_id for ann_id, image_id, _ in entries if image_id not in file_names]
     _fail_if_any(orphans, str(path), "annotations name an image id absent from its 'images'",
                  "the caption file is incomplete; re-download it")
-    return CocoCaptionFile(path, file_names, {ann_id: Annotation(image_id, str(caption))
+    return CocoCaptionFile(path, file_names, {ann_id: Annotation(image_id, caption)
                                               for ann_id, image_id, caption in entries})
 
 
@@ -201,6 +204,10 @@ def _load_karpathy_json(path: Path, names: Sequence[str]) -> dict[str, Split]:
     content = read_json(path, "annotation file", error=DataError)
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
         raise DataError(f"{path} is not Karpathy's dataset_coco.json (needs an 'images' list)")
+    for number, image in enumerate(content["images"]):
+        problem = _karpathy_image_problem(image)
+        if problem:
+            raise DataError(f"{path}: image entry {number}: {problem}; fix it in the file")
     splits = {}
     for name in names:
         chosen = [image for image in content["images"]
@@ -220,3 +227,28 @@ def _load_karpathy_json(path: Path, names: Sequence[str]) -> dict[str, Split]:
         splits[name] = Split(name, {image_id: records[image_id] for image_id in sorted(records)},
                              str(path))
     return splits
+
+
+KARPATHY_PARTS = tuple(part for parts in SPLIT_PARTS.values() for part in parts)
+
+
+def _karpathy_image_problem(image: object) -> str | None:
+    """What is wrong with one entry of dataset_coco.json's 'images', or None. An unknown split
+    name is an error, not a silently unused image."""
+    if not isinstance(image, dict):
+        return f"{image!r} is not an object"
+    if not isinstance(image.get("cocoid"), int) or isinstance(image["cocoid"], bool):
+        return f"'cocoid' is {image.get('cocoid')!r}, not an integer image id"
+    where = f"(cocoid {image['cocoid']}) "
+    if image.get("split") not in KARPATHY_PARTS:
+        return (f"{where}has split {image.get('split')!r}; the split names are "
+                f"{', '.join(KARPATHY_PARTS)} (training uses train and restval)")
+    if not isinstance(image.get("filename"), str):
+        return f"{where}'filename' is {image.get('filename')!r}, not a file name"
+    if not isinstance(image.get("sentences"), list):
+        return f"{where}'sentences' is {image.get('sentences')!r}, not a list"
+    for number, sentence in enumerate(image["sentences"]):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if not isinstance(raw, str):
+            return f"{where}sentence {number} has 'raw' {raw!r}, not the caption's text"
+    return None

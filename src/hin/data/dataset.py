@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from hin.data.coco import Split
 from hin.data.errors import DataError
-from hin.data.features import FeatureStore
+from hin.data.features import FeatureStore, stack_grids
 from hin.data.vocab import Vocabulary
+from hin.processes import worker_init
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
         if not grouped:
             tokens = tokens[:, 0]
     return Batch(
-        grid=torch.from_numpy(np.stack([sample.grid for sample in samples])).float(),
+        grid=torch.from_numpy(stack_grids([sample.grid for sample in samples],
+                                          [sample.image_id for sample in samples])).float(),
         region=torch.from_numpy(np.stack([sample.region for sample in samples])).float(),
         tokens=tokens,
         image_ids=[sample.image_id for sample in samples],
@@ -164,4 +166,4 @@ def make_loader(dataset: CaptionPairs | ImageReferences, batch_size: int, *, shu
                       sampler=sampler, num_workers=num_workers,
                       collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
                       generator=generator, drop_last=drop_last,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, worker_init_fn=worker_init())

@@ -20,7 +20,9 @@ malformed entry: it raises, naming the image id, the file and the fix.
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +55,50 @@ def feature_key(image_id: int) -> str:
     return f"{image_id}{FEATURES_SUFFIX}"
 
 
+def _canonical_id(name: str) -> int | None:
+    """The image id of entry `name` when it is `<id>_features` with the id written as hin reads
+    it (ASCII digits, no leading zeros); None otherwise."""
+    prefix = name[:-len(FEATURES_SUFFIX)]
+    if not name.endswith(FEATURES_SUFFIX) or re.fullmatch(r"0|[1-9][0-9]*", prefix) is None:
+        return None
+    return int(prefix)
+
+
 def feature_ids(handle: h5py.File) -> set[int]:
-    """Ids with a `<id>_features` entry (reads names only, no data)."""
-    return {int(name[:-len(FEATURES_SUFFIX)]) for name in handle if name.endswith(FEATURES_SUFFIX)}
+    """Ids with a `<id>_features` entry (reads names only, no data). Other names ending in
+    `_features` are not read (`key_problems` lists them, and `hin data check` reports them)."""
+    return {image_id for name in handle if (image_id := _canonical_id(name)) is not None}
+
+
+def key_problems(handle: h5py.File) -> list[str]:
+    """Entries named like features that hin never reads: `abc_features`, or an id written with
+    leading zeros (`0100051_features`, which may hide a different copy of image 100051)."""
+    problems = []
+    for name in handle:
+        if not name.endswith(FEATURES_SUFFIX) or _canonical_id(name) is not None:
+            continue
+        prefix = name[:-len(FEATURES_SUFFIX)]
+        if re.fullmatch(r"[0-9]+", prefix) is None:
+            problems.append(f"entry '{name}' does not name an image id (entries are "
+                            f"'<integer id>{FEATURES_SUFFIX}'): rename or delete it")
+        else:
+            twin = feature_key(int(prefix))
+            also = f"'{twin}' also exists" if twin in handle else f"there is no '{twin}'"
+            problems.append(f"entry '{name}' writes image id {int(prefix)} with leading zeros, "
+                            f"so it is never read ({also}): keep one entry named '{twin}'")
+    return problems
+
+
+def stack_grids(grids: Sequence[np.ndarray], names: Sequence[object]) -> np.ndarray:
+    """Per-image grid arrays -> one [B, Ng, Dg] array; images with another number of grid
+    tokens than the first are refused by name (features from different extractions)."""
+    shapes = {name: np.shape(grid) for name, grid in zip(names, grids)}
+    first_name, first = next(iter(shapes.items()))
+    odd = [f"{name} has {shape[0]}" for name, shape in shapes.items() if shape != first]
+    if odd:
+        raise DataError(f"images in one batch need the same number of grid tokens: image "
+                        f"{first_name} has {first[0]}, {'; '.join(odd[:3])}; {CHECK_FIX}")
+    return np.stack(grids)
 
 
 def open_hdf5(path: str | Path, fix: str = MAKE_FIX) -> h5py.File:
@@ -124,13 +167,21 @@ def _plain(value: object) -> object:
 
 def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, object],
                       grid_entry: Mapping[str, np.ndarray], region_entry: Mapping[str, np.ndarray],
-                      grid_tokens: int | None, grid_source: str, region_source: str) -> ImageGeometry:
+                      grid_tokens: int | None, grid_source: str, region_source: str, *,
+                      region_rows: int | None = None) -> ImageGeometry:
     """ImageGeometry from what a grid and a region source record for one image: the grid's
     attributes (`grid_rows`, `grid_cols`) and per-image arrays by suffix (`size`, `crop`,
-    `boxes`), from feature files or straight from extractors. Sources name them in messages."""
+    `boxes`), from feature files or straight from extractors. Sources name them in messages.
+    `region_rows`, the image's number of region features, must equal its number of boxes
+    (box i is where region i lies)."""
     missing = []
-    sizes = {source: tuple(int(v) for v in entry["size"])
+    sizes = {source: tuple(int(v) for v in np.asarray(entry["size"]).reshape(-1))
              for source, entry in ((grid_source, grid_entry), (region_source, region_entry)) if "size" in entry}
+    for source, value in list(sizes.items()):
+        if len(value) != 2:
+            missing.append(f"{source}: '{image_id}_size' holds {len(value)} values, expected 2 "
+                           "(height, width)")
+            del sizes[source]
     size = next(iter(sizes.values()), None)
     if len(set(sizes.values())) > 1:
         missing.append(f"the picture sizes disagree ({'; '.join(f'{s}: {v}' for s, v in sizes.items())})")
@@ -150,7 +201,12 @@ def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, object]
         layout = (int(rows), int(cols))
     grid_box = None
     if "crop" in grid_entry:
-        grid_box = tuple(float(v) for v in grid_entry["crop"])
+        crop = np.asarray(grid_entry["crop"], dtype=np.float64).reshape(-1)
+        if crop.size == 4:
+            grid_box = tuple(float(v) for v in crop)
+        else:
+            missing.append(f"{grid_source}: '{image_id}_crop' holds {crop.size} values, expected 4 "
+                           "(x1, y1, x2, y2)")
     else:
         missing.append(f"{grid_source} does not record which part of the picture the grid covers "
                        f"('{image_id}_crop')")
@@ -159,8 +215,17 @@ def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, object]
     if "boxes" not in region_entry:
         missing.append(f"{region_source} has no region boxes ('{image_id}_boxes') for image {image_id}")
     else:
-        boxes = np.asarray(region_entry["boxes"], dtype=np.float32).reshape(-1, 4)
-        if len(boxes) and not boxes.any():
+        boxes = np.asarray(region_entry["boxes"], dtype=np.float32)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            missing.append(f"{region_source}: '{image_id}_boxes' has shape {list(boxes.shape)}, "
+                           "expected [n, 4] (x1, y1, x2, y2 per region)")
+            boxes = None
+        elif region_rows is not None and len(boxes) != region_rows:
+            missing.append(f"{region_source} has {len(boxes)} boxes but {region_rows} region "
+                           f"features for image {image_id}, so which box is which region is "
+                           "unknown: re-extract the image's regions")
+            boxes = None
+        elif len(boxes) and not boxes.any():
             missing.append(f"{region_source} holds only all-zero boxes for image {image_id}")
             boxes = None
     return ImageGeometry(image_id, size, layout, grid_box, boxes, tuple(missing))
@@ -201,10 +266,12 @@ class FeatureProblems:
     checked: int = 0
     missing: dict[str, list[int]] = field(default_factory=dict)
     malformed: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    keys: dict[str, list[str]] = field(default_factory=dict)     # entries hin never reads
 
     @property
     def ok(self) -> bool:
-        return not any(self.missing.values()) and not any(self.malformed.values())
+        return not any(self.missing.values()) and not any(self.malformed.values()) \
+            and not any(self.keys.values())
 
     def summary(self) -> str:
         lines = [f"checked {self.checked} images"]
@@ -216,6 +283,10 @@ class FeatureProblems:
                 lines.append(f"{path}: image {image_id}: {reason}")
             if len(problems) > 10:
                 lines.append(f"{path}: ... {len(problems) - 10} more malformed entries")
+        for path, names in self.keys.items():
+            lines += [f"{path}: {problem}" for problem in names[:10]]
+            if len(names) > 10:
+                lines.append(f"{path}: ... {len(names) - 10} more misnamed entries")
         if self.ok:
             lines.append("all entries present and well-formed")
         return "\n".join(lines)
@@ -253,7 +324,7 @@ class FeatureStore:
             raise DataError(
                 f"image {image_id} has no '{feature_key(image_id)}' entry in {file.path}; "
                 f"{CHECK_FIX}")
-        problem = _shape_problem(dataset.shape, dim)
+        problem = _shape_problem(dataset, dim)
         if problem is None:
             array = dataset[()]
             problem = _value_problem(array)
@@ -267,12 +338,16 @@ class FeatureStore:
             names = {suffix: f"{image_id}_{suffix}" for suffix in GEOMETRY_SUFFIXES}
             return {suffix: file.handle[name][()] for suffix, name in names.items() if name in file.handle}
 
+        def rows(file: HDF5File) -> int | None:
+            entry = file.handle.get(feature_key(image_id))
+            return entry.shape[0] if isinstance(entry, h5py.Dataset) else None
+
         grid = self.grid.handle
-        tokens = grid[feature_key(image_id)].shape[0] if feature_key(image_id) in grid else None
         layout = {key: _plain(grid.attrs[ATTRIBUTE_PREFIX + key]) for key in (GRID_ROWS, GRID_COLS)
                   if ATTRIBUTE_PREFIX + key in grid.attrs}
-        return describe_geometry(image_id, layout, entries(self.grid), entries(self.region), tokens,
-                                 str(self.grid.path), str(self.region.path))
+        return describe_geometry(image_id, layout, entries(self.grid), entries(self.region),
+                                 rows(self.grid), str(self.grid.path), str(self.region.path),
+                                 region_rows=rows(self.region))
 
     def missing(self, image_ids: Iterable[int]) -> dict[str, list[int]]:
         """Per file, the given ids without a features entry (names only; fast)."""
@@ -302,22 +377,45 @@ class FeatureStore:
                 if image_id in absent:
                     continue
                 dataset = file.handle[feature_key(image_id)]
-                problem = _shape_problem(dataset.shape, dim)
+                problem = _shape_problem(dataset, dim)
                 if problem is None and read_values:
                     problem = _value_problem(dataset[()])
                 if problem is not None:
                     found.append((image_id, problem))
             problems.malformed[str(file.path)] = found
+            problems.keys[str(file.path)] = key_problems(file.handle)
+        problems.malformed[str(self.grid.path)] += self._odd_grids(image_ids, problems)
         return problems
+
+    def _odd_grids(self, image_ids: Sequence[int], problems: FeatureProblems) -> list[tuple[int, str]]:
+        """Images whose number of grid tokens differs from the file's layout (its recorded
+        rows x cols, else the count most images have): they cannot share a batch."""
+        skip = set(problems.missing[str(self.grid.path)]) | {
+            image_id for image_id, _ in problems.malformed[str(self.grid.path)]}
+        handle = self.grid.handle
+        counts = {image_id: handle[feature_key(image_id)].shape[0]
+                  for image_id in image_ids if image_id not in skip}
+        if not counts:
+            return []
+        rows, cols = (handle.attrs.get(ATTRIBUTE_PREFIX + key) for key in (GRID_ROWS, GRID_COLS))
+        if rows is not None and cols is not None:
+            expected, why = int(rows) * int(cols), f"the file records a {rows}x{cols} grid"
+        else:
+            expected = collections.Counter(counts.values()).most_common(1)[0][0]
+            why = "most images have that many"
+        return [(image_id, f"has {count} grid tokens, expected {expected} ({why})")
+                for image_id, count in counts.items() if count != expected]
 
     def close(self) -> None:
         self.grid.close()
         self.region.close()
 
 
-def _shape_problem(shape: tuple[int, ...], dim: int) -> str | None:
-    if len(shape) != 2 or shape[1] != dim:
-        return f"features have shape {list(shape)}, expected [n, {dim}]"
+def _shape_problem(entry: object, dim: int) -> str | None:
+    if not isinstance(entry, h5py.Dataset):
+        return f"the features entry is an HDF5 {type(entry).__name__.lower()}, not an array"
+    if len(entry.shape) != 2 or entry.shape[1] != dim:
+        return f"features have shape {list(entry.shape)}, expected [n, {dim}]"
     return None
 
 

@@ -76,6 +76,13 @@ class Vocabulary:
         if len(counts) != len(words):
             raise VocabularyError(
                 f"a vocabulary needs one count per word: {len(words)} words, {len(counts)} counts")
+        bad = next((word for word in words if not isinstance(word, str) or not word), None)
+        if bad is not None:
+            raise VocabularyError(f"a vocabulary's words are non-empty text; {bad!r} at entry "
+                                  f"{words.index(bad)} is not")
+        if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0
+                   for count in counts):
+            raise VocabularyError("a vocabulary's counts are whole numbers >= 0")
         if len(set(words)) != len(words):
             repeated = [word for word, n in collections.Counter(words).items() if n > 1]
             raise VocabularyError(f"a vocabulary lists words more than once: {repeated[:5]}")
@@ -97,6 +104,12 @@ class Vocabulary:
     @classmethod
     def from_counts(cls, counts: Mapping[str, int], min_freq: int) -> Vocabulary:
         words = _ordered_words(counts, min_freq)
+        if not words:
+            most = max((count for word, count in counts.items() if word not in SPECIALS),
+                       default=0)
+            raise VocabularyError(f"no word occurs {min_freq} times (the most frequent occurs "
+                                  f"{most} times), so the vocabulary would hold only the "
+                                  "specials: lower the minimum frequency (--min-freq)")
         return cls([*SPECIALS, *words], [0] * len(SPECIALS) + [counts[word] for word in words])
 
     def __len__(self) -> int:
@@ -142,11 +155,20 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "vocabulary") -> Vocabulary:
+        if not isinstance(values, Mapping):
+            raise VocabularyError(
+                f"{source} holds a JSON {type(values).__name__}, not a hin vocabulary (an "
+                "object with format, version, words and counts): build one with `hin data vocab`")
         if values.get("format") != JSON_FORMAT or values.get("version") != JSON_VERSION:
             raise VocabularyError(
                 f"{source} is not a hin vocabulary (format {values.get('format')!r}, version "
                 f"{values.get('version')!r}; expected {JSON_FORMAT!r} version {JSON_VERSION}); "
                 f"a reference .pkl vocabulary is imported with Vocabulary.from_legacy_pickle")
+        lists = [key for key in ("words", "counts") if not isinstance(values.get(key), list)]
+        if lists:
+            raise VocabularyError(f"{source} has no {' or '.join(repr(key) for key in lists)} "
+                                  "list: a hin vocabulary lists its words and their counts; "
+                                  "build one with `hin data vocab`")
         try:
             vocab = cls(values["words"], values["counts"])
         except VocabularyError as error:

@@ -1,13 +1,17 @@
 """CLIP grid features (what the paper used): patch tokens and the projected class token.
 
-Per image, from transformers' CLIP vision tower (ViT-L/14 at 224 px by default):
+Per image, from transformers' CLIP vision tower (ViT-L/14 at 224 px by default), exactly the
+reference's recipe (its extraction ran OpenAI's CLIP `VisionTransformer` in fp32, applied
+`ln_post` to every token, kept tokens 1: as the grid and projected `ln_post(class token)`;
+tests/test_clip_fidelity.py checks this against OpenAI's code):
 - `features` [256, 1024]: the last layer's patch tokens (class token dropped) after the
   post-layer-norm. In transformers, `last_hidden_state` is taken *before* `post_layernorm`
   and `pooler_output` is `post_layernorm(class token)`, so the norm is applied here;
 - `global` [768]: `visual_projection(pooler_output)`, i.e. CLIP's image embedding, not
   normalised.
-Both are stored as float16, the released layout, whatever the arithmetic (`precision`:
-fp32, bf16 autocast, or fp16 weights on CUDA as the released grids were computed). Pictures
+Both are stored as `store_as`: float16 by default (half the disk), float32 as the reference
+stored them; whatever the arithmetic (`precision`: fp32, the reference's and the faithful
+one; bf16 autocast; or fp16 weights on CUDA, faster and further from the reference). Pictures
 are prepared as CLIP does (images.ClipPreprocessor). For figures, each image also gets `size`
 (h, w) and `crop` (x1, y1, x2, y2: the square of the picture the patches cover, in its
 pixels), and the file records the patch layout (`grid_rows` x `grid_cols`, row-major).
@@ -34,6 +38,7 @@ from hin.extract.pipeline import (
     load_pretrained,
     register_extractor,
     resolve_extraction_precision,
+    storage_dtype,
     transformers_module,
 )
 
@@ -71,7 +76,9 @@ class ClipGridExtractor:
     kind = "grid"
 
     def __init__(self, model: str = DEFAULT_CLIP, device: str = "auto",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", store_as: str = "float16") -> None:
+        self.store_as = store_as
+        self.storage_dtype = storage_dtype(store_as)
         transformers = transformers_module()
         self.model_name = str(model)
         self.device = resolve_device(device)
@@ -89,14 +96,15 @@ class ClipGridExtractor:
     def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
                         precision: str = "fp32") -> ClipGridExtractor:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
-        return cls(str(recorded["model"]), device=device, precision=precision)
+        return cls(str(recorded["model"]), device=device, precision=precision,
+                   store_as=str(recorded.get("storage_dtype", "float16")))
 
     def attributes(self) -> dict[str, object]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "feature_dim": self.feature_dim, "tokens": self.tokens,
                 "global_dim": self.global_dim, "image_size": self.preprocess.size,
                 GRID_ROWS: self.grid_side, GRID_COLS: self.grid_side,
-                "compute_dtype": COMPUTE_DTYPES[self.precision]}
+                "compute_dtype": COMPUTE_DTYPES[self.precision], "storage_dtype": self.store_as}
 
     @torch.inference_mode()
     def __call__(self, prepared: Sequence[ClipPicture]) -> list[ImageEntry]:
@@ -106,8 +114,8 @@ class ClipGridExtractor:
             vision = self.model.vision_model(pixel_values=pixels)
             patches = self.model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:])
             embeddings = self.model.visual_projection(vision.pooler_output)
-        patches = patches.to(torch.float16).cpu().numpy()
-        embeddings = embeddings.to(torch.float16).cpu().numpy()
+        patches = patches.float().cpu().numpy().astype(self.storage_dtype)
+        embeddings = embeddings.float().cpu().numpy().astype(self.storage_dtype)
         return [{"features": grid, "global": embedding,
                  "size": np.array([picture.height, picture.width], dtype=np.int64),
                  "crop": np.array(picture.crop, dtype=np.float32)}

@@ -13,6 +13,17 @@ is rounded as OpenAI's CLIP package rounds it (torchvision's `round((h - size) /
 even), which is what the released features used; transformers' CLIPImageProcessor floors it
 instead, so the two differ by one pixel when the excess is 3 modulo 4 (e.g. 640x427 COCO
 pictures).
+
+Every reader (caption, explain, extract, serve) turns a decoded picture into RGB pixels by one
+rule, `as_rgb`, so all of them see the picture a page shows:
+- orientation `exif` (user pictures): an EXIF orientation tag is applied, so a phone photo
+  stored sideways is read upright; `stored` reads the pixels as stored, as the reference's
+  extraction did (`hin extract --orientation`, recorded in the feature file). Every size and
+  box hin records is in the pixels of the picture as read;
+- transparency (RGBA, LA, palette or colour-key transparency) is composited onto white;
+- 16-bit grey (`I;16*`, and `I`, Pillow's older mode for it) is scaled to 8 bits,
+  round(v * 255 / 65535), exact for multiples of 257, instead of being clipped at 255
+  (Pillow already reduces 48-bit RGB to its high bytes).
 """
 
 from __future__ import annotations
@@ -25,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
+from hin.config import DATASET_ORIENTATION, ORIENTATIONS
 from hin.errors import HINError, UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -35,6 +47,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _TRAILING_INTEGER = re.compile(r"(?:^|_)(\d+)$")
 MAX_PIXELS_ENV = "HIN_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 64_000_000   # a 64 MP picture decodes to ~200 MB of RGB; COCO's are ~0.3 MP
+ORIENTATION_KEY = "orientation"      # feature file attribute: the rule its pictures were read by
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
 class ImageListError(HINError, ValueError):
@@ -67,11 +81,7 @@ def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
     if isinstance(source, (str, Path)):
         source = Path(source)
         if source.is_dir():
-            paths = sorted(p for p in source.iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not paths:
-                raise ImageListError(f"{source} holds no pictures (looked for "
-                                     f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths = folder_pictures(source)
         elif source.is_file() and source.suffix.lower() not in IMAGE_SUFFIXES:
             paths = _read_list_file(source)
         elif source.is_file():
@@ -82,6 +92,18 @@ def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
     else:
         paths = [Path(p) for p in source]
     return _named(paths)
+
+
+def folder_pictures(folder: Path) -> list[Path]:
+    """A folder's entries named like pictures, by name. Links that lead nowhere (dangling or
+    looping) and folders named like pictures are kept: reading them fails and says why (an
+    extraction lists them in its failure report) instead of skipping them unseen. A folder
+    without any is refused."""
+    paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ImageListError(f"{folder} holds no pictures (looked for "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
 
 
 def _read_list_file(list_file: Path) -> list[Path]:
@@ -117,14 +139,45 @@ def max_pixels() -> int:
     configured = os.environ.get(MAX_PIXELS_ENV)
     if configured is None:
         return DEFAULT_MAX_PIXELS
-    if not configured.strip().isdigit() or int(configured) <= 0:
+    if re.fullmatch(r"[0-9]+", configured.strip()) is None or int(configured) <= 0:
         raise UsageError(f"{MAX_PIXELS_ENV}={configured!r} is not a positive whole number of pixels")
     return int(configured)
 
 
-def load_rgb(path: str | Path, limit: int | None = None) -> Image.Image:
-    """Decode a picture fully as RGB, or raise PictureError saying why. Pictures over `limit`
-    pixels (default `max_pixels()`) are refused from their header, before any decoding."""
+def check_orientation(orientation: str) -> str:
+    if orientation not in ORIENTATIONS:
+        raise UsageError(f"orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}")
+    return orientation
+
+
+def recorded_orientation(attributes: dict[str, object]) -> str:
+    """How a feature file's pictures were read: its `orientation` attribute; files that record
+    none (older hin files, the released ones) read the pixels as stored."""
+    return check_orientation(str(attributes.get(ORIENTATION_KEY, DATASET_ORIENTATION)))
+
+
+def as_rgb(picture: Image.Image, orientation: str = "exif") -> Image.Image:
+    """The one reading rule (module docstring): a picture -> an RGB picture as a page shows it
+    (upright for `exif`, transparency on white, 16-bit scaled); one already so is returned as
+    it is. Decodes the picture fully, so a truncated file fails here, in the caller's `try`."""
+    picture.load()
+    turned = picture.getexif().get(ExifTags.Base.Orientation, 1) != 1
+    if check_orientation(orientation) == "exif" and turned:
+        picture = ImageOps.exif_transpose(picture)       # a copy without the orientation tag
+    if picture.mode in SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(picture), 0, 65535).astype(np.uint32)
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if picture.has_transparency_data:
+        white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, picture.convert("RGBA")).convert("RGB")
+    return picture if picture.mode == "RGB" else picture.convert("RGB")
+
+
+def load_rgb(path: str | Path, limit: int | None = None, orientation: str = "exif") -> Image.Image:
+    """Decode a picture fully by the reading rule (`as_rgb`), or raise PictureError saying why.
+    Pictures over `limit` pixels (default `max_pixels()`) are refused from their header,
+    before any decoding."""
     limit = max_pixels() if limit is None else limit
     try:
         with warnings.catch_warnings():
@@ -137,7 +190,7 @@ def load_rgb(path: str | Path, limit: int | None = None) -> Image.Image:
                         f"{limit:,} (it would decode to {3 * width * height / 1e6:,.0f} MB of RGB); "
                         f"shrink the picture, or raise the limit with "
                         f"{MAX_PIXELS_ENV}={width * height}")
-                return picture.convert("RGB")
+                return as_rgb(picture, orientation)
     except PictureError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:

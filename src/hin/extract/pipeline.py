@@ -8,8 +8,10 @@ of prepared pictures into one `{suffix: array}` entry per image (`features`, `gl
 one chunk, see writer.py) and lists pictures that fail to decode in a report while the run
 goes on. It must never write a substitute entry for a picture it could not read. With a
 `Shard` it extracts only that shard's block of the pictures, into the shard's own file
-(shards.py). Extractors compute in the `precision` chosen here (fp32, bf16 autocast, fp16
-weights on CUDA) and store their results in the released dtypes whatever it is.
+(shards.py). Pictures are read by hin's reading rule (images.as_rgb) with the `orientation`
+chosen for the run, which the file records (`hin_orientation`). Extractors compute in the
+`precision` chosen here (fp32, bf16 autocast, fp16 weights on CUDA) and store their results
+in the dtype they are given (`storage_dtype`), whatever the arithmetic.
 """
 
 from __future__ import annotations
@@ -27,12 +29,19 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from hin.config import EXTRACTION_PRECISIONS
+from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, STORAGE_DTYPES
 from hin.devices import autocast, resolve_precision
-from hin.errors import MissingExtraError, UsageError, pip_install
-from hin.extract.images import ImageFile, PictureError, load_rgb
+from hin.errors import Interrupted, MissingExtraError, UsageError, pip_install
+from hin.extract.images import (
+    ORIENTATION_KEY,
+    ImageFile,
+    PictureError,
+    check_orientation,
+    load_rgb,
+)
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
+from hin.processes import worker_init
 
 ImageEntry = dict[str, np.ndarray]
 
@@ -41,13 +50,21 @@ COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def resolve_extraction_precision(name: str, device: torch.device) -> str:
     """`fp32` | `bf16` | `auto` as everywhere in hin (`hin.devices.resolve_precision`), plus
-    `fp16`: the weights themselves in float16 on CUDA, how the released CLIP grids were made."""
+    `fp16`: the weights themselves in float16, on CUDA only (faster, not the reference's
+    arithmetic: it computed the released CLIP grids in fp32)."""
     if name not in EXTRACTION_PRECISIONS:
         raise UsageError(f"extraction precision must be one of {', '.join(EXTRACTION_PRECISIONS)}, got {name!r}")
     if name == "fp16" and device.type != "cuda":
         raise UsageError(f"precision fp16 needs a CUDA device, not {device}: on a CPU use bf16 "
                          "(fast where it has avx512_bf16 or AMX) or fp32")
     return name if name == "fp16" else resolve_precision(name, device)
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """`float16` | `float32` (`--store-as`) -> the NumPy dtype features are stored in."""
+    if name not in STORAGE_DTYPES:
+        raise UsageError(f"features are stored as one of {', '.join(STORAGE_DTYPES)}, got {name!r}")
+    return np.dtype(name)
 
 
 def weights_dtype(precision: str) -> torch.dtype:
@@ -72,18 +89,34 @@ def transformers_module() -> Any:
 
 def load_pretrained(model_class: type, model: str, device: torch.device, precision: str,
                     revision: str | None = None) -> Any:
-    """A transformers model from a local folder or the Hugging Face cache/hub, in eval mode,
-    with its weights in the dtype `precision` (resolved) needs."""
+    """A transformers model from a local folder or the Hugging Face cache (never downloaded
+    here: hin reaches no network at run time), in eval mode, with its weights in the dtype
+    `precision` (resolved) needs."""
     try:
-        loaded = model_class.from_pretrained(model, revision=revision,
+        loaded = model_class.from_pretrained(model, revision=revision, local_files_only=True,
                                              dtype=weights_dtype(precision))
     except OSError as error:
-        raise FileNotFoundError(
-            f"could not load {model_class.__name__} weights {model!r}"
-            f"{f' (revision {revision})' if revision else ''}: {error}. Give a local folder "
-            "written by save_pretrained, or a hub name that is in the Hugging Face cache "
-            "(downloaded once with network access)") from error
+        raise FileNotFoundError(_missing_weights(model_class.__name__, model, revision, error)
+                                ) from error
     return loaded.to(device).eval()
+
+
+def _missing_weights(class_name: str, model: str, revision: str | None, error: OSError) -> str:
+    """One line: which weights, where they were looked for, what to do, and how to try hin's
+    recipe without them."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    which = f"{class_name} weights {model!r}{f' (revision {revision})' if revision else ''}"
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if Path(model).exists():
+        where = f"the folder {model} does not hold them in a readable form ({reason})"
+    else:
+        where = (f"there is no folder {model!r} here and they are not in the Hugging Face cache "
+                 f"{HF_HUB_CACHE} (hin never downloads them itself)")
+    return (f"could not load {which}: {where}. Give a folder written by save_pretrained, or "
+            f"download them once with network access (`hf download {model}`); to try the "
+            "recipe without them, the offline extractors made for the synthetic pictures need "
+            "no weights: `--extractor synth-grid` and `--extractor synth-regions`")
 
 
 class PictureExtractor(Protocol):
@@ -146,9 +179,11 @@ class _PreparedPictures(Dataset):
     """Decodes and prepares one picture per item; a failure is returned, not raised, so one
     bad file does not stop the run."""
 
-    def __init__(self, files: Sequence[ImageFile], preprocess: Callable[[Image.Image], Any]):
+    def __init__(self, files: Sequence[ImageFile], preprocess: Callable[[Image.Image], Any],
+                 orientation: str):
         self.files = files
         self.preprocess = preprocess
+        self.orientation = orientation
 
     def __len__(self) -> int:
         return len(self.files)
@@ -156,7 +191,7 @@ class _PreparedPictures(Dataset):
     def __getitem__(self, index: int) -> tuple[ImageFile, Any, str | None]:
         file = self.files[index]
         try:
-            return file, self.preprocess(load_rgb(file.path)), None
+            return file, self.preprocess(load_rgb(file.path, orientation=self.orientation)), None
         except PictureError as error:
             return file, None, str(error)
 
@@ -197,42 +232,60 @@ def failure_report_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".failed.tsv")
 
 
+def extraction_attributes(extractor: PictureExtractor,
+                          orientation: str = DATASET_ORIENTATION) -> dict[str, object]:
+    """What a file extracted from pictures records: the extractor's attributes and the
+    orientation rule its pictures were read by."""
+    return {**extractor.attributes(), ORIENTATION_KEY: check_orientation(orientation)}
+
+
 def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out: str | Path, *,
                     batch_size: int = 32, chunk_size: int = 512, workers: int = 2,
-                    progress: bool = True, shard: Shard | None = None) -> ExtractionReport:
+                    progress: bool = True, shard: Shard | None = None,
+                    orientation: str = DATASET_ORIENTATION) -> ExtractionReport:
     """Extract every picture of `files` (or of its shard `shard`, into that shard's file) not
-    yet in `out`; see the module docstring and shards.py."""
+    yet in `out`, read with `orientation` (images.as_rgb); see the module docstring and
+    shards.py."""
     if batch_size < 1 or chunk_size < 1 or workers < 0:
         raise UsageError("batch_size and chunk_size must be positive and workers >= 0, got "
                          f"{batch_size}, {chunk_size}, {workers}")
+    attributes = extraction_attributes(extractor, orientation)
     started = time.perf_counter()
     if shard is None:
-        writer = FeatureWriter(out, extractor.attributes())
+        writer = FeatureWriter(out, attributes)
     else:
-        writer = FeatureWriter(out, extractor.attributes(), shard,
-                               fingerprint(file.image_id for file in files))
+        writer = FeatureWriter(out, attributes, shard, fingerprint(file.image_id for file in files))
         files = shard.take(files)
     todo = [file for file in files if file.image_id not in writer.done_ids]
     report = ExtractionReport(writer.target, skipped=len(files) - len(todo), shard=shard,
                               merge_into=writer.out)
-    loader = DataLoader(_PreparedPictures(todo, extractor.preprocess), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_as_list)
+    loader = DataLoader(_PreparedPictures(todo, extractor.preprocess, orientation),
+                        batch_size=batch_size, num_workers=workers, collate_fn=_as_list,
+                        worker_init_fn=worker_init())
     chunk: dict[int, ImageEntry] = {}
-    with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
-              disable=not progress) as bar:
-        for batch in loader:
-            good = [(file, prepared) for file, prepared, error in batch if error is None]
-            report.failed += [(file.path, error) for file, _, error in batch if error is not None]
-            if good:
-                entries = extractor([prepared for _, prepared in good])
-                chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
-            if len(chunk) >= chunk_size:
-                writer.write_chunk(chunk)
-                report.written += len(chunk)
-                chunk = {}
-            bar.update(len(batch))
-        writer.write_chunk(chunk)
-        report.written += len(chunk)
+    try:
+        with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
+                  disable=not progress) as bar:
+            for batch in loader:
+                good = [(file, prepared) for file, prepared, error in batch if error is None]
+                report.failed += [(file.path, error) for file, _, error in batch
+                                  if error is not None]
+                if good:
+                    entries = extractor([prepared for _, prepared in good])
+                    chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
+                if len(chunk) >= chunk_size:
+                    writer.write_chunk(chunk)
+                    report.written += len(chunk)
+                    chunk = {}
+                bar.update(len(batch))
+            writer.write_chunk(chunk)
+            report.written += len(chunk)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted after {report.written} of the {len(todo)} pictures to do (the "
+            f"{len(chunk)} of the chunk in progress are lost); {len(writer.done_ids)} images "
+            f"are kept in {writer.target.name} and {writer.parts}: run the same command again "
+            "to resume") from None
     report.images_in_file = writer.finish()
     report.failure_report = _write_failures(failure_report_path(writer.target), report.failed)
     report.seconds = time.perf_counter() - started

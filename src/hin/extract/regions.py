@@ -6,7 +6,7 @@ gives, per picture, `num_queries` decoder states; each query predicts a class (t
 is "no object") and a box. We keep the queries whose most probable real class reaches
 `threshold`, most confident first, at most `max_regions`:
 - `features` [n, d_model] (256 for DETR-R50): the decoder's final states, what its class and
-  box heads read;
+  box heads read, stored as `store_as` (float16 by default, or float32);
 - `boxes` [n, 4]: (x1, y1, x2, y2) in pixels of the original picture;
 - `cls_prob` [n]: that class probability; `size`: (height, width) of the picture.
 A model trained on them must record the extractor (the file attributes say which), and a
@@ -35,6 +35,7 @@ from hin.extract.pipeline import (
     load_pretrained,
     register_extractor,
     resolve_extraction_precision,
+    storage_dtype,
     transformers_module,
 )
 
@@ -70,10 +71,12 @@ class DetrRegionExtractor:
 
     def __init__(self, model: str = DEFAULT_DETR, revision: str | None = DEFAULT_DETR_REVISION,
                  device: str = "auto", precision: str = "fp32", threshold: float = 0.5,
-                 max_regions: int = 50) -> None:
+                 max_regions: int = 50, store_as: str = "float16") -> None:
         if not 0.0 <= threshold < 1.0 or max_regions < 1:
             raise UsageError(f"threshold must be in [0, 1) and max_regions positive, got "
                              f"{threshold} and {max_regions}")
+        self.store_as = store_as
+        self.storage_dtype = storage_dtype(store_as)
         transformers = transformers_module()
         self.model_name = str(model)
         self.revision = revision
@@ -88,8 +91,8 @@ class DetrRegionExtractor:
             raise MissingExtraError(f"{self.model_name} needs {error}; use a checkpoint with "
                               "transformers' own ResNet backbone, e.g. facebook/detr-resnet-50 "
                               "at revision no_timm") from error
-        processor = transformers.DetrImageProcessorPil.from_pretrained(self.model_name,
-                                                                       revision=revision)
+        processor = transformers.DetrImageProcessorPil.from_pretrained(
+            self.model_name, revision=revision, local_files_only=True)
         self.preprocess = DetrPreprocessor(processor)
         self.feature_dim = self.model.config.d_model
 
@@ -99,13 +102,14 @@ class DetrRegionExtractor:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
         return cls(str(recorded["model"]), revision=str(recorded["revision"]) or None,
                    device=device, precision=precision, threshold=float(recorded["threshold"]),
-                   max_regions=int(recorded["max_regions"]))
+                   max_regions=int(recorded["max_regions"]),
+                   store_as=str(recorded.get("storage_dtype", "float16")))
 
     def attributes(self) -> dict[str, object]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "revision": self.revision or "", "feature_dim": self.feature_dim,
                 "threshold": self.threshold, "max_regions": self.max_regions,
-                "compute_dtype": COMPUTE_DTYPES[self.precision]}
+                "compute_dtype": COMPUTE_DTYPES[self.precision], "storage_dtype": self.store_as}
 
     @torch.inference_mode()
     def __call__(self, prepared: Sequence[DetrPicture]) -> list[ImageEntry]:
@@ -134,7 +138,7 @@ class DetrRegionExtractor:
         cx, cy, w, h = boxes[kept].unbind(-1)
         corners = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
         scale = torch.tensor([picture.width, picture.height] * 2, dtype=corners.dtype)
-        return {"features": states[kept].to(torch.float16).cpu().numpy(),
+        return {"features": states[kept].cpu().numpy().astype(self.storage_dtype),
                 "boxes": (corners.cpu() * scale).numpy().astype(np.float32),
                 "size": np.array([picture.height, picture.width], dtype=np.int64),
                 "cls_prob": scores[kept].cpu().numpy().astype(np.float32)}

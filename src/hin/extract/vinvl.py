@@ -28,15 +28,14 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from hin.errors import HINError, UsageError
+from hin.errors import HINError
 from hin.extract.images import ImageListError, image_id_from_name
-from hin.extract.pipeline import ExtractionReport, ImageEntry
+from hin.extract.pipeline import ExtractionReport, ImageEntry, storage_dtype
 from hin.extract.writer import FeatureWriter
 
 VINVL_APPEARANCE_DIM = 2048
 VINVL_ROW_DIM = VINVL_APPEARANCE_DIM + 6
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-STORAGE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 class VinVLFormatError(HINError, ValueError):
@@ -101,8 +100,7 @@ def import_vinvl(features_tsv: str | Path, out: str | Path,
                  predictions_tsv: str | Path | None = None, *, dtype: str = "float16",
                  chunk_size: int = 1000, progress: bool = True) -> ExtractionReport:
     """Stream VinVL TSV file(s) into the region HDF5 layout; see the module docstring."""
-    if dtype not in STORAGE_DTYPES:
-        raise UsageError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    storage_dtype(dtype)
     features_tsv = Path(features_tsv)
     for path in (features_tsv, predictions_tsv):
         if path is not None and not Path(path).is_file():
@@ -166,7 +164,7 @@ def _entry(line: str, prediction: str | None, where: str, image_id: int, dtype: 
     if dtype == "float16" and appearance.size and np.abs(appearance).max() > FLOAT16_MAX:
         raise VinVLFormatError(f"{where} (image {image_id}): values exceed the float16 range; "
                                "import with `--store-as float32` (dtype='float32')")
-    entry: ImageEntry = {"features": appearance.astype(STORAGE_DTYPES[dtype])}
+    entry: ImageEntry = {"features": appearance.astype(storage_dtype(dtype))}
     if prediction is not None:
         _, predicted = _parse_predictions(prediction, prediction_where)
         if len(predicted["boxes"]) != len(appearance):

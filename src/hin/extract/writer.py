@@ -3,8 +3,9 @@
 HDF5 keeps no journal: a process killed while it adds datasets to a file can leave the whole
 file unreadable. So extraction never writes into the output file while it runs:
 
-1. each chunk of images goes to its own small part file, written under a temporary name and
-   renamed into `<out>.parts/` when complete (a rename is atomic), so a part is whole or absent;
+1. each chunk of images goes to its own small part file, built in memory, written under a
+   temporary name and renamed into `<out>.parts/` when complete (a rename is atomic), so a part
+   is whole or absent;
 2. when every image is done, the existing output (if any) and the parts are copied into a new
    file beside the output, which is renamed over it; the parts are deleted after that rename.
 
@@ -23,7 +24,9 @@ rename leaves such copies behind); different features under one id are refused.
 from __future__ import annotations
 
 import glob
+import io
 import os
+import re
 import shutil
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -34,8 +37,9 @@ import h5py
 import numpy as np
 
 from hin.data.features import ATTRIBUTE_PREFIX, feature_ids, file_attributes, open_hdf5
-from hin.errors import HINError
+from hin.errors import HINError, Interrupted
 from hin.extract.shards import Shard
+from hin.files import OutOfSpaceError, atomic_write, out_of_space, refuse_overwriting
 
 PART_GLOB = "part-*.h5"
 SHARD_KEYS = ("shard", "shard_of")      # attributes only a shard file has
@@ -148,14 +152,22 @@ class FeatureWriter:
             return
         self.parts.mkdir(parents=True, exist_ok=True)
         final = self.parts / f"part-{self._next_part:06d}.h5"
-        temporary = final.with_name(final.name + ".tmp")
-        with h5py.File(temporary, "w") as handle:
+        # Built in memory and written by hin.files: HDF5 itself never meets a full disk (it
+        # reports one in dozens of messages and can crash the interpreter when it closes).
+        image = io.BytesIO()
+        with h5py.File(image, "w") as handle:
             _record(handle, self.target_attributes)
             for image_id, arrays in entries.items():
                 for suffix, array in arrays.items():
                     handle.create_dataset(f"{image_id}_{suffix}", data=array)
-        _fsync(temporary)
-        os.replace(temporary, final)
+        try:
+            with atomic_write(final, "wb") as file:
+                file.write(image.getbuffer())
+        except OutOfSpaceError:
+            raise OutOfSpaceError(
+                f"no space left on the device writing {final}; the {len(self._done)} images "
+                f"already in {self.target.name} or its finished parts are kept: free some "
+                "space and run the same command again to resume") from None
         self._next_part += 1
         self._done |= set(entries)
 
@@ -182,6 +194,41 @@ def merge_files(target: Path, sources: Sequence[Path], attributes: Mapping[str, 
     """Copy every entry of `sources` into a new file renamed over `target` (never half-written);
     returns the images it holds. An id in two sources must be identical in both."""
     merged_path = target.with_name(f".{target.name}.merging.tmp")
+    merged_path.unlink(missing_ok=True)     # left by a merge killed outright (kill -9)
+    _require_space(target, sources)
+    try:
+        images = _copy_entries(merged_path, sources, attributes)
+        _fsync(merged_path)
+    except BaseException as error:
+        merged_path.unlink(missing_ok=True)
+        kept = f"{target} is as it was" if target.exists() else f"no {target.name} was written"
+        if out_of_space(error):
+            raise OutOfSpaceError(f"no space left on the device merging into {target}; the "
+                                  f"partial copy was removed and {kept}: free some space and "
+                                  "run the same command again") from None
+        if isinstance(error, KeyboardInterrupt):
+            raise Interrupted(f"interrupted while merging into {target}; the partial copy was "
+                              f"removed and {kept}: run the same command again to merge") from None
+        raise
+    os.replace(merged_path, target)
+    return images
+
+
+def _require_space(target: Path, sources: Sequence[Path]) -> None:
+    """A merge writes a full copy beside `target` before replacing it: check the room first."""
+    needed = sum(path.stat().st_size for path in sources)
+    free = shutil.disk_usage(target.parent).free
+    if needed > free:
+        raise OutOfSpaceError(
+            f"merging into {target} writes a new copy of about {needed / 1e6:,.1f} MB beside it "
+            f"before replacing it, and only {free / 1e6:,.1f} MB are free in {target.parent}: "
+            "free some space (or move the files to a larger disk) and run the same command "
+            "again; nothing was changed")
+
+
+def _copy_entries(merged_path: Path, sources: Sequence[Path],
+                  attributes: Mapping[str, object]) -> int:
+    """Every entry of `sources` into a new file `merged_path`; returns the images it holds."""
     found_in: dict[int, tuple[Path, list[str]]] = {}
     with h5py.File(merged_path, "w") as merged:
         _record(merged, attributes)
@@ -197,8 +244,6 @@ def merge_files(target: Path, sources: Sequence[Path], attributes: Mapping[str, 
                             f"image id {image_id} has different features in "
                             f"{found_in[image_id][0]} and {path}; delete the wrong file (or that "
                             "id) and merge again")
-    _fsync(merged_path)
-    os.replace(merged_path, target)
     return len(found_in)
 
 
@@ -236,6 +281,14 @@ def merge_shards(out: str | Path, shards: Sequence[str | Path] = ()) -> MergeRep
     docstring. The shard files are deleted once `out` holds them."""
     out = Path(out)
     paths = list(dict.fromkeys(Path(path) for path in shards)) or shard_files(out)
+    out_record = _read_record(out, "delete it or merge into another file") if out.exists() else None
+    if out_record is not None and "shard" in out_record[0]:
+        raise FeatureFileError(
+            f"{out} is a shard file, but the first argument of `hin extract merge` is OUT, the "
+            f"file the shards are merged into: `hin extract merge OUT [SHARDS...]`, e.g. "
+            f"`hin extract merge {_merged_name(out)} {out} ...`; nothing was merged")
+    refuse_overwriting(out, {f"shard file {path}": path for path in paths},
+                       "OUT is the merged file, never one of the shards; nothing was merged")
     if not paths:
         raise FeatureFileError(
             f"no shard files to merge into {out}: `hin extract ... --out {out} --shard K/N` "
@@ -246,8 +299,8 @@ def merge_shards(out: str | Path, shards: Sequence[str | Path] = ()) -> MergeRep
     first = records[paths[0]][0]
     attributes = {key: value for key, value in first.items() if key not in SHARD_KEYS}
     out_ids: set[int] = set()
-    if out.exists():
-        recorded, out_ids = _read_record(out, "delete it or merge into another file")
+    if out_record is not None:
+        recorded, out_ids = out_record
         _require_same(out, recorded, attributes, "merge into another file")
     runs: dict[tuple[int, object], dict[int, Path]] = defaultdict(dict)
     for path, (recorded, _) in records.items():
@@ -273,6 +326,11 @@ def merge_shards(out: str | Path, shards: Sequence[str | Path] = ()) -> MergeRep
     for path in paths:
         path.unlink()
     return MergeReport(out, paths, images)
+
+
+def _merged_name(shard_path: Path) -> Path:
+    """`grid.shard-1-of-4.h5` -> `grid.h5` (what OUT probably should have been)."""
+    return shard_path.with_name(re.sub(r"\.shard-\d+-of-\d+(?=\.[^.]*$|$)", "", shard_path.name))
 
 
 def _unfinished(out: Path, shard: Shard, shard_of: object,

@@ -283,7 +283,19 @@ def _check_inputs(candidates: Mapping[Hashable, str],
         if isinstance(references[i], str) or not references[i]:
             raise MetricsError(f"references of image id {i!r} must be a non-empty list of "
                                f"captions, got {references[i]!r}")
+        for text in (caption, *references[i]):
+            _require_encodable(text, i)
     return list(candidates)
+
+
+def _require_encodable(text: str, image_id: Hashable) -> None:
+    """Text the Java tools can read: a lone surrogate (e.g. JSON's "\\ud800") is no character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise MetricsError(f"a caption of image id {image_id!r} holds {text[error.start]!r}, half "
+                           f"of a UTF-16 surrogate pair and no character ({text!r}): fix that "
+                           "caption in the file") from None
 
 
 def read_coco_results(path: str | Path) -> dict[Hashable, str]:

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hin.config import ConfigError, DecodingConfig
 from hin.errors import HINError
-from hin.extract.images import max_pixels
+from hin.extract.images import as_rgb, max_pixels
 from hin.serve.settings import MAX_BEAM_SIZE
 
 OPTIONS = {"beam_size": f"beam size, 1 to {MAX_BEAM_SIZE}",
@@ -171,7 +171,7 @@ def decode_picture(data: bytes) -> tuple[Image.Image, str]:
         with Image.open(io.BytesIO(data)) as picture:
             if picture.width * picture.height > limit:
                 raise Image.DecompressionBombError(f"{picture.width}x{picture.height} pixels")
-            return picture.convert("RGB"), str(picture.format or "unknown")
+            return as_rgb(picture), str(picture.format or "unknown")
     except Image.DecompressionBombError as error:
         raise RequestError(400, f"the picture is too large to decode safely ({error}; the limit "
                                 f"is {limit} pixels)") from error
