@@ -358,6 +358,8 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
                    help="shard files (default: every OUT.shard-K-of-N.h5 beside OUT)")
     p.set_defaults(handler=_extract_merge)
 
+
+def _add_caption_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")
     p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...) or folders of them")
@@ -425,9 +427,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError as missing:
-        from hin.errors import MissingExtraError
+        from hin.errors import MissingExtraError, pip_install
 
-        raise MissingExtraError("`hin serve` needs uvicorn: pip install 'hin[serve]'") from missing
+        raise MissingExtraError(f"`hin serve` needs uvicorn: {pip_install('serve')}") from missing
     settings = ServeSettings(
         args.checkpoint, decoding=_decoding(args), device=args.device, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
@@ -519,21 +521,28 @@ def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
 
 def _explain(args: argparse.Namespace) -> int:
     from hin.caption import picture_paths
-    from hin.explain import explain, write_figures
+    from hin.explain import PAPER_FILE, explain, write_figures
 
+    checkpoints = ([args.checkpoint] if args.checkpoint else []) + (args.compare or [])
+    if not checkpoints:
+        raise UsageError("give --checkpoint CKPT (and --compare CKPT2 for a second column), or "
+                         "--compare BASE.pt OURS.pt")
+    if args.paper and len(checkpoints) != 2:
+        raise UsageError(f"--paper compares two models, got {len(checkpoints)} checkpoints: give "
+                         "--compare BASE.pt OURS.pt (or --checkpoint OURS.pt --compare BASE.pt)")
     explanations = explain(
-        [args.checkpoint] + ([args.compare] if args.compare else []),
-        pictures=picture_paths(args.pictures),
-        ids=args.ids, grid=args.grid, region=args.region, images=args.images,
-        annotations=args.annotations, split=args.split, limit=args.limit, layer=args.layer,
-        words=args.words, decoding=_decoding(args), device=args.device, batch_size=args.batch_size)
+        checkpoints, pictures=picture_paths(args.pictures), ids=args.ids, grid=args.grid, region=args.region,
+        images=args.images, annotations=args.annotations, split=args.split, limit=args.limit,
+        layer=args.layer, words=args.words, labels=args.labels, decoding=_decoding(args),
+        device=args.device, batch_size=args.batch_size)
     layer_label = "mean over layers" if args.layer is None else f"layer {args.layer}"
-    paths = write_figures(explanations, args.out, layer_label)
+    paths = write_figures(explanations, args.out, layer_label, paper=args.paper)
     for explanation, path in zip(explanations, paths):
-        scores = [f"{v.label}: {v.caption}" + ("" if v.cider is None else f" (CIDEr-D {v.cider:.3f})")
+        scores = [f"{v.label}: {v.caption}" + ("" if v.cider is None else f" (CIDEr-D x100 {100 * v.cider:.1f})")
                   for v in explanation.views]
         print(f"{path}  {explanation.name}: " + " | ".join(scores))
-    print(f"wrote {len(paths)} figures and {args.out}/index.html")
+    paper = f", {args.out}/{PAPER_FILE}.png and .pdf" if args.paper else ""
+    print(f"wrote {len(paths)} figures{paper} and {args.out}/index.html")
     _say_unfamiliar("explain", [e.unfamiliar for e in explanations])
     return 0
 
@@ -552,9 +561,16 @@ def _add_explain_commands(commands: argparse._SubParsersAction) -> None:
                                             "beside its captions, and an index.html")
     p.add_argument("pictures", nargs="*", help="picture files or folders of them (the checkpoint's "
                                                "recorded extractors are re-run on them)")
-    p.add_argument("--checkpoint", required=True, help="hin checkpoint")
-    p.add_argument("--compare", metavar="CKPT2", help="a second checkpoint drawn in a second column "
-                                                      "(e.g. the XE baseline beside SCST)")
+    p.add_argument("--checkpoint", help="hin checkpoint (the first column)")
+    p.add_argument("--compare", metavar="CKPT", nargs="+",
+                   help="checkpoints drawn in further columns: one beside --checkpoint, or two "
+                        "without it (--compare BASE.pt OURS.pt, as the paper's figure)")
+    p.add_argument("--labels", nargs="+", metavar="NAME",
+                   help="column titles, one per checkpoint (default: the checkpoints' folder names)")
+    p.add_argument("--paper", action="store_true",
+                   help="also draw all images as one table in the paper's layout (Fig. 6: image | "
+                        "grid maps | region maps | captions, differing words in red) to "
+                        "OUT/paper_figure.png and .pdf; needs two checkpoints")
     p.add_argument("--grid", help="grid feature HDF5 (with --region, and --ids or --split)")
     p.add_argument("--region", help="region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids from the feature files")
@@ -667,21 +683,31 @@ def _add_demo_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_demo)
 
 
+class _Version(argparse.Action):
+    """`hin --version`: torch is imported only when asked, so `hin --help` stays fast."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from hin.devices import version_report
+
+        print(version_report())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hin", description="HIN image captioning: data, training, evaluation, feature "
                                 "extraction and captioning. `hin COMMAND --help` for details.")
+    parser.add_argument("--version", action=_Version, help="print hin's version, torch's and the "
+                                                          "CPU/GPU it sees, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_import_checkpoint_commands(commands)
-    _add_data_commands(commands)
-    _add_score_commands(commands)
-    _add_evaluate_commands(commands)
-    _add_extract_commands(commands)
-    _add_train_commands(commands)
-    _add_plot_commands(commands)
-    _add_demo_commands(commands)
-    _add_explain_commands(commands)
-    _add_serve_commands(commands)
+    # In the order a user meets them: try it, get data, train, evaluate, use, then the tools.
+    for add in (_add_demo_commands, _add_data_commands, _add_train_commands, _add_evaluate_commands,
+                _add_caption_commands, _add_explain_commands, _add_serve_commands, _add_extract_commands,
+                _add_import_checkpoint_commands, _add_score_commands, _add_plot_commands):
+        add(commands)
     return parser
 
 

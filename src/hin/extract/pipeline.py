@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, STORAGE_DTYPES
 from hin.devices import autocast, resolve_precision
-from hin.errors import Interrupted, MissingExtraError, UsageError
+from hin.errors import Interrupted, MissingExtraError, UsageError, pip_install
 from hin.extract.images import (
     ORIENTATION_KEY,
     ImageFile,
@@ -84,7 +84,7 @@ def transformers_module() -> Any:
         import transformers
     except ImportError as error:
         raise MissingExtraError("feature extraction needs the `transformers` package: "
-                          "pip install 'hin[extract]'") from error
+                                f"{pip_install('extract')}") from error
     return transformers
 
 

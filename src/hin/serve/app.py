@@ -16,7 +16,7 @@ import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from hin.errors import MissingExtraError
+from hin.errors import MissingExtraError, pip_install
 from hin.serve.explanations import explain_available, map_colours
 from hin.serve.guard import HostAndOriginGuard
 from hin.serve.inputs import (
@@ -41,7 +41,7 @@ try:
     from starlette.exceptions import HTTPException
 except ImportError as missing:
     raise MissingExtraError("`hin serve` needs FastAPI, uvicorn and python-multipart: "
-                            "pip install 'hin[serve]'") from missing
+                            f"{pip_install('serve')}") from missing
 
 STATIC = Path(__file__).parent / "static"
 

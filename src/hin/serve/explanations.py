@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from hin.data.features import describe_geometry
-from hin.errors import MissingExtraError
+from hin.errors import MissingExtraError, pip_install
 from hin.extract.pipeline import ImageEntry
 
 
@@ -27,8 +27,8 @@ def map_colours(stops: int = 17) -> dict[str, Any]:
     try:
         import matplotlib
     except ImportError as missing:
-        raise MissingExtraError("`hin serve` draws maps with matplotlib's colormaps: pip install "
-                                "'hin[serve]'") from missing
+        raise MissingExtraError("`hin serve` draws maps with matplotlib's colormaps: "
+                                f"{pip_install('serve')}") from missing
     from hin.explain import MAP_COLORMAP
 
     colormap = matplotlib.colormaps[MAP_COLORMAP]

@@ -2,7 +2,7 @@
 from its `log.jsonl` to one PNG.
 
 Reads only the log: never loads a checkpoint, a model or data, so it works on a run that is
-still training. Needs matplotlib (`pip install 'hin[plot]'`).
+still training. Needs matplotlib (`pip install 'hin-caption[plot]'`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hin.errors import MissingExtraError, UsageError
+from hin.errors import MissingExtraError, UsageError, pip_install
 from hin.files import atomic_write
 from hin.training.runlog import read_log
 
@@ -60,8 +60,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     try:
         import matplotlib
     except ImportError as error:
-        raise MissingExtraError("hin plot needs matplotlib: pip install 'hin[plot]' "
-                          "(or pip install matplotlib)") from error
+        raise MissingExtraError(f"hin plot needs matplotlib: {pip_install('plot')} "
+                                "(or pip install matplotlib)") from error
     matplotlib.use("Agg")
     from matplotlib import pyplot
 

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
-from hin.errors import UsageError
+from hin.errors import UsageError, pip_install
 from hin.files import append_line, complete_lines
 
 LOG_FILE = "log.jsonl"
@@ -41,7 +41,7 @@ def tensorboard_writer(run_dir: Path) -> ScalarWriter | None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
         warnings.warn(f"TensorBoard logging is off: tensorboard is installed but does not "
-                      f"import ({error}); reinstall it with pip install 'hin[tensorboard]', or "
+                      f"import ({error}); reinstall it with {pip_install('tensorboard')}, or "
                       "set train.tensorboard=false", stacklevel=2)
         return None
     return SummaryWriter(str(run_dir / TENSORBOARD_DIR))
