@@ -3,10 +3,10 @@
 One step = the images encoded once with gradients, beam search (beam 5, max length 20,
 all 5 beams kept) on that encoding without gradients, CIDEr-D rewards against 5
 references per image (training-df table), one teacher-forced pass with gradients over the
-5 beams of every image, backward, Adam update — exactly
+5 beams of every image, backward, fused Adam update — exactly
 `hin.training.scst.self_critical_loss` as `hin train` runs it, per precision (fp32, bf16
-autocast). Random weights never emit <eos>, so every beam runs the full 20 steps (the
-slowest case).
+autocast). The random weights never emit <eos> (benchmarks/common.py), so every search runs
+all max_len steps, the reference's fixed work; the steps decoded are printed.
 Reference implementation (whole beam search under autograd) on the 2-core dev machine,
 batch 10: 32 s per step, 22.9 GiB peak; batch 20 does not fit in 24 GiB.
 Usage: python benchmarks/scst_step.py [--batch-sizes 10 50] [--precision fp32 bf16] [--device cuda]
@@ -30,6 +30,7 @@ from common import (
 )
 from hin.data.vocab import SPECIALS, Vocabulary
 from hin.metrics import CiderDTable
+from hin.training.optimizer import adam
 from hin.training.scst import self_critical_loss
 
 REFERENCE_SECONDS_BATCH_10 = 32.0
@@ -50,7 +51,7 @@ def main() -> None:
 
     device, model = paper_size_model(args.device)
     config = model.train().config
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-6, betas=(0.9, 0.98))
+    optimizer = adam(model.parameters(), lr=5e-6, betas=(0.9, 0.98))
     vocab = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(len(SPECIALS), config.vocab_size))],
                        [0] * config.vocab_size)
     table = reference_table(vocab, max(args.batch_sizes), words=200, seed=0)
@@ -63,7 +64,10 @@ def main() -> None:
         grid, region = random_features(batch, args, config, device)
         image_ids = list(range(batch))
 
+        steps: list[int] = []
+
         def reward(beams: torch.Tensor) -> torch.Tensor:
+            steps.append(beams.shape[-1])
             captions = [vocab.decode(ids) for ids in beams.flatten(0, 1).tolist()]
             owners = [i for i in image_ids for _ in range(beams.shape[1])]
             return torch.from_numpy(table.score(captions, owners)).view(beams.shape[:2])
@@ -77,11 +81,13 @@ def main() -> None:
                 optimizer.step()
 
             reset_peak(device)
+            steps.clear()
             median, fastest, cpu = timed(step, device, args.repeats)
             versus = (f"  ({REFERENCE_SECONDS_BATCH_10 / median:.1f}x faster than the "
                       "reference's 32 s)" if batch == 10 and device.type == "cpu" else "")
             print(f"batch {batch:4d} {precision}: {median:7.2f} s/step (min {fastest:.2f}, CPU {cpu:.2f} s)  "
-                  f"{batch / median:6.2f} img/s  peak {peak_memory_gib(device)}{versus}")
+                  f"{batch / median:6.2f} img/s  steps decoded {min(steps)}-{max(steps)}/"
+                  f"{args.max_len}  peak {peak_memory_gib(device)}{versus}")
 
 
 if __name__ == "__main__":

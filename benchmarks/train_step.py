@@ -1,7 +1,8 @@
 """Cross-entropy training step at paper size (79.3M parameters, random weights and features).
 
-One step = teacher-forced forward, next-token NLL ignoring <pad>, backward, Adam update —
-`hin.training.xe.next_token_nll` as `hin train` runs it — for each layout x precision:
+One step = teacher-forced forward, next-token NLL ignoring <pad>, backward, fused Adam
+update — `hin.training.xe.next_token_nll` and `hin.training.optimizer.adam` as `hin train`
+runs them — for each layout x precision:
 pairs (every caption with its own image, the reference's layout) and grouped (k captions
 per image, the encoder run once per image); fp32 and bf16 autocast. Batch sizes count
 captions, so the per-caption throughputs compare directly.
@@ -25,6 +26,7 @@ from common import (
     timed,
 )
 from hin.devices import autocast
+from hin.training.optimizer import adam
 from hin.training.xe import next_token_nll
 
 REFERENCE_SECONDS_BATCH_10 = 2.1
@@ -40,7 +42,7 @@ def main() -> None:
 
     device, model = paper_size_model(args.device)
     config = model.train().config
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+    optimizer = adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
     print(f"device: {describe(device)}; model: {model.num_parameters() / 1e6:.1f}M parameters; "
           f"{args.caption_tokens} caption tokens, {args.grid_tokens} grid tokens, "
           f"{args.regions} regions; median (min) of {args.repeats}; peak memory is measured "

@@ -1,13 +1,13 @@
-"""bf16 autocast on CPU: the model runs with float32 log-probabilities, its cached steps
-equal its teacher forcing, padding masks still hold, and it stays near fp32; fp32 is left
-untouched by autocast being available."""
+"""bf16 on CPU, under autocast (training) and with the weights cast to bfloat16 (decoding):
+the model runs with float32 log-probabilities, its cached steps equal its teacher forcing,
+padding masks still hold, and it stays near fp32; fp32 is left untouched by either."""
 
 import pytest
 import torch
 
 from conftest import tiny_features, tiny_model
 from hin.config import DecodingConfig
-from hin.decoding import beam_search, search
+from hin.decoding import beam_search, cast_for_decoding, search
 from hin.devices import autocast
 
 CPU = torch.device("cpu")
@@ -47,6 +47,44 @@ def test_region_padding_is_ignored_in_bf16():
     torch.testing.assert_close(short, long, atol=2e-2, rtol=0)
 
 
+def test_bf16_weights_decode_in_bfloat16_with_float32_logprobs_close_to_fp32():
+    model = tiny_model(num_layers=3)
+    grid, region = tiny_features()
+    region[1, 3:] = 0                                # padded regions
+    tokens = torch.tensor([[[2, 5, PAD, 7, 8]] * 2, [[2, 4, 11, 4, 13]] * 2])
+    (cast,) = cast_for_decoding(model, "bf16")
+    assert all(p.dtype == torch.bfloat16 for p in cast.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())   # the caller's model kept
+    assert cast_for_decoding(cast, "bf16") == [cast]                   # cast once, not again
+    with torch.inference_mode():
+        exact = model.decode(tokens, model.encode(grid, region))
+        enc = cast.encode(grid, region)
+        forced = cast.decode(tokens, enc)
+        cache = cast.init_cache(enc)
+        stepped = []
+        for t in range(tokens.shape[-1]):
+            logprobs, cache = cast.step(tokens[:, :, t], cache)
+            stepped.append(logprobs)
+    assert enc.grid.dtype == enc.region.dtype == torch.bfloat16
+    assert {cache.memory[0].grid.key.dtype, cache.self_kv[0].key.dtype} == {torch.bfloat16}
+    assert forced.dtype == logprobs.dtype == torch.float32
+    torch.testing.assert_close(torch.stack(stepped, dim=2), forced, atol=2e-2, rtol=0)
+    torch.testing.assert_close(forced, exact, atol=0.1, rtol=0)
+    assert not torch.equal(forced, exact)
+
+
+def test_bf16_weights_beam_search_finds_nearly_the_fp32_captions():
+    """bf16 search finds fp32's best caption for (nearly) every image, with the sequence
+    log-probabilities within bf16's rounding."""
+    model = tiny_model()
+    grid, region = tiny_features(batch=8)
+    fp32 = search(model, grid, region, DecodingConfig(beam_size=3, max_len=8))
+    bf16 = search(model, grid, region, DecodingConfig(beam_size=3, max_len=8, precision="bf16"))
+    agree = sum(torch.equal(a, b) for a, b in zip(fp32[0][:, 0], bf16[0][:, 0]))
+    assert agree >= 7
+    torch.testing.assert_close(bf16[1].sum(-1), fp32[1].sum(-1), atol=0.1, rtol=0)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_search_runs_in_the_asked_precision(precision):
     model = tiny_model()
@@ -60,3 +98,4 @@ def test_search_runs_in_the_asked_precision(precision):
         assert torch.equal(ids, plain_ids) and torch.equal(logprobs, plain_logprobs)
     else:
         assert not torch.equal(logprobs, plain_logprobs)
+    assert model.dtype == torch.float32             # decoding in bf16 casts a copy

@@ -110,6 +110,26 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninte
     assert_same_tensors(saved(reference_dir, loop.BEST)[0], saved(stopped_dir, loop.BEST)[0])
 
 
+def test_a_checkpoint_saved_by_the_foreach_adam_resumes_with_fused_adam_bit_for_bit(
+        synth, uninterrupted, tmp_path):
+    """hin before the fused kernel saved its optimiser state with foreach Adam's settings:
+    such a last.pt resumes with the same moments, and the run keeps the fused kernel."""
+    reference_dir, _ = uninterrupted
+    stopped_dir = tmp_path / "stopped"
+    start(config(synth, stopped_dir, "train.max_steps=7"), progress=False)
+    model, extra = checkpoint.load(stopped_dir / loop.LAST)
+    groups = extra["training"]["optimizer"]["param_groups"]
+    assert all(group["fused"] is True for group in groups)
+    for group in groups:
+        group["fused"] = group["foreach"] = None       # how the foreach Adam saved its state
+    checkpoint.save(stopped_dir / loop.LAST, model, **extra)
+
+    resume(stopped_dir, ["train.max_steps=0"], progress=False)
+    assert_same_tensors(saved(reference_dir)[0], saved(stopped_dir)[0])
+    resumed_groups = saved(stopped_dir)[1]["training"]["optimizer"]["param_groups"]
+    assert all(group["fused"] is True for group in resumed_groups)
+
+
 def test_caption_groups_in_bf16_resume_bit_for_bit_and_use_every_caption_once(synth, tmp_path):
     grouped = ("train.captions_per_image=5", "train.precision=bf16", "train.epochs=1")
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"

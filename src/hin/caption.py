@@ -29,11 +29,12 @@ from hin.config import DecodingConfig
 from hin.data.familiarity import unfamiliar
 from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
-from hin.decoding import require_decodable, search
+from hin.decoding import cast_for_decoding, require_decodable, search
 from hin.devices import resolve_device
 from hin.extract.images import as_rgb, folder_pictures, load_rgb
 from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
 from hin.metrics import collapse_repeats
+from hin.model import HIN
 
 Picture = str | Path | Image.Image
 FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
@@ -91,6 +92,14 @@ class Captioner:
         self.max_regions, note = max_regions_for(self.checkpoint, self.extra, max_regions)
         self.notes = [note] if note else []
         self._extractors: tuple[Any, Any] | None = None
+        self._decoding_models: dict[str, list[HIN]] = {}
+
+    def decoding_models(self, precision: str) -> list[HIN]:
+        """The model as `precision` decodes it (`hin.decoding.cast_for_decoding`), cast on
+        first use and kept: a server answers many requests with the same copy."""
+        if precision not in self._decoding_models:
+            self._decoding_models[precision] = cast_for_decoding(self.model, precision)
+        return self._decoding_models[precision]
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
         """Caption one picture or several (paths or PIL images)."""
@@ -141,7 +150,8 @@ class Captioner:
                        regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
         """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
         rows (or cut) to `max_regions`, exactly as the training loader does."""
-        return self.captioned(names, *search(self.model, *self.batch(grids, regions, names),
+        models = self.decoding_models(self.decoding.precision)
+        return self.captioned(names, *search(models, *self.batch(grids, regions, names),
                                              self.decoding))
 
     def captioned(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor) -> list[CaptionedImage]:

@@ -186,8 +186,8 @@ def _add_decoding_options(p: argparse.ArgumentParser, *, num_captions: bool = Fa
     p.add_argument("--keep-repeats", action="store_true",
                    help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
-                   help="fp32 (exact reference arithmetic), bf16 autocast, or auto (bf16 where "
-                        "the device runs it fast)")
+                   help="fp32 (exact reference arithmetic), bf16 (the weights cast to bfloat16 "
+                        "once), or auto (bf16 where the device runs it fast)")
 
 
 def _decoding(args: argparse.Namespace) -> DecodingConfig:

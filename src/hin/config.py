@@ -232,7 +232,8 @@ class DecodingConfig:
     `num_captions` hypotheses are returned per image, best first (at most `beam_size`).
     `collapse_repeats` turns "a a dog" into "a dog" before captions are shown or scored, as
     the reference's evaluation did. `precision`: `fp32` is the exact reference path; `bf16`
-    runs the model under bfloat16 autocast; `auto` picks bf16 where the device runs it fast.
+    decodes with the weights cast to bfloat16 once (`hin.decoding.cast_for_decoding`); `auto`
+    picks bf16 where the device runs it fast.
     """
 
     beam_size: int = 5

@@ -9,6 +9,7 @@ hypothesis competes with its unchanged score as a single candidate, top-k over a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -17,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hin.config import DecodingConfig, HINConfig
-from hin.devices import autocast
+from hin.devices import resolve_precision
 from hin.errors import UsageError
 from hin.model import HIN, DecoderCache, EncoderOutput
 
@@ -34,6 +35,26 @@ def _as_models(model_or_list: HIN | Sequence[HIN]) -> list[HIN]:
             raise UsageError(f"ensemble members disagree on {different}: they must share one "
                              "vocabulary and its special tokens")
     return models
+
+
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def cast_for_decoding(model_or_list: HIN | Sequence[HIN], precision: str) -> list[HIN]:
+    """The models as `precision` decodes them: `fp32` the models themselves; `bf16` eval-mode
+    copies with bfloat16 weights, so that the encoder output, the cached cross-attention
+    keys/values and the self-attention caches are bfloat16 too (log-softmax and beam scores
+    stay float32). Cast once here, not at every step as autocast does (measured faster in
+    benchmarks/README.md). A model already in that dtype is used as it is; whoever decodes
+    many batches casts once and passes the result."""
+    cast = []
+    for model in _as_models(model_or_list):
+        dtype = PRECISION_DTYPES[resolve_precision(precision, model.device)]
+        if model.dtype == dtype:
+            cast.append(model)
+        else:
+            cast.append(copy.deepcopy(model).to(dtype).eval())
+    return cast
 
 
 def require_decodable(config: HINConfig, beam_size: int, max_len: int, batch_size: int = 1) -> None:
@@ -128,19 +149,18 @@ def beam_search_with(stepper: Stepper, batch: int, config: HINConfig, device: to
         vocab = logprobs.shape[-1]
         if step > 0:
             alive = alive & (tokens != config.eos_id)
-            logprobs = logprobs.masked_fill(~alive[..., None], 0.0)
         candidates = scores[..., None] + logprobs
-        # A finished hypothesis stays as one candidate (extended by <pad>) with its score.
-        finished = torch.full_like(candidates, float("-inf"))
-        finished[..., config.pad_id] = scores
-        candidates = torch.where(alive[..., None], candidates, finished)
+        # A finished hypothesis stays as one candidate (extended by <pad>, log-prob 0) with
+        # its score. In place: the [B, K, V] tensors are the search's own largest cost.
+        candidates.masked_fill_(~alive[..., None], float("-inf"))
+        candidates[..., config.pad_id] = torch.where(alive, candidates[..., config.pad_id], scores)
 
         top_scores, top_index = candidates.reshape(batch, -1).topk(beam_size, dim=-1)
         source, words = top_index // vocab, top_index % vocab
         stepper.reorder(source)
         scores = top_scores
         alive = alive.gather(1, source)
-        word_logprobs = logprobs.reshape(batch, -1).gather(1, top_index)
+        word_logprobs = logprobs.reshape(batch, -1).gather(1, top_index).masked_fill(~alive, 0.0)
         history = torch.cat((history.gather(1, source[..., None].expand(-1, -1, step)),
                              words[..., None]), dim=-1)
         history_logprobs = torch.cat(
@@ -166,10 +186,9 @@ def search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor,
            settings: DecodingConfig) -> tuple[Tensor, Tensor]:
     """Beam search as `settings` say (beam size, length, number of captions, precision).
     -> (ids [B, num_captions, T], per-token log-probs [B, num_captions, T]), best first."""
-    device = _as_models(model_or_list)[0].device
-    with autocast(device, settings.precision):
-        return beam_search(model_or_list, grid, region, beam_size=settings.beam_size,
-                           max_len=settings.max_len, out_size=settings.num_captions)
+    return beam_search(cast_for_decoding(model_or_list, settings.precision), grid, region,
+                       beam_size=settings.beam_size, max_len=settings.max_len,
+                       out_size=settings.num_captions)
 
 
 def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable,
@@ -177,9 +196,10 @@ def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable,
                     desc: str = "decoding", progress: bool = True) -> dict[int, str]:
     """Best beam of every image in `batches` (objects with .grid, .region, .image_ids) as
     text, via `to_text` (e.g. a vocabulary's decode). Shared by evaluation and validation."""
+    models = cast_for_decoding(model_or_list, settings.precision)
     captions: dict[int, str] = {}
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        sequences, _ = search(model_or_list, batch.grid, batch.region, settings)
+        sequences, _ = search(models, batch.grid, batch.region, settings)
         for image_id, ids in zip(batch.image_ids, sequences[:, 0].tolist()):
             captions[image_id] = to_text(ids)
     return captions

@@ -161,7 +161,8 @@ def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: S
     if words is not None and words not in WORD_SOURCES:
         raise UsageError(f"words must be one of {WORD_SOURCES}, got {words!r}")
     grid, region = captioner.batch(grids, regions)
-    ids, _ = search(captioner.model, grid, region, captioner.decoding)
+    ids, _ = search(captioner.decoding_models(captioner.decoding.precision), grid, region,
+                   captioner.decoding)
     produced = [generated_words(captioner, hypotheses[0]) for hypotheses in ids.tolist()]
     # Word k was predicted at input position k - 1: feed <bos> and every word but the last.
     steps = max(1, max(len(p) for p in produced))

@@ -98,10 +98,10 @@ class DecoderLayer(nn.Module):
 
     def project_memory(self, grid: Tensor, region: Tensor) -> LayerMemory:
         return LayerMemory(
-            grid=self.grid_att.project_kv(grid),
-            region=self.region_att.project_kv(region),
-            grid_cross_region=self.grid_cross_region.project_kv(region),
-            region_cross_grid=self.region_cross_grid.project_kv(grid),
+            grid=self.grid_att.project_kv(grid).contiguous(),
+            region=self.region_att.project_kv(region).contiguous(),
+            grid_cross_region=self.grid_cross_region.project_kv(region).contiguous(),
+            region_cross_grid=self.region_cross_grid.project_kv(grid).contiguous(),
         )
 
     def forward(self, x: Tensor, keep: Tensor, self_kv: KeyValue, self_bias: Tensor | None,

@@ -83,7 +83,8 @@ class CTFALayer(nn.Module):
         a = self.region_asks_grid(r, g)
         b = self.grid_asks_region(g, r)
         w = self.global_gate(torch.cat((a, b), dim=-1)).float().softmax(dim=-1)
-        shared = torch.relu(self.global_fc(self.global_norm(w[..., :1] * a + w[..., 1:] * b)))
+        mixed = (w[..., :1] * a + w[..., 1:] * b).to(self.global_norm.weight.dtype)
+        shared = torch.relu(self.global_fc(self.global_norm(mixed)))
 
         grid = torch.cat((shared, g, grid), dim=1)
         region = torch.cat((shared, r, region), dim=1)

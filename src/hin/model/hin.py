@@ -78,5 +78,9 @@ class HIN(nn.Module):
     def device(self) -> torch.device:
         return self.decoder.head.weight.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.head.weight.dtype
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

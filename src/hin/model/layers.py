@@ -59,6 +59,11 @@ class KeyValue:
         self.key = key
         self.value = value
 
+    def contiguous(self) -> KeyValue:
+        """The same keys/values laid out [B, h, N, d_k] in memory: attention over a memory
+        that is read at every decoding step then never copies it again."""
+        return KeyValue(self.key.contiguous(), self.value.contiguous())
+
 
 class _HeadProjections(nn.Module):
     """Query/key/value/output projections (biases start at 0, docs/model.md §6), dropout, LayerNorm."""
@@ -119,11 +124,13 @@ class Attention(_HeadProjections):
 
 
 def _low_precision_attention(q: Tensor, kv: KeyValue, bias: Tensor | None) -> Tensor:
-    """Attention for bfloat16 autocast: products in bfloat16, bias and softmax in float32.
-    (PyTorch's fused CPU kernel is several times slower than this in bfloat16 training.)"""
-    scores = (q @ kv.key.to(q.dtype).transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+    """Attention in bfloat16 (autocast or bfloat16 weights): products in bfloat16, bias and
+    softmax in float32. (PyTorch's fused CPU kernel is several times slower than this in
+    bfloat16 training and slower at decoding's few queries.) Scaled and biased in place: the
+    float32 scores are the largest tensors of the encoder's self-attention."""
+    scores = (q @ kv.key.to(q.dtype).transpose(-1, -2)).float().mul_(1 / math.sqrt(q.shape[-1]))
     if bias is not None:
-        scores = scores + bias.float()
+        scores = scores.add_(bias)
     return scores.softmax(dim=-1).to(q.dtype) @ kv.value.to(q.dtype)
 
 

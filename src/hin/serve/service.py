@@ -138,7 +138,8 @@ class CaptionService:
                 grids[i], regions[i] = grid_entry, region_entry
         grid, region = captioner.batch([entry["features"] for entry in grids],
                                        [entry["features"] for entry in regions])
-        ids, logprobs = search(captioner.model, grid, region, options.decoding)
+        ids, logprobs = search(captioner.decoding_models(options.decoding.precision), grid, region,
+                               options.decoding)
         captioned = captioner.captioned(["upload"] * len(pictures), ids, logprobs)
         answers = [{"captions": result.to_dict()["captions"],
                     "unfamiliar": captioner.unfamiliar(entry["features"])}

@@ -66,7 +66,7 @@ from hin.metrics import (
     score_captions,
 )
 from hin.model import HIN
-from hin.training import distributed
+from hin.training import distributed, optimizer
 from hin.training.runlog import LOG_FILE, RunLog
 from hin.training.schedule import lr_factor, should_stop
 from hin.training.scst import self_critical_loss
@@ -213,12 +213,12 @@ class Trainer:
         self.model = (init_model or HIN(model_config)).to(self.context.device)
         self.network = (DistributedDataParallel(self.model) if self.context.distributed
                         else self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr,
-                                          betas=(train.adam_beta1, train.adam_beta2))
+        self.optimizer = optimizer.adam(self.model.parameters(), lr=train.lr,
+                                        betas=(train.adam_beta1, train.adam_beta2))
         self.progress = Progress()
         if resume_state is not None:
             self.model.load_state_dict(resume_state["model"])
-            self.optimizer.load_state_dict(resume_state["optimizer"])
+            optimizer.load_state(self.optimizer, resume_state["optimizer"])
             self.progress = Progress(**resume_state["progress"])
             restore_rng(resume_state["rng"])
         self.java = self._find_java()
