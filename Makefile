@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hin-installed
 
-.PHONY: install test browser demo clean
+.PHONY: install test browser demo clean gpu-check
 
 install: $(STAMP)
 
@@ -35,3 +35,11 @@ clean:
 
 demo: $(STAMP)
 	$(BIN)/hin demo
+
+# Every CUDA path in one run (about 8 minutes on one H200), from the source tree: needs only
+# python3 with torch, numpy, h5py, pyyaml, tqdm and pillow; no venv, no downloads.
+# `make gpu-check GPU_CHECK_ARGS="--device cpu --quick"` runs the same paths small on a CPU.
+GPU_CHECK_OUT ?= gpu-check
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=src $(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)

@@ -3,6 +3,7 @@ for the extraction and captioning tests (nothing is downloaded)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,7 @@ def write_picture_checkpoint(root: Path, pictures: dict[str, tuple[int, int]],
     as its extractors (so it captions pictures) -> (checkpoint path, model, vocabulary). `extra` goes into the
     checkpoint too."""
     from hin.checkpoint import save
+    from hin.data.familiarity import feature_profile
     from hin.data.features import FeatureStore
     from hin.data.vocab import Vocabulary
     from hin.extract import build_extractor, extract_to_file, list_images, read_attributes
@@ -88,9 +90,32 @@ def write_picture_checkpoint(root: Path, pictures: dict[str, tuple[int, int]],
            [vocab.bos_id, *map(vocab.index, TAUGHT_CAPTION.split()), vocab.eos_id])
     features = {"grid": read_attributes(root / "grid.h5"),
                 "region": read_attributes(root / "region.h5")}
+    profile = feature_profile([f.image_id for f in files], lambda image_id: store[image_id][0])
     checkpoint = save(root / "tiny.pt", model.eval(), vocabulary=vocab.to_dict(),
-                      features=features, **extra)
+                      features=features, feature_profile=profile, **extra)
     return checkpoint, model, vocab
+
+
+def write_picture_annotations(folder: Path, test_pictures: list[str]) -> None:
+    """COCO caption files for the pictures in `folder` (two captions each, annotation ids from
+    1000 so that they differ from the image ids) and the Karpathy split files: the named
+    pictures are the test split, the others train."""
+    from hin.extract import list_images
+
+    content = {"images": [], "annotations": []}
+    splits: dict[str, list[int]] = {"train": [], "restval": [], "dev": [], "test": []}
+    annotation_id = 1000
+    for picture in list_images(folder):
+        content["images"].append({"id": picture.image_id, "file_name": picture.path.name})
+        for text in (TAUGHT_CAPTION, "a dog"):
+            content["annotations"].append({"id": annotation_id, "image_id": picture.image_id,
+                                           "caption": text})
+            splits["test" if picture.path.name in test_pictures else "train"].append(annotation_id)
+            annotation_id += 1
+    (folder / "captions_train2014.json").write_text(json.dumps(content))
+    (folder / "captions_val2014.json").write_text(json.dumps({"images": [], "annotations": []}))
+    for name, ids in splits.items():
+        np.save(folder / f"coco_{name}_ids.npy", np.asarray(ids, dtype=np.int64))
 
 
 def _teach(model, store, image_ids: list[int], caption: list[int], steps: int = 30) -> None:

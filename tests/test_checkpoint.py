@@ -3,6 +3,7 @@
 import errno
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -254,3 +255,16 @@ def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(OutOfSpaceError, match=r"no last\.pt was written"):
         save(tmp_path / "sub" / "last.pt", tiny_model(seed=2))
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("value, pickled", [(..., "builtins.Ellipsis"),
+                                            (np.array([object()], dtype=object), "builtins.object")])
+def test_save_refuses_what_load_would_refuse_naming_the_entry(tmp_path, value, pickled):
+    path = save(tmp_path / "best.pt", tiny_model(seed=1), vocabulary={"words": ["a"]})
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match=rf"^cannot save {path}: entry 'anything' holds "
+                                              rf"{pickled}, which checkpoints may not hold"):
+        save(path, tiny_model(seed=2), vocabulary={"words": ["a"]}, anything={"deep": [value]})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]      # no temporary left
+    assert load(path)[1] == {"vocabulary": {"words": ["a"]}}

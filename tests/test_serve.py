@@ -10,14 +10,17 @@ import asyncio
 import hashlib
 import io
 import re
+import signal
+import socket
 import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import hin
-from extract_models import write_picture_checkpoint
+from extract_models import write_picture_annotations, write_picture_checkpoint
 from hin.checkpoint import save
 from hin.cli import main
 from hin.config import DecodingConfig
@@ -25,6 +28,7 @@ from hin.extract import read_attributes
 from hin.serve import ServeSettings, create_app
 from hin.serve.batching import DynamicBatcher
 from hin.serve.explanations import explain_available
+from serving import running_server
 
 pytest.importorskip("transformers")
 pytest.importorskip("fastapi")
@@ -32,18 +36,20 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 PICTURES = {"COCO_val2014_000000000011.jpg": (40, 60), "12.png": (50, 30), "13.png": (32, 32)}
-TEST_IDS = [11, 12]
+TEST_PICTURES = ["COCO_val2014_000000000011.jpg", "12.png"]
 DEFAULTS = DecodingConfig(beam_size=3, num_captions=1)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A picture-captioning checkpoint trained "from" a data folder whose test split holds
-    pictures 11 and 12 (the page's demo pictures)."""
+    pictures 11 and 12 (the page's demo pictures), recorded as a path relative to the folder
+    training ran in (the checkpoint's)."""
     root = tmp_path_factory.mktemp("serve")
     checkpoint, model, vocab = write_picture_checkpoint(
-        root, PICTURES, config={"data": {"annotations": str(root / "pictures")}})
-    np.save(root / "pictures" / "coco_test_ids.npy", np.array(TEST_IDS))
+        root, PICTURES, config={"data": {"annotations": "pictures"}},
+        validation={"CIDEr-D": 1.25})
+    write_picture_annotations(root / "pictures", TEST_PICTURES)
     return checkpoint, root, model, vocab
 
 
@@ -51,7 +57,7 @@ def served(tmp_path_factory):
 def client(served):
     checkpoint, _, _, _ = served
     settings = ServeSettings(checkpoint, decoding=DEFAULTS, device="cpu", max_batch=4,
-                             max_wait_ms=5, max_upload_mb=0.05)
+                             max_wait_ms=5, max_upload_mb=0.05, allow_hosts=("testserver",))
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -94,14 +100,26 @@ def _bad_requests(root) -> list[tuple[str, dict, int, str]]:
         ("POST", {"content": png, "params": {"beam": "3"}}, 400, "unknown option(s) 'beam'"),
         ("POST", {"content": png, "params": {"beam_size": "0"}}, 422, "from 1 to 10, got '0'"),
         ("POST", {"content": png, "params": {"beam_size": "11"}}, 422, "from 1 to 10"),
-        ("POST", {"content": png, "params": {"beam_size": "two"}}, 422, "whole number"),
+        ("POST", {"content": png, "params": {"beam_size": "9" * 5000}}, 422, "from 1 to 10"),
+        ("POST", {"content": png, "params": {"beam_size": "two"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": {"beam_size": "\u00b2"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": {"beam_size": "\u0661"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": {"beam_size": "\uff13"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": {"beam_size": " 2"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": [("beam_size", "3"), ("beam_size", "4")]}, 400,
+         "option 'beam_size' is given twice"),
         ("POST", {"content": png, "params": {"beam_size": "2", "num_captions": "3"}}, 422,
-         "num_captions must be a whole number from 1 to 2"),
-        ("POST", {"content": png, "params": {"explain": "maybe"}}, 422, "true or false"),
+         "num_captions must be from 1 to 2"),
+        ("POST", {"content": png, "params": {"explain": "maybe"}}, 400, "true or false"),
+        ("POST", {"files": {"file": ("a.png", png)},
+                  "data": {f"field{i}": "x" for i in range(7)}}, 400,
+         "unknown option(s) 'field0', 'field1', 'field2' and 4 more"),
+        ("POST", {"files": {"file": ("a.png", png)},
+                  "data": {f"field{i}": "x" for i in range(150)}}, 400, "more than 8 parts"),
         ("POST", {"files": [("file", ("a.png", png)), ("file", ("b.png", png))]}, 400,
          "carries 2 files"),
         ("POST", {"files": {"file": ("a.png", png)}, "data": {"beam_size": "2"},
-                  "params": {"beam_size": "2"}}, 400, "both in the query and in the form"),
+                  "params": {"beam_size": "2"}}, 400, "option 'beam_size' is given twice"),
         ("POST", {"data": {"beam_size": "2"}}, 415, "url-encoded form cannot carry a picture"),
         ("GET", {}, 405, "Method Not Allowed"),
         ("PUT", {"content": png}, 405, "Method Not Allowed"),
@@ -136,7 +154,7 @@ def test_bad_requests_get_a_json_error_and_the_server_goes_on(served, client, mo
 def test_concurrent_requests_are_batched_with_equal_settings_only(served):
     checkpoint, root, _, _ = served
     settings = ServeSettings(checkpoint, decoding=DEFAULTS, device="cpu", max_batch=4,
-                             max_wait_ms=1000)
+                             max_wait_ms=1000, allow_hosts=("hin",))
     app = create_app(settings)
     names = ["12.png", "13.png", "COCO_val2014_000000000011.jpg", "12.png", "13.png", "12.png"]
     beams = [3, 3, 3, 3, 2, 2]
@@ -229,7 +247,7 @@ def test_a_checkpoint_that_cannot_caption_pictures_serves_the_page_with_the_reas
     features = {"grid": read_attributes(root / "grid.h5"),
                 "region": {"extractor": "vinvl-tsv", "feature_dim": 32}}
     checkpoint = save(tmp_path / "vinvl.pt", model, vocabulary=vocab.to_dict(), features=features)
-    with TestClient(create_app(ServeSettings(checkpoint, device="cpu"))) as client:
+    with TestClient(create_app(ServeSettings(checkpoint, device="cpu", allow_hosts=("testserver",)))) as client:
         assert client.get("/").status_code == 200
         info = client.get("/v1/info").json()
         assert info["can_caption"] is False and "VinVL region features" in info["unavailable"]
@@ -258,9 +276,11 @@ def test_the_page_and_docs_load_nothing_from_elsewhere(client):
 
 
 def test_demo_pictures_are_the_test_splits_served_by_index(served, client):
+    """The split files hold caption ids (1000..), mapped to image ids by the annotations, and
+    the data folder is found from the checkpoint, not from the server's working folder."""
     _, root, _, _ = served
     info = client.get("/v1/info").json()
-    assert info["demo_pictures"] == ["COCO_val2014_000000000011.jpg", "12.png"]
+    assert info["demo_pictures"] == TEST_PICTURES
     assert client.get("/v1/demo/1").content == _png(root)
     missing = client.get("/v1/demo/2")
     assert missing.status_code == 404 and "no demo picture 2" in missing.json()["detail"]
@@ -273,7 +293,8 @@ def test_demo_pictures_are_the_test_splits_served_by_index(served, client):
 def test_uploads_are_kept_only_when_asked(served, tmp_path):
     checkpoint, root, _, _ = served
     kept = tmp_path / "kept"
-    settings = ServeSettings(checkpoint, device="cpu", keep_uploads=kept, max_wait_ms=0)
+    settings = ServeSettings(checkpoint, device="cpu", keep_uploads=kept, max_wait_ms=0,
+                             allow_hosts=("testserver",))
     with TestClient(create_app(settings)) as client:
         assert client.post("/v1/captions", content=_png(root)).status_code == 200
         assert client.post("/v1/captions", content=b"not a picture").status_code == 400
@@ -291,3 +312,250 @@ def test_hin_serve_refuses_bad_flags_in_one_line(served, tmp_path, capsys):
     assert "--beam 12 is over the server's limit of 10" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--threads", "0"]) == 2
     assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_a_bare_explain_flag_is_true_and_explain_false_is_false(served, client):
+    _, root, _, _ = served
+    bare = client.post("/v1/captions?explain", content=_png(root))
+    off = client.post("/v1/captions?explain=false", content=_png(root))
+    assert off.status_code == 200 and "explanation" not in off.json()
+    if explain_available():
+        assert bare.status_code == 200 and "words" in bare.json()["explanation"]
+    else:
+        assert bare.status_code == 501
+
+
+def test_the_answer_says_what_the_model_knows_and_flags_a_picture_unlike_its_training(
+        served, client):
+    _, root, _, _ = served
+    training = client.get("/v1/info").json()["model"]["training"]
+    assert training == {"dataset": "pictures", "images": 3, "vocabulary_size": 9,
+                        "extractors": {"grid": {"extractor": "clip-grid",
+                                                "model": str(root / "clip")},
+                                       "region": {"extractor": "detr", "model": str(root / "detr")}},
+                        "validation_cider_d": 1.25, "familiarity_check": True}
+    familiar = client.post("/v1/captions", content=_png(root)).json()
+    assert familiar["unfamiliar"] is None
+    buffer = io.BytesIO()
+    Image.new("RGB", (30, 50), (255, 255, 255)).save(buffer, format="PNG")    # a blank page
+    blank = client.post("/v1/captions", content=buffer.getvalue()).json()
+    assert "looks unlike the 3 training pictures" in blank["unfamiliar"]
+    assert "knows only its training world" in blank["unfamiliar"]
+
+
+def _post_from(client, host: str, origin: str | None = None, root=None):
+    headers = {"host": host, **({"origin": origin} if origin else {})}
+    return client.post("/v1/captions", content=_png(root), headers=headers)
+
+
+def test_foreign_hosts_and_cross_site_posts_are_refused_unless_allowed(served):
+    """DNS rebinding (Host: evil.example) and a page on another site posting to 127.0.0.1
+    get 403; the server's own page, localhost names and clients without Origin work."""
+    checkpoint, root, _, _ = served
+    settings = ServeSettings(checkpoint, device="cpu", host="127.0.0.1", port=8000,
+                             max_wait_ms=0)
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as client:
+        for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000"):
+            assert _post_from(client, host, root=root).status_code == 200, host
+        assert _post_from(client, "127.0.0.1:8000", "http://127.0.0.1:8000", root).status_code == 200
+        assert client.head("/").status_code == 200
+        rebinding = client.get("/v1/info", headers={"host": "evil.example:8000"})
+        assert rebinding.status_code == 403
+        assert "--allow-host evil.example" in rebinding.json()["detail"]
+        cross_site = _post_from(client, "127.0.0.1:8000", "http://evil.example", root)
+        assert cross_site.status_code == 403
+        assert "--allow-origin http://evil.example" in cross_site.json()["detail"]
+        assert _post_from(client, "127.0.0.1:8000", "null", root).status_code == 403
+    allowed = ServeSettings(checkpoint, device="cpu", max_wait_ms=0, allow_hosts=("evil.example",),
+                            allow_origins=("http://evil.example",))
+    with TestClient(create_app(allowed), base_url="http://127.0.0.1:8000") as client:
+        assert _post_from(client, "evil.example", "http://evil.example", root).status_code == 200
+        assert _post_from(client, "127.0.0.1:8000", "http://other.example", root).status_code == 403
+
+
+def test_a_wildcard_bind_answers_ip_addresses_and_this_machines_name_only():
+    from hin.serve.guard import HostAndOriginGuard
+
+    guard = HostAndOriginGuard(None, bound_host="0.0.0.0")
+    assert guard.refusal("GET", {"host": "192.168.1.20:8000"}) is None
+    assert guard.refusal("GET", {"host": "[fe80::1]:8000"}) is None
+    assert guard.refusal("GET", {"host": "localhost"}) is None
+    assert "not a name this server answers to" in guard.refusal("GET", {"host": "evil.example"})
+    assert guard.refusal("GET", {"host": "evil.example", "origin": "http://x"}) is not None
+    assert guard.refusal("GET", {"host": "10.0.0.1", "origin": "http://x"}) is None   # GET: read only
+    assert HostAndOriginGuard(None, bound_host="127.0.0.1", allow_hosts=["*"]).refusal(
+        "GET", {"host": "anything.example"}) is None
+
+
+def test_admission_refuses_past_the_queue_and_the_pixel_budget_with_retry_after(served):
+    checkpoint, root, _, _ = served
+    settings = ServeSettings(checkpoint, device="cpu", max_wait_ms=0, max_queue=1,
+                             max_pixels_in_flight=2000, allow_hosts=("testserver",))
+    with TestClient(create_app(settings)) as client:
+        admission = client.app.state.service.admission
+        admission.reserve(1000)                          # another picture being decoded
+        busy = client.post("/v1/captions", content=_png(root))          # 30x50 = 1500 pixels
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "--max-pixels-in-flight" in busy.json()["detail"]
+        admission.release(1000)
+        assert client.post("/v1/captions", content=_png(root)).status_code == 200
+        assert admission.pixels == 0 and admission.requests == 0
+        too_big = client.post("/v1/captions", content=_png(root, "COCO_val2014_000000000011.jpg"))
+        assert too_big.status_code == 400 and "2,400 pixels" in too_big.json()["detail"]
+        with admission.request():                        # the queue's one place is taken
+            full = client.post("/v1/captions", content=_png(root))
+        assert full.status_code == 429 and full.headers["retry-after"] == "1"
+        assert "--max-queue" in full.json()["detail"]
+        assert client.post("/v1/captions", content=b"junk").status_code == 400
+        assert admission.pixels == 0 and admission.requests == 0
+
+
+def test_pictures_are_decoded_off_the_batching_thread_and_a_slow_one_delays_no_other(
+        served, monkeypatch):
+    """While one picture is stuck decoding, another is captioned."""
+    import hin.serve.service as service_module
+
+    checkpoint, root, _, _ = served
+    decoding_threads, stuck, release = [], threading.Event(), threading.Event()
+    real_decode = service_module.decode_picture
+
+    def decode(data):
+        decoding_threads.append(threading.current_thread().name)
+        if data == _png(root, "13.png"):
+            stuck.set()
+            assert release.wait(30)
+        return real_decode(data)
+
+    monkeypatch.setattr(service_module, "decode_picture", decode)
+    app = create_app(ServeSettings(checkpoint, device="cpu", max_wait_ms=0, allow_hosts=("hin",)))
+
+    async def send():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hin") as client:
+            slow = asyncio.create_task(client.post("/v1/captions", content=_png(root, "13.png")))
+            await asyncio.to_thread(stuck.wait, 30)
+            quick = await client.post("/v1/captions", content=_png(root))
+            assert quick.status_code == 200 and not slow.done()
+            release.set()
+            assert (await slow).status_code == 200
+
+    asyncio.run(send())
+    app.state.service.close()
+    assert len(decoding_threads) == 2
+    assert all(name.startswith("hin-decode") for name in decoding_threads)
+
+
+def test_the_api_description_types_every_answer_and_errors_are_one_string(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    answer = schemas["CaptionsAnswer"]["properties"]
+    assert set(answer) == {"captions", "unfamiliar", "decoding", "model", "picture", "explanation"}
+    assert set(schemas["Explanation"]["properties"]) >= {"words", "encoder_grid", "grid", "regions"}
+    assert set(schemas["Picture"]["properties"]) == {"width", "height", "format"}
+    post = spec["paths"]["/v1/captions"]["post"]["responses"]
+    assert post["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/CaptionsAnswer")
+    for status in ("400", "403", "408", "413", "429", "503"):
+        assert post[status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorAnswer")
+    demo = spec["paths"]["/v1/demo/{index}"]["get"]["responses"]["200"]["content"]
+    assert list(demo) == ["image/*"]
+    info = spec["paths"]["/v1/info"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert info["schema"]["$ref"].endswith("/Info")
+    for path, status in (("/v1/demo/abc", 422), ("/nowhere", 404), ("/v1/info?x=1", 200)):
+        response = client.get(path)
+        assert response.status_code == status
+        if status != 200:
+            assert isinstance(response.json()["detail"], str), path
+    assert client.head("/").status_code == 200
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_hin_serve_refuses_a_bad_port_and_a_taken_port_before_loading_the_model(
+        served, tmp_path, capsys):
+    checkpoint, _, _, _ = served
+    assert main(["serve", "--checkpoint", str(checkpoint), "--port", "70000"]) == 2
+    assert "--port must be from 0 to 65535, got 70000" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        missing = tmp_path / "not-loaded.pt"     # a model that would fail to load: never reached
+        assert main(["serve", "--checkpoint", str(missing), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"cannot listen on 127.0.0.1 port {port}" in err and "--port" in err
+    for flag, value in (("--max-pixels-in-flight", "0"), ("--max-queue", "0"),
+                        ("--decode-workers", "0"), ("--shutdown-timeout", "0")):
+        assert main(["serve", "--checkpoint", str(checkpoint), flag, value]) == 2
+        assert flag in capsys.readouterr().err
+
+
+def _sideways_photo(stored=(600, 512)) -> bytes:
+    """A JPEG stored 600x512 whose EXIF orientation (6: turn 90 degrees clockwise) makes it
+    512x600 upright, as a phone writes it."""
+    pixels = np.zeros((stored[1], stored[0], 3), np.uint8)
+    pixels[:, : stored[0] // 3] = (220, 30, 30)                  # a red band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=80, exif=exif)
+    return buffer.getvalue()
+
+
+def test_a_phone_photo_is_read_upright_and_its_boxes_are_in_upright_pixels(served):
+    checkpoint, _, _, _ = served
+    settings = ServeSettings(checkpoint, device="cpu", max_wait_ms=0, allow_hosts=("testserver",))
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/captions?explain=true", content=_sideways_photo())
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["picture"] == {"width": 512, "height": 600, "format": "JPEG"}
+    if not explain_available():
+        return
+    explanation = answer["explanation"]
+    x1, y1, x2, y2 = explanation["grid"]["box"]
+    assert (x1, x2) == (0.0, 512.0) and 0 < y1 < y2 < 600    # CLIP's centre square, upright
+    for bx1, by1, bx2, by2 in explanation["regions"]["boxes"]:
+        assert -1 <= bx1 <= bx2 <= 513 and -1 <= by1 <= by2 <= 601
+
+
+def _trickle(url: str, declared: int = 100_000) -> socket.socket:
+    """A client that announces a body and sends one byte of it."""
+    host, port = url.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)))
+    client.sendall(f"POST /v1/captions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
+                   f"image/png\r\nContent-Length: {declared}\r\n\r\nx".encode())
+    return client
+
+
+def test_a_body_slower_than_the_body_timeout_is_refused_408(served):
+    checkpoint, root, _, _ = served
+    app = create_app(ServeSettings(checkpoint, device="cpu", body_timeout_s=0.5,
+                                   allow_hosts=("hin",)))
+
+    async def trickle():
+        yield b"x"
+        await asyncio.sleep(30)
+        yield b"y"
+
+    async def send():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hin") as client:
+            return await asyncio.wait_for(client.post("/v1/captions", content=trickle()), 20)
+
+    answer = asyncio.run(send())
+    assert answer.status_code == 408 and "--body-timeout" in answer.json()["detail"]
+    app.state.service.close()
+
+
+def test_a_client_trickling_its_body_cannot_hold_up_shutdown(served):
+    checkpoint, _, _, _ = served
+    with running_server(checkpoint, "--body-timeout", "600", "--shutdown-timeout", "1") as (
+            url, server):
+        stuck = _trickle(url)
+        time.sleep(0.5)
+        began = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        assert time.monotonic() - began < 1 + 5     # the shutdown limit, plus a margin
+        stuck.close()

@@ -23,6 +23,7 @@ import yaml
 from hin import checkpoint
 from hin.cli import main
 from hin.config import RunConfig
+from hin.data.coco import load_split
 from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
 from hin.model import HIN
@@ -170,6 +171,10 @@ def test_resolved_config_is_written_and_stored_in_every_checkpoint(synth, uninte
         _, extra = saved(run_dir, name)
         assert extra["config"] == written
         assert Vocabulary.from_dict(extra["vocabulary"]).words == vocabulary.words
+        profile = extra["feature_profile"]          # for hin.data.familiarity's note
+        train_images = len(load_split(written["data"]["annotations"], "train").images)
+        assert profile["training_images"] == train_images
+        assert profile["sampled"] == min(256, train_images) and profile["largest_distance"] > 0
 
 
 def test_a_second_start_into_an_existing_run_is_refused(synth, uninterrupted):
@@ -340,8 +345,8 @@ def one_line_error(capsys) -> str:
     return err.splitlines()[-1] + "\n"
 
 
-@pytest.mark.parametrize("name", loop.RUN_FILES)
-def test_any_run_file_makes_a_directory_an_existing_run(synth, tmp_path, capsys, name):
+@pytest.mark.parametrize("name", [loop.LAST, loop.BEST])
+def test_a_checkpoint_makes_a_directory_an_existing_run(synth, tmp_path, capsys, name):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / name).write_text("from an earlier run\n")

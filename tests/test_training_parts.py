@@ -124,7 +124,7 @@ def test_hin_plot_says_which_directory_has_no_log(tmp_path, capsys):
 def test_hin_plot_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["plot", str(tmp_path)]) == 2
-    assert "pip install 'hin[plot]'" in capsys.readouterr().err
+    assert "pip install 'hin-caption[plot]'" in capsys.readouterr().err
 
 
 def test_a_broken_tensorboard_install_only_turns_the_mirror_off(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ features.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from PIL import Image
 
 from hin.checkpoint import CheckpointError, load, max_regions_for
 from hin.config import DecodingConfig
+from hin.data.familiarity import unfamiliar
 from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
 from hin.decoding import cast_for_decoding, require_decodable, search
@@ -59,11 +60,13 @@ class CaptionedImage:
 
     source: str
     captions: tuple[Caption, ...]
+    unfamiliar: str | None = None     # why the picture looks unlike the training pictures
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.source,
                 "captions": [{"caption": c.text, "log_prob": round(c.log_prob, 4)}
-                             for c in self.captions]}
+                             for c in self.captions],
+                **({"unfamiliar": self.unfamiliar} if self.unfamiliar else {})}
 
     def __str__(self) -> str:
         lines = [self.source]
@@ -111,9 +114,16 @@ class Captioner:
             chunk = pictures[start:start + self.batch_size]
             grid_entries, region_entries = self.picture_entries([load_picture(p) for p in chunk])
             names = [_name(p, start + i) for i, p in enumerate(chunk)]
-            results += self.caption_arrays(names, [e["features"] for e in grid_entries],
-                                           [e["features"] for e in region_entries])
+            captioned = self.caption_arrays(names, [e["features"] for e in grid_entries],
+                                            [e["features"] for e in region_entries])
+            results += [replace(result, unfamiliar=self.unfamiliar(entry["features"]))
+                        for result, entry in zip(captioned, grid_entries)]
         return results
+
+    def unfamiliar(self, grid: np.ndarray) -> str | None:
+        """Why a picture with these grid features looks unlike this checkpoint's training
+        pictures, or None (hin.data.familiarity: the rule, and what it can tell)."""
+        return unfamiliar(self.extra.get("feature_profile"), grid)
 
     def picture_entries(self, pictures: Sequence[Image.Image]) -> tuple[list[ImageEntry], list[ImageEntry]]:
         """What the recorded grid and region extractors make of each picture: `features` and,

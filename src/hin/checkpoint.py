@@ -19,6 +19,7 @@ buffers; anything else missing, unexpected or mis-shaped is an error naming the 
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -224,14 +225,36 @@ def import_reference(source: dict[str, Any] | str | Path, *, num_heads: int) -> 
 
 def save(path: str | Path, model: HIN, **extra: Any) -> Path:
     """Write config + weights (+ `extra` entries) atomically: a crash never leaves a
-    half-written file at `path`. Extra values must be tensors or plain Python data."""
+    half-written file at `path`. Extra values must be what `read` loads (tensors, plain
+    Python data, numeric numpy arrays); anything else is refused before `path` is touched,
+    naming the entry, so no checkpoint is written that could not be loaded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "config": model.config.to_dict(), "model": model.state_dict(), "extra": extra}
     with atomic_write(path, "wb") as file:
         torch.save(payload, file)
+        file.flush()
+        if _unloadable(file.name):
+            key = next(key for key, value in extra.items() if _unloadable({key: value}))
+            held = ", ".join(_unloadable({key: extra[key]}))
+            raise CheckpointError(
+                f"cannot save {path}: entry {key!r} holds {held}, "
+                "which checkpoints may not hold (hin loads only tensors, numbers, strings, "
+                "containers and numeric numpy arrays): store plain data instead")
     return path
+
+
+def _unloadable(source: str | Path | dict[str, Any]) -> list[str]:
+    """The pickled globals in a checkpoint file (or in `source` saved alone) that `read`
+    refuses."""
+    if isinstance(source, dict):
+        buffer = io.BytesIO()
+        torch.save(source, buffer)
+        buffer.seek(0)
+        source = buffer
+    with torch.serialization.safe_globals(NUMPY_GLOBALS):
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
 
 
 def read_hin(path: str | Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from hin.errors import HINError, Interrupted, UsageError
+from hin.serve.settings import DEFAULT_PIXELS_IN_FLIGHT, SERVE_THREADS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,10 +131,8 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import json
-
     from hin.data.coco import read_coco_references
-    from hin.files import refuse_overwriting
+    from hin.files import refuse_overwriting, write_json
     from hin.metrics import read_coco_results, score_captions
 
     if args.out:
@@ -148,8 +147,7 @@ def _score(args: argparse.Namespace) -> int:
                             spice=not args.no_spice)
     print(report.format_table())
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(report.to_dict(), handle, indent=2)
+        write_json(args.out, report.to_dict())
         print(f"wrote {args.out}")
     return 0
 
@@ -278,7 +276,17 @@ def _caption(args: argparse.Namespace) -> int:
         print(json.dumps([result.to_dict() for result in results], indent=2))
     else:
         print("\n".join(str(result) for result in results))
+    _say_unfamiliar("caption", [result.unfamiliar for result in results])
     return 0
+
+
+def _say_unfamiliar(command: str, notes: list) -> None:
+    """Once per run, on stderr: how many pictures look unlike the training pictures."""
+    from hin.data.familiarity import run_note
+
+    note = run_note(notes)
+    if note:
+        print(f"hin {command}: {note}", file=sys.stderr)
 
 
 def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
@@ -350,6 +358,8 @@ def _add_extract_commands(commands: argparse._SubParsersAction) -> None:
                    help="shard files (default: every OUT.shard-K-of-N.h5 beside OUT)")
     p.set_defaults(handler=_extract_merge)
 
+
+def _add_caption_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")
     p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...) or folders of them")
@@ -379,7 +389,8 @@ def _train(args: argparse.Namespace) -> int:
         else:
             given = apply_overrides(load_yaml(args.config), args.overrides)
             best = start(RunConfig.from_dict(given), init=args.init,
-                         model_keys=list(given.get("model") or {}))
+                         model_keys=list(given.get("model") or {}),
+                         data_keys=list(given.get("data") or {}))
     except TrainingInterrupted as stopped:
         print(f"hin train: {stopped}", file=sys.stderr)
         return 130
@@ -416,24 +427,51 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError as missing:
-        from hin.errors import MissingExtraError
+        from hin.errors import MissingExtraError, pip_install
 
-        raise MissingExtraError("`hin serve` needs uvicorn: pip install 'hin[serve]'") from missing
-    settings = ServeSettings(args.checkpoint, decoding=_decoding(args), device=args.device,
-                             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                             max_upload_mb=args.max_upload_mb, keep_uploads=args.keep_uploads)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {args.threads}")
-        import torch
+        raise MissingExtraError(f"`hin serve` needs uvicorn: {pip_install('serve')}") from missing
+    settings = ServeSettings(
+        args.checkpoint, decoding=_decoding(args), device=args.device, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+        keep_uploads=args.keep_uploads, host=args.host, port=args.port,
+        allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin),
+        max_pixels_in_flight=args.max_pixels_in_flight, max_queue=args.max_queue,
+        decode_workers=args.decode_workers, body_timeout_s=args.body_timeout)
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.shutdown_timeout <= 0:
+        raise UsageError(f"--shutdown-timeout must be positive, got {args.shutdown_timeout}")
+    listener = _listen(args.host, args.port)      # before the model loads: a taken port fails fast
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     app = create_app(settings)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hin serve: warning: listening on {args.host}: anyone who can reach this machine "
               "can use the model (no authentication, no TLS)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    config = uvicorn.Config(app, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int):
+    """The server's listening socket, or one line saying why it cannot be had."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host!r} is not an address of this machine ({error})") from None
+    except OSError as error:
+        raise UsageError(f"cannot listen on {host} port {port}: {error.strerror}; is another "
+                         "server using it? Choose another with --port") from None
+    return listener
 
 
 def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
@@ -443,20 +481,38 @@ def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; another than loopback exposes the model to the "
                         "network, unauthenticated")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests naming this Host (e.g. the name a proxy uses; "
+                        "'*' for any); by default only the bound address and localhost names")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from this origin (e.g. https://example.org; '*' for any) "
+                        "POST pictures; by default only the server's own page may")
     p.add_argument("--max-batch", type=int, default=8,
                    help="most concurrent requests captioned in one model call")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="longest a request waits for others to batch with")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
                    help="larger uploads are refused with 413")
+    p.add_argument("--max-pixels-in-flight", type=int, default=DEFAULT_PIXELS_IN_FLIGHT,
+                   metavar="PIXELS",
+                   help="most pixels of pictures decoded at once (memory follows pixels, "
+                        "about 13 bytes each at the peak); beyond it 503 with Retry-After")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="most requests in progress at once; beyond it 429 with Retry-After")
+    p.add_argument("--decode-workers", type=int, default=2,
+                   help="threads that decode and prepare pictures, off the batching thread")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request body that takes longer to arrive is refused with 408")
+    p.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM/Ctrl-C, requests still running after this are cut off")
     p.add_argument("--keep-uploads", metavar="DIR",
                    help="write every decoded upload to DIR (named by its sha256); by default "
                         "uploads never touch the disk")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads for inference (torch.set_num_threads); on a shared "
-                        "machine 1 can be much faster than torch's default")
+    p.add_argument("--threads", type=int, default=SERVE_THREADS,
+                   help=f"CPU threads for inference (torch.set_num_threads; default "
+                        f"{SERVE_THREADS}, the fastest measured: see docs/serving.md)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
                                                            "info", "debug"])
     _add_decoding_options(p, num_captions=True)
@@ -465,21 +521,29 @@ def _add_serve_commands(commands: argparse._SubParsersAction) -> None:
 
 def _explain(args: argparse.Namespace) -> int:
     from hin.caption import picture_paths
-    from hin.explain import explain, write_figures
+    from hin.explain import PAPER_FILE, explain, write_figures
 
+    checkpoints = ([args.checkpoint] if args.checkpoint else []) + (args.compare or [])
+    if not checkpoints:
+        raise UsageError("give --checkpoint CKPT (and --compare CKPT2 for a second column), or "
+                         "--compare BASE.pt OURS.pt")
+    if args.paper and len(checkpoints) != 2:
+        raise UsageError(f"--paper compares two models, got {len(checkpoints)} checkpoints: give "
+                         "--compare BASE.pt OURS.pt (or --checkpoint OURS.pt --compare BASE.pt)")
     explanations = explain(
-        [args.checkpoint] + ([args.compare] if args.compare else []),
-        pictures=picture_paths(args.pictures),
-        ids=args.ids, grid=args.grid, region=args.region, images=args.images,
-        annotations=args.annotations, split=args.split, limit=args.limit, layer=args.layer,
-        words=args.words, decoding=_decoding(args), device=args.device, batch_size=args.batch_size)
+        checkpoints, pictures=picture_paths(args.pictures), ids=args.ids, grid=args.grid, region=args.region,
+        images=args.images, annotations=args.annotations, split=args.split, limit=args.limit,
+        layer=args.layer, words=args.words, labels=args.labels, decoding=_decoding(args),
+        device=args.device, batch_size=args.batch_size)
     layer_label = "mean over layers" if args.layer is None else f"layer {args.layer}"
-    paths = write_figures(explanations, args.out, layer_label)
+    paths = write_figures(explanations, args.out, layer_label, paper=args.paper)
     for explanation, path in zip(explanations, paths):
-        scores = [f"{v.label}: {v.caption}" + ("" if v.cider is None else f" (CIDEr-D {v.cider:.3f})")
+        scores = [f"{v.label}: {v.caption}" + ("" if v.cider is None else f" (CIDEr-D x100 {100 * v.cider:.1f})")
                   for v in explanation.views]
         print(f"{path}  {explanation.name}: " + " | ".join(scores))
-    print(f"wrote {len(paths)} figures and {args.out}/index.html")
+    paper = f", {args.out}/{PAPER_FILE}.png and .pdf" if args.paper else ""
+    print(f"wrote {len(paths)} figures{paper} and {args.out}/index.html")
+    _say_unfamiliar("explain", [e.unfamiliar for e in explanations])
     return 0
 
 
@@ -497,9 +561,16 @@ def _add_explain_commands(commands: argparse._SubParsersAction) -> None:
                                             "beside its captions, and an index.html")
     p.add_argument("pictures", nargs="*", help="picture files or folders of them (the checkpoint's "
                                                "recorded extractors are re-run on them)")
-    p.add_argument("--checkpoint", required=True, help="hin checkpoint")
-    p.add_argument("--compare", metavar="CKPT2", help="a second checkpoint drawn in a second column "
-                                                      "(e.g. the XE baseline beside SCST)")
+    p.add_argument("--checkpoint", help="hin checkpoint (the first column)")
+    p.add_argument("--compare", metavar="CKPT", nargs="+",
+                   help="checkpoints drawn in further columns: one beside --checkpoint, or two "
+                        "without it (--compare BASE.pt OURS.pt, as the paper's figure)")
+    p.add_argument("--labels", nargs="+", metavar="NAME",
+                   help="column titles, one per checkpoint (default: the checkpoints' folder names)")
+    p.add_argument("--paper", action="store_true",
+                   help="also draw all images as one table in the paper's layout (Fig. 6: image | "
+                        "grid maps | region maps | captions, differing words in red) to "
+                        "OUT/paper_figure.png and .pdf; needs two checkpoints")
     p.add_argument("--grid", help="grid feature HDF5 (with --region, and --ids or --split)")
     p.add_argument("--region", help="region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids from the feature files")
@@ -581,7 +652,8 @@ def _add_train_commands(commands: argparse._SubParsersAction) -> None:
                                           "checkpoint; resumable, one process or torchrun")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML run configuration: a path, or the name of a "
-                                          "shipped one (synth_xe, synth_scst, coco_xe, coco_scst)")
+                                          "shipped one (synth_xe, synth_scst, coco_xe, coco_scst, "
+                                          "small_xe, small_scst for your own small data set)")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--init", help="start from this hin checkpoint's weights (SCST from XE best.pt)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -611,21 +683,31 @@ def _add_demo_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_demo)
 
 
+class _Version(argparse.Action):
+    """`hin --version`: torch is imported only when asked, so `hin --help` stays fast."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from hin.devices import version_report
+
+        print(version_report())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hin", description="HIN image captioning: data, training, evaluation, feature "
                                 "extraction and captioning. `hin COMMAND --help` for details.")
+    parser.add_argument("--version", action=_Version, help="print hin's version, torch's and the "
+                                                          "CPU/GPU it sees, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_import_checkpoint_commands(commands)
-    _add_data_commands(commands)
-    _add_score_commands(commands)
-    _add_evaluate_commands(commands)
-    _add_extract_commands(commands)
-    _add_train_commands(commands)
-    _add_plot_commands(commands)
-    _add_demo_commands(commands)
-    _add_explain_commands(commands)
-    _add_serve_commands(commands)
+    # In the order a user meets them: try it, get data, train, evaluate, use, then the tools.
+    for add in (_add_demo_commands, _add_data_commands, _add_train_commands, _add_evaluate_commands,
+                _add_caption_commands, _add_explain_commands, _add_serve_commands, _add_extract_commands,
+                _add_import_checkpoint_commands, _add_score_commands, _add_plot_commands):
+        add(commands)
     return parser
 
 

@@ -383,3 +383,24 @@ class RunConfig:
         """A YAML file (any section may be omitted) with `section.key=value` overrides."""
         values = load_yaml(path) if path else {}
         return cls.from_dict(apply_overrides(values, list(overrides)))
+
+
+def upgrade_legacy(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A saved run configuration with the settings older hin versions wrote renamed to
+    today's -> (values, one note per renaming). `train.bf16: true/false` became
+    `train.precision: bf16/fp32`."""
+    train = values.get("train")
+    if not isinstance(train, dict) or "bf16" not in train:
+        return values, []
+    train = dict(train)
+    bf16 = train.pop("bf16")
+    if not isinstance(bf16, bool):
+        raise ConfigError(f"train.bf16={bf16!r}: expected true or false (older hin's setting, "
+                          "now train.precision)")
+    precision = "bf16" if bf16 else "fp32"
+    if train.setdefault("precision", precision) != precision:
+        raise ConfigError(f"train.bf16={str(bf16).lower()} and train.precision="
+                          f"{train['precision']} disagree; keep train.precision alone")
+    note = (f"train.bf16={str(bf16).lower()} (an older hin's setting) is read as "
+            f"train.precision={precision}")
+    return {**values, "train": train}, [note]

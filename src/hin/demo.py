@@ -39,7 +39,8 @@ from hin.data.synth import (
 )
 from hin.errors import UsageError
 from hin.evaluate import evaluate
-from hin.explain import INDEX_FILE, explain, write_figures
+from hin.explain import INDEX_FILE, PAPER_FILE, explain, write_figures
+from hin.files import write_text
 from hin.grounding import measure
 from hin.metrics import METRIC_NAMES, score_captions
 from hin.training.loop import BEST, TrainingInterrupted, start
@@ -84,9 +85,8 @@ def prepare_runs(runs: Path, force: bool = False) -> None:
         elif (runs / name).exists():
             (runs / name).unlink()
     runs.mkdir(parents=True, exist_ok=True)
-    (runs / MARKER).write_text("written by `hin demo`; it replaces "
-                               f"{', '.join(name + '/' for name in OWN_ENTRIES)} here on its next "
-                               "run\n", encoding="utf-8")
+    write_text(runs / MARKER, "written by `hin demo`; it replaces "
+               f"{', '.join(name + '/' for name in OWN_ENTRIES)} here on its next run\n")
 
 
 @contextlib.contextmanager
@@ -176,22 +176,25 @@ def _run_demo(data: Path, runs: Path, configs: str | None,
 
 
 FIGURES = 6
+DEMO_LABELS = ("Baseline (XE)", "HIN (SCST)")   # the paper's figure: a baseline beside HIN
 CAPTIONED_PICTURES = 3
 
 
 def _look_at_pictures(data: Path, runs: Path, xe_best: Path, scst_best: Path,
                       test_ids: list[int]) -> None:
-    """Caption test pictures from their files (`hin caption`), draw `hin explain --compare`
-    figures, and measure grounding of both models on the whole test split."""
+    """Caption test pictures from their files (`hin caption`), draw `hin explain --paper`
+    figures (XE as the baseline beside SCST), and measure grounding of both models on the
+    whole test split."""
     _stage("captioning held-out test pictures from their PNG files (`hin caption`)")
     pictures = [data / IMAGES_DIR / f"{image_id}.png" for image_id in test_ids[:CAPTIONED_PICTURES]]
     for result in Captioner(scst_best)(pictures):
         print(f"  {result.source}: {result.captions[0].text}")
 
-    _stage("where the models look: `hin explain --compare` figures and grounding (test split)")
+    _stage("where the models look: `hin explain --paper` figures and grounding (test split)")
     explanations = explain([xe_best, scst_best], grid=data / GRID_FILE, region=data / REGION_FILE,
-                           images=data / IMAGES_DIR, annotations=data, split="test", words="grid")
-    figures = write_figures(explanations[:FIGURES], runs / "explain")
+                           images=data / IMAGES_DIR, annotations=data, split="test", words="grid",
+                           labels=DEMO_LABELS)
+    figures = write_figures(explanations[:FIGURES], runs / "explain", paper=True)
     print("Pointing game: does the peak of the decoder's grid attention at a generated shape "
           "(colour) word, mean over layers and heads, fall in the box of an object of that shape "
           "(colour)? Box mass: the share of the encoder's global grid token attention on object "
@@ -200,8 +203,10 @@ def _look_at_pictures(data: Path, runs: Path, xe_best: Path, scst_best: Path,
         scenes = read_scenes(data, attribute)
         for column in range(2):
             print(f"  {attribute} words, " + measure(explanations, scenes, column).summary())
+    print(f"The paper's Fig. 6 layout, {FIGURES} test pictures: {runs / 'explain' / PAPER_FILE}.png "
+          "(and .pdf)")
     print(f"Figures (XE | SCST, per-word maps below): {', '.join(map(str, figures))}")
     print(f"All of them: {runs / 'explain' / INDEX_FILE}. Your own drawing (shapes of the "
           "world's colours on white): `hin caption my.png --checkpoint "
-          f"{scst_best}` and `hin explain my.png --checkpoint {scst_best} --compare {xe_best} "
-          "--words`.")
+          f"{scst_best}` and `hin explain my.png --compare {xe_best} {scst_best} "
+          f"--labels {' '.join(repr(label) for label in DEMO_LABELS)} --paper --words`.")

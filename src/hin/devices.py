@@ -62,3 +62,37 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if resolve_precision(precision, device) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name as the kernel reports it (platform's guess elsewhere)."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def version_report() -> str:
+    """What `hin --version` prints: hin's and torch's versions and the hardware `--device auto`
+    would use, the first thing to quote in a bug report."""
+    import os
+
+    from hin import __version__
+    from hin.errors import DISTRIBUTION
+
+    lines = [f"hin {__version__} (pip package {DISTRIBUTION})", f"torch {torch.__version__}",
+             f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+             f", fast bf16: {'yes' if cpu_has_fast_bf16() else 'no'}"]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            lines.append(f"GPU cuda:{index}: {properties.name}, {properties.total_memory / 2**30:.0f} GiB "
+                         f"(CUDA {torch.version.cuda})")
+    else:
+        built = "this torch is built without CUDA" if torch.version.cuda is None else \
+            f"torch built for CUDA {torch.version.cuda} but no usable GPU"
+        lines.append(f"GPU: none ({built}); --device auto uses the CPU")
+    return "\n".join(lines)

@@ -22,3 +22,11 @@ class MissingExtraError(HINError, ImportError):
 class Interrupted(HINError):
     """Ctrl-C or SIGTERM stopped a command; the message says what was kept and how to go on.
     The command line prints it as one line and exits 130."""
+
+
+DISTRIBUTION = "hin-caption"   # the name on the package index, where `hin` is another project
+
+
+def pip_install(extra: str) -> str:
+    """The one way messages spell installing an extra: `pip install 'hin-caption[plot]'`."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"

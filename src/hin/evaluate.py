@@ -30,7 +30,7 @@ from hin.data.vocab import Vocabulary, require_same_words, vocabulary_for
 from hin.decoding import caption_batches, require_decodable
 from hin.devices import resolve_device
 from hin.errors import UsageError
-from hin.files import refuse_overwriting
+from hin.files import refuse_overwriting, write_together
 from hin.metrics import MetricsReport, collapse_repeats, score_captions
 
 SPLITS = ("val", "test", "features")
@@ -119,11 +119,14 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     written = []
     if out is not None:
         results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
-        written.append(_write_json(out / CAPTIONS_FILE, results))
+        files = {out / CAPTIONS_FILE: _json(results)}
         if report is not None:
             provenance = _provenance(checkpoints, models, split, data, decoding, batch_size,
                                      vocabulary)
-            written.append(_write_json(out / METRICS_FILE, {**report.to_dict(), **provenance}))
+            files[out / METRICS_FILE] = _json({**report.to_dict(), **provenance})
+        # The two files describe one run: both are replaced, or (a full disk) neither; an
+        # older metrics.json is removed when this run has none, never left beside new captions.
+        written = write_together(files, remove=[out / METRICS_FILE])
     return Evaluation(captions, report, written, notes)
 
 
@@ -152,6 +155,5 @@ def _provenance(checkpoints: Sequence[str | Path], models: list[Any], split: str
     }
 
 
-def _write_json(path: Path, value: Any) -> Path:
-    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    return path
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2) + "\n"

@@ -28,8 +28,9 @@ from hin.data.coco import load_split
 from hin.data.features import FeatureStore, ImageGeometry, describe_geometry, read_attributes
 from hin.data.vocab import tokenize
 from hin.decoding import search
-from hin.errors import MissingExtraError, UsageError
+from hin.errors import MissingExtraError, UsageError, pip_install
 from hin.extract.images import list_images, load_rgb, recorded_orientation
+from hin.files import atomic_write, write_text
 from hin.metrics import CiderDTable, cider_d
 from hin.model import HIN, AttentionTrace
 
@@ -130,6 +131,7 @@ class ImageExplanation:
     views: tuple[ModelView, ...]
     references: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    unfamiliar: str | None = None     # the first checkpoint's hin.data.familiarity note
 
 
 def select_layer(maps: Tensor, layer: int | None) -> Tensor:
@@ -187,10 +189,19 @@ def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: S
     return views
 
 
-def _label(checkpoint: str | Path) -> str:
-    """`runs/demo/xe/best.pt` -> `xe/best.pt`: short, and tells two runs' best.pt apart."""
-    path = Path(checkpoint)
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+def checkpoint_labels(checkpoints: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
+    """Column titles: `labels`, or each checkpoint's folder name (`runs/demo/xe/best.pt` -> `xe`),
+    `folder/name` where two folders' names are equal; never a whole path."""
+    if labels is not None:
+        if len(labels) != len(checkpoints):
+            raise UsageError(f"--labels gives {len(labels)} names for {len(checkpoints)} checkpoints: "
+                             "give one per checkpoint, in the order of the columns")
+        return list(labels)
+    paths = [Path(c) for c in checkpoints]
+    short = [path.parent.name or path.stem for path in paths]
+    if len(set(short)) == len(short) or len(set(paths)) < len(paths):
+        return short
+    return [f"{path.parent.name}/{path.name}" if path.parent.name else path.name for path in paths]
 
 
 def _picture_files(images: str | Path | None) -> dict[int, Path]:
@@ -247,7 +258,7 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
             ids: Sequence[int] | None = None, grid: str | Path | None = None,
             region: str | Path | None = None, images: str | Path | None = None,
             annotations: str | Path | None = None, split: str | None = None, limit: int | None = None,
-            layer: int | None = None, words: str | None = None,
+            layer: int | None = None, words: str | None = None, labels: Sequence[str] | None = None,
             decoding: DecodingConfig = DecodingConfig(), device: str = "auto",
             batch_size: int = 8) -> list[ImageExplanation]:
     """Caption and read the maps of pictures (each checkpoint re-runs its recorded extractors)
@@ -259,8 +270,8 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
                          "found by id in --images), not both")
     if not pictures and (grid is None or region is None):
         raise UsageError("give pictures, or both --grid and --region feature files")
+    labels = checkpoint_labels(checkpoints, labels)
     captioners = [Captioner(c, device=device, decoding=decoding, batch_size=batch_size) for c in checkpoints]
-    labels = [_label(c) for c in checkpoints]
     if pictures:
         return [explanation for start in range(0, len(pictures), batch_size)
                 for explanation in _explain_pictures(captioners, labels, pictures[start:start + batch_size],
@@ -298,9 +309,10 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
 def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Sequence[str | Path],
                       layer: int | None, words: str | None) -> list[ImageExplanation]:
     loaded = [load_picture(p) for p in paths]
-    columns = []
+    columns, unfamiliar = [], []
     for captioner, label in zip(captioners, labels):
         grid_entries, region_entries = captioner.picture_entries(loaded)
+        unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]
         grid_extractor, region_extractor = captioner.extractors()
         geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
                                         f"the {grid_extractor.name} extractor",
@@ -310,17 +322,20 @@ def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Seq
         columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
                                       [r["features"] for r in region_entries], geometries, label=label,
                                       layer=layer, words=words))
-    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns))
-            for row, (path, picture) in enumerate(zip(paths, loaded))]
+    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns),
+                             notes=(note,) if note else (), unfamiliar=note)
+            for row, (path, picture, note) in enumerate(zip(paths, loaded, unfamiliar))]
 
 
 # ---- figures (matplotlib, the `plot` extra) -------------------------------------------------
 
-COLORMAP = "magma"
-OVERLAY_ALPHA = 0.6
+MAP_COLORMAP = "viridis"   # every attention map hin draws (figures and the `hin serve` page)
+OVERLAY_ALPHA = 0.45       # opacity of a map at its peak; where the model does not look, none
+BOX_COLOUR = "red"         # the strongest regions and the peak grid cell, as in the paper
 PANEL_INCHES = 3.2
 CAPTION_INCHES = 0.7
 WORD_INCHES = 1.6
+SCALE_INCHES = 0.7
 DPI = 100
 HEAT_SIDE = 256      # region heat maps are painted at most this many pixels a side
 INDEX_FILE = "index.html"
@@ -330,7 +345,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as error:
-        raise MissingExtraError("hin explain draws with matplotlib: pip install 'hin[plot]' "
+        raise MissingExtraError(f"hin explain draws with matplotlib: {pip_install('plot')} "
                                 "(or pip install matplotlib)") from error
     matplotlib.use("Agg")
     from matplotlib import pyplot
@@ -373,6 +388,40 @@ def _no_ticks(axes: Any) -> None:
     axes.set_yticks([])
 
 
+def overlay_colormap() -> Any:
+    """MAP_COLORMAP with an opacity that grows with the weight (OVERLAY_ALPHA at the peak): the
+    picture keeps its own colours wherever the model does not look."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    colours = colormaps[MAP_COLORMAP](np.linspace(0, 1, 256))
+    colours[:, 3] = OVERLAY_ALPHA * np.linspace(0, 1, 256)
+    return ListedColormap(colours, name=f"{MAP_COLORMAP}_overlay")
+
+
+def _overlay(axes: Any, heat: np.ndarray, extent: tuple[float, float, float, float]) -> None:
+    """`heat` over the picture, each map scaled from its lowest weight (clear) to its peak: a
+    nearly uniform map still shows where it looks most."""
+    low, high = float(heat.min()), float(heat.max())
+    axes.imshow(heat, cmap=overlay_colormap(), vmin=low, vmax=high if high > low else low + 1.0,
+                interpolation="nearest", extent=extent)
+
+
+def _outlined(axes: Any, x: float, y: float, text: str, **style: Any) -> None:
+    """White text with a black outline: readable on any colour of picture or map."""
+    from matplotlib import patheffects
+
+    axes.text(x, y, text, color="white", clip_on=True, **style,
+              path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
+
+
+def _box(axes: Any, box: np.ndarray, linewidth: float = 1.4) -> None:
+    from matplotlib.patches import Rectangle
+
+    x1, y1, x2, y2 = box
+    axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=BOX_COLOUR, linewidth=linewidth))
+
+
 def _draw_grid(axes: Any, explanation: ImageExplanation, view: ModelView, weights: np.ndarray) -> str | None:
     """Grid attention as upsampled cells over the picture; -> what could not be placed, if anything."""
     geometry = view.geometry
@@ -381,16 +430,17 @@ def _draw_grid(axes: Any, explanation: ImageExplanation, view: ModelView, weight
     if geometry.grid_placed and (extent := _canvas(axes, explanation, geometry)) is not None:
         rows, cols = geometry.grid_layout
         x1, y1, x2, y2 = geometry.grid_box
-        axes.imshow(weights.reshape(rows, cols), cmap=COLORMAP, vmin=0, vmax=peak, alpha=OVERLAY_ALPHA,
-                    interpolation="nearest", extent=(x1, x2, y2, y1))
+        _overlay(axes, weights.reshape(rows, cols), (x1, x2, y2, y1))
+        if weights.max() > 0:
+            _box(axes, geometry.cell_boxes()[int(np.argmax(weights))])
         axes.set_xlim(extent[0], extent[1])
         axes.set_ylim(extent[2], extent[3])
         return None
     if geometry.grid_layout is not None:
-        axes.imshow(weights.reshape(geometry.grid_layout), cmap=COLORMAP, vmin=0, vmax=peak,
+        axes.imshow(weights.reshape(geometry.grid_layout), cmap=MAP_COLORMAP, vmin=0, vmax=peak,
                     interpolation="nearest")
     else:
-        axes.imshow(weights[None], cmap=COLORMAP, vmin=0, vmax=peak, interpolation="nearest", aspect="auto")
+        axes.imshow(weights[None], cmap=MAP_COLORMAP, vmin=0, vmax=peak, interpolation="nearest", aspect="auto")
     return "grid map not placed on the picture: " + "; ".join(
         m for m in geometry.missing if "grid" in m or "size" in m)
 
@@ -417,15 +467,13 @@ def _draw_regions(axes: Any, explanation: ImageExplanation, view: ModelView, wei
     _no_ticks(axes)
     extent = _canvas(axes, explanation, replace(geometry, size=tuple(size)))
     heat = region_heat(weights, boxes[:len(weights)], tuple(size))
-    axes.imshow(heat, cmap=COLORMAP, vmin=0, vmax=float(heat.max()) or 1.0, alpha=OVERLAY_ALPHA,
-                interpolation="nearest", extent=extent)
-    from matplotlib.patches import Rectangle
+    _overlay(axes, heat, extent)
     for index in np.argsort(-weights, kind="stable")[:outline]:
         if weights[index] <= 0:
             break
-        x1, y1, x2, y2 = boxes[index]
-        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="cyan", linewidth=1.2))
-        axes.text(x1 + 1, y1 + 1, f"{weights[index]:.2f}", color="cyan", fontsize=7, va="top", clip_on=True)
+        _box(axes, boxes[index])
+        x1, y1 = boxes[index][:2]
+        _outlined(axes, x1 + 2, y1 + 2, f"{weights[index]:.2f}", fontsize=7, va="top", fontweight="bold")
     axes.set_xlim(extent[0], extent[1])
     axes.set_ylim(extent[2], extent[3])
     return None
@@ -448,7 +496,7 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
     columns = 1 + len(views)
     size = views[0].geometry.size or (explanation.picture.size[::-1] if explanation.picture else None)
     panel = PANEL_INCHES * (1.0 if size is None else min(1.0, max(0.5, size[0] / size[1])))   # wide pictures
-    heights = [panel, panel, CAPTION_INCHES] + [WORD_INCHES] * len(strips)
+    heights = [panel, panel, CAPTION_INCHES] + [WORD_INCHES] * len(strips) + [SCALE_INCHES]
     total = sum(heights) + 0.9
     figure = pyplot.figure(figsize=(PANEL_INCHES * columns, total), dpi=DPI)
     layout = figure.add_gridspec(len(heights), columns, height_ratios=heights, hspace=0.3, wspace=0.08,
@@ -474,7 +522,7 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
                 notes.append(f"{view.label}: {problem}")
         text_axes = figure.add_subplot(layout[2, column], label=f"caption:{column - 1}")
         text_axes.axis("off")
-        score = "" if view.cider is None else f"\nCIDEr-D {view.cider:.3f}"
+        score = "" if view.cider is None else f"\nCIDEr-D ×100: {100 * view.cider:.1f}"
         text_axes.text(0, 1, _wrapped(view.caption, 34) + score, va="top", fontsize=9, fontweight="bold",
                        transform=text_axes.transAxes)
     info_axes = figure.add_subplot(layout[1:3, 0], label="references")
@@ -483,8 +531,9 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
     info_axes.text(0, 1, "\n".join(_wrapped(line, 48) for line in lines + [f"! {n}" for n in notes]),
                    va="top", fontsize=7, transform=info_axes.transAxes)
 
+    slots = max([columns * 2] + [len(view.words) for view in strips])   # one word size for every strip
     for row, view in enumerate(strips, start=3):   # a strip's label is its row (views may be equal)
-        strip = layout[row, :].subgridspec(1, max(len(view.words), columns * 2), wspace=0.05)
+        strip = layout[row, :].subgridspec(1, slots, wspace=0.05)
         draw = _draw_grid if view.word_source == "grid" else _draw_regions
         for index, (word, weights) in enumerate(zip(view.words, view.word_maps)):
             axes = figure.add_subplot(strip[0, index], label=f"word:{row}:{index}")
@@ -496,7 +545,142 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
             _no_ticks(axes)
             if index == 0:
                 axes.set_ylabel(f"{view.label}\n{view.word_source} per word", fontsize=7)
+    scale = layout[-1, :].subgridspec(3, 3, height_ratios=[0.25, 0.3, 0.45])[1, 1]
+    _colour_bar(figure, figure.add_subplot(scale, label="scale"),
+                "attention, per map: its lowest to its peak weight", fontsize=7)
     return figure
+
+
+# ---- the paper's Fig. 6: one table for several pictures -----------------------------------
+
+PAPER_FILE = "paper_figure"     # .png and .pdf
+PAPER_PANEL_INCHES = 1.9
+PAPER_TEXT_INCHES = 3.6
+PAPER_FONT = 9
+
+
+def differing_words(words: Sequence[str], other: Sequence[str]) -> list[bool]:
+    """For each of `words`: True when it is not part of what it shares, in order, with `other`
+    (difflib's matching blocks): the words the paper prints in red."""
+    import difflib
+
+    differs = [True] * len(words)
+    for block in difflib.SequenceMatcher(a=list(words), b=list(other), autojunk=False).get_matching_blocks():
+        differs[block.a:block.a + block.size] = [False] * block.size
+    return differs
+
+
+def _word_line(axes: Any, y: float, pieces: Sequence[tuple[str, str, str]]) -> float:
+    """Draw (text, colour, weight) pieces word by word from the left at axes height `y`,
+    wrapping at the axes' right edge; -> the height below the last line."""
+    renderer = axes.figure.canvas.get_renderer()
+    box = axes.get_window_extent(renderer)
+    line = PAPER_FONT * 1.35 / 72 * axes.figure.dpi / box.height
+    x = 0.0
+    for text, colour, weight in pieces:
+        for word in text.split():
+            artist = axes.text(x, y, word + " ", color=colour, fontweight=weight, fontsize=PAPER_FONT,
+                               va="top", transform=axes.transAxes)
+            width = artist.get_window_extent(renderer).width / box.width
+            if x > 0 and x + width > 1.0:
+                x, y = 0.0, y - line
+                artist.set_position((x, y))
+            x += width
+    return y - line * 1.25
+
+
+def _paper_text(axes: Any, explanation: ImageExplanation) -> None:
+    """Ground truth, then each caption with its CIDEr-D x100, words the other caption lacks in red."""
+    axes.axis("off")
+    y = 1.0
+    if explanation.references:
+        y = _word_line(axes, y, [("GT:", "black", "bold"), (explanation.references[0], "black", "normal")])
+    first, second = (view.caption.split() for view in explanation.views)
+    for view, words, other in zip(explanation.views, (first, second), (second, first)):
+        score = "" if view.cider is None else f" ({100 * view.cider:.1f})"
+        pieces = [(f"{view.label}{score}:", "black", "bold")]
+        pieces += [(word, BOX_COLOUR if red else "black", "normal")
+                   for word, red in zip(words, differing_words(words, other))]
+        y = _word_line(axes, y, pieces)
+    for note in explanation.notes:
+        y = _word_line(axes, y, [(note, "dimgray", "normal")])
+
+
+def _colour_bar(figure: Any, axes: Any, label: str, fontsize: float) -> None:
+    """The overlay's colours as they look on white, from a map's lowest weight to its peak."""
+    from matplotlib import cm, colors
+
+    bar = figure.colorbar(cm.ScalarMappable(colors.Normalize(0, 1), overlay_colormap()), cax=axes,
+                          orientation="horizontal")
+    bar.set_ticks([0, 1], labels=["lowest", "peak"])
+    bar.ax.tick_params(labelsize=fontsize - 1)
+    bar.set_label(label, fontsize=fontsize)
+
+
+def render_paper(explanations: Sequence[ImageExplanation], layer_label: str = "mean over layers") -> Any:
+    """The paper's Fig. 6 for two models: a row per picture; columns Image | grid feature map
+    of each model | region feature map of each model | text. Axes are labelled `image:<row>`,
+    `grid:<row>:<model>`, `region:<row>:<model>`, `text:<row>`."""
+    if not explanations or any(len(e.views) != 2 for e in explanations):
+        raise UsageError("the paper's figure compares two models: give --compare BASE.pt OURS.pt "
+                         "(or --checkpoint with one --compare)")
+    pyplot = _pyplot()
+    labels = [view.label for view in explanations[0].views]
+    header, bar = 0.45, 0.75
+    heights = [header] + [PAPER_PANEL_INCHES] * len(explanations) + [bar]
+    widths = [PAPER_PANEL_INCHES] * 5 + [PAPER_TEXT_INCHES]
+    figure = pyplot.figure(figsize=(sum(widths) + 0.4, sum(heights) + 0.3), dpi=DPI)
+    layout = figure.add_gridspec(len(heights), len(widths), height_ratios=heights, width_ratios=widths,
+                                 hspace=0.06, wspace=0.04, left=0.3 / figure.get_figwidth(), right=0.99,
+                                 top=0.99, bottom=0.15 / figure.get_figheight())
+    groups = [((0, 1), "Image", ()), ((1, 3), f"Grid feature map ({layer_label})", labels),
+              ((3, 5), f"Region feature map ({layer_label})", labels), ((5, 6), "Text", ())]
+    for (start, stop), title, subtitles in groups:
+        axes = figure.add_subplot(layout[0, start:stop], label=f"header:{start}")
+        axes.axis("off")
+        axes.text(0.5, 1.0, title, ha="center", va="top", fontsize=PAPER_FONT + 1, fontweight="bold")
+        for index, subtitle in enumerate(subtitles):
+            axes.text((index + 0.5) / len(subtitles), 0.1, subtitle, ha="center", va="bottom",
+                      fontsize=PAPER_FONT + 1)
+    for row, explanation in enumerate(explanations, start=1):
+        picture = figure.add_subplot(layout[row, 0], label=f"image:{row - 1}")
+        _no_ticks(picture)
+        if _canvas(picture, explanation, explanation.views[0].geometry) is None:
+            picture.text(0.5, 0.5, "no picture", ha="center", va="center", transform=picture.transAxes)
+        picture.set_ylabel(_wrapped(explanation.name, 24), fontsize=PAPER_FONT - 1)
+        notes = list(explanation.notes)
+        for model, view in enumerate(explanation.views):
+            grid = figure.add_subplot(layout[row, 1 + model], label=f"grid:{row - 1}:{model}")
+            region = figure.add_subplot(layout[row, 3 + model], label=f"region:{row - 1}:{model}")
+            for problem in (_draw_grid(grid, explanation, view, view.grid_map),
+                            _draw_regions(region, explanation, view, view.region_map, outline=2)):
+                if problem and f"{view.label}: {problem}" not in notes:
+                    notes.append(f"{view.label}: {problem}")
+        _paper_text(figure.add_subplot(layout[row, 5], label=f"text:{row - 1}"),
+                    replace(explanation, notes=tuple(notes)))
+    for start, kind in ((1, "grid"), (3, "region")):
+        scale = layout[-1, start:start + 2].subgridspec(3, 3, height_ratios=[0.3, 0.25, 0.45],
+                                                        width_ratios=[0.1, 0.8, 0.1])
+        _colour_bar(figure, figure.add_subplot(scale[1, 1], label=f"scale:{kind}"),
+                    f"global {kind} token's attention, per map", PAPER_FONT)
+    return figure
+
+
+def write_paper_figure(explanations: Sequence[ImageExplanation], out: str | Path,
+                       layer_label: str = "mean over layers") -> tuple[Path, Path]:
+    """`out/paper_figure.png` and `.pdf`: the paper-layout table of `explanations`."""
+    pyplot = _pyplot()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = render_paper(explanations, layer_label)
+    paths = out / f"{PAPER_FILE}.png", out / f"{PAPER_FILE}.pdf"
+    try:
+        for path in paths:
+            with atomic_write(path, "wb") as handle:
+                figure.savefig(handle, dpi=DPI, format=path.suffix[1:])
+    finally:
+        pyplot.close(figure)
+    return paths
 
 
 def figure_name(explanation: ImageExplanation, index: int) -> str:
@@ -506,8 +690,9 @@ def figure_name(explanation: ImageExplanation, index: int) -> str:
 
 
 def write_figures(explanations: Sequence[ImageExplanation], out: str | Path,
-                  layer_label: str = "mean over layers") -> list[Path]:
-    """One PNG per image in `out`, and `out/index.html` listing them (sortable by CIDEr-D)."""
+                  layer_label: str = "mean over layers", paper: bool = False) -> list[Path]:
+    """One PNG per image in `out`, and `out/index.html` listing them (sortable by CIDEr-D);
+    with `paper`, also the paper-layout figure of them all, linked from the index."""
     pyplot = _pyplot()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -515,10 +700,12 @@ def write_figures(explanations: Sequence[ImageExplanation], out: str | Path,
     for index, explanation in enumerate(explanations):
         figure = render(explanation, layer_label)
         path = out / figure_name(explanation, index)
-        figure.savefig(path, dpi=DPI)
+        with atomic_write(path, "wb") as file:
+            figure.savefig(file, format="png", dpi=DPI)
         pyplot.close(figure)
         paths.append(path)
-    write_index(explanations, paths, out / INDEX_FILE)
+    paper_figures = write_paper_figure(explanations, out, layer_label) if paper else ()
+    write_index(explanations, paths, out / INDEX_FILE, paper_figures)
     return paths
 
 
@@ -539,27 +726,33 @@ function sortBy(column) {
 """
 
 
-def write_index(explanations: Sequence[ImageExplanation], figures: Sequence[Path], path: Path) -> Path:
+def write_index(explanations: Sequence[ImageExplanation], figures: Sequence[Path], path: Path,
+                paper: Sequence[Path] = ()) -> Path:
     """A self-contained page (no network) listing every figure with its captions and CIDEr-D;
-    a click on a CIDEr-D or # heading sorts by it."""
+    a click on a CIDEr-D or # heading sorts by it, a click on a thumbnail opens the figure.
+    `paper`: the paper-layout figure's files, linked at the top."""
     from html import escape
 
     labels = [view.label for view in explanations[0].views] if explanations else []
     header = ["<th onclick='sortBy(0)'>#</th>", "<th>figure</th>", "<th>image</th>"]
     for offset, label in enumerate(labels):
         header.append(f"<th>{escape(label)} caption</th>")
-        header.append(f"<th onclick='sortBy({4 + 2 * offset})'>{escape(label)} CIDEr-D</th>")
+        header.append(f"<th onclick='sortBy({4 + 2 * offset})'>{escape(label)} CIDEr-D ×100</th>")
     rows = []
     for index, (explanation, figure) in enumerate(zip(explanations, figures)):
         cells = [f"<td data-sort='{index}'>{index}</td>",
-                 f"<td><a href='{escape(figure.name)}'><img src='{escape(figure.name)}' loading='lazy'></a></td>",
+                 f"<td><a href='{escape(figure.name)}' title='open the full figure'>"
+                 f"<img src='{escape(figure.name)}' loading='lazy'></a></td>",
                  f"<td>{escape(explanation.name)}<br><small>{'<br>'.join(map(escape, explanation.references))}"
                  "</small></td>"]
         for view in explanation.views:
-            score = "" if view.cider is None else f"{view.cider:.3f}"
+            score = "" if view.cider is None else f"{100 * view.cider:.1f}"
             cells.append(f"<td>{escape(view.caption)}</td>")
             cells.append(f"<td data-sort='{score}'>{score or '–'}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
+    paper_link = "" if not paper else (
+        "<p><b>All pictures in the paper's layout (Fig. 6):</b> " + " · ".join(
+            f"<a href='{escape(p.name)}'>{escape(p.name)}</a>" for p in paper) + "</p>\n")
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>hin explain: {len(rows)} images</title>
 <style>
@@ -568,16 +761,15 @@ table {{ border-collapse: collapse; }}
 td, th {{ border: 1px solid #ccc; padding: 4px; vertical-align: top; }}
 th[onclick] {{ cursor: pointer; text-decoration: underline; }}
 th[data-order=desc]::after {{ content: ' ▼'; }} th[data-order=asc]::after {{ content: ' ▲'; }}
-img {{ max-width: 360px; }}
+img {{ width: 640px; max-width: 60vw; }}
 </style>
 <script>{_INDEX_SCRIPT}</script></head>
 <body><h1>hin explain: {len(rows)} images</h1>
-<p>Each figure: the picture, then per model the encoder's global grid token and global region token
-attention and the caption. Click a CIDEr-D heading to sort.</p>
+{paper_link}<p>Each figure: the picture, then per model the encoder's global grid token and global region token
+attention and the caption. Click a thumbnail to open the full figure, a CIDEr-D heading to sort.</p>
 <table><thead><tr>{''.join(header)}</tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text(path, page)

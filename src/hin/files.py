@@ -12,7 +12,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,31 +72,108 @@ def out_of_space(error: BaseException) -> bool:
                                            or "No space left on device" in str(error))
 
 
+def _refuse_full_disk(path: Path, error: BaseException, kept: str) -> None:
+    """Raise a full disk as a one-line OutOfSpaceError saying what is `kept`; the caller
+    re-raises any other error as it is."""
+    if out_of_space(error):
+        raise OutOfSpaceError(f"no space left on the device writing {path}; {kept}. "
+                              "Free some space and try again") from error
+
+
+@contextlib.contextmanager
+def _complete_temporary(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """A temporary file beside `path`, opened by name (so `file.name` is its path), flushed and
+    fsynced when the block ends; removed again if the block fails."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        with open(temp_name, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+            yield file
+            file.flush()
+            os.chmod(file.fileno(), _file_mode(path))
+            os.fsync(file.fileno())
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _previous(path: Path) -> str:
+    return f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path` for writing and rename it onto `path` only when the
     block ends without error (after fsync). A crash, a kill or a full disk therefore leaves
     either the old file or the new one, never a half-written file that looks finished. Every
-    file the project writes goes through here (or `write_text`/`write_json`/`write_yaml`)."""
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
+    file the project writes goes through here (or `write_text`/`write_json`/`write_yaml`/
+    `write_together`); `append_line` is the one exception, for logs."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+        with _complete_temporary(path, mode) as file:
             yield file
-            file.flush()
-            os.chmod(file.fileno(), _file_mode(path))
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
+        os.replace(file.name, path)
     except BaseException as error:
-        Path(temp_name).unlink(missing_ok=True)
-        if out_of_space(error):
-            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-            raise OutOfSpaceError(f"no space left on the device writing {path}; {kept}. "
-                                  "Free some space and try again") from error
+        _refuse_full_disk(path, error, _previous(path))
         raise
+
+
+def write_together(texts: Mapping[str | Path, str], remove: Iterable[str | Path] = ()) -> list[Path]:
+    """Replace several files that belong together (e.g. captions and their metrics): every new
+    text is written and fsynced to a temporary file first, and only then are the `remove`
+    paths (stale members of the set) deleted and the temporaries renamed. A full disk or any
+    error while writing leaves every old file as it was."""
+    done: dict[Path, Path] = {}
+    try:
+        for path, text in texts.items():
+            path = Path(path)
+            try:
+                with _complete_temporary(path, "w") as file:
+                    file.write(text)
+            except BaseException as error:
+                names = ", ".join(Path(p).name for p in texts)
+                _refuse_full_disk(path, error, f"none of {names} was replaced")
+                raise
+            done[path] = Path(file.name)
+    except BaseException:
+        for temporary in done.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    for stale in remove:
+        Path(stale).unlink(missing_ok=True)
+    for path, temporary in done.items():
+        os.replace(temporary, path)
+    return list(done)
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line (a newline is added) to a log file. An error while writing (a full
+    disk) cuts the file back to its previous length, so no partial line stays behind; only a
+    kill mid-write can leave one, which `complete_lines` recognises."""
+    path = Path(path)
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(descriptor).st_size
+        data = (line + "\n").encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(descriptor, data):]
+        except BaseException as error:
+            os.ftruncate(descriptor, size)
+            _refuse_full_disk(path, error, "the lines before are intact")
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def complete_lines(text: str) -> tuple[list[str], str]:
+    """(the complete lines of a log's `text`, the cut-off last line or "") : a line is complete
+    when a newline ends it."""
+    lines = text.split("\n")
+    return lines[:-1], lines[-1]
 
 
 def _file_mode(path: Path) -> int:

@@ -10,19 +10,20 @@ This module must never know about the model beyond the tensors a `Batch` carries
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from tqdm import tqdm
 
 from hin.data.coco import Split
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore, stack_grids
 from hin.data.vocab import Vocabulary
+from hin.errors import HINError
 from hin.processes import worker_init
 
 
@@ -156,14 +157,56 @@ def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
         references=[list(sample.references) for sample in samples])
 
 
+@dataclass(frozen=True)
+class _WorkerFailure:
+    """What a DataLoader worker hands back instead of a batch when reading it raised a
+    HINError: the error itself, re-raised as it is in the main process (torch would wrap it
+    in "Caught DataError in DataLoader worker process 0" and a traceback)."""
+
+    error: HINError
+
+
+class _ReportingDataset(Dataset):
+    """`dataset`, whose HINErrors in a worker process travel back as `_WorkerFailure`s."""
+
+    def __init__(self, dataset: CaptionPairs | ImageReferences) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample | _WorkerFailure:
+        try:
+            return self.dataset[index]
+        except HINError as error:
+            if get_worker_info() is None:
+                raise
+            return _WorkerFailure(error)
+
+
+def _collate_or_failure(samples: Sequence[Sample | _WorkerFailure],
+                        pad_id: int | None) -> Batch | _WorkerFailure:
+    failed = next((sample for sample in samples if isinstance(sample, _WorkerFailure)), None)
+    return failed if failed is not None else collate(samples, pad_id)
+
+
+class _Loader(DataLoader):
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in super().__iter__():
+            if isinstance(batch, _WorkerFailure):
+                raise batch.error
+            yield batch
+
+
 def make_loader(dataset: CaptionPairs | ImageReferences, batch_size: int, *, shuffle: bool = False,
                 num_workers: int = 0, seed: int = 0, sampler: Sampler[Any] | None = None,
                 drop_last: bool = False) -> DataLoader:
     """A DataLoader yielding `Batch`es. Shuffling and worker seeds come from its own seeded
-    generator, never from the global RNG, so a resumed training run repeats exactly."""
+    generator, never from the global RNG, so a resumed training run repeats exactly. A
+    HINError (a malformed feature entry) raised in a worker reaches the caller as itself."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=num_workers,
-                      collate_fn=functools.partial(collate, pad_id=dataset.pad_id),
-                      generator=generator, drop_last=drop_last,
-                      persistent_workers=num_workers > 0, worker_init_fn=worker_init())
+    return _Loader(_ReportingDataset(dataset), batch_size=batch_size,
+                   shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
+                   collate_fn=functools.partial(_collate_or_failure, pad_id=dataset.pad_id),
+                   generator=generator, drop_last=drop_last,
+                   persistent_workers=num_workers > 0, worker_init_fn=worker_init())

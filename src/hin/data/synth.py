@@ -39,6 +39,7 @@ from hin.data.errors import DataError
 from hin.data.features import ATTRIBUTE_PREFIX
 from hin.data.shape_features import CANVAS, PreparedPicture, ShapeFeatures
 from hin.data.vocab import Vocabulary, tokenize
+from hin.files import atomic_write, write_json, write_text
 
 GRID_FILE = "grid.hdf5"
 REGION_FILE = "region.hdf5"
@@ -264,8 +265,8 @@ def generate(out_dir: str | Path, seed: int = 0, train: int = 2000, val: int = 2
                               for caption in image.captions), min_freq=min_freq)
     vocab.save(out / VOCAB_FILE)
     manifest = _manifest(images, annotation_ids, vocab, seed, min_freq, restval_fraction)
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    (out / README_FILE).write_text(_readme(manifest), encoding="utf-8")
+    write_json(out / MANIFEST_FILE, manifest)
+    write_text(out / README_FILE, _readme(manifest))
     return manifest
 
 
@@ -285,9 +286,10 @@ def _write_annotations(out: Path, images: list[_Image]) -> dict[str, list[int]]:
             ids_per_file[PART_ID_FILES[image.split]].append(next_annotation)
             next_annotation += 1
     for name, content in contents.items():
-        (out / name).write_text(json.dumps(content) + "\n", encoding="utf-8")
+        write_json(out / name, content, indent=None)
     for name, ids in ids_per_file.items():
-        np.save(out / name, np.asarray(ids, dtype=np.int64))
+        with atomic_write(out / name, "wb") as file:
+            np.save(file, np.asarray(ids, dtype=np.int64))
     return ids_per_file
 
 
@@ -304,7 +306,8 @@ def _write_pictures_and_features(out: Path, images: list[_Image], progress: bool
         region_file.attrs.update(_prefixed(extractor.region_attributes()))
         for image in images:
             pixels = render(image.objects)
-            Image.fromarray(pixels).save(out / IMAGES_DIR / image.file_name)
+            with atomic_write(out / IMAGES_DIR / image.file_name, "wb") as file:
+                Image.fromarray(pixels).save(file, format="PNG")
             picture = PreparedPicture(pixels, CANVAS, CANVAS)
             regions = extractor.region_entry(picture)
             for name, entries in ((grid_file, extractor.grid_entry(picture)), (region_file, regions)):
@@ -312,7 +315,7 @@ def _write_pictures_and_features(out: Path, images: list[_Image], progress: bool
                     name.create_dataset(f"{image.image_id}_{suffix}", data=array)
             scenes[str(image.image_id)] = _scene_record(image, regions["boxes"])
             bar.update()
-    (out / SCENES_FILE).write_text(json.dumps(scenes) + "\n", encoding="utf-8")
+    write_json(out / SCENES_FILE, scenes, indent=None)
 
 
 def read_scenes(out_dir: str | Path, attribute: str = "shape") -> dict[int, list[tuple[str, tuple[int, ...]]]]:

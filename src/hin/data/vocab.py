@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from hin.errors import HINError
-from hin.files import read_json, require_file
+from hin.files import read_json, require_file, write_json
 
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<bos>", "<eos>"
 SPECIALS = (UNK, PAD, BOS, EOS)
@@ -177,8 +177,7 @@ class Vocabulary:
         return vocab
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=0) + "\n",
-                              encoding="utf-8")
+        write_json(path, self.to_dict(), indent=0)
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, STORAGE_DTYPES
 from hin.devices import autocast, resolve_precision
-from hin.errors import Interrupted, MissingExtraError, UsageError
+from hin.errors import Interrupted, MissingExtraError, UsageError, pip_install
 from hin.extract.images import (
     ORIENTATION_KEY,
     ImageFile,
@@ -41,6 +41,7 @@ from hin.extract.images import (
 )
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureWriter
+from hin.files import write_text
 from hin.processes import worker_init
 
 ImageEntry = dict[str, np.ndarray]
@@ -83,7 +84,7 @@ def transformers_module() -> Any:
         import transformers
     except ImportError as error:
         raise MissingExtraError("feature extraction needs the `transformers` package: "
-                          "pip install 'hin[extract]'") from error
+                                f"{pip_install('extract')}") from error
     return transformers
 
 
@@ -298,5 +299,5 @@ def _write_failures(path: Path, failed: list[tuple[Path, str]]) -> Path | None:
         path.unlink(missing_ok=True)
         return None
     lines = ["path\terror"] + [f"{file}\t{' '.join(error.split())}" for file, error in failed]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
     return path

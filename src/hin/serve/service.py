@@ -1,28 +1,45 @@
-"""The captioning side of the server: one `Captioner`, its dynamic batcher, the checkpoint's
-identity and demo pictures. Knows nothing of HTTP."""
+"""The captioning side of the server: one `Captioner`, its decoding pool and dynamic batcher,
+the checkpoint's identity and demo pictures. Knows nothing of HTTP.
+
+A picture goes through two stages off the event loop: a small pool of threads decodes it
+and turns it into the extractors' inputs (a 224 px square for CLIP, DETR's resized array),
+so the full-size picture lives only there; the batching thread then gets only those small
+inputs and runs the extractors and the beam search for a batch at once. Decoding a large
+picture so never delays the batches of small ones."""
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from hin.caption import Captioner
-from hin.data.coco import SPLIT_ID_FILES
+from hin.data.coco import load_split
 from hin.decoding import search
 from hin.errors import HINError
 from hin.evaluate import sha256
-from hin.extract.images import IMAGE_SUFFIXES, ImageListError, image_id_from_name
+from hin.extract.images import IMAGE_SUFFIXES
+from hin.files import atomic_write
+from hin.serve.admission import Admission
 from hin.serve.batching import DynamicBatcher
 from hin.serve.explanations import explain_available, explain_batch
-from hin.serve.inputs import Options, RequestError
+from hin.serve.inputs import Options, RequestError, decode_picture
 from hin.serve.settings import ServeSettings
 
 DEMO_PICTURES = 12
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded picture as the extractors take it; the picture itself is gone."""
+
+    width: int
+    height: int
+    format: str
+    grid: Any
+    region: Any
 
 
 class CaptionService:
@@ -39,7 +56,10 @@ class CaptionService:
             self.unavailable: str | None = None
         except HINError as error:
             self.unavailable = str(error)
-        self.demo_pictures = [] if self.unavailable else demo_pictures(self.captioner.extra)
+        self.demo_pictures = ([] if self.unavailable else
+                              demo_pictures(self.captioner.extra, settings.checkpoint))
+        self.admission = Admission(settings.max_queue, settings.max_pixels_in_flight)
+        self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="hin-decode")
         self.keep_uploads = Path(settings.keep_uploads) if settings.keep_uploads else None
         if self.keep_uploads:
             self.keep_uploads.mkdir(parents=True, exist_ok=True)
@@ -47,42 +67,73 @@ class CaptionService:
                                       max_wait_s=settings.max_wait_ms / 1000)
 
     def identity(self) -> dict[str, Any]:
-        config = self.captioner.model.config
-        features = self.captioner.extra.get("features") or {}
+        """The checkpoint and what it was trained on, as it records them (None: not recorded)."""
+        config, extra = self.captioner.model.config, self.captioner.extra
+        recorded = extra.get("features") or {}
+        features = {kind: {key: (recorded.get(kind) or {}).get(key)
+                           for key in ("extractor", "model")} for kind in ("grid", "region")}
+        profile = extra.get("feature_profile")
+        annotations = ((extra.get("config") or {}).get("data") or {}).get("annotations")
         return {"checkpoint": Path(self.settings.checkpoint).name, "sha256": self.sha256,
                 "layers": config.num_layers, "d_model": config.d_model,
-                "vocabulary_size": config.vocab_size,
-                "features": {kind: {key: (features.get(kind) or {}).get(key)
-                                    for key in ("extractor", "model")}
-                             for kind in ("grid", "region")}}
+                "vocabulary_size": config.vocab_size, "features": features,
+                "training": {"dataset": annotations,
+                             "images": profile["training_images"] if profile else None,
+                             "vocabulary_size": config.vocab_size, "extractors": features,
+                             "validation_cider_d": (extra.get("validation") or {}).get("CIDEr-D"),
+                             "familiarity_check": bool(profile)}}
 
-    def submit(self, picture: Image.Image, options: Options) -> Future:
-        """Queue a decoded picture; the future gives {"captions": [...], "explanation"?}."""
+    def check(self, options: Options) -> None:
+        """Refuse what this server cannot do before any work is spent on the picture."""
         if self.unavailable:
             raise RequestError(503, f"this server cannot caption pictures: {self.unavailable}")
         if options.explain and not explain_available():
             raise RequestError(501, "explain=true needs hin.explain (the attention-map API), "
                                     "which this installation of hin does not have")
-        return self.batcher.submit(options, picture)
+
+    def prepare(self, data: bytes, pixels: int) -> Future:
+        """Decode and prepare the picture in the pool; its `pixels`, reserved with
+        `admission.reserve`, are given back once the full-size picture is dropped."""
+        def work() -> Prepared:
+            try:
+                picture, picture_format = decode_picture(data)
+                self.keep(data, picture_format)
+                grid_extractor, region_extractor = self.captioner.extractors()
+                return Prepared(picture.width, picture.height, picture_format,
+                                grid_extractor.preprocess(picture),
+                                region_extractor.preprocess(picture))
+            finally:
+                self.admission.release(pixels)
+
+        return self.pool.submit(work)
+
+    def submit(self, prepared: Prepared, options: Options) -> Future:
+        """Queue a prepared picture; the future gives {"captions": [...], "explanation"?}."""
+        return self.batcher.submit(options, prepared)
 
     def keep(self, data: bytes, picture_format: str) -> None:
         """With --keep-uploads DIR: the upload, named by its content's sha256."""
         if self.keep_uploads:
             name = f"{hashlib.sha256(data).hexdigest()}.{picture_format.lower()}"
-            (self.keep_uploads / name).write_bytes(data)
+            with atomic_write(self.keep_uploads / name, "wb") as file:
+                file.write(data)
 
     def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
         self.batcher.close()
 
-    def _run_batch(self, options: Options, pictures: list[Image.Image]) -> list[dict[str, Any]]:
+    def _run_batch(self, options: Options, pictures: list[Prepared]) -> list[dict[str, Any]]:
         captioner = self.captioner
+        grid_extractor, region_extractor = captioner.extractors()
         # Features of same-size pictures together: an extractor may pad a batch to its largest
         # picture (DETR does), and a caption must not depend on who else was asking.
         grids: list = [None] * len(pictures)
         regions: list = [None] * len(pictures)
-        for size in dict.fromkeys(picture.size for picture in pictures):
-            group = [i for i, picture in enumerate(pictures) if picture.size == size]
-            grid_entries, region_entries = captioner.picture_entries([pictures[i] for i in group])
+        sizes = [(picture.width, picture.height) for picture in pictures]
+        for size in dict.fromkeys(sizes):
+            group = [i for i, other in enumerate(sizes) if other == size]
+            grid_entries = grid_extractor([pictures[i].grid for i in group])
+            region_entries = region_extractor([pictures[i].region for i in group])
             for i, grid_entry, region_entry in zip(group, grid_entries, region_entries):
                 grids[i], regions[i] = grid_entry, region_entry
         grid, region = captioner.batch([entry["features"] for entry in grids],
@@ -90,7 +141,9 @@ class CaptionService:
         ids, logprobs = search(captioner.decoding_models(options.decoding.precision), grid, region,
                                options.decoding)
         captioned = captioner.captioned(["upload"] * len(pictures), ids, logprobs)
-        answers = [{"captions": result.to_dict()["captions"]} for result in captioned]
+        answers = [{"captions": result.to_dict()["captions"],
+                    "unfamiliar": captioner.unfamiliar(entry["features"])}
+                   for result, entry in zip(captioned, grids)]
         if options.explain:
             explained = explain_batch(captioner, grid, region, ids[:, 0], grids, regions)
             for answer, explanation in zip(answers, explained):
@@ -98,21 +151,40 @@ class CaptionService:
         return answers
 
 
-def demo_pictures(extra: dict[str, Any], limit: int = DEMO_PICTURES) -> list[Path]:
-    """Up to `limit` pictures of the test split found in the data folder the checkpoint was
-    trained from (its recorded `data.annotations`), by image id; none when it has none."""
-    folder = Path(((extra.get("config") or {}).get("data") or {}).get("annotations") or "")
-    split_files = [folder / name for name in SPLIT_ID_FILES["test"]]
-    if not folder.is_dir() or not all(path.is_file() for path in split_files):
+def recorded_path(recorded: str | None, checkpoint: str | Path) -> Path | None:
+    """A path the checkpoint's training recorded (e.g. `data.annotations`), as it is if
+    absolute, else from the checkpoint's folder or the nearest of its parents where it
+    exists (a run folder sits below the folder training ran in); never from the server's
+    working folder. None when it is not found."""
+    if not recorded:
+        return None
+    path = Path(recorded)
+    if path.is_absolute():
+        return path if path.exists() else None
+    for folder in Path(checkpoint).resolve().parents:
+        if (folder / path).exists():
+            return folder / path
+    return None
+
+
+def demo_pictures(extra: dict[str, Any], checkpoint: str | Path,
+                  limit: int = DEMO_PICTURES) -> list[Path]:
+    """Up to `limit` pictures of the test split of the data the checkpoint was trained from
+    (its recorded `data.annotations`, read as training reads it: the split files hold caption
+    ids, mapped to images by the annotations), found by their file names anywhere in that
+    data folder; none when the annotations or pictures are not there."""
+    annotations = recorded_path(((extra.get("config") or {}).get("data") or {}).get("annotations"),
+                                checkpoint)
+    if annotations is None:
         return []
-    test_ids = {int(i) for path in split_files for i in np.load(path)}
+    try:
+        split = load_split(annotations, "test")
+    except (HINError, OSError):
+        return []
+    folder = annotations if annotations.is_dir() else annotations.parent
+    wanted = {record.file_name: image_id for image_id, record in split.images.items()}
     found = {}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            try:
-                image_id = image_id_from_name(path.stem)
-            except ImageListError:
-                continue
-            if image_id in test_ids:
-                found.setdefault(image_id, path)
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.name in wanted and path.is_file():
+            found.setdefault(wanted[path.name], path)
     return [found[image_id] for image_id in sorted(found)[:limit]]

@@ -1,7 +1,8 @@
 """One process or many (torchrun): process group, data order per rank, gathers.
 
 Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) each process joins a group — NCCL on GPUs,
-gloo on CPU — and takes its slice of every global batch; rank 0 alone writes files.
+gloo on CPU — and takes its slice of every global batch; rank 0 alone writes files. A group
+of one (`torchrun --nproc-per-node 1`) runs the same path, DistributedDataParallel included.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Context:
     rank: int
     world_size: int
     device: torch.device
+    in_group: bool = False      # joined a torchrun process group (possibly of one process)
 
     @property
     def is_main(self) -> bool:
@@ -30,13 +32,13 @@ class Context:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.in_group
 
 
 def setup(device_name: str) -> Context:
-    """Join the torchrun process group when launched by torchrun; otherwise one process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE set, even to 1);
+    otherwise one process without a group."""
+    if "WORLD_SIZE" not in os.environ:
         return Context(0, 1, resolve_device(device_name))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
@@ -45,7 +47,7 @@ def setup(device_name: str) -> Context:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
-    return Context(dist.get_rank(), dist.get_world_size(), device)
+    return Context(dist.get_rank(), dist.get_world_size(), device, in_group=True)
 
 
 def teardown(context: Context) -> None:

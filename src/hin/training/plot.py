@@ -2,7 +2,7 @@
 from its `log.jsonl` to one PNG.
 
 Reads only the log: never loads a checkpoint, a model or data, so it works on a run that is
-still training. Needs matplotlib (`pip install 'hin[plot]'`).
+still training. Needs matplotlib (`pip install 'hin-caption[plot]'`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hin.errors import MissingExtraError, UsageError
+from hin.errors import MissingExtraError, UsageError, pip_install
+from hin.files import atomic_write
 from hin.training.runlog import read_log
 
 PLOT_FILE = "curves.png"
@@ -19,10 +20,11 @@ SELECTION_METRIC = "CIDEr-D"
 
 def current_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of the run as it now stands: steps and epochs logged after the checkpoint
-    a resume went back to were redone, so the first logging of them is dropped."""
+    a resume went back to were redone, so the first logging of them is dropped (a restart
+    goes back to step 0)."""
     kept: list[dict[str, Any]] = []
     for record in records:
-        if record["event"] == "resume":
+        if record["event"] in ("resume", "restart"):
             kept = [r for r in kept if r.get("step", 0) <= record["step"]]
         kept.append(record)
     return kept
@@ -58,8 +60,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     try:
         import matplotlib
     except ImportError as error:
-        raise MissingExtraError("hin plot needs matplotlib: pip install 'hin[plot]' "
-                          "(or pip install matplotlib)") from error
+        raise MissingExtraError(f"hin plot needs matplotlib: {pip_install('plot')} "
+                                "(or pip install matplotlib)") from error
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
@@ -113,6 +115,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     figure.suptitle(f"{Path(run_dir).resolve().name}: training curves")
     figure.tight_layout()
     path = Path(out) if out else Path(run_dir) / PLOT_FILE
-    figure.savefig(path, dpi=100)
+    with atomic_write(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=100)
     pyplot.close(figure)
     return path

@@ -1,8 +1,10 @@
 """The training log of a run directory: one JSON object per line in `log.jsonl`, mirrored
 to TensorBoard when the `tensorboard` package is installed.
 
-Records are plain dicts with an `event` key ("step", "epoch", "resume", "stop",
-"nonfinite"). This module only appends and reads records; it never decides what a run does.
+Records are plain dicts with an `event` key ("step", "epoch", "resume", "restart", "init",
+"stop", "nonfinite"). Appending is the one kind of write that is not atomic; a kill mid-line
+leaves a cut-off last line, which readers skip and a resume removes. This module only
+appends and reads records; it never decides what a run does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
-from hin.errors import UsageError
+from hin.errors import UsageError, pip_install
+from hin.files import append_line, complete_lines
 
 LOG_FILE = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -38,7 +41,7 @@ def tensorboard_writer(run_dir: Path) -> ScalarWriter | None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:
         warnings.warn(f"TensorBoard logging is off: tensorboard is installed but does not "
-                      f"import ({error}); reinstall it with pip install 'hin[tensorboard]', or "
+                      f"import ({error}); reinstall it with {pip_install('tensorboard')}, or "
                       "set train.tensorboard=false", stacklevel=2)
         return None
     return SummaryWriter(str(run_dir / TENSORBOARD_DIR))
@@ -74,8 +77,7 @@ class RunLog:
         self.writer = writer or (tensorboard_writer(self.path.parent) if use_tensorboard else None)
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         if self.writer is not None and record["event"] in ("step", "epoch"):
             for tag, value in scalars(record).items():
                 self.writer.add_scalar(tag, value, record["step"])
@@ -88,13 +90,15 @@ class RunLog:
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record of run_dir/log.jsonl, in order."""
+    """Every record of run_dir/log.jsonl, in order; a last line still being written (or cut
+    off by a kill; `hin train --resume` removes it) is not a record yet."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a `hin train` run "
                                 "directory (it has config.yaml and log.jsonl)?")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    lines, _ = complete_lines(path.read_text(encoding="utf-8"))
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

@@ -36,4 +36,8 @@ async function showEndpoints() {
   }
 }
 
+// The example names this server's own address and port.
+document.getElementById("example").textContent =
+  `curl -F file=@picture.jpg '${window.location.origin}/v1/captions?beam_size=3&num_captions=2'`;
+
 showEndpoints().catch((error) => { document.getElementById("endpoints").textContent = `could not read /openapi.json: ${error}`; });

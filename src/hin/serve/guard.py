@@ -1,0 +1,88 @@
+"""Who may talk to the server: the Host a request names and, for requests that change
+something (POST), the page it comes from.
+
+A page on any web site can make the browser POST a picture to 127.0.0.1 (a multipart form
+needs no preflight), and a site whose name resolves to 127.0.0.1 (DNS rebinding) reads the
+answers as its own. So a request is refused (403, JSON) when
+- its Host is not a name this server is reached by: the address it is bound to, the loopback
+  names (localhost, 127.0.0.1, [::1]), for a wildcard bind (0.0.0.0, ::) any IP address
+  and this machine's name, and what `--allow-host` adds (`*` allows every Host); or
+- it is a POST whose Origin is not the server's own (http://<its Host>) nor one given with
+  `--allow-origin` (`*` allows every page). Clients that send no Origin (curl, scripts) are
+  not pages and are let through.
+The page served here sends its own Origin, so it keeps working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def host_name(host_header: str) -> str:
+    """`Host` header -> the name without port, lower case (`[::1]:8000` -> `::1`)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostAndOriginGuard:
+    """ASGI middleware applying the module docstring's rules before the app sees a request."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, bound_host: str,
+                 allow_hosts: Iterable[str] = (), allow_origins: Iterable[str] = ()) -> None:
+        self.app = app
+        self.bound = host_name(bound_host)
+        self.wildcard = self.bound in WILDCARDS
+        self.hosts = LOOPBACK_NAMES | {self.bound} | {host_name(h) for h in allow_hosts}
+        if self.wildcard:
+            self.hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self.origins = {origin.rstrip("/").lower() for origin in allow_origins}
+
+    def refusal(self, method: str, headers: dict[str, str]) -> str | None:
+        """Why this request is refused, or None."""
+        host_header = headers.get("host", "")
+        host = host_name(host_header)
+        if not ("*" in self.hosts or host in self.hosts or (self.wildcard and _is_ip(host))):
+            return (f"Host {host_header[:80]!r} is not a name this server answers to; start it "
+                    f"with --allow-host {host[:80] or 'NAME'} if that name is meant to reach it")
+        origin = headers.get("origin")
+        if method in UNSAFE_METHODS and origin is not None:
+            own = f"http://{host_header.strip().lower()}"
+            if origin.lower() != own and "*" not in self.origins \
+                    and origin.rstrip("/").lower() not in self.origins:
+                return (f"a page from {origin[:80]!r} may not post to this server (it is not "
+                        f"{own}); start it with --allow-origin {origin[:80]} to let it")
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+                   for name, value in scope["headers"]}
+        reason = self.refusal(scope["method"], headers)
+        if reason is None:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"detail": reason}).encode()
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,117 @@
+"""The API's answers as typed models, so /openapi.json (and /docs) show every field."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorAnswer(BaseModel):
+    detail: str = Field(description="what is wrong and what to do, in one line")
+
+
+class CaptionItem(BaseModel):
+    caption: str
+    log_prob: float = Field(description="summed token log-probability: the beam-search score")
+
+
+class Decoding(BaseModel):
+    beam_size: int
+    max_len: int
+    num_captions: int
+    collapse_repeats: bool
+    precision: str
+
+
+class FeatureSource(BaseModel):
+    extractor: str | None = Field(description="the hin extractor the features came from")
+    model: str | None = Field(description="the extractor's weights")
+
+
+class Training(BaseModel):
+    """What the model was trained on, as its checkpoint records it (null: not recorded)."""
+
+    dataset: str | None = Field(description="the annotations it was trained from")
+    images: int | None = Field(description="training images (the check's record)")
+    vocabulary_size: int
+    extractors: dict[str, FeatureSource]
+    validation_cider_d: float | None = Field(description="CIDEr-D on the validation split "
+                                                         "when this checkpoint was saved")
+    familiarity_check: bool = Field(description="whether pictures are checked against the "
+                                                "training pictures' features")
+
+
+class ModelInfo(BaseModel):
+    checkpoint: str
+    sha256: str
+    layers: int
+    d_model: int
+    vocabulary_size: int
+    features: dict[str, FeatureSource]
+    training: Training
+
+
+class Picture(BaseModel):
+    width: int = Field(description="upright width in pixels (EXIF orientation applied)")
+    height: int = Field(description="upright height in pixels")
+    format: str
+
+
+class GridGeometry(BaseModel):
+    rows: int
+    cols: int
+    box: list[float] = Field(description="x1, y1, x2, y2 of the picture the cells cover, in "
+                                         "upright picture pixels")
+
+
+class RegionGeometry(BaseModel):
+    boxes: list[list[float]] = Field(description="x1, y1, x2, y2 per region, upright pixels")
+
+
+class Explanation(BaseModel):
+    words: list[str] = Field(description="the best caption as generated (before repeats "
+                                         "are collapsed)")
+    layers: int
+    encoder_grid: list[list[float]] = Field(description="[layer][grid cell]")
+    encoder_region: list[list[float]] = Field(description="[layer][region]")
+    decoder_grid: list[list[list[float]]] = Field(description="[layer][word][grid cell]")
+    decoder_region: list[list[list[float]]] = Field(description="[layer][word][region]")
+    decoder_gate: list[list[float]] = Field(description="[layer][word]")
+    grid: GridGeometry | None
+    regions: RegionGeometry | None
+    missing: list[str] = Field(description="why a null geometry is unknown")
+
+
+class CaptionsAnswer(BaseModel):
+    captions: list[CaptionItem] = Field(description="best first")
+    unfamiliar: str | None = Field(
+        description="set when the picture's features lie far from the training pictures' "
+                    "(the rule is in docs/serving.md): the captions then come from a model "
+                    "that knows only its training world")
+    decoding: Decoding
+    model: ModelInfo
+    picture: Picture
+    explanation: Explanation | None = Field(None, description="with explain=true only")
+
+
+class Health(BaseModel):
+    status: str
+    can_caption: bool
+
+
+class Colormap(BaseModel):
+    name: str = Field(description="hin.explain.MAP_COLORMAP, also used by `hin explain`")
+    stops: list[list[int]] = Field(description="evenly spaced RGB stops, low to high")
+
+
+class Info(BaseModel):
+    model: ModelInfo
+    can_caption: bool
+    unavailable: str | None
+    can_explain: bool
+    decoding: Decoding
+    max_beam_size: int
+    max_upload_bytes: int
+    max_pixels_in_flight: int
+    max_queue: int
+    demo_pictures: list[str]
+    map_colormap: Colormap
