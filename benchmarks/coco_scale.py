@@ -51,6 +51,7 @@ from hin.files import write_json, write_text
 from hin.metrics import CiderDTable, cider_d, score_captions
 from hin.model import HIN
 from hin.training.distributed import Context, EpochOrder
+from hin.training.optimizer import adam
 from hin.training.xe import next_token_nll
 
 KARPATHY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "coco"
@@ -366,7 +367,7 @@ def rehearse(args: argparse.Namespace, folder: Path) -> dict:
     tokens = torch.randint(4, len(vocab), (BATCH_CAPTIONS // GROUP, GROUP, 14))
     tokens[..., 0], tokens[..., -1] = config.bos_id, config.eos_id
     flops = xe_step_flops(model, (grid, region, tokens), config.pad_id)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+    optimizer = adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
     cpu_captions = 10
     small = (grid[:2], region[:2], tokens[:2])
 

@@ -50,12 +50,13 @@ from hin.config import HINConfig, RunConfig  # noqa: E402
 from hin.data import synth  # noqa: E402
 from hin.data import vocab as vocab_module  # noqa: E402
 from hin.data.shape_features import GRID_DIM, REGION_DIM  # noqa: E402
-from hin.decoding import beam_search  # noqa: E402
+from hin.decoding import beam_search, cast_for_decoding  # noqa: E402
 from hin.devices import autocast, resolve_device  # noqa: E402
 from hin.files import write_json, write_text  # noqa: E402
 from hin.metrics import CiderDTable  # noqa: E402
 from hin.model import HIN  # noqa: E402
 from hin.training import loop  # noqa: E402
+from hin.training.optimizer import adam  # noqa: E402
 from hin.training.scst import self_critical_loss  # noqa: E402
 from hin.training.xe import next_token_nll  # noqa: E402
 
@@ -164,7 +165,7 @@ def xe_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list[R
     torch.manual_seed(0)
     model = HIN(sizes.model).to(device).train()
     config = model.config
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+    optimizer = adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
     tokens = torch.randint(4, config.vocab_size, (sizes.xe_captions, 20), device=device)
     tokens[:, 0], tokens[:, -1] = config.bos_id, config.eos_id
     rows = []
@@ -186,7 +187,7 @@ def scst_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
     """One SCST step: beams, the CIDEr-D reward from a document-frequency table, backward."""
     torch.manual_seed(0)
     model = HIN(sizes.model).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    optimizer = adam(model.parameters(), lr=1e-5, betas=(0.9, 0.999))
     grid, region = features(sizes.scst_images, model.config, device)
     generator = torch.Generator().manual_seed(0)
     references = {i: [" ".join(map(str, torch.randint(4, 40, (10,), generator=generator).tolist()))
@@ -217,10 +218,10 @@ def beam_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
         grid, region = features(batch, model.config, device)
         for precision in precisions:
             steps = []
+            models = cast_for_decoding(model, precision)     # as hin decodes: cast once
 
             def run() -> None:
-                with autocast(device, precision):
-                    ids, _ = beam_search(model, grid, region, beam_size=5, max_len=20)
+                ids, _ = beam_search(models, grid, region, beam_size=5, max_len=20)
                 steps.append(ids.shape[-1])
 
             row = measured_row("beam search", f"batch {batch}, beam 5, {precision}", run, device,
