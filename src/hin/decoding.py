@@ -44,9 +44,9 @@ def cast_for_decoding(model_or_list: HIN | Sequence[HIN], precision: str) -> lis
     """The models as `precision` decodes them: `fp32` the models themselves; `bf16` eval-mode
     copies with bfloat16 weights, so that the encoder output, the cached cross-attention
     keys/values and the self-attention caches are bfloat16 too (log-softmax and beam scores
-    stay float32). Cast once here, not at every step as autocast does (measured faster in
-    benchmarks/README.md). A model already in that dtype is used as it is; whoever decodes
-    many batches casts once and passes the result."""
+    stay float32). Cast once here: faster than decoding under autocast (benchmarks/README.md).
+    A model already in that dtype is used as it is; whoever decodes many batches casts once
+    and passes the result."""
     cast = []
     for model in _as_models(model_or_list):
         dtype = PRECISION_DTYPES[resolve_precision(precision, model.device)]
