@@ -20,7 +20,7 @@ from hin.data.shape_features import (
     ShapeFeatures,
 )
 from hin.errors import UsageError
-from hin.extract.pipeline import ImageEntry, register_extractor
+from hin.extract.registry import ImageEntry, register_extractor
 
 
 class _ShapeExtractor:
