@@ -32,7 +32,8 @@ from hin.data.vocab import vocabulary_for
 from hin.decoding import cast_for_decoding, require_decodable, search
 from hin.devices import resolve_device, resolve_precision
 from hin.extract.images import as_rgb, folder_pictures, load_rgb
-from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
+from hin.extract.pipeline import prepare_pictures
+from hin.extract.registry import EXTRACTORS, ImageEntry, extractor_from_attributes
 from hin.metrics import collapse_repeats
 from hin.model import HIN
 
