@@ -61,7 +61,6 @@ from hin.metrics import (
     CiderDTable,
     JavaNotFoundError,
     cider_d,
-    collapse_repeats,
     find_java,
     score_captions,
 )
@@ -373,16 +372,15 @@ class Trainer:
         indices = list(range(self.context.rank, len(self.val_set), self.context.world_size))
         loader = make_loader(self.val_set, train.val_batch_size, sampler=indices,
                              num_workers=self.config.data.num_workers)
-        mine = caption_batches(self.model, (b.to(self.context.device) for b in loader),
-                               self.vocab.decode, self.decoding, desc="validating",
-                               progress=self.show_progress)
+        captioned = caption_batches(self.model, (b.to(self.context.device) for b in loader),
+                                    self.vocab, self.decoding, desc="validating",
+                                    progress=self.show_progress)
+        mine = {image_id: result.best for image_id, result in captioned.items()}
         metrics: dict[str, float] = {}
         if self.context.is_main:
             captions = {}
             for part in distributed.gather_objects(self.context, mine):
                 captions.update(part)
-            if self.decoding.collapse_repeats:
-                captions = {i: collapse_repeats(text) for i, text in captions.items()}
             metrics["CIDEr-D"] = cider_d(captions, {i: self.val_tokenised[i] for i in captions})[0]
             if self.java:
                 report = score_captions(captions, {i: self.val_references[i] for i in captions},
