@@ -54,7 +54,7 @@ def test_config_inferred_from_shapes(model, golden):
     assert model.config.d_model == reference["d_model"]
     assert model.config.d_ff == reference["d_ff"]
     assert model.config.vocab_size == reference["vocab_size"]
-    assert model.config.max_len == reference["max_len"]
+    assert model.config.max_positions == reference["max_len"]
 
 
 def test_encoder_outputs(model, golden):

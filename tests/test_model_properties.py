@@ -173,8 +173,8 @@ def test_wrong_feature_dim_is_a_clear_error():
 
 
 def test_too_long_sequence_is_a_clear_error():
-    model = tiny_model(max_len=5)
-    with pytest.raises(ValueError, match="exceeds the model's max_len 5"):
+    model = tiny_model(max_positions=5)
+    with pytest.raises(ValueError, match="exceeds the model's max_positions 5"):
         model.decode(torch.full((1, 6), 4), model.encode(*tiny_features(batch=1)))
 
 

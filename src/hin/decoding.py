@@ -79,7 +79,7 @@ def _as_models(model_or_list: HIN | Sequence[HIN]) -> list[HIN]:
         raise UsageError("decoding needs at least one model")
     first = models[0].config
     for other in models[1:]:
-        fields = ("vocab_size", "pad_id", "bos_id", "eos_id", "max_len")
+        fields = ("vocab_size", "pad_id", "bos_id", "eos_id", "max_positions")
         different = [f for f in fields if getattr(other.config, f) != getattr(first, f)]
         if different:
             raise UsageError(f"ensemble members disagree on {different}: they must share one "
@@ -107,10 +107,10 @@ def require_decodable(config: HINConfig, settings: DecodingConfig, batch_size: i
     if settings.beam_size > config.vocab_size:
         raise UsageError(f"beam size {settings.beam_size} is not between 1 and the model's "
                          f"vocabulary size ({config.vocab_size} words): give a smaller --beam")
-    if settings.max_len > config.max_len:
+    if settings.max_len > config.max_positions:
         raise UsageError(f"maximum caption length {settings.max_len} is not between 1 and the "
-                         f"{config.max_len} positions the model has: give --max-len "
-                         f"{config.max_len} or less")
+                         f"{config.max_positions} positions the model has: give --max-len "
+                         f"{config.max_positions} or less")
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
 
