@@ -24,9 +24,9 @@ from hin import checkpoint
 from hin.cli import main
 from hin.config import RunConfig
 from hin.data.coco import load_split
-from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
 from hin.model import HIN
+from hin.synth import generate
 from hin.training import loop
 from hin.training.loop import RunDirectoryError, TrainingError, TrainingInterrupted, resume, start
 from hin.training.runlog import LOG_FILE

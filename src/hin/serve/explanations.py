@@ -19,7 +19,7 @@ import torch
 from hin.data.features import describe_geometry
 from hin.decoding import teacher_forcing_inputs
 from hin.errors import MissingExtraError, pip_install
-from hin.extract.pipeline import ImageEntry
+from hin.extract.registry import ImageEntry
 
 
 def map_colours(stops: int = 17) -> dict[str, Any]:
@@ -47,7 +47,8 @@ def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor,
                   best: Sequence[Sequence[int]], grid_entries: Sequence[ImageEntry],
                   region_entries: Sequence[ImageEntry]) -> list[dict[str, Any]]:
     """Maps of each picture's best caption (`best`: its word ids, `Caption.ids`)."""
-    from hin.explain import attention_maps, generated_words
+    from hin.explain import attention_maps
+    from hin.explain.explanations import generated_words
 
     vocab = captioner.vocab
     maps = attention_maps(captioner.model, grid, region,
