@@ -83,6 +83,13 @@ def test_teacher_forcing_inputs_shift_the_beams_right_after_bos():
     assert teacher_forcing_inputs(beams, bos_id=2).tolist() == [[[2, 5, 6], [2, 7, 3]]]
 
 
+def test_teacher_forcing_inputs_pad_lists_of_words_to_the_longest():
+    """explain and serve feed the words of captions of different lengths."""
+    assert teacher_forcing_inputs([[5, 6, 7], [8], []], bos_id=2, pad_id=1).tolist() == [
+        [2, 5, 6], [2, 8, 1], [2, 1, 1]]
+    assert teacher_forcing_inputs([[], []], bos_id=2, pad_id=1).tolist() == [[2], [2]]
+
+
 def context(rank: int = 0, world_size: int = 1) -> Context:
     return Context(rank, world_size, torch.device("cpu"))
 
