@@ -13,10 +13,11 @@ import torch
 from conftest import tiny_features, tiny_model
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
+from hin.decoding import teacher_forcing_inputs
 from hin.devices import autocast
 from hin.training.distributed import Context, EpochOrder
 from hin.training.schedule import lr_factor, scst_lr_factor, should_stop, xe_lr_factor
-from hin.training.scst import scst_loss, sequence_mask, teacher_forcing_inputs
+from hin.training.scst import scst_loss, sequence_mask
 from hin.training.state import capture_rng, restore_rng
 from hin.training.xe import next_token_nll
 
@@ -82,6 +83,13 @@ def test_teacher_forcing_inputs_shift_the_beams_right_after_bos():
     assert teacher_forcing_inputs(beams, bos_id=2).tolist() == [[[2, 5, 6], [2, 7, 3]]]
 
 
+def test_teacher_forcing_inputs_pad_lists_of_words_to_the_longest():
+    """explain and serve feed the words of captions of different lengths."""
+    assert teacher_forcing_inputs([[5, 6, 7], [8], []], bos_id=2, pad_id=1).tolist() == [
+        [2, 5, 6], [2, 8, 1], [2, 1, 1]]
+    assert teacher_forcing_inputs([[], []], bos_id=2, pad_id=1).tolist() == [[2], [2]]
+
+
 def context(rank: int = 0, world_size: int = 1) -> Context:
     return Context(rank, world_size, torch.device("cpu"))
 
@@ -140,7 +148,7 @@ def test_unknown_config_keys_are_rejected_with_the_valid_ones():
     ("train.nonfinite=ignore", r"nonfinite must be one of \('stop', 'skip'\)"),
     ("train.max_steps=-1", r"max_steps must be a non-negative integer"),
     ("train.lr=0", r"lr must be a positive number"),
-    ("train.precision=fp16", r"precision must be one of \('fp32', 'bf16', 'auto'\)"),
+    ("train.precision=fp16", r"TrainConfig.precision must be one of fp32, bf16, auto, got 'fp16'"),
     ("train.captions_per_image=3", r"batch_size \(50\) counts captions and must be a multiple "
                                    r"of captions_per_image \(3\)"),
     ("train.captions_per_image=0", r"captions_per_image must be a positive integer"),

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hin.config import EXTRACTION_PRECISIONS, STORAGE_DTYPES
+from hin.config import EXTRACTION_PRECISIONS, STORAGE_DTYPES, check_precision
 from hin.devices import autocast, resolve_precision
 from hin.errors import MissingExtraError, UsageError, pip_install
 
@@ -22,8 +22,7 @@ def resolve_extraction_precision(name: str, device: torch.device) -> str:
     """`fp32` | `bf16` | `auto` as everywhere in hin (`hin.devices.resolve_precision`), plus
     `fp16`: the weights themselves in float16, on CUDA only (faster, not the reference's
     arithmetic: it computed the released CLIP grids in fp32)."""
-    if name not in EXTRACTION_PRECISIONS:
-        raise UsageError(f"extraction precision must be one of {', '.join(EXTRACTION_PRECISIONS)}, got {name!r}")
+    check_precision(name, EXTRACTION_PRECISIONS, "extraction precision")
     if name == "fp16" and device.type != "cuda":
         raise UsageError(f"precision fp16 needs a CUDA device, not {device}: on a CPU use bf16 "
                          "(fast where it has avx512_bf16 or AMX) or fp32")

@@ -25,14 +25,14 @@ from torch import nn
 from tqdm import tqdm
 
 from hin import checkpoint
-from hin.config import DecodingConfig, RunConfig
+from hin.config import RunConfig
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
 from hin.data.features import read_attributes
 from hin.data.vocab import Vocabulary
-from hin.decoding import caption_batches
 from hin.devices import autocast
 from hin.errors import HINError
-from hin.metrics import CiderDTable, cider_d, collapse_repeats, score_captions
+from hin.evaluate import score_split
+from hin.metrics import CiderDTable
 from hin.model import HIN
 from hin.training import distributed
 from hin.training.rundir import BEST, LAST, RunFolder, finished_because
@@ -77,8 +77,7 @@ class TrainingData:
 
     train_set: CaptionPairs | ImageReferences
     val_set: ImageReferences
-    val_references: dict[int, list[str]]      # as written, for the full COCO table
-    val_tokenised: dict[int, list[str]]       # tokenised, for CIDEr-D
+    val_tokenised: dict[int, list[str]]       # tokenised, for CIDEr-D (hin.evaluate)
     feature_profile: dict[str, Any]           # recorded in checkpoints (hin.data.familiarity)
 
 
@@ -100,8 +99,6 @@ class Trainer:
         self.java, self.cider_table, self.init_record = java, cider_table, init_record
         self.show_progress = show_progress
         self.precision = precision
-        self.decoding = DecodingConfig(beam_size=config.train.beam_size, max_len=config.train.max_len,
-                                       precision=self.precision)
 
     def close(self) -> None:
         """Flush the log, unlock the run directory and leave the process group."""
@@ -139,33 +136,21 @@ class Trainer:
     # -- validation and checkpoints ----------------------------------------------------
 
     def validate(self) -> dict[str, float]:
-        """Beam search over this rank's share of the validation split; rank 0 scores all.
-        CIDEr-D (Java-free, document frequencies of the validation references) selects the
-        best checkpoint; the full COCO table is logged when Java is present."""
+        """`hin evaluate` of the validation split (`hin.evaluate.score_split`), each rank
+        decoding its share; rank 0 scores all. CIDEr-D (Java-free, document frequencies of
+        the validation references) selects the best checkpoint; the full COCO table is
+        logged when Java is present."""
         train = self.config.train
         self.model.eval()
-        indices = list(range(self.context.rank, len(self.data.val_set), self.context.world_size))
-        loader = make_loader(self.data.val_set, train.val_batch_size, sampler=indices,
-                             num_workers=self.config.data.num_workers)
-        mine = caption_batches(self.model, (b.to(self.context.device) for b in loader),
-                               self.vocab.decode, self.decoding, desc="validating",
-                               progress=self.show_progress)
-        metrics: dict[str, float] = {}
-        if self.context.is_main:
-            captions = {}
-            for part in distributed.gather_objects(self.context, mine):
-                captions.update(part)
-            if self.decoding.collapse_repeats:
-                captions = {i: collapse_repeats(text) for i, text in captions.items()}
-            metrics["CIDEr-D"] = cider_d(captions, {i: self.data.val_tokenised[i] for i in captions})[0]
-            if self.java:
-                report = score_captions(captions, {i: self.data.val_references[i] for i in captions},
-                                        spice=False, java=self.java, progress=False)
-                metrics.update(report.scores)
-        else:
-            distributed.gather_objects(self.context, mine)
+        scores = score_split([self.model], self.data.val_set, self.vocab, train.validation,
+                             batch_size=train.val_batch_size,
+                             num_workers=self.config.data.num_workers, java=self.java,
+                             progress=self.show_progress,
+                             share=(self.context.rank, self.context.world_size),
+                             gather=lambda mine: distributed.gather_objects(self.context, mine),
+                             tokenised=self.data.val_tokenised)
         self.model.train()
-        return distributed.broadcast_object(self.context, metrics)
+        return distributed.broadcast_object(self.context, scores.metrics() if scores else {})
 
     def _extra(self) -> dict[str, Any]:
         """Stored in every checkpoint: what `hin evaluate` and `hin caption` need to use it."""

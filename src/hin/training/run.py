@@ -32,8 +32,9 @@ from hin.data.dataset import CaptionPairs, ImageReferences
 from hin.data.errors import DataError
 from hin.data.familiarity import feature_profile
 from hin.data.features import FeatureStore
-from hin.data.vocab import Vocabulary, require_same_words, tokenize
+from hin.data.vocab import Vocabulary, require_same_words
 from hin.devices import resolve_precision
+from hin.evaluate import tokenised_references
 from hin.locks import refuse_if_locked
 from hin.metrics import CiderDTable, JavaNotFoundError, find_java
 from hin.model import HIN
@@ -92,7 +93,8 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
 
     torch.manual_seed(train.seed)
     model = (init_model or HIN(model_config)).to(context.device)
-    critic = (SelfCritical(model, beam_size=train.beam_size, max_len=train.max_len)
+    critic = (SelfCritical(model, beam_size=train.validation.beam_size,
+                           max_len=train.validation.max_len)
               if train.stage == "scst" else None)
     network = model if critic is None else critic
     if context.distributed:
@@ -132,11 +134,8 @@ def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
                               progress=show_progress, captions_per_image=train.captions_per_image)
                  if train.stage == "xe" else ImageReferences(splits["train"], store))
     require_one_batch(config, len(train_set))
-    references = {image_id: list(image.captions) for image_id, image in splits["val"].images.items()}
-    tokenised = {image_id: [" ".join(tokenize(c)) for c in captions]
-                 for image_id, captions in references.items()}
-    return TrainingData(train_set, ImageReferences(splits["val"], store), references, tokenised,
-                        profile), splits["train"]
+    return TrainingData(train_set, ImageReferences(splits["val"], store),
+                        tokenised_references(splits["val"]), profile), splits["train"]
 
 
 def load_init(path: str | Path, wanted: HINConfig,

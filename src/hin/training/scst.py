@@ -13,15 +13,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from hin.decoding import beam_search_encoded
+from hin.config import DecodingConfig
+from hin.decoding import beam_search_encoded, teacher_forcing_inputs
 from hin.devices import autocast
 from hin.model import HIN, EncoderOutput
-
-
-def teacher_forcing_inputs(beams: Tensor, bos_id: int) -> Tensor:
-    """Beams [B, K, T] -> decoder inputs [B, K, T]: <bos> then each beam without its last id."""
-    bos = beams.new_full((*beams.shape[:-1], 1), bos_id)
-    return torch.cat((bos, beams[..., :-1]), dim=-1)
 
 
 def sequence_mask(beams: Tensor, pad_id: int) -> Tensor:
@@ -58,15 +53,14 @@ class SelfCritical(nn.Module):
     def __init__(self, model: HIN, *, beam_size: int, max_len: int) -> None:
         super().__init__()
         self.model = model
-        self.beam_size = beam_size
+        self.settings = DecodingConfig(beam_size=beam_size, max_len=max_len, num_captions=beam_size)
         self.max_len = max_len
 
     def search(self, enc: EncoderOutput) -> Tensor:
         """The beams [B, K, T] on `enc`, without gradients or decoder dropout."""
         was_training = self.model.training
         self.model.eval()
-        beams, _ = beam_search_encoded(self.model, enc.detach(), beam_size=self.beam_size,
-                                       max_len=self.max_len, out_size=self.beam_size)
+        beams, _ = beam_search_encoded(self.model, enc.detach(), self.settings)
         self.model.train(was_training)
         return beams.clone()   # an ordinary tensor: inference tensors cannot enter autograd
 
