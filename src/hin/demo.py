@@ -138,10 +138,9 @@ def _run_demo(data: Path, runs: Path, configs: str | None,
 
     _stage("evaluation on the test split (never seen during training)")
     results = {}
-    for name, checkpoint in (("HIN XE", xe_best), ("HIN SCST", scst_best)):
-        evaluation = evaluate([checkpoint], "test", xe.data, out_dir=runs / "eval" / name[4:].lower(),
-                              progress=False)
-        results[name] = evaluation
+    for stage, checkpoint in (("xe", xe_best), ("scst", scst_best)):
+        results[f"HIN {stage.upper()}"] = evaluate([checkpoint], "test", xe.data,
+                                                   out_dir=runs / "eval" / stage, progress=False)
     test = load_splits(xe.data.annotations, ["train", "test"])
     blind_caption = Counter(test["train"].captions()).most_common(1)[0][0]
     references = test["test"].references()

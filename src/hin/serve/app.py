@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from hin.errors import MissingExtraError, pip_install
-from hin.serve.explanations import explain_available, map_colours
+from hin.serve.explanations import map_colours
 from hin.serve.guard import HostAndOriginGuard
 from hin.serve.inputs import (
     OPTIONS,
@@ -66,7 +66,6 @@ CAPTION_ERRORS = {status: {**ERROR, "description": meaning} for status, meaning 
     (408, "the body did not arrive within --body-timeout"),
     (413, "upload over --max-upload-mb"), (415, "a url-encoded form"),
     (422, "an option out of range"), (429, "--max-queue requests in progress (Retry-After)"),
-    (501, "explain=true without hin.explain"),
     (503, "the pixel budget --max-pixels-in-flight is in use (Retry-After), or the "
           "checkpoint cannot caption pictures"))}
 
@@ -122,7 +121,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                                  "and limits, demo pictures")
     async def info() -> Info:
         return Info(model=service.identity(), can_caption=service.unavailable is None,
-                    unavailable=service.unavailable, can_explain=explain_available(),
+                    unavailable=service.unavailable,
                     decoding=settings.decoding.to_dict(), max_beam_size=MAX_BEAM_SIZE,
                     max_upload_bytes=settings.max_upload_bytes,
                     max_pixels_in_flight=settings.max_pixels_in_flight,
@@ -156,7 +155,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         upload = await run_in_threadpool(read_upload, body, request.headers.get("content-type", ""))
         options = parse_options(request.query_params.multi_items(), upload.fields,
                                 settings.decoding)
-        service.check(options)
+        service.check()
         with service.admission.request():
             pixels = declared_pixels(upload.picture)
             service.admission.reserve(pixels)
