@@ -28,6 +28,7 @@ from typing import Any
 from hin.caption import Captioner
 from hin.config import RunConfig, find_config
 from hin.data.coco import load_splits
+from hin.data.errors import DataError
 from hin.data.synth import (
     FORMAT_VERSION,
     GRID_FILE,
@@ -146,7 +147,11 @@ def _run_demo(data: Path, runs: Path, configs: str | None,
     references = test["test"].references()
     blind = score_captions({i: blind_caption for i in references}, references, progress=False)
 
-    table = {"blind baseline": blind, **{n: e.report for n, e in results.items()}}
+    table = {"blind baseline": blind}
+    for name, evaluation in results.items():
+        if evaluation.report is None:
+            raise DataError(f"{name}: the test split of {data} holds no reference captions to score")
+        table[name] = evaluation.report
     print(f"\nTest split, {len(references)} images (blind baseline: \"{blind_caption}\" for every "
           "image). Scores x100:")
     print(f"{'metric':<8}" + "".join(f"{name:>16}" for name in table))

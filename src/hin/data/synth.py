@@ -273,8 +273,9 @@ def generate(out_dir: str | Path, seed: int = 0, train: int = 2000, val: int = 2
 def _write_annotations(out: Path, images: list[_Image]) -> dict[str, list[int]]:
     """COCO caption files + Karpathy id arrays; returns the annotation ids per split file."""
     ids_per_file: dict[str, list[int]] = {name: [] for name in PART_ID_FILES.values()}
-    contents = {name: {"info": {"description": "hin synthetic shapes captions", "version": "1.0"},
-                       "licenses": [], "images": [], "annotations": []} for name in CAPTION_FILES}
+    contents: dict[str, dict[str, Any]] = {
+        name: {"info": {"description": "hin synthetic shapes captions", "version": "1.0"},
+               "licenses": [], "images": [], "annotations": []} for name in CAPTION_FILES}
     next_annotation = 1
     for image in images:
         content = contents[image.caption_file]

@@ -115,7 +115,7 @@ def _read_list_file(list_file: Path) -> list[Path]:
 
 
 def _named(paths: Iterable[Path]) -> list[ImageFile]:
-    files, problems, seen = [], [], {}
+    files, problems, seen = [], [], dict[int, Path]()
     for path in paths:
         try:
             image_id = image_id_from_name(path.stem)

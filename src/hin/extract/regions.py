@@ -97,7 +97,7 @@ class DetrRegionExtractor:
         self.feature_dim = self.model.config.d_model
 
     @classmethod
-    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+    def from_attributes(cls, recorded: dict[str, Any], device: str = "auto",
                         precision: str = "fp32") -> DetrRegionExtractor:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
         return cls(str(recorded["model"]), revision=str(recorded["revision"]) or None,

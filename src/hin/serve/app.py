@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from hin.errors import MissingExtraError, pip_install
 from hin.serve.explanations import map_colours
@@ -59,7 +60,7 @@ CAPTIONS_OPENAPI = {
         "image/*": {"schema": {"type": "string", "format": "binary"}}}},
 }
 ERROR = {"model": ErrorAnswer}
-CAPTION_ERRORS = {status: {**ERROR, "description": meaning} for status, meaning in (
+CAPTION_ERRORS: dict[int | str, dict[str, Any]] = {status: {**ERROR, "description": meaning} for status, meaning in (
     (400, "not a picture, truncated, too many pixels, empty body, a malformed, unknown or "
           "repeated option, a form with too many parts"),
     (403, "a Host this server does not answer to, or a POST from another site's page"),
@@ -171,15 +172,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The body, refused past `limit` bytes or when it takes longer than `timeout_s` (a
-    client trickling bytes must not hold a request, or the server's shutdown, for long)."""
-    body = bytearray()
+    client trickling bytes must not hold a request, or the server's shutdown, for long).
+    asyncio.wait_for, not asyncio.timeout: Python 3.10 has only the former."""
+    async def read() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large(len(body), limit)
+        return bytes(body)
+
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise too_large(len(body), limit)
-    except TimeoutError:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:    # not the builtin TimeoutError before Python 3.11
         raise RequestError(408, f"the body did not arrive within {timeout_s:g} s "
                                 "(--body-timeout)") from None
-    return bytes(body)

@@ -180,7 +180,7 @@ def demo_pictures(extra: dict[str, Any], checkpoint: str | Path,
         return []
     folder = annotations if annotations.is_dir() else annotations.parent
     wanted = {record.file_name: image_id for image_id, record in split.images.items()}
-    found = {}
+    found: dict[int, Path] = {}
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.name in wanted and path.is_file():
             found.setdefault(wanted[path.name], path)
