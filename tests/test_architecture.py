@@ -18,7 +18,7 @@ SRC = REPO / "src"
 # Top to bottom. `hin` is the package's own names (`hin.__version__`).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__", "cli", "serve"),                                                 # entry points
-    ("evaluate", "caption", "explain", "training", "extract", "demo", "grounding"),  # jobs
+    ("evaluate", "caption", "explain", "training", "extract", "demo", "grounding", "synth"),  # jobs
     ("decoding", "checkpoint", "data", "metrics", "devices"),                     # their parts
     ("model",),
     ("config",),

@@ -23,15 +23,15 @@ from hin.config import DecodingConfig
 from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
-from hin.data.shape_features import GRID_DIM, REGION_DIM
-from hin.data.synth import generate
 from hin.data.vocab import Vocabulary, VocabularyError
 from hin.decoding import beam_search
 from hin.extract import (
     image_id_from_name,
     read_attributes,
 )
+from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.model import HIN
+from hin.synth import generate
 
 pytest.importorskip("transformers")
 
@@ -95,7 +95,8 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
                          region_dim=REGION_DIM)
     grid = torch.from_numpy(np.stack([store[i][0] for i in ids])).float()
     region = torch.from_numpy(np.stack([store[i][1] for i in ids])).float()
-    sequences, logprobs = beam_search(model, grid, region, beam_size=3, max_len=20, out_size=2)
+    sequences, logprobs = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=20,
+                                                                            num_captions=2))
     assert [entry["image"] for entry in printed] == [str(i) for i in ids]
     for entry, hypotheses, scores in zip(printed, sequences, logprobs.sum(-1)):
         assert [c["caption"] for c in entry["captions"]] == [vocab.decode(h) for h in hypotheses]

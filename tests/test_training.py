@@ -24,9 +24,10 @@ from hin import checkpoint
 from hin.cli import main
 from hin.config import RunConfig
 from hin.data.coco import load_split
-from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
+from hin.evaluate import evaluate
 from hin.model import HIN
+from hin.synth import generate
 from hin.training import loop
 from hin.training.loop import RunDirectoryError, TrainingError, TrainingInterrupted, resume, start
 from hin.training.runlog import LOG_FILE
@@ -158,6 +159,16 @@ def test_best_checkpoint_is_chosen_on_validation_and_test_is_never_loaded(uninte
         best_so_far = max(best_so_far, score)
     assert [record["best"] for record in epochs] == improved
     assert "training" not in best          # best.pt is a model, not a resumable state
+
+
+def test_validation_equals_hin_evaluate_of_the_validation_split(synth, uninterrupted):
+    """One score_split: the CIDEr-D that chose best.pt is what `hin evaluate` gives it."""
+    run_dir, _ = uninterrupted
+    _, best = saved(run_dir, loop.BEST)
+    run = RunConfig.from_dict(best["config"])
+    result = evaluate([run_dir / loop.BEST], "val", run.data, decoding=run.train.validation,
+                      batch_size=run.train.val_batch_size, spice=False, progress=False)
+    assert result.cider_d == best["validation"]["CIDEr-D"]
 
 
 def test_resolved_config_is_written_and_stored_in_every_checkpoint(synth, uninterrupted):
@@ -301,7 +312,7 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
     xe_run, _ = uninterrupted
     run_dir = tmp_path / "scst"
     best = start(config(synth, run_dir, "train.stage=scst", "train.lr=1e-5", "train.epochs=1",
-                        "train.beam_size=3"), init=xe_run / loop.BEST, progress=False)
+                        "train.validation.beam_size=3"), init=xe_run / loop.BEST, progress=False)
     assert best.is_file()
     steps = log_records(run_dir, "step")
     assert steps and all(r["stage"] == "scst" and 0 <= r["reward"] for r in steps)
@@ -321,7 +332,7 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
 def test_scst_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninterrupted,
                                                                         tmp_path):
     init = uninterrupted[0] / loop.BEST
-    scst = ("train.stage=scst", "train.lr=1e-5", "train.beam_size=3")   # 2 steps per epoch
+    scst = ("train.stage=scst", "train.lr=1e-5", "train.validation.beam_size=3")   # 2 steps per epoch
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     start(config(synth, whole, *scst), init=init, progress=False)
     start(config(synth, stopped, *scst, "train.max_steps=3"), init=init, progress=False)

@@ -13,11 +13,12 @@ import torch
 from conftest import tiny_features, tiny_model
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
+from hin.decoding import teacher_forcing_inputs
 from hin.devices import autocast
 from hin.training.distributed import Context, EpochOrder
 from hin.training.loop import capture_rng, restore_rng
 from hin.training.schedule import lr_factor, scst_lr_factor, should_stop, xe_lr_factor
-from hin.training.scst import scst_loss, sequence_mask, teacher_forcing_inputs
+from hin.training.scst import scst_loss, sequence_mask
 from hin.training.xe import next_token_nll
 
 CONFIGS = Path(__file__).resolve().parent.parent / "src" / "hin" / "configs"
@@ -140,7 +141,7 @@ def test_unknown_config_keys_are_rejected_with_the_valid_ones():
     ("train.nonfinite=ignore", r"nonfinite must be one of \('stop', 'skip'\)"),
     ("train.max_steps=-1", r"max_steps must be a non-negative integer"),
     ("train.lr=0", r"lr must be a positive number"),
-    ("train.precision=fp16", r"precision must be one of \('fp32', 'bf16', 'auto'\)"),
+    ("train.precision=fp16", r"TrainConfig.precision must be one of fp32, bf16, auto, got 'fp16'"),
     ("train.captions_per_image=3", r"batch_size \(50\) counts captions and must be a multiple "
                                    r"of captions_per_image \(3\)"),
     ("train.captions_per_image=0", r"captions_per_image must be a positive integer"),
