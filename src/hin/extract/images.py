@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -150,7 +151,7 @@ def check_orientation(orientation: str) -> str:
     return orientation
 
 
-def recorded_orientation(attributes: dict[str, object]) -> str:
+def recorded_orientation(attributes: dict[str, Any]) -> str:
     """How a feature file's pictures were read: its `orientation` attribute; files that record
     none (older hin files, the released ones) read the pixels as stored."""
     return check_orientation(str(attributes.get(ORIENTATION_KEY, DATASET_ORIENTATION)))

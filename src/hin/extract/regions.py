@@ -104,7 +104,7 @@ class DetrRegionExtractor:
                    max_regions=int(recorded["max_regions"]),
                    store_as=str(recorded.get("storage_dtype", "float16")))
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> dict[str, Any]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "revision": self.revision or "", "feature_dim": self.feature_dim,
                 "threshold": self.threshold, "max_regions": self.max_regions,

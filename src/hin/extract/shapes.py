@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -244,16 +245,16 @@ class ShapeFeatures:
                 "size": np.array([picture.height, picture.width], dtype=np.int64),
                 "cls_prob": np.ones(len(regions.boxes), dtype=np.float32)}
 
-    def grid_attributes(self) -> dict[str, object]:
+    def grid_attributes(self) -> dict[str, Any]:
         """Recorded in grid feature files (and so in checkpoints): rebuilds the extractor."""
         return {"extractor": GRID_EXTRACTOR, "kind": "grid", "feature_dim": self.grid_dim,
                 "tokens": self.grid_side ** 2, **self.settings()}
 
-    def region_attributes(self) -> dict[str, object]:
+    def region_attributes(self) -> dict[str, Any]:
         return {"extractor": REGION_EXTRACTOR, "kind": "region", "feature_dim": self.region_dim,
                 **self.settings()}
 
-    def settings(self) -> dict[str, object]:
+    def settings(self) -> dict[str, Any]:
         """Plain scalars (HDF5 attributes and checkpoints keep them as they are)."""
         return {"canvas": self.canvas, GRID_ROWS: self.grid_side, GRID_COLS: self.grid_side,
                 "grid_dim": self.grid_dim, "region_dim": self.region_dim,
@@ -262,7 +263,7 @@ class ShapeFeatures:
                 "max_regions": self.max_regions}
 
     @classmethod
-    def from_attributes(cls, recorded: dict[str, object]) -> ShapeFeatures:
+    def from_attributes(cls, recorded: dict[str, Any]) -> ShapeFeatures:
         """The settings recorded by `grid_attributes()` or `region_attributes()`."""
         missing = [key for key in cls().settings() if key not in recorded]
         if missing:
@@ -285,11 +286,14 @@ def _ink(pixels: np.ndarray) -> np.ndarray:
     return (255.0 - pixels.astype(np.float32)) / np.float32(255.0)
 
 
+Shape = TypeVar("Shape", bound="_ShapeExtractor")
+
+
 class _ShapeExtractor:
     name: str
     kind: str
 
-    def __init__(self, device: str = "auto", precision: str = "fp32", **settings: object) -> None:
+    def __init__(self, device: str = "auto", precision: str = "fp32", **settings: Any) -> None:
         known = [f.name for f in fields(ShapeFeatures)]
         unknown = sorted(set(settings) - set(known))
         if unknown:
@@ -299,8 +303,8 @@ class _ShapeExtractor:
         self.preprocess = self.features.prepare
 
     @classmethod
-    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
-                        precision: str = "fp32") -> _ShapeExtractor:
+    def from_attributes(cls: type[Shape], recorded: dict[str, Any], device: str = "auto",
+                        precision: str = "fp32") -> Shape:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
         return cls(**asdict(ShapeFeatures.from_attributes(recorded)))
 
@@ -315,7 +319,7 @@ class ShapeGridExtractor(_ShapeExtractor):
     def feature_dim(self) -> int:
         return self.features.grid_dim
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> dict[str, Any]:
         return self.features.grid_attributes()
 
     def __call__(self, prepared: Sequence[PreparedPicture]) -> list[ImageEntry]:
@@ -332,7 +336,7 @@ class ShapeRegionExtractor(_ShapeExtractor):
     def feature_dim(self) -> int:
         return self.features.region_dim
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> dict[str, Any]:
         return self.features.region_attributes()
 
     def __call__(self, prepared: Sequence[PreparedPicture]) -> list[ImageEntry]:

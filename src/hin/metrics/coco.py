@@ -325,13 +325,13 @@ def _require_encodable(text: str, image_id: Hashable) -> None:
                            "caption in the file") from None
 
 
-def read_coco_results(path: str | Path) -> dict[Hashable, str]:
+def read_coco_results(path: str | Path) -> dict[Any, str]:
     """A COCO results file (`[{"image_id": …, "caption": …}, …]`) as {image_id: caption}."""
     entries = read_json(path, "results file", error=MetricsError)
     if not isinstance(entries, list):
         raise MetricsError(f"{path}: a COCO results file is a JSON list of "
                            '{"image_id": ..., "caption": ...} objects')
-    captions: dict[Hashable, str] = {}
+    captions: dict[Any, str] = {}     # ids as the JSON holds them
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image_id" not in entry or "caption" not in entry:
             raise MetricsError(f"{path}: entry {number} is not an object with image_id and caption")

@@ -168,7 +168,8 @@ class Decoder(nn.Module):
         if length > self.config.max_positions:
             raise UsageError(f"a sequence of {length} tokens exceeds the model's max_positions "
                              f"{self.config.max_positions}")
-        return self.word_emb(tokens) + self.position_table[positions]
+        embedded: Tensor = self.word_emb(tokens) + self.position_table[positions]
+        return embedded
 
     def _logprobs(self, x: Tensor) -> Tensor:
         return F.log_softmax(self.head(x).float(), dim=-1)
