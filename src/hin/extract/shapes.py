@@ -54,6 +54,13 @@ MAX_REGIONS = 16
 GRID_EXTRACTOR = "synth-grid"
 REGION_EXTRACTOR = "synth-regions"
 LAYOUT_CENTRES = (np.arange(3) + 0.5) / 3      # the 3x3 layout the world's captions describe
+# The Gaussian bumps that place a region in that layout: exp(-(centre - c)^2 / width), with the
+# centre as a fraction of the canvas; width = 2 sigma^2, sigma = 0.1 (under a third of a cell).
+LAYOUT_BUMP_WIDTH = 0.02
+# A region's descriptor, in order: its ink crop, mean ink (RGB), box geometry (x1, y1, x2, y2,
+# centre x, y, longer side), the layout bumps (x and y) and a constant 1.
+REGION_DESCRIPTOR = {"crop": CROP_SIDE * CROP_SIDE * 3, "mean ink": 3, "geometry": 7,
+                     "layout bumps": 2 * len(LAYOUT_CENTRES), "constant": 1}
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ class ShapeFeatures:
 
     @property
     def region_descriptor_dim(self) -> int:
-        return CROP_SIDE * CROP_SIDE * 3 + 3 + 7 + 6 + 1   # crop, mean ink, geometry, bumps, 1
+        return sum(REGION_DESCRIPTOR.values())
 
     @cached_property
     def projections(self) -> tuple[np.ndarray, np.ndarray]:
@@ -227,7 +234,7 @@ class ShapeFeatures:
         colour = ink[component.mask].mean(axis=0)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         geometry = np.array([x1, y1, x2, y2, cx, cy, max(x2 - x1, y2 - y1)]) / self.canvas
-        bumps = np.exp(-((np.array([cx, cy])[:, None] / self.canvas - LAYOUT_CENTRES) ** 2) / 0.02)
+        bumps = np.exp(-((np.array([cx, cy])[:, None] / self.canvas - LAYOUT_CENTRES) ** 2) / LAYOUT_BUMP_WIDTH)
         return np.concatenate([crop, colour, geometry, bumps.reshape(-1), [1.0]]).astype(np.float32)
 
     def grid_entry(self, picture: PreparedPicture) -> dict[str, np.ndarray]:
