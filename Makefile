@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) browser
 	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q
 
 # The `hin serve` browser test drives Debian's chromium + chromium-driver; install them when

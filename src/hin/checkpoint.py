@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -74,14 +75,19 @@ class CheckpointError(HINError, ValueError):
     """A checkpoint that cannot be used, with what is wrong and how to fix it."""
 
 
-def _numpy_globals() -> list[tuple[Any, str]]:
+# what torch.serialization.safe_globals takes: a function or class, here always with its name
+SafeGlobals = list[Callable[..., Any] | tuple[Callable[..., Any], str]]
+
+
+def _numpy_globals() -> SafeGlobals:
     """What unpickling numpy arrays, dtypes and scalars calls, under the names both numpy 1.x
     (`numpy.core.multiarray`) and numpy 2.x (`numpy._core.multiarray`) write into pickles.
     The functions are taken from numpy's own pickles, so they are right for either numpy.
     Only numeric dtypes: an object array could smuggle arbitrary objects."""
-    reconstruct = np.zeros(0).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    named = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    # __reduce__ is typed `str | tuple`; numpy's arrays and scalars give (function, arguments)
+    reconstruct = cast("Callable[..., Any]", np.zeros(0).__reduce__()[0])
+    scalar = cast("Callable[..., Any]", np.float64(0).__reduce__()[0])
+    named: SafeGlobals = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         named += [(reconstruct, f"{module}._reconstruct"), (scalar, f"{module}.scalar")]
     for code in "?bBhHiIlLqQefdgFDG":     # bool, (unsigned) integers, floats, complex
@@ -248,13 +254,15 @@ def save(path: str | Path, model: HIN, **extra: Any) -> Path:
 def _unloadable(source: str | Path | dict[str, Any]) -> list[str]:
     """The pickled globals in a checkpoint file (or in `source` saved alone) that `read`
     refuses."""
+    readable: str | Path | IO[bytes]
     if isinstance(source, dict):
-        buffer = io.BytesIO()
-        torch.save(source, buffer)
-        buffer.seek(0)
-        source = buffer
+        readable = io.BytesIO()
+        torch.save(source, readable)
+        readable.seek(0)
+    else:
+        readable = source
     with torch.serialization.safe_globals(NUMPY_GLOBALS):
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(readable))
 
 
 def read_hin(path: str | Path) -> dict[str, Any]:

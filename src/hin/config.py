@@ -11,13 +11,19 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from hin.errors import HINError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Settings = TypeVar("Settings", bound="DataclassInstance")
 
 POSITION_TABLES = ("frozen-random", "sinusoid")
 
@@ -123,7 +129,7 @@ def _checked(hint: Any, value: Any, key: str) -> Any:
     return float(value) if hint is float else value
 
 
-def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
+def from_dict(cls: type[Settings], values: dict[str, Any], where: str = "") -> Settings:
     """Build dataclass `cls` from a (nested) dict, rejecting unknown keys by name and values
     that do not have their field's declared type."""
     if not isinstance(values, dict):
@@ -141,7 +147,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             value = from_dict(hint, value, f"{where}{name}.")
         kwargs[name] = _checked(hint, value, f"{where}{name}")
     return cls(**kwargs)
@@ -161,7 +167,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of nested dict `values` with `key.path=value` overrides applied."""
-    result = yaml.safe_load(yaml.safe_dump(values))
+    result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(values))
     for text in overrides:
         path, value = parse_override(text)
         node = result
@@ -395,7 +401,7 @@ class RunConfig:
         return from_dict(cls, values)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
         """A YAML file (any section may be omitted) with `section.key=value` overrides."""
         values = load_yaml(path) if path else {}
         return cls.from_dict(apply_overrides(values, list(overrides)))
@@ -417,7 +423,7 @@ def upgrade_legacy(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     notes = [note for note in (_upgrade_bf16(values), *(_move(values, old, new)
                                                         for old, new in LEGACY_KEYS.items()))
              if note]
-    train = values.get("train")
+    train: dict[str, Any] = values.get("train") or {}
     if any("train.validation" in note for note in notes) and "precision" in train:
         validation = train["validation"]
         if validation.setdefault("precision", train["precision"]) == train["precision"]:

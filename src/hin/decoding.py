@@ -251,7 +251,7 @@ def caption(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor, wo
     return results
 
 
-def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable, words: Words,
+def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable[Any], words: Words,
                     settings: DecodingConfig = DecodingConfig(), *, desc: str = "decoding",
                     progress: bool = True) -> dict[int, CaptionedImage]:
     """`caption` over every batch (objects with .grid, .region, .image_ids) -> captions by

@@ -28,6 +28,7 @@ from typing import Any
 from hin.caption import Captioner
 from hin.config import RunConfig, find_config
 from hin.data.coco import load_splits
+from hin.data.errors import DataError
 from hin.errors import UsageError
 from hin.evaluate import evaluate
 from hin.explain import INDEX_FILE, PAPER_FILE, explain, write_figures
@@ -140,16 +141,19 @@ def _run_demo(data: Path, runs: Path, configs: str | None,
 
     _stage("evaluation on the test split (never seen during training)")
     results = {}
-    for name, checkpoint in (("HIN XE", xe_best), ("HIN SCST", scst_best)):
-        evaluation = evaluate([checkpoint], "test", xe.data, out_dir=runs / "eval" / name[4:].lower(),
-                              progress=False)
-        results[name] = evaluation
+    for stage, checkpoint in (("xe", xe_best), ("scst", scst_best)):
+        results[f"HIN {stage.upper()}"] = evaluate([checkpoint], "test", xe.data,
+                                                   out_dir=runs / "eval" / stage, progress=False)
     test = load_splits(xe.data.annotations, ["train", "test"])
     blind_caption = Counter(test["train"].captions()).most_common(1)[0][0]
     references = test["test"].references()
     blind = score_captions({i: blind_caption for i in references}, references, progress=False)
 
-    table = {"blind baseline": blind, **{n: e.report for n, e in results.items()}}
+    table = {"blind baseline": blind}
+    for name, evaluation in results.items():
+        if evaluation.report is None:
+            raise DataError(f"{name}: the test split of {data} holds no reference captions to score")
+        table[name] = evaluation.report
     print(f"\nTest split, {len(references)} images (blind baseline: \"{blind_caption}\" for every "
           "image). Scores x100:")
     print(f"{'metric':<8}" + "".join(f"{name:>16}" for name in table))

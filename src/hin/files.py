@@ -90,7 +90,7 @@ def _complete_temporary(path: Path, mode: str) -> Iterator[IO[Any]]:
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        with open(temp_name, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+        with open(temp_name, mode, encoding=None if "b" in mode else "utf-8") as file:
             yield file
             file.flush()
             os.chmod(file.fileno(), _file_mode(path))

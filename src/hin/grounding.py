@@ -17,7 +17,7 @@ Boxes are x1 y1 x2 y2 in picture pixels, cells as `ImageGeometry.cell_boxes()` g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,7 +117,7 @@ class Grounding:
                 f"(boxes' area {self.box_area_share:.1%}), {self.images} images")
 
 
-def measure(explanations: Sequence[ImageExplanation], objects: dict[int, Sequence[NamedBox]],
+def measure(explanations: Sequence[ImageExplanation], objects: Mapping[int, Sequence[NamedBox]],
             column: int = 0) -> Grounding:
     """Grounding of the model in view `column` of explanations made with per-word grid maps
     and the mean over layers (`hin.explain.explain(..., words="grid", layer=None)`);
@@ -130,6 +130,9 @@ def measure(explanations: Sequence[ImageExplanation], objects: dict[int, Sequenc
         label = view.label
         if view.word_maps is None or view.word_source != "grid":
             raise UsageError("grounding needs per-word grid maps: explain(..., words='grid')")
+        if explanation.image_id is None:
+            raise UsageError("grounding looks the pictures' objects up by image id; these "
+                             "explanations were made from pictures without one")
         cells = view.geometry.cell_boxes()
         scene = objects[explanation.image_id]
         pointed += point(view.word_maps, view.words, scene, cells)

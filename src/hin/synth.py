@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from hin.data.coco import CAPTION_FILES, PART_ID_FILES, SPLIT_ID_FILES
+from hin.data.coco import CAPTION_FILES, PART_ID_FILES, SPLIT_ID_FILES, SPLIT_PARTS
 from hin.data.errors import DataError
 from hin.data.features import ATTRIBUTE_PREFIX
 from hin.data.vocab import Vocabulary, tokenize
@@ -273,8 +273,9 @@ def generate(out_dir: str | Path, seed: int = 0, train: int = 2000, val: int = 2
 def _write_annotations(out: Path, images: list[_Image]) -> dict[str, list[int]]:
     """COCO caption files + Karpathy id arrays; returns the annotation ids per split file."""
     ids_per_file: dict[str, list[int]] = {name: [] for name in PART_ID_FILES.values()}
-    contents = {name: {"info": {"description": "hin synthetic shapes captions", "version": "1.0"},
-                       "licenses": [], "images": [], "annotations": []} for name in CAPTION_FILES}
+    contents: dict[str, dict[str, Any]] = {
+        name: {"info": {"description": "hin synthetic shapes captions", "version": "1.0"},
+               "licenses": [], "images": [], "annotations": []} for name in CAPTION_FILES}
     next_annotation = 1
     for image in images:
         content = contents[image.caption_file]
@@ -353,10 +354,9 @@ def _scene_record(image: _Image, boxes: np.ndarray) -> list[dict[str, Any]]:
 
 def _manifest(images: list[_Image], annotation_ids: dict[str, list[int]], vocab: Vocabulary,
               seed: int, min_freq: int, restval_fraction: float) -> dict[str, Any]:
-    splits = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
     extractor = ShapeFeatures()
     statistics = {}
-    for name, members in splits.items():
+    for name, members in SPLIT_PARTS.items():
         chosen = [image for image in images if image.split in members]
         captions = [caption for image in chosen for caption in image.captions]
         most_common, count = collections.Counter(captions).most_common(1)[0]

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import signal
 import sys
+from typing import Any
 
 from hin.cli.caption import add_caption_command
 from hin.cli.checkpoint import add_import_checkpoint_command
@@ -25,7 +26,7 @@ __all__ = ["build_parser", "main"]
 class _Version(argparse.Action):
     """`hin --version`: torch is imported only when asked, so `hin --help` stays fast."""
 
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))
 
     def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:

@@ -41,7 +41,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                       device=args.device, vocab=args.vocab, max_regions=args.max_regions)
     for note in result.notes:
         print(f"hin evaluate: note: {note}", file=sys.stderr)
-    if result.report is not None:
+    if result.report is not None and result.cider_d is not None:
         print(result.report.format_table())
         print(f"CIDEr-D {100 * result.cider_d:.2f} (hin's, as validation during training "
               "scores it)")

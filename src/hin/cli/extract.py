@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hin.cli.options import add_device_option
 from hin.errors import UsageError
+
+if TYPE_CHECKING:
+    from hin.extract import PictureExtractor
 
 EXTRACTOR_HELP = "a registered {kind} extractor: {names} (default %(default)s)"
 
@@ -27,7 +31,7 @@ class RegistryHelp(argparse.HelpFormatter):
         return EXTRACTOR_HELP.format(kind=kind, names=", ".join(names))
 
 
-def _extract_pictures(build: Callable[[], object], args: argparse.Namespace) -> int:
+def _extract_pictures(build: Callable[[], PictureExtractor], args: argparse.Namespace) -> int:
     """List the pictures and check the settings, then `build` the extractor (a model load)."""
     from hin.extract import choose_shard, extract_to_file, list_images
     from hin.extract.images import max_pixels

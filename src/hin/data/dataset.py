@@ -88,14 +88,15 @@ class CaptionPairs(Dataset):
             self.image_ids = [image_id for image_id, _ in pairs]
             self.tokens: list[list[int]] | list[tuple[list[int], ...]] = encoded
             return
-        self.image_ids, self.tokens = [], []
+        self.image_ids, groups = [], []
         start = 0
         for image in split.images.values():
             captions = encoded[start:start + len(image.captions)]
             start += len(image.captions)
             for first in range(0, len(captions), captions_per_image):
                 self.image_ids.append(image.image_id)
-                self.tokens.append(tuple(captions[first:first + captions_per_image]))
+                groups.append(tuple(captions[first:first + captions_per_image]))
+        self.tokens = groups
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -140,7 +141,7 @@ def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
         if pad_id is None:
             raise DataError("collate needs pad_id (the vocabulary's <pad> id) to batch captions")
         grouped = isinstance(samples[0].tokens, tuple)
-        groups = [sample.tokens if grouped else (sample.tokens,) for sample in samples]
+        groups = [_caption_group(sample) for sample in samples]
         length = max(len(caption) for group in groups for caption in group)
         tokens = torch.full((len(samples), max(map(len, groups)), length), pad_id, dtype=torch.long)
         for row, group in enumerate(groups):
@@ -155,6 +156,13 @@ def collate(samples: Sequence[Sample], pad_id: int | None = None) -> Batch:
         tokens=tokens,
         image_ids=[sample.image_id for sample in samples],
         references=[list(sample.references) for sample in samples])
+
+
+def _caption_group(sample: Sample) -> tuple[list[int], ...]:
+    """A sample's encoded captions as a group: its one caption, or the grouped loader's."""
+    if sample.tokens is None:
+        raise DataError(f"image {sample.image_id} has no caption in a batch of captioned samples")
+    return sample.tokens if isinstance(sample.tokens, tuple) else (sample.tokens,)
 
 
 @dataclass(frozen=True)
@@ -186,12 +194,17 @@ class _ReportingDataset(Dataset):
 
 def _collate_or_failure(samples: Sequence[Sample | _WorkerFailure],
                         pad_id: int | None) -> Batch | _WorkerFailure:
-    failed = next((sample for sample in samples if isinstance(sample, _WorkerFailure)), None)
-    return failed if failed is not None else collate(samples, pad_id)
+    read = []
+    for sample in samples:
+        if isinstance(sample, _WorkerFailure):
+            return sample
+        read.append(sample)
+    return collate(read, pad_id)
 
 
 class _Loader(DataLoader):
-    def __iter__(self) -> Iterator[Batch]:
+    # a generator of batches where DataLoader's __iter__ returns its iterator object
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
         for batch in super().__iter__():
             if isinstance(batch, _WorkerFailure):
                 raise batch.error

@@ -139,7 +139,7 @@ class ImageGeometry:
 
     def cell_boxes(self) -> np.ndarray:
         """[rows·cols, 4] picture-pixel box of every grid token, row-major."""
-        if not self.grid_placed:
+        if self.grid_layout is None or self.grid_box is None:
             raise DataError(f"image {self.image_id}: the grid cannot be placed on the picture: "
                             + "; ".join(self.missing))
         rows, cols = self.grid_layout
@@ -149,7 +149,7 @@ class ImageGeometry:
         return np.stack((xs[col], ys[row], xs[col + 1], ys[row + 1]), axis=1)
 
 
-def read_attributes(path: str | Path) -> dict[str, object]:
+def read_attributes(path: str | Path) -> dict[str, Any]:
     """What made a feature file (its `hin_*` attributes, without the prefix): extractor, model,
     feature_dim, ... Empty for files not written by `hin extract` (released or synthetic
     features). Training stores this in checkpoints so that `hin caption` can redo it."""
@@ -157,16 +157,16 @@ def read_attributes(path: str | Path) -> dict[str, object]:
         return file_attributes(handle)
 
 
-def file_attributes(handle: h5py.File) -> dict[str, object]:
+def file_attributes(handle: h5py.File) -> dict[str, Any]:
     return {key.removeprefix(ATTRIBUTE_PREFIX): _plain(value)
             for key, value in handle.attrs.items() if key.startswith(ATTRIBUTE_PREFIX)}
 
 
-def _plain(value: object) -> object:
+def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, object],
+def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, Any],
                       grid_entry: Mapping[str, np.ndarray], region_entry: Mapping[str, np.ndarray],
                       grid_tokens: int | None, grid_source: str, region_source: str, *,
                       region_rows: int | None = None) -> ImageGeometry:
@@ -176,13 +176,16 @@ def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, object]
     `region_rows`, the image's number of region features, must equal its number of boxes
     (box i is where region i lies)."""
     missing = []
-    sizes = {source: tuple(int(v) for v in np.asarray(entry["size"]).reshape(-1))
-             for source, entry in ((grid_source, grid_entry), (region_source, region_entry)) if "size" in entry}
-    for source, value in list(sizes.items()):
+    sizes: dict[str, tuple[int, int]] = {}
+    for source, entry in ((grid_source, grid_entry), (region_source, region_entry)):
+        if "size" not in entry:
+            continue
+        value = [int(v) for v in np.asarray(entry["size"]).reshape(-1)]
         if len(value) != 2:
             missing.append(f"{source}: '{image_id}_size' holds {len(value)} values, expected 2 "
                            "(height, width)")
-            del sizes[source]
+        else:
+            sizes[source] = (value[0], value[1])
     size = next(iter(sizes.values()), None)
     if len(set(sizes.values())) > 1:
         missing.append(f"the picture sizes disagree ({'; '.join(f'{s}: {v}' for s, v in sizes.items())})")
@@ -204,7 +207,8 @@ def describe_geometry(image_id: int | str, grid_attributes: Mapping[str, object]
     if "crop" in grid_entry:
         crop = np.asarray(grid_entry["crop"], dtype=np.float64).reshape(-1)
         if crop.size == 4:
-            grid_box = tuple(float(v) for v in crop)
+            x1, y1, x2, y2 = (float(v) for v in crop)
+            grid_box = (x1, y1, x2, y2)
         else:
             missing.append(f"{grid_source}: '{image_id}_crop' holds {crop.size} values, expected 4 "
                            "(x1, y1, x2, y2)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,13 +93,13 @@ class ClipGridExtractor:
         self.preprocess = ClipPicturePreprocessor(ClipPreprocessor(size=config.image_size))
 
     @classmethod
-    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+    def from_attributes(cls, recorded: dict[str, Any], device: str = "auto",
                         precision: str = "fp32") -> ClipGridExtractor:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
         return cls(str(recorded["model"]), device=device, precision=precision,
                    store_as=str(recorded.get("storage_dtype", "float16")))
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> dict[str, Any]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "feature_dim": self.feature_dim, "tokens": self.tokens,
                 "global_dim": self.global_dim, "image_size": self.preprocess.size,

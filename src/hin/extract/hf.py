@@ -56,7 +56,7 @@ def transformers_module() -> Any:
     return transformers
 
 
-def load_pretrained(model_class: type, model: str, device: torch.device, precision: str,
+def load_pretrained(model_class: Any, model: str, device: torch.device, precision: str,
                     revision: str | None = None) -> Any:
     """A transformers model from a local folder or the Hugging Face cache (never downloaded
     here: hin reaches no network at run time), in eval mode, with its weights in the dtype

@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -115,7 +116,7 @@ def _read_list_file(list_file: Path) -> list[Path]:
 
 
 def _named(paths: Iterable[Path]) -> list[ImageFile]:
-    files, problems, seen = [], [], {}
+    files, problems, seen = [], [], dict[int, Path]()
     for path in paths:
         try:
             image_id = image_id_from_name(path.stem)
@@ -150,7 +151,7 @@ def check_orientation(orientation: str) -> str:
     return orientation
 
 
-def recorded_orientation(attributes: dict[str, object]) -> str:
+def recorded_orientation(attributes: dict[str, Any]) -> str:
     """How a feature file's pictures were read: its `orientation` attribute; files that record
     none (older hin files, the released ones) read the pixels as stored."""
     return check_orientation(str(attributes.get(ORIENTATION_KEY, DATASET_ORIENTATION)))

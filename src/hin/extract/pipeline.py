@@ -106,7 +106,7 @@ def failure_report_path(out: str | Path) -> Path:
 
 
 def extraction_attributes(extractor: PictureExtractor,
-                          orientation: str = DATASET_ORIENTATION) -> dict[str, object]:
+                          orientation: str = DATASET_ORIENTATION) -> dict[str, Any]:
     """What a file extracted from pictures records: the extractor's attributes and the
     orientation rule its pictures were read by."""
     return {**extractor.attributes(), ORIENTATION_KEY: check_orientation(orientation)}

@@ -96,7 +96,7 @@ class DetrRegionExtractor:
         self.feature_dim = self.model.config.d_model
 
     @classmethod
-    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+    def from_attributes(cls, recorded: dict[str, Any], device: str = "auto",
                         precision: str = "fp32") -> DetrRegionExtractor:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
         return cls(str(recorded["model"]), revision=str(recorded["revision"]) or None,
@@ -104,7 +104,7 @@ class DetrRegionExtractor:
                    max_regions=int(recorded["max_regions"]),
                    store_as=str(recorded.get("storage_dtype", "float16")))
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> dict[str, Any]:
         return {"extractor": self.name, "kind": self.kind, "model": self.model_name,
                 "revision": self.revision or "", "feature_dim": self.feature_dim,
                 "threshold": self.threshold, "max_regions": self.max_regions,

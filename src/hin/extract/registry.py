@@ -6,7 +6,7 @@ attributes. Light on purpose (no torch): extractors register as their modules ar
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -19,29 +19,39 @@ ImageEntry = dict[str, np.ndarray]
 class PictureExtractor(Protocol):
     """What every registered extractor provides."""
 
-    name: str
-    kind: str                                    # "grid" or "region"
-    feature_dim: int
-    preprocess: Callable[[Image.Image], Any]     # picklable; runs in loader workers
+    name: str                                    # set by register_extractor
+
+    @property
+    def kind(self) -> str:
+        """"grid" or "region"."""
+
+    @property
+    def feature_dim(self) -> int:
+        """The size of each feature vector."""
+
+    @property
+    def preprocess(self) -> Callable[[Image.Image], Any]:
+        """Picture -> what `__call__` batches; picklable, as it runs in loader workers."""
 
     @classmethod
-    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
+    def from_attributes(cls, recorded: dict[str, Any], device: str = "auto",
                         precision: str = "fp32") -> PictureExtractor:
         """Rebuild the extractor that wrote `recorded` (a file's `attributes()`)."""
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> dict[str, Any]:
         """What made these features (recorded in the output file, and so in checkpoints)."""
 
     def __call__(self, prepared: Sequence[Any]) -> list[ImageEntry]:
         """Prepared pictures -> per image `{"features": [n, feature_dim], ...}` (numpy)."""
 
 
-EXTRACTORS: dict[str, Callable[..., PictureExtractor]] = {}
+Extractor = TypeVar("Extractor", bound=PictureExtractor)
+EXTRACTORS: dict[str, type[PictureExtractor]] = {}
 
 
-def register_extractor(name: str) -> Callable[[type], type]:
+def register_extractor(name: str) -> Callable[[type[Extractor]], type[Extractor]]:
     """Class decorator: make an extractor available by name (`build_extractor(name, ...)`)."""
-    def register(cls: type) -> type:
+    def register(cls: type[Extractor]) -> type[Extractor]:
         if name in EXTRACTORS:
             raise UsageError(f"an extractor named {name!r} is already registered")
         EXTRACTORS[name] = cls
@@ -56,7 +66,7 @@ def build_extractor(name: str, **options: Any) -> PictureExtractor:
     return EXTRACTORS[name](**options)
 
 
-def extractor_from_attributes(recorded: dict[str, object], device: str = "auto",
+def extractor_from_attributes(recorded: dict[str, Any], device: str = "auto",
                               precision: str = "fp32") -> PictureExtractor:
     """The registered extractor that wrote features with these attributes, rebuilt."""
     name = recorded.get("extractor")

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -53,6 +54,13 @@ MAX_REGIONS = 16
 GRID_EXTRACTOR = "synth-grid"
 REGION_EXTRACTOR = "synth-regions"
 LAYOUT_CENTRES = (np.arange(3) + 0.5) / 3      # the 3x3 layout the world's captions describe
+# The Gaussian bumps that place a region in that layout: exp(-(centre - c)^2 / width), with the
+# centre as a fraction of the canvas; width = 2 sigma^2, sigma = 0.1 (under a third of a cell).
+LAYOUT_BUMP_WIDTH = 0.02
+# A region's descriptor, in order: its ink crop, mean ink (RGB), box geometry (x1, y1, x2, y2,
+# centre x, y, longer side), the layout bumps (x and y) and a constant 1.
+REGION_DESCRIPTOR = {"crop": CROP_SIDE * CROP_SIDE * 3, "mean ink": 3, "geometry": 7,
+                     "layout bumps": 2 * len(LAYOUT_CENTRES), "constant": 1}
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,7 @@ class ShapeFeatures:
 
     @property
     def region_descriptor_dim(self) -> int:
-        return CROP_SIDE * CROP_SIDE * 3 + 3 + 7 + 6 + 1   # crop, mean ink, geometry, bumps, 1
+        return sum(REGION_DESCRIPTOR.values())
 
     @cached_property
     def projections(self) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +234,7 @@ class ShapeFeatures:
         colour = ink[component.mask].mean(axis=0)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         geometry = np.array([x1, y1, x2, y2, cx, cy, max(x2 - x1, y2 - y1)]) / self.canvas
-        bumps = np.exp(-((np.array([cx, cy])[:, None] / self.canvas - LAYOUT_CENTRES) ** 2) / 0.02)
+        bumps = np.exp(-((np.array([cx, cy])[:, None] / self.canvas - LAYOUT_CENTRES) ** 2) / LAYOUT_BUMP_WIDTH)
         return np.concatenate([crop, colour, geometry, bumps.reshape(-1), [1.0]]).astype(np.float32)
 
     def grid_entry(self, picture: PreparedPicture) -> dict[str, np.ndarray]:
@@ -244,16 +252,16 @@ class ShapeFeatures:
                 "size": np.array([picture.height, picture.width], dtype=np.int64),
                 "cls_prob": np.ones(len(regions.boxes), dtype=np.float32)}
 
-    def grid_attributes(self) -> dict[str, object]:
+    def grid_attributes(self) -> dict[str, Any]:
         """Recorded in grid feature files (and so in checkpoints): rebuilds the extractor."""
         return {"extractor": GRID_EXTRACTOR, "kind": "grid", "feature_dim": self.grid_dim,
                 "tokens": self.grid_side ** 2, **self.settings()}
 
-    def region_attributes(self) -> dict[str, object]:
+    def region_attributes(self) -> dict[str, Any]:
         return {"extractor": REGION_EXTRACTOR, "kind": "region", "feature_dim": self.region_dim,
                 **self.settings()}
 
-    def settings(self) -> dict[str, object]:
+    def settings(self) -> dict[str, Any]:
         """Plain scalars (HDF5 attributes and checkpoints keep them as they are)."""
         return {"canvas": self.canvas, GRID_ROWS: self.grid_side, GRID_COLS: self.grid_side,
                 "grid_dim": self.grid_dim, "region_dim": self.region_dim,
@@ -262,7 +270,7 @@ class ShapeFeatures:
                 "max_regions": self.max_regions}
 
     @classmethod
-    def from_attributes(cls, recorded: dict[str, object]) -> ShapeFeatures:
+    def from_attributes(cls, recorded: dict[str, Any]) -> ShapeFeatures:
         """The settings recorded by `grid_attributes()` or `region_attributes()`."""
         missing = [key for key in cls().settings() if key not in recorded]
         if missing:
@@ -285,11 +293,14 @@ def _ink(pixels: np.ndarray) -> np.ndarray:
     return (255.0 - pixels.astype(np.float32)) / np.float32(255.0)
 
 
+Shape = TypeVar("Shape", bound="_ShapeExtractor")
+
+
 class _ShapeExtractor:
     name: str
     kind: str
 
-    def __init__(self, device: str = "auto", precision: str = "fp32", **settings: object) -> None:
+    def __init__(self, device: str = "auto", precision: str = "fp32", **settings: Any) -> None:
         known = [f.name for f in fields(ShapeFeatures)]
         unknown = sorted(set(settings) - set(known))
         if unknown:
@@ -299,8 +310,8 @@ class _ShapeExtractor:
         self.preprocess = self.features.prepare
 
     @classmethod
-    def from_attributes(cls, recorded: dict[str, object], device: str = "auto",
-                        precision: str = "fp32") -> _ShapeExtractor:
+    def from_attributes(cls: type[Shape], recorded: dict[str, Any], device: str = "auto",
+                        precision: str = "fp32") -> Shape:
         """The extractor that wrote a file with these attributes (see `attributes`)."""
         return cls(**asdict(ShapeFeatures.from_attributes(recorded)))
 
@@ -315,7 +326,7 @@ class ShapeGridExtractor(_ShapeExtractor):
     def feature_dim(self) -> int:
         return self.features.grid_dim
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> dict[str, Any]:
         return self.features.grid_attributes()
 
     def __call__(self, prepared: Sequence[PreparedPicture]) -> list[ImageEntry]:
@@ -332,7 +343,7 @@ class ShapeRegionExtractor(_ShapeExtractor):
     def feature_dim(self) -> int:
         return self.features.region_dim
 
-    def attributes(self) -> dict[str, object]:
+    def attributes(self) -> dict[str, Any]:
         return self.features.region_attributes()
 
     def __call__(self, prepared: Sequence[PreparedPicture]) -> list[ImageEntry]:

@@ -32,6 +32,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -51,7 +52,7 @@ class FeatureFileError(HINError, ValueError):
     """An output file or part that cannot be extended safely; the message says which and why."""
 
 
-def _record(handle: h5py.File, attributes: Mapping[str, object]) -> None:
+def _record(handle: h5py.File, attributes: Mapping[str, Any]) -> None:
     handle.attrs.update({ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()})
 
 
@@ -85,13 +86,13 @@ def shard_files(out: str | Path) -> list[Path]:
     return _shard_glob(Path(out))
 
 
-def _read_record(path: Path, fix: str) -> tuple[dict[str, object], set[int]]:
+def _read_record(path: Path, fix: str) -> tuple[dict[str, Any], set[int]]:
     """A feature file's `hin_*` attributes and image ids."""
     with open_hdf5(path, fix) as handle:
         return file_attributes(handle), feature_ids(handle)
 
 
-def _require_same(path: Path, recorded: Mapping[str, object], expected: Mapping[str, object],
+def _require_same(path: Path, recorded: Mapping[str, Any], expected: Mapping[str, Any],
                   fix: str) -> None:
     different = {key: (recorded.get(key), value) for key, value in expected.items()
                  if recorded.get(key) != value}
@@ -106,7 +107,7 @@ class FeatureWriter:
     """Adds images to feature file `out` (or to its shard `shard`) chunk by chunk; see the module
     docstring for why. `shard_of` fingerprints the whole picture list a shard was cut from."""
 
-    def __init__(self, out: str | Path, attributes: Mapping[str, object],
+    def __init__(self, out: str | Path, attributes: Mapping[str, Any],
                  shard: Shard | None = None, shard_of: str = "") -> None:
         self.out = Path(out)
         self.attributes = dict(attributes)
@@ -136,7 +137,7 @@ class FeatureWriter:
             numbers.append(int(part.stem.removeprefix("part-")))
         self._next_part = max(numbers) + 1
 
-    def _adopt(self, path: Path, expected: Mapping[str, object], fix: str) -> None:
+    def _adopt(self, path: Path, expected: Mapping[str, Any], fix: str) -> None:
         recorded, ids = _read_record(path, fix)
         _require_same(path, recorded, expected, fix)
         self._done |= ids
@@ -190,7 +191,7 @@ class FeatureWriter:
         return images
 
 
-def merge_files(target: Path, sources: Sequence[Path], attributes: Mapping[str, object]) -> int:
+def merge_files(target: Path, sources: Sequence[Path], attributes: Mapping[str, Any]) -> int:
     """Copy every entry of `sources` into a new file renamed over `target` (never half-written);
     returns the images it holds. An id in two sources must be identical in both."""
     merged_path = target.with_name(f".{target.name}.merging.tmp")
@@ -227,7 +228,7 @@ def _require_space(target: Path, sources: Sequence[Path]) -> None:
 
 
 def _copy_entries(merged_path: Path, sources: Sequence[Path],
-                  attributes: Mapping[str, object]) -> int:
+                  attributes: Mapping[str, Any]) -> int:
     """Every entry of `sources` into a new file `merged_path`; returns the images it holds."""
     found_in: dict[int, tuple[Path, list[str]]] = {}
     with h5py.File(merged_path, "w") as merged:

@@ -24,6 +24,7 @@ import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -270,7 +271,7 @@ class CiderDTable:
         self.ngram_documents = np.asarray(ngram_documents, dtype=np.int64)
 
     @classmethod
-    def from_references(cls, references: Mapping[Hashable, Sequence[str]], *,
+    def from_references(cls, references: Mapping[Any, Sequence[str]], *,
                         documents: str = "caption", tokenized: bool = False,
                         java: str | None = None) -> CiderDTable:
         """Build from {image_id: [captions]}; raw captions are PTB-tokenised once, here."""

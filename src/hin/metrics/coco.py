@@ -26,7 +26,7 @@ import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -100,13 +100,12 @@ def _toolkit() -> _Toolkit:
                 self.meteor_p.kill()
                 if self.lock.locked():
                     self.lock.release()
-                raise _ToolFailed(f"METEOR process failed: {_tail(self.meteor_p.stderr.read())}"
+                raise _ToolFailed(f"METEOR process failed: {_tail(self.meteor_p.communicate()[1])}"
                                   ) from error
 
         def close(self) -> None:
-            self.meteor_p.stdin.close()
             self.meteor_p.kill()
-            self.meteor_p.wait()
+            self.meteor_p.communicate()     # closes its pipes and waits
 
     return _Toolkit(Path(ptb_module.__file__).parent / STANFORD_CORENLP_3_4_1_JAR,
                     frozenset(PUNCTUATIONS), Path(spice_module.__file__).parent, SPICE_JAR,
@@ -242,8 +241,11 @@ class MetricsReport:
                 "tools": dict(self.tools)}
 
 
-def score_captions(candidates: Mapping[Hashable, str],
-                   references: Mapping[Hashable, Sequence[str]], *,
+ImageId = TypeVar("ImageId", bound=Hashable)    # whatever names the images: COCO ids, file names
+
+
+def score_captions(candidates: Mapping[ImageId, str],
+                   references: Mapping[ImageId, Sequence[str]], *,
                    collapse_repeats: bool = True, spice: bool = True, java: str | None = None,
                    progress: bool = True) -> MetricsReport:
     """Score one caption per id against that id's reference captions (raw, untokenised text).
@@ -289,8 +291,8 @@ def score_captions(candidates: Mapping[Hashable, str],
     return MetricsReport(scores, unavailable, len(ids), collapse_repeats, tools)
 
 
-def _check_inputs(candidates: Mapping[Hashable, str],
-                  references: Mapping[Hashable, Sequence[str]]) -> list[Hashable]:
+def _check_inputs(candidates: Mapping[ImageId, str],
+                  references: Mapping[ImageId, Sequence[str]]) -> list[ImageId]:
     if not candidates:
         raise MetricsError("no captions to score")
     missing = [i for i in candidates if i not in references]
@@ -323,13 +325,13 @@ def _require_encodable(text: str, image_id: Hashable) -> None:
                            "caption in the file") from None
 
 
-def read_coco_results(path: str | Path) -> dict[Hashable, str]:
+def read_coco_results(path: str | Path) -> dict[Any, str]:
     """A COCO results file (`[{"image_id": …, "caption": …}, …]`) as {image_id: caption}."""
     entries = read_json(path, "results file", error=MetricsError)
     if not isinstance(entries, list):
         raise MetricsError(f"{path}: a COCO results file is a JSON list of "
                            '{"image_id": ..., "caption": ...} objects')
-    captions: dict[Hashable, str] = {}
+    captions: dict[Any, str] = {}     # ids as the JSON holds them
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image_id" not in entry or "caption" not in entry:
             raise MetricsError(f"{path}: entry {number} is not an object with image_id and caption")

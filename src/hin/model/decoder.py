@@ -9,7 +9,9 @@ Self-attention runs per hypothesis and can be extended one step at a time from a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -127,11 +129,14 @@ class DecoderLayer(nn.Module):
             trace.decoder_gate.append(z.float())
         fused = self.proj_direct(direct) * z + self.proj_crossed(crossed) * (1 - z)
         y = self.norm(s + self.dropout(fused)) * keep
-        return (self.ff(y) * keep).reshape(batch, hyps, steps, d)
+        out: Tensor = self.ff(y) * keep
+        return out.reshape(batch, hyps, steps, d)
 
 
 class Decoder(nn.Module):
     """Word + position embeddings, L BGAF layers (layer i reads level i), output head."""
+
+    position_table: Tensor     # a buffer: frozen, saved with the weights
 
     def __init__(self, config: HINConfig):
         super().__init__()
@@ -149,16 +154,22 @@ class Decoder(nn.Module):
         else:
             nn.init.xavier_uniform_(self.position_table)
 
+    @property
+    def bgaf_layers(self) -> Sequence[DecoderLayer]:
+        """`layers` as what they are (a ModuleList holds plain Modules to a type checker)."""
+        return cast("Sequence[DecoderLayer]", self.layers)
+
     def init_cache(self, enc: EncoderOutput) -> DecoderCache:
         """Project each level's memory once; start with empty self-attention state."""
-        memory = [layer.project_memory(*enc.level(i)) for i, layer in enumerate(self.layers)]
+        memory = [layer.project_memory(*enc.level(i)) for i, layer in enumerate(self.bgaf_layers)]
         return DecoderCache(memory, enc.region_bias, [], None, 0)
 
     def _embed(self, tokens: Tensor, positions: Tensor, length: int) -> Tensor:
         if length > self.config.max_positions:
             raise UsageError(f"a sequence of {length} tokens exceeds the model's max_positions "
                              f"{self.config.max_positions}")
-        return self.word_emb(tokens) + self.position_table[positions]
+        embedded: Tensor = self.word_emb(tokens) + self.position_table[positions]
+        return embedded
 
     def _logprobs(self, x: Tensor) -> Tensor:
         return F.log_softmax(self.head(x).float(), dim=-1)
@@ -175,7 +186,7 @@ class Decoder(nn.Module):
         self_bias = mask_to_bias(hidden, x.dtype)
         keep = keep[..., None].to(x.dtype)
         region_bias = enc.region_bias
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.bgaf_layers):
             memory = layer.project_memory(*enc.level(i))
             self_kv = layer.self_att.project_kv(x.reshape(batch * hyps, steps, -1))
             x = layer(x, keep, self_kv, self_bias, memory, region_bias, trace)
@@ -202,12 +213,12 @@ class Decoder(nn.Module):
         self_bias = None if hidden is None else mask_to_bias(hidden, x.dtype)
         keep = keep[..., None, None].to(x.dtype)
         self_kv = []
-        for i, (layer, memory) in enumerate(zip(self.layers, cache.memory)):
+        for i, (layer, memory) in enumerate(zip(self.bgaf_layers, cache.memory)):
             kv = layer.self_att.project_kv(x.reshape(batch * hyps, 1, -1))
             if cache.self_kv:
-                past = cache.self_kv[i]
-                kv = KeyValue(torch.cat((past.key, kv.key), dim=2),
-                              torch.cat((past.value, kv.value), dim=2))
+                earlier = cache.self_kv[i]
+                kv = KeyValue(torch.cat((earlier.key, kv.key), dim=2),
+                              torch.cat((earlier.value, kv.value), dim=2))
             self_kv.append(kv)
             x = layer(x, keep, kv, self_bias, memory, cache.region_bias)
         logprobs = self._logprobs(x[:, :, 0])

@@ -7,6 +7,7 @@ steps for any number of levels (the reference stops working at five).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +50,11 @@ class InputProjection(nn.Sequential):
     def __init__(self, in_dim: int, d_model: int, dropout: float):
         super().__init__(nn.Linear(in_dim, d_model), nn.ReLU(inplace=True), nn.Dropout(dropout),
                          nn.LayerNorm(d_model))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' type (float32, or bfloat16 cast for decoding): inputs are cast to it."""
+        return cast(nn.Linear, self[0]).weight.dtype
 
 
 class CTFALayer(nn.Module):
@@ -113,7 +119,7 @@ class Encoder(nn.Module):
                 trace: AttentionTrace | None = None) -> EncoderOutput:
         """grid [B, Ng, Dg], region [B, Nr, Dr] (raw features; zero rows = padding)."""
         region_mask = (region.abs().sum(dim=-1) == 0)[:, None, None, :]
-        dtype = self.grid_proj[0].weight.dtype
+        dtype = self.grid_proj.dtype
         region_bias = mask_to_bias(region_mask, dtype)
         grid = self.grid_proj(grid.to(dtype))
         region = self.region_proj(region.to(dtype))

@@ -48,14 +48,15 @@ class HIN(nn.Module):
         """grid [B, Ng, Dg], region [B, Nr, Dr] (zero rows = padding) -> EncoderOutput.
         `trace` (hin.explain only) collects attention probabilities on the way."""
         self._check_features(grid, region)
-        return self.encoder(grid, region, trace)
+        encoded: EncoderOutput = self.encoder(grid, region, trace)
+        return encoded
 
     def decode(self, tokens: Tensor, enc: EncoderOutput, trace: AttentionTrace | None = None) -> Tensor:
         """Teacher forcing. tokens [B, T] -> [B, T, V]; tokens [B, K, T] (K hypotheses per
         image, e.g. SCST beams) -> [B, K, T, V]. Log-probabilities in float32."""
-        if tokens.dim() == 2:
-            return self.decoder(tokens[:, None], enc, trace)[:, 0]
-        return self.decoder(tokens, enc, trace)
+        one = tokens.dim() == 2
+        logprobs: Tensor = self.decoder(tokens[:, None] if one else tokens, enc, trace)
+        return logprobs[:, 0] if one else logprobs
 
     def forward(self, grid: Tensor, region: Tensor, tokens: Tensor) -> Tensor:
         """encode + decode in one call (what DistributedDataParallel wraps for cross-entropy;

@@ -101,7 +101,7 @@ class Attention(_HeadProjections):
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """[B, N, d] -> [B, h, N, d_k]"""
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        return torch.unflatten(x, -1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def project_kv(self, key: Tensor, value: Tensor | None = None) -> KeyValue:
         """Project keys/values [B, N, d] once; `value` defaults to `key` (self/cross attention
@@ -123,9 +123,9 @@ class Attention(_HeadProjections):
             heads = _low_precision_attention(q, kv, bias)
         if probabilities is not None:
             probabilities.append(attention_probabilities(q, kv.key, bias))
-        out = self.out_proj(heads.transpose(1, 2).flatten(-2))
-        out = self.dropout(out)
-        return self.norm(query + out if self.residual else out)
+        out = self.dropout(self.out_proj(heads.transpose(1, 2).flatten(-2)))
+        normed: Tensor = self.norm(query + out if self.residual else out)
+        return normed
 
     def forward(self, query: Tensor, memory: Tensor, bias: Tensor | None = None,
                 probabilities: list[Tensor] | None = None) -> Tensor:
@@ -156,7 +156,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.inner_dropout(self.fc1(x).relu_())   # in place: one large buffer fewer
-        return self.norm(x + self.dropout(self.fc2(hidden)))
+        out: Tensor = self.norm(x + self.dropout(self.fc2(hidden)))
+        return out
 
 
 class PickAttention(_HeadProjections):
@@ -177,4 +178,5 @@ class PickAttention(_HeadProjections):
         scores = torch.einsum("...hd,...chd->...hc", q, k) / math.sqrt(self.head_dim)
         weights = scores.float().softmax(dim=-1).to(v.dtype)   # float32 under autocast too
         out = torch.einsum("...hc,...chd->...hd", weights, v).flatten(-2)
-        return self.norm(query + self.dropout(self.out_proj(out)))
+        normed: Tensor = self.norm(query + self.dropout(self.out_proj(out)))
+        return normed

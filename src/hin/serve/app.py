@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from hin.errors import MissingExtraError, pip_install
-from hin.serve.explanations import explain_available, map_colours
+from hin.serve.explanations import map_colours
 from hin.serve.guard import HostAndOriginGuard
 from hin.serve.inputs import (
     OPTIONS,
@@ -59,14 +60,13 @@ CAPTIONS_OPENAPI = {
         "image/*": {"schema": {"type": "string", "format": "binary"}}}},
 }
 ERROR = {"model": ErrorAnswer}
-CAPTION_ERRORS = {status: {**ERROR, "description": meaning} for status, meaning in (
+CAPTION_ERRORS: dict[int | str, dict[str, Any]] = {status: {**ERROR, "description": meaning} for status, meaning in (
     (400, "not a picture, truncated, too many pixels, empty body, a malformed, unknown or "
           "repeated option, a form with too many parts"),
     (403, "a Host this server does not answer to, or a POST from another site's page"),
     (408, "the body did not arrive within --body-timeout"),
     (413, "upload over --max-upload-mb"), (415, "a url-encoded form"),
     (422, "an option out of range"), (429, "--max-queue requests in progress (Retry-After)"),
-    (501, "explain=true without hin.explain"),
     (503, "the pixel budget --max-pixels-in-flight is in use (Retry-After), or the "
           "checkpoint cannot caption pictures"))}
 
@@ -122,7 +122,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                                  "and limits, demo pictures")
     async def info() -> Info:
         return Info(model=service.identity(), can_caption=service.unavailable is None,
-                    unavailable=service.unavailable, can_explain=explain_available(),
+                    unavailable=service.unavailable,
                     decoding=settings.decoding.to_dict(), max_beam_size=MAX_BEAM_SIZE,
                     max_upload_bytes=settings.max_upload_bytes,
                     max_pixels_in_flight=settings.max_pixels_in_flight,
@@ -156,7 +156,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         upload = await run_in_threadpool(read_upload, body, request.headers.get("content-type", ""))
         options = parse_options(request.query_params.multi_items(), upload.fields,
                                 settings.decoding)
-        service.check(options)
+        service.check()
         with service.admission.request():
             pixels = declared_pixels(upload.picture)
             service.admission.reserve(pixels)
@@ -172,15 +172,18 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The body, refused past `limit` bytes or when it takes longer than `timeout_s` (a
-    client trickling bytes must not hold a request, or the server's shutdown, for long)."""
-    body = bytearray()
+    client trickling bytes must not hold a request, or the server's shutdown, for long).
+    asyncio.wait_for, not asyncio.timeout: Python 3.10 has only the former."""
+    async def read() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large(len(body), limit)
+        return bytes(body)
+
     try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    raise too_large(len(body), limit)
-    except TimeoutError:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:    # not the builtin TimeoutError before Python 3.11
         raise RequestError(408, f"the body did not arrive within {timeout_s:g} s "
                                 "(--body-timeout)") from None
-    return bytes(body)

@@ -38,7 +38,7 @@ class DynamicBatcher:
     """See the module docstring. `run_batch` returns one result per item, in order; if it
     raises, every item of that batch gets the exception."""
 
-    def __init__(self, run_batch: Callable[[Hashable, list[Any]], Sequence[Any]], *,
+    def __init__(self, run_batch: Callable[[Any, list[Any]], Sequence[Any]], *,
                  max_batch: int = 8, max_wait_s: float = 0.01) -> None:
         if max_batch < 1 or max_wait_s < 0:
             raise UsageError(f"max_batch must be >= 1 and max_wait >= 0, got {max_batch} and "

@@ -10,7 +10,6 @@ never guessed.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +35,6 @@ def map_colours(stops: int = 17) -> dict[str, Any]:
     return {"name": MAP_COLORMAP,
             "stops": [[round(255 * channel) for channel in colormap(i / (stops - 1))[:3]]
                       for i in range(stops)]}
-
-
-def explain_available() -> bool:
-    """hin.explain (the attention-map API) is part of this installation."""
-    return importlib.util.find_spec("hin.explain") is not None
 
 
 def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor,

@@ -107,7 +107,6 @@ class Info(BaseModel):
     model: ModelInfo
     can_caption: bool
     unavailable: str | None
-    can_explain: bool
     decoding: Decoding
     max_beam_size: int
     max_upload_bytes: int

@@ -23,7 +23,7 @@ from hin.extract.images import IMAGE_SUFFIXES
 from hin.files import atomic_write
 from hin.serve.admission import Admission
 from hin.serve.batching import DynamicBatcher
-from hin.serve.explanations import explain_available, explain_batch
+from hin.serve.explanations import explain_batch
 from hin.serve.inputs import Options, RequestError, decode_picture
 from hin.serve.settings import ServeSettings
 
@@ -82,13 +82,10 @@ class CaptionService:
                              "validation_cider_d": (extra.get("validation") or {}).get("CIDEr-D"),
                              "familiarity_check": bool(profile)}}
 
-    def check(self, options: Options) -> None:
+    def check(self) -> None:
         """Refuse what this server cannot do before any work is spent on the picture."""
         if self.unavailable:
             raise RequestError(503, f"this server cannot caption pictures: {self.unavailable}")
-        if options.explain and not explain_available():
-            raise RequestError(501, "explain=true needs hin.explain (the attention-map API), "
-                                    "which this installation of hin does not have")
 
     def prepare(self, data: bytes, pixels: int) -> Future:
         """Decode and prepare the picture in the pool; its `pixels`, reserved with
@@ -182,7 +179,7 @@ def demo_pictures(extra: dict[str, Any], checkpoint: str | Path,
         return []
     folder = annotations if annotations.is_dir() else annotations.parent
     wanted = {record.file_name: image_id for image_id, record in split.images.items()}
-    found = {}
+    found: dict[int, Path] = {}
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.name in wanted and path.is_file():
             found.setdefault(wanted[path.name], path)

@@ -79,6 +79,11 @@ def all_reduce_sum(context: Context, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+# Each (seed, epoch) gets its own generator seed, seed * stride + epoch: distinct for every run
+# shorter than `stride` epochs, so two seeds never replay each other's orders shifted by an epoch.
+EPOCH_SEED_STRIDE = 100_003
+
+
 class EpochOrder(Sampler[int]):
     """This rank's indices for one epoch: a permutation seeded by (seed, epoch), cut into
     global batches of `batch_size`, each split evenly across ranks, starting at global batch
@@ -90,7 +95,7 @@ class EpochOrder(Sampler[int]):
         if batch_size % context.world_size:
             raise UsageError(f"train.batch_size ({batch_size}) must be divisible by the number "
                              f"of processes ({context.world_size})")
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
         order = torch.randperm(size, generator=generator)
         batches = size // batch_size
         per_rank = batch_size // context.world_size

@@ -78,7 +78,7 @@ class TrainingData:
     train_set: CaptionPairs | ImageReferences
     val_set: ImageReferences
     val_tokenised: dict[int, list[str]]       # tokenised, for CIDEr-D (hin.evaluate)
-    feature_profile: dict[str, Any]           # recorded in checkpoints (hin.data.familiarity)
+    feature_profile: dict[str, Any] | None    # recorded in checkpoints (hin.data.familiarity)
 
 
 class Trainer:

@@ -17,7 +17,7 @@ settings then come from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
         announce(context, message)
 
     init_model, init_extra = load_init(init, config.model, model_keys) if init else (None, {})
-    if init_extra.get("config"):
+    if init and init_extra.get("config"):
         config = replace(config, data=init_data(init, init_extra["config"], config.data, data_keys, say))
     recorded = (resume_state or {}).get("vocabulary") or init_extra.get("vocabulary")
     source = resume_state.get("source", "the run") if resume_state else f"--init {init}"
@@ -96,7 +96,7 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     critic = (SelfCritical(model, beam_size=train.validation.beam_size,
                            max_len=train.validation.max_len)
               if train.stage == "scst" else None)
-    network = model if critic is None else critic
+    network: torch.nn.Module = model if critic is None else critic
     if context.distributed:
         network = DistributedDataParallel(network)
     adam = optimizer.adam(model.parameters(), lr=train.lr, betas=(train.adam_beta1, train.adam_beta2))
@@ -110,7 +110,7 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     folder = RunFolder.open(config, context, claim)
     if restarted:
         folder.log({"event": "restart", "step": 0})
-    if init:
+    if init and init_record is not None:
         folder.log({"event": "init", **init_record})
     if resume_state is not None:
         folder.log({"event": "resume", "step": state.step, "epoch": state.epoch})
@@ -282,7 +282,7 @@ def start(config: RunConfig, *, init: str | Path | None = None, progress: bool =
                               data_keys=data_keys, claim=claim, restarted=bool(earlier)))
 
 
-def resume(run_dir: str | Path, overrides: list[str] = (), progress: bool = True) -> Path:
+def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = True) -> Path:
     """Continue the run saved in run_dir/last.pt, optionally with `key=value` overrides
     (not of the model's settings, nor of the vocabulary, nor of how the epoch is cut into
     batches mid-epoch); a finished run is refused with how to extend it."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ class Progress:
 
 def capture_rng() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": _numpy_state_to_plain(np.random.get_state())}
+             "numpy": _numpy_state_to_plain(cast(tuple[Any, ...], np.random.get_state()))}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -43,7 +43,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+def _numpy_state_to_plain(state: tuple[Any, ...]) -> dict[str, Any]:
     name, keys, pos, has_gauss, gauss = state
     return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "gauss": float(gauss)}

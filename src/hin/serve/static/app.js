@@ -36,9 +36,6 @@ async function loadInfo() {
   $("beam").max = info.max_beam_size;
   $("beam").value = info.decoding.beam_size;
   $("count").value = Math.min(3, info.decoding.beam_size);
-  $("explain").disabled = !info.can_explain;
-  $("explain").checked = info.can_explain;
-  if (!info.can_explain) $("explain").parentElement.title = "this installation has no hin.explain";
   if (!info.can_caption) {
     $("unavailable").hidden = false;
     $("unavailable").textContent = "This checkpoint cannot caption pictures here:\n" + info.unavailable;
