@@ -219,7 +219,7 @@ def test_explain_without_boxes_draws_the_grid_and_says_what_is_missing(tmp_path,
     checkpoint = tiny_checkpoint(tmp_path / "a.pt", seed=0)
     [explanation] = explain([checkpoint], ids=[11], grid=grid, region=region)
     view = explanation.views[0]
-    assert view.geometry.grid_placed and view.geometry.boxes is None
+    assert view.geometry.grid_placement is not None and view.geometry.boxes is None
     assert any("has no region boxes ('11_boxes')" in m for m in view.geometry.missing)
     assert "no picture of image 11 (no --images folder given)" in explanation.notes[0]
     assert view.caption == Captioner(checkpoint).caption_features(grid, region, [11])[0].captions[0].text

@@ -198,3 +198,14 @@ def test_tokens_must_match_the_batch():
     grid, region = tiny_features(batch=2)
     with pytest.raises(UsageError, match="tokens must be"):
         attention_maps(model, grid, region, torch.tensor([[2, 5, 3]]))
+
+
+def test_decoder_maps_need_tokens():
+    model = tiny_model()
+    grid, region = tiny_features(batch=2)
+    with pytest.raises(UsageError, match="no decoder maps"):
+        attention_maps(model, grid, region).decoder_maps()
+    tokens = torch.tensor([[2, 5, 3], [2, 6, 3]])
+    maps = attention_maps(model, grid, region, tokens)
+    assert all(got is wanted for got, wanted in zip(
+        maps.decoder_maps(), (maps.decoder_grid, maps.decoder_region, maps.decoder_gate)))

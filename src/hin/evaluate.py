@@ -25,6 +25,7 @@ from hin.checkpoint import load, max_regions_for, sha256
 from hin.config import DataConfig, DecodingConfig
 from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
+from hin.data.errors import DataError
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary, require_same_words, tokenize, vocabulary_for
 from hin.decoding import caption_batches, require_decodable
@@ -51,6 +52,8 @@ class SplitScores:
 
     def metrics(self) -> dict[str, float]:
         """CIDEr-D, then the COCO table's scores: what validation logs."""
+        if self.cider_d is None:
+            raise DataError("validation needs references: none of the split's images has a caption")
         return {"CIDEr-D": self.cider_d, **(self.report.scores if self.report else {})}
 
 
@@ -138,8 +141,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
                   **{f"--checkpoint {path}": path for path in checkpoints}}
         for name in (CAPTIONS_FILE, METRICS_FILE):
             refuse_overwriting(out / name, inputs, "give --out a folder of its own")
-    device = resolve_device(device)
-    loaded = [load(path, map_location=device) for path in checkpoints]
+    loaded = [load(path, map_location=resolve_device(device)) for path in checkpoints]
     models = [model for model, _ in loaded]
     config = models[0].config
     require_decodable(config, decoding, batch_size)
@@ -165,6 +167,8 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     java = find_java() if any(image.captions for image in images.images.values()) else None
     scores = score_split(models, dataset, vocabulary, decoding, batch_size=batch_size,
                          num_workers=data.num_workers, java=java, spice=spice, progress=progress)
+    if scores is None:      # only a rank other than 0 of `share` gets None; this is rank 0 of 1
+        raise RuntimeError("score_split returned no scores to the only process")
     captions, report = scores.captions, scores.report
     written = []
     if out is not None:

@@ -14,9 +14,11 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from hin.errors import HINError, UsageError
+
+PathName = TypeVar("PathName", bound="str | Path")   # Mapping is invariant in its keys
 
 
 class FileFormatError(HINError, ValueError):
@@ -121,15 +123,15 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
-def write_together(texts: Mapping[str | Path, str], remove: Iterable[str | Path] = ()) -> list[Path]:
+def write_together(texts: Mapping[PathName, str], remove: Iterable[str | Path] = ()) -> list[Path]:
     """Replace several files that belong together (e.g. captions and their metrics): every new
     text is written and fsynced to a temporary file first, and only then are the `remove`
     paths (stale members of the set) deleted and the temporaries renamed. A full disk or any
     error while writing leaves every old file as it was."""
     done: dict[Path, Path] = {}
     try:
-        for path, text in texts.items():
-            path = Path(path)
+        for name, text in texts.items():
+            path = Path(name)
             try:
                 with _complete_temporary(path, "w") as file:
                     file.write(text)

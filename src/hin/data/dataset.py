@@ -10,9 +10,8 @@ This module must never know about the model beyond the tensors a `Batch` carries
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -212,7 +211,7 @@ class _Loader(DataLoader):
 
 
 def make_loader(dataset: CaptionPairs | ImageReferences, batch_size: int, *, shuffle: bool = False,
-                num_workers: int = 0, seed: int = 0, sampler: Sampler[Any] | None = None,
+                num_workers: int = 0, seed: int = 0, sampler: Sampler[int] | Iterable[int] | None = None,
                 drop_last: bool = False) -> DataLoader:
     """A DataLoader yielding `Batch`es. Shuffling and worker seeds come from its own seeded
     generator, never from the global RNG, so a resumed training run repeats exactly. A

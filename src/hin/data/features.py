@@ -133,17 +133,20 @@ class ImageGeometry:
     missing: tuple[str, ...] = ()
 
     @property
-    def grid_placed(self) -> bool:
-        """The grid's cells can be drawn on the picture."""
-        return self.grid_layout is not None and self.grid_box is not None
+    def grid_placement(self) -> tuple[tuple[int, int], tuple[float, float, float, float]] | None:
+        """(grid_layout, grid_box) when both are known: the grid's cells can be drawn on the
+        picture; else None."""
+        if self.grid_layout is None or self.grid_box is None:
+            return None
+        return self.grid_layout, self.grid_box
 
     def cell_boxes(self) -> np.ndarray:
         """[rows·cols, 4] picture-pixel box of every grid token, row-major."""
-        if self.grid_layout is None or self.grid_box is None:
+        placement = self.grid_placement
+        if placement is None:
             raise DataError(f"image {self.image_id}: the grid cannot be placed on the picture: "
                             + "; ".join(self.missing))
-        rows, cols = self.grid_layout
-        x1, y1, x2, y2 = self.grid_box
+        (rows, cols), (x1, y1, x2, y2) = placement
         xs, ys = np.linspace(x1, x2, cols + 1), np.linspace(y1, y2, rows + 1)
         row, col = np.divmod(np.arange(rows * cols), cols)
         return np.stack((xs[col], ys[row], xs[col + 1], ys[row + 1]), axis=1)

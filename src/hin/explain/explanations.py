@@ -147,14 +147,14 @@ def _references(annotations: str | Path | None, split: str | None, ids: Sequence
 def _cider(explanations: list[ImageExplanation], references: dict[int, list[str]]) -> list[ImageExplanation]:
     """Each view's CIDEr-D against its image's references, document frequencies from all the
     given references (the split's), as training's validation scores: spaCy-tokenised text."""
-    scored = [e for e in explanations if e.image_id in references]
+    scored = [(e.image_id, e) for e in explanations if e.image_id is not None and e.image_id in references]
     if not scored:
         return explanations
     tokenised = {i: [" ".join(tokenize(c)) for c in captions] for i, captions in references.items()}
     table = CiderDTable.from_references(tokenised, documents="image", tokenized=True)
     per_model = []
-    for column in range(len(scored[0].views)):
-        candidates = {e.image_id: e.views[column].caption for e in scored}
+    for column in range(len(scored[0][1].views)):
+        candidates = {i: e.views[column].caption for i, e in scored}
         per_model.append(cider_d(candidates, {i: tokenised[i] for i in candidates}, df=table)[1])
     result = []
     for explanation in explanations:
@@ -181,14 +181,14 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
     if pictures and any(v is not None for v in (ids, grid, region, split, annotations, images)):
         raise UsageError("give pictures, or feature files (--grid/--region with --ids or --split, pictures "
                          "found by id in --images), not both")
-    if not pictures and (grid is None or region is None):
-        raise UsageError("give pictures, or both --grid and --region feature files")
+    features = None if pictures else _feature_files(grid, region)
     labels = checkpoint_labels(checkpoints, labels)
     captioners = [Captioner(c, device=device, decoding=decoding, batch_size=batch_size) for c in checkpoints]
-    if pictures:
+    if features is None:    # pictures
         return [explanation for start in range(0, len(pictures), batch_size)
                 for explanation in _explain_pictures(captioners, labels, pictures[start:start + batch_size],
                                                      layer, words)]
+    grid, region = features
     chosen, references = _references(annotations, split, ids, limit)
     files = _picture_files(images)
     orientation = recorded_orientation(read_attributes(grid))    # as the file's boxes are
@@ -205,7 +205,8 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
                                               [store.geometry(i) for i in chunk], label=label, layer=layer,
                                               words=words))
             for row, image_id in enumerate(chunk):
-                picture, notes = None, ()
+                picture = None
+                notes: tuple[str, ...] = ()
                 if image_id in files:
                     picture = load_rgb(files[image_id], orientation=orientation)
                 else:
@@ -219,10 +220,17 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
     return _cider(explanations, references)
 
 
+def _feature_files(grid: str | Path | None, region: str | Path | None) -> tuple[str | Path, str | Path]:
+    if grid is None or region is None:
+        raise UsageError("give pictures, or both --grid and --region feature files")
+    return grid, region
+
+
 def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Sequence[str | Path],
                       layer: int | None, words: str | None) -> list[ImageExplanation]:
     loaded = [load_picture(p) for p in paths]
-    columns, unfamiliar = [], []
+    columns: list[list[ModelView]] = []
+    unfamiliar: list[str | None] = []
     for captioner, label in zip(captioners, labels):
         grid_entries, region_entries = captioner.picture_entries(loaded)
         unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]

@@ -4,7 +4,6 @@ the paper's table (paper.py) shares."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -53,14 +52,28 @@ def draw_canvas(axes: Any, explanation: ImageExplanation,
             geometry: ImageGeometry) -> tuple[float, float, float, float] | None:
     """Show the picture (or a blank canvas of its size); -> extent (left, right, bottom, top)
     in picture pixels, or None when neither the picture nor its size is known."""
+    size = picture_size(explanation, geometry)
+    return None if size is None else _canvas(axes, explanation, size)
+
+
+def picture_size(explanation: ImageExplanation, geometry: ImageGeometry) -> tuple[int, int] | None:
+    """(height, width): the size the features record, else the picture's, else None."""
+    if geometry.size is not None:
+        return geometry.size
+    if explanation.picture is None:
+        return None
+    width, height = explanation.picture.size
+    return height, width
+
+
+def _canvas(axes: Any, explanation: ImageExplanation, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The picture, or without one a blank canvas of `size` (height, width); -> its extent."""
     if explanation.picture is not None:
         width, height = explanation.picture.size
         axes.imshow(explanation.picture, extent=(0, width, height, 0))
-    elif geometry.size is not None:
-        height, width = geometry.size
-        axes.imshow(np.full((2, 2, 3), 0.85), extent=(0, width, height, 0))
     else:
-        return None
+        height, width = size
+        axes.imshow(np.full((2, 2, 3), 0.85), extent=(0, width, height, 0))
     axes.set_xlim(0, width)
     axes.set_ylim(height, 0)
     return (0, width, height, 0)
@@ -110,9 +123,9 @@ def draw_grid(axes: Any, explanation: ImageExplanation, view: ModelView, weights
     geometry = view.geometry
     no_ticks(axes)
     peak = float(weights.max()) or 1.0
-    if geometry.grid_placed and (extent := draw_canvas(axes, explanation, geometry)) is not None:
-        rows, cols = geometry.grid_layout
-        x1, y1, x2, y2 = geometry.grid_box
+    placement = geometry.grid_placement
+    if placement is not None and (extent := draw_canvas(axes, explanation, geometry)) is not None:
+        (rows, cols), (x1, y1, x2, y2) = placement
         _overlay(axes, weights.reshape(rows, cols), (x1, x2, y2, y1))
         if weights.max() > 0:
             _box(axes, geometry.cell_boxes()[int(np.argmax(weights))])
@@ -134,22 +147,21 @@ def draw_regions(axes: Any, explanation: ImageExplanation, view: ModelView, weig
     boxes, a bar per region slot. -> what could not be placed, if anything."""
     geometry = view.geometry
     boxes = geometry.boxes
-    problem = None
-    if boxes is None:
-        problem = "; ".join(m for m in geometry.missing if "box" in m)
-    elif len(boxes) < len(weights):
-        problem = f"{len(weights)} regions but only {len(boxes)} boxes recorded"
-    size = geometry.size or (None if explanation.picture is None else explanation.picture.size[::-1])
-    if problem is None and size is None:
-        problem = "; ".join(m for m in geometry.missing if "size" in m)
-    if problem is not None:
+    size = picture_size(explanation, geometry)
+    if boxes is None or len(boxes) < len(weights) or size is None:
+        if boxes is None:
+            problem = "; ".join(m for m in geometry.missing if "box" in m)
+        elif len(boxes) < len(weights):
+            problem = f"{len(weights)} regions but only {len(boxes)} boxes recorded"
+        else:
+            problem = "; ".join(m for m in geometry.missing if "size" in m)
         axes.bar(np.arange(1, len(weights) + 1), weights, color="tab:purple")
         axes.set_xlabel("region slot")
         axes.tick_params(labelsize=6)
         return "region map not placed on the picture: " + problem
     no_ticks(axes)
-    extent = draw_canvas(axes, explanation, replace(geometry, size=tuple(size)))
-    heat = region_heat(weights, boxes[:len(weights)], tuple(size))
+    extent = _canvas(axes, explanation, size)
+    heat = region_heat(weights, boxes[:len(weights)], size)
     _overlay(axes, heat, extent)
     for index in np.argsort(-weights, kind="stable")[:outline]:
         if weights[index] <= 0:
@@ -175,9 +187,9 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
     per row: two views with equal labels, e.g. a model compared with itself, never collide)."""
     pyplot = load_pyplot()
     views = explanation.views
-    strips = [view for view in views if view.word_maps is not None and len(view.words)]
+    strips = [(view, view.word_maps) for view in views if view.word_maps is not None and len(view.words)]
     columns = 1 + len(views)
-    size = views[0].geometry.size or (explanation.picture.size[::-1] if explanation.picture else None)
+    size = picture_size(explanation, views[0].geometry)
     panel = PANEL_INCHES * (1.0 if size is None else min(1.0, max(0.5, size[0] / size[1])))   # wide pictures
     heights = [panel, panel, CAPTION_INCHES] + [WORD_INCHES] * len(strips) + [SCALE_INCHES]
     total = sum(heights) + 0.9
@@ -214,16 +226,15 @@ def render(explanation: ImageExplanation, layer_label: str = "mean over layers")
     info_axes.text(0, 1, "\n".join(wrapped(line, 48) for line in lines + [f"! {n}" for n in notes]),
                    va="top", fontsize=7, transform=info_axes.transAxes)
 
-    slots = max([columns * 2] + [len(view.words) for view in strips])   # one word size for every strip
-    for row, view in enumerate(strips, start=3):   # a strip's label is its row (views may be equal)
+    slots = max([columns * 2] + [len(view.words) for view, _ in strips])   # one word size for every strip
+    for row, (view, word_maps) in enumerate(strips, start=3):   # a strip's label is its row (views may be equal)
         strip = layout[row, :].subgridspec(1, slots, wspace=0.05)
-        draw = draw_grid if view.word_source == "grid" else draw_regions
-        for index, (word, weights) in enumerate(zip(view.words, view.word_maps)):
+        for index, (word, weights) in enumerate(zip(view.words, word_maps)):
             axes = figure.add_subplot(strip[0, index], label=f"word:{row}:{index}")
             if view.word_source == "grid":
-                draw(axes, explanation, view, weights)
+                draw_grid(axes, explanation, view, weights)
             else:
-                draw(axes, explanation, view, weights, outline=1)
+                draw_regions(axes, explanation, view, weights, outline=1)
             axes.set_title(word, fontsize=8)
             no_ticks(axes)
             if index == 0:

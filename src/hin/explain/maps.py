@@ -49,6 +49,13 @@ class AttentionMaps:
     def num_layers(self) -> int:
         return self.encoder_grid.shape[1]
 
+    def decoder_maps(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(decoder_grid, decoder_region, decoder_gate); only maps read with tokens have them."""
+        if self.decoder_grid is None or self.decoder_region is None or self.decoder_gate is None:
+            raise UsageError("these attention maps hold no decoder maps: give attention_maps the "
+                             "caption's tokens")
+        return self.decoder_grid, self.decoder_region, self.decoder_gate
+
 
 def _mean_over_heads(per_layer: list[Tensor]) -> Tensor:
     """L tensors [B, h, Q, N] -> [B, L, Q, N]"""

@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -203,8 +203,11 @@ def _norms(ngrams: _Ngrams, weight: np.ndarray, num_sentences: int) -> np.ndarra
     return np.sqrt(squares).reshape(num_sentences, MAX_ORDER)
 
 
-def cider_d(candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]],
-            df: CiderDTable | None = None) -> tuple[float, dict[Hashable, float]]:
+ImageId = TypeVar("ImageId", bound=Hashable)    # whatever names the images: COCO ids, file names
+
+
+def cider_d(candidates: Mapping[ImageId, str], references: Mapping[ImageId, Sequence[str]],
+            df: CiderDTable | None = None) -> tuple[float, dict[ImageId, float]]:
     """CIDEr-D of tokenised `candidates` {id: caption} against `references` {id: [captions]}.
 
     df=None: document frequencies of these references (equals pycocoevalcap's Cider).

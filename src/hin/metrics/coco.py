@@ -26,12 +26,13 @@ import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm import tqdm
 
 from hin.errors import HINError, pip_install
 from hin.files import read_json, write_json, write_text
+from hin.metrics.cider import ImageId
 from hin.metrics.postprocess import collapse_repeats as _collapse_repeats
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -239,9 +240,6 @@ class MetricsReport:
                 "num_images": self.num_images,
                 "postprocessing": {"collapse_repeats": self.collapse_repeats},
                 "tools": dict(self.tools)}
-
-
-ImageId = TypeVar("ImageId", bound=Hashable)    # whatever names the images: COCO ids, file names
 
 
 def score_captions(candidates: Mapping[ImageId, str],

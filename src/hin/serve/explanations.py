@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from hin.data.features import describe_geometry
+from hin.data.features import ImageGeometry, describe_geometry
 from hin.decoding import teacher_forcing_inputs
 from hin.errors import MissingExtraError, pip_install
 from hin.extract.registry import ImageEntry
@@ -47,6 +47,7 @@ def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor,
     vocab = captioner.vocab
     maps = attention_maps(captioner.model, grid, region,
                           teacher_forcing_inputs(best, vocab.bos_id, vocab.pad_id))
+    decoder_grid, decoder_region, decoder_gate = maps.decoder_maps()
     grid_extractor, region_extractor = captioner.extractors()
     explanations = []
     for b, (grid_entry, region_entry) in enumerate(zip(grid_entries, region_entries)):
@@ -60,16 +61,23 @@ def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor,
             "layers": maps.num_layers,
             "encoder_grid": _rounded(maps.encoder_grid[b]),
             "encoder_region": _rounded(maps.encoder_region[b, :, :regions]),
-            "decoder_grid": _rounded(maps.decoder_grid[b, :, :len(words)]),
-            "decoder_region": _rounded(maps.decoder_region[b, :, :len(words), :regions]),
-            "decoder_gate": _rounded(maps.decoder_gate[b, :, :len(words)]),
-            "grid": ({"rows": geometry.grid_layout[0], "cols": geometry.grid_layout[1],
-                      "box": [round(v, 2) for v in geometry.grid_box]} if geometry.grid_placed else None),
+            "decoder_grid": _rounded(decoder_grid[b, :, :len(words)]),
+            "decoder_region": _rounded(decoder_region[b, :, :len(words), :regions]),
+            "decoder_gate": _rounded(decoder_gate[b, :, :len(words)]),
+            "grid": _grid_placement(geometry),
             "regions": (None if geometry.boxes is None else
                         {"boxes": [[round(float(v), 2) for v in box] for box in geometry.boxes[:regions]]}),
             "missing": list(geometry.missing),
         })
     return explanations
+
+
+def _grid_placement(geometry: ImageGeometry) -> dict[str, Any] | None:
+    placement = geometry.grid_placement
+    if placement is None:
+        return None
+    (rows, cols), box = placement
+    return {"rows": rows, "cols": cols, "box": [round(v, 2) for v in box]}
 
 
 def _rounded(values: torch.Tensor) -> list:

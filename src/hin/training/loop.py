@@ -114,6 +114,8 @@ class Trainer:
         """Next-token NLL summed over non-pad targets, normalised by the global count so
         that averaging gradients over ranks gives exactly the single-process loss. Tokens
         [B, T] (pairs) or [B, K, T] (caption groups: rows of <pad> only add nothing)."""
+        if batch.tokens is None:
+            raise TrainingError("cross-entropy training needs captions: the training set holds images only")
         with self._autocast():
             total, count = next_token_nll(self.network, batch.grid, batch.region, batch.tokens,
                                           self.vocab.pad_id)
@@ -124,12 +126,17 @@ class Trainer:
     def _scst_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Beams without gradients, rewards from the training-df CIDEr-D, then one
         teacher-forced pass with gradients over all beams."""
+        critic, table = self.critic, self.cider_table
+        if critic is None or table is None:
+            raise TrainingError("an SCST step needs the critic and the training CIDEr-D table; "
+                                "hin.training.run.build_trainer makes both for train.stage=scst")
+
         def reward(beams: torch.Tensor) -> torch.Tensor:
             captions = [self.vocab.decode(ids) for ids in beams.flatten(0, 1).tolist()]
             owners = [image_id for image_id in batch.image_ids for _ in range(beams.shape[1])]
-            return torch.from_numpy(self.cider_table.score(captions, owners)).view(beams.shape[:2])
+            return torch.from_numpy(table.score(captions, owners)).view(beams.shape[:2])
 
-        loss, rewards = self_critical_loss(self.critic, batch.grid, batch.region, reward,
+        loss, rewards = self_critical_loss(critic, batch.grid, batch.region, reward,
                                            network=self.network, precision=self.precision)
         return loss, {"loss": loss.item(), "reward": rewards.mean().item()}
 
