@@ -24,16 +24,8 @@ from hin.config import HINConfig
 from hin.data.features import FeatureStore, ImageGeometry
 from hin.data.vocab import Vocabulary
 from hin.errors import MissingExtraError
-from hin.explain import (
-    MAP_COLORMAP,
-    OVERLAY_ALPHA,
-    ImageExplanation,
-    ModelView,
-    explain,
-    region_heat,
-    render,
-    write_figures,
-)
+from hin.explain import MAP_COLORMAP, ImageExplanation, ModelView, explain, write_figures
+from hin.explain.figures import OVERLAY_ALPHA, region_heat, render
 from hin.extract import build_extractor, extract_to_file, list_images, read_attributes
 from hin.model import HIN
 

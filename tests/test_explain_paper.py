@@ -13,14 +13,9 @@ from PIL import Image
 
 from hin.cli import main
 from hin.errors import UsageError
-from hin.explain import (
-    BOX_COLOUR,
-    ImageExplanation,
-    differing_words,
-    render,
-    render_paper,
-    write_paper_figure,
-)
+from hin.explain import ImageExplanation
+from hin.explain.figures import BOX_COLOUR, render
+from hin.explain.paper import differing_words, render_paper, write_paper_figure
 from test_explain import corner_picture, corner_view, figure_arguments, make_corner_data, tiny_checkpoint
 
 matplotlib = pytest.importorskip("matplotlib")

@@ -24,7 +24,13 @@ from hin.data.shape_features import (
 )
 from hin.data.synth import COLOURS, IMAGES_DIR, SceneObject, generate, render
 from hin.data.vocab import Vocabulary
-from hin.extract import build_extractor, extractor_from_attributes, prepare_pictures
+from hin.extract import (
+    EXTRACTORS,
+    build_extractor,
+    extractor_from_attributes,
+    prepare_pictures,
+    register_extractor,
+)
 from hin.extract.images import load_rgb
 from hin.model import HIN
 
@@ -184,3 +190,21 @@ def test_explain_a_picture_drawn_with_pil(synth_checkpoint, tmp_path, capsys):
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape[0] > 300 and pixels.shape[1] > 600 and pixels.std() > 10
     assert (out / "index.html").is_file()
+
+
+def test_extract_help_names_the_registered_extractors_of_its_kind(capsys):
+    """The --extractor help is read from the registry, so a newly registered one is listed."""
+    @register_extractor("testgrid")
+    class _HelpTest:
+        kind = "grid"
+
+    try:
+        for kind, listed, unlisted in [("grid", "clip-grid, synth-grid, testgrid", "detr"),
+                                       ("regions", "detr, synth-regions", "testgrid")]:
+            with pytest.raises(SystemExit):
+                main(["extract", kind, "--help"])
+            help_text = " ".join(capsys.readouterr().out.split())
+            assert f"extractor: {listed} (default" in help_text
+            assert unlisted not in help_text
+    finally:
+        del EXTRACTORS["testgrid"]

@@ -62,6 +62,7 @@ def test_the_wheel_ships_configs_license_and_one_version(tmp_path):
     assert sorted(n for n in names if n.startswith("hin/serve/static/")) == [
         f"hin/serve/static/{name}" for name in ("app.js", "docs.html", "docs.js", "favicon.svg", "index.html",
                                                 "style.css")]
+    assert "hin/explain/index.html" in names     # the page template of `hin explain`
 
     installed = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",

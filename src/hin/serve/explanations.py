@@ -46,7 +46,8 @@ def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor, best
                   grid_entries: Sequence[ImageEntry], region_entries: Sequence[ImageEntry]
                   ) -> list[dict[str, Any]]:
     """Maps of each picture's best caption `best` [B, T] (search's ids: words, <eos>, <pad>)."""
-    from hin.explain import attention_maps, generated_words
+    from hin.explain import attention_maps
+    from hin.explain.explanations import generated_words
 
     bos = torch.full((best.shape[0], 1), captioner.vocab.bos_id, dtype=best.dtype)
     # Word k was predicted at input position k - 1: feed <bos> and the words before the last.

@@ -1,0 +1,152 @@
+"""`hin extract`: features from pictures (or a VinVL TSV import), as HDF5."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+
+from hin.cli.options import add_device_option
+from hin.errors import UsageError
+
+EXTRACTOR_HELP = "a registered {kind} extractor: {names} (default %(default)s)"
+
+
+class RegistryHelp(argparse.HelpFormatter):
+    """Fills `--extractor`'s help from the registry when help is shown, not when the parser is
+    built: the registry fills as `hin.extract` imports its extractors (and torch), which every
+    other command must not wait for."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest != "extractor":
+            return action.help
+        from hin.extract import EXTRACTORS
+
+        kind = EXTRACTORS[action.default].kind
+        names = sorted(name for name, extractor in EXTRACTORS.items() if extractor.kind == kind)
+        return EXTRACTOR_HELP.format(kind=kind, names=", ".join(names))
+
+
+def _extract_pictures(build: Callable[[], object], args: argparse.Namespace) -> int:
+    """List the pictures and check the settings, then `build` the extractor (a model load)."""
+    from hin.extract import choose_shard, extract_to_file, list_images
+    from hin.extract.images import max_pixels
+
+    files = list_images(args.images)
+    shard = choose_shard(args.shard)
+    max_pixels()
+    report = extract_to_file(build(), files, args.out, batch_size=args.batch_size,
+                             chunk_size=args.chunk_size, workers=args.workers, shard=shard,
+                             orientation=args.orientation)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+def _extraction_device(args: argparse.Namespace) -> str:
+    """--device; `auto` under torchrun is this rank's GPU (LOCAL_RANK), one shard per GPU."""
+    from hin.devices import resolve_device
+
+    return str(resolve_device(args.device, local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
+
+
+def _extract_grid(args: argparse.Namespace) -> int:
+    from hin.extract import build_extractor
+
+    options = {"model": args.model, "store_as": args.store_as}
+    return _extract_pictures(lambda: build_extractor(
+        args.extractor, device=_extraction_device(args), precision=args.precision,
+        **{k: v for k, v in options.items() if v is not None}), args)
+
+
+def _extract_merge(args: argparse.Namespace) -> int:
+    from hin.extract import merge_shards
+
+    print(merge_shards(args.out, args.shards).summary())
+    return 0
+
+
+def _extract_regions(args: argparse.Namespace) -> int:
+    from hin.extract import build_extractor, import_vinvl
+
+    if args.vinvl_tsv:
+        if args.shard:
+            raise UsageError("--shard spreads extraction from pictures; a VinVL TSV import "
+                             "runs whole (drop --shard)")
+        report = import_vinvl(args.vinvl_tsv, args.out, args.predictions,
+                              dtype=args.store_as or "float16")
+        print(report.summary())
+        return 0
+    options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
+               "max_regions": args.max_regions, "store_as": args.store_as}
+    return _extract_pictures(lambda: build_extractor(
+        args.extractor, device=_extraction_device(args), precision=args.precision,
+        **{k: v for k, v in options.items() if v is not None}), args)
+
+
+def add_extract_commands(commands: argparse._SubParsersAction) -> None:
+    from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS, STORAGE_DTYPES
+
+    extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
+                                                  "regions) or VinVL TSV import, as HDF5")
+    actions = extract.add_subparsers(dest="extract_command", required=True, metavar="ACTION")
+
+    def add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
+        p.add_argument("--batch-size", type=int, default=batch_size)
+        p.add_argument("--chunk-size", type=int, default=512,
+                       help="images per atomically written part (a kill loses at most one)")
+        p.add_argument("--workers", type=int, default=2, help="picture decoding processes")
+        add_device_option(p)
+        p.add_argument("--precision", default="fp32", choices=EXTRACTION_PRECISIONS,
+                       help="fp32 (default: exact, the reference's arithmetic for the released "
+                            "CLIP grids), bf16 autocast (fast on CUDA and on CPUs with "
+                            "avx512_bf16/AMX), fp16 weights (CUDA only, fast, not the "
+                            "reference's), or auto (bf16 where the device runs it fast)")
+        p.add_argument("--store-as", choices=STORAGE_DTYPES,
+                       help="stored feature dtype: float16 (default, half the disk) or float32 "
+                            "(as the reference stored its CLIP grids); the synthetic world's "
+                            "extractors store float16 only")
+        p.add_argument("--orientation", default=DATASET_ORIENTATION, choices=ORIENTATIONS,
+                       help="stored (default: pixels as stored, as the reference's extraction "
+                            "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
+                            "as hin caption/explain/serve read pictures: for your own photos); "
+                            "recorded in the file")
+        p.add_argument("--shard", metavar="K/N",
+                       help="extract only shard K of N of the pictures (sorted by id) into "
+                            "OUT.shard-K-of-N.h5, joined later by `hin extract merge OUT`; "
+                            "under torchrun the default is one shard per rank")
+
+    p = actions.add_parser("grid", formatter_class=RegistryHelp,
+                           help="CLIP grid features: <id>_features [256, 1024] and <id>_global [768] "
+                                "(float16, or --store-as float32)")
+    p.add_argument("--images", required=True,
+                   help="folder of pictures, or a text file listing one path per line")
+    p.add_argument("--out", required=True, help="grid HDF5 file (re-running resumes)")
+    p.add_argument("--extractor", default="clip-grid", help=EXTRACTOR_HELP)
+    p.add_argument("--model", help="CLIP checkpoint: hub name (from the HF cache) or local "
+                                   "folder (default openai/clip-vit-large-patch14)")
+    add_run_options(p, batch_size=32)
+    p.set_defaults(handler=_extract_grid)
+
+    p = actions.add_parser("regions", formatter_class=RegistryHelp, help="region features: import VinVL TSV, or detect "
+                                           "in pictures with a built-in extractor")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vinvl-tsv", help="VinVL features.tsv (what the paper used)")
+    source.add_argument("--images", help="folder of pictures, or a text file of paths")
+    p.add_argument("--out", required=True, help="region HDF5 file (re-running resumes)")
+    p.add_argument("--predictions", help="VinVL predictions.tsv (boxes, size, confidences)")
+    p.add_argument("--extractor", default="detr", help=EXTRACTOR_HELP)
+    p.add_argument("--model", help="detector checkpoint (default facebook/detr-resnet-50)")
+    p.add_argument("--revision", help="hub revision (default for DETR: no_timm)")
+    p.add_argument("--threshold", type=float, help="minimum class probability (default 0.5)")
+    p.add_argument("--max-regions", type=int, help="regions kept per picture (default 50)")
+    add_run_options(p, batch_size=8)
+    p.set_defaults(handler=_extract_regions)
+
+    p = actions.add_parser("merge", help="join the shard files of a --shard K/N extraction into "
+                                         "its output, once every shard has finished")
+    p.add_argument("out", help="the output file the shards were run with (--out)")
+    p.add_argument("shards", nargs="*",
+                   help="shard files (default: every OUT.shard-K-of-N.h5 beside OUT)")
+    p.set_defaults(handler=_extract_merge)
+
+

@@ -1,0 +1,110 @@
+"""`hin serve`: the page and HTTP API, behind one listening socket."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hin.cli.options import add_decoding_options, add_device_option, decoding
+from hin.errors import UsageError
+from hin.serve.settings import DEFAULT_PIXELS_IN_FLIGHT, SERVE_THREADS
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hin.serve import ServeSettings, create_app
+
+    try:
+        import uvicorn
+    except ImportError as missing:
+        from hin.errors import MissingExtraError, pip_install
+
+        raise MissingExtraError(f"`hin serve` needs uvicorn: {pip_install('serve')}") from missing
+    settings = ServeSettings(
+        args.checkpoint, decoding=decoding(args), device=args.device, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+        keep_uploads=args.keep_uploads, host=args.host, port=args.port,
+        allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin),
+        max_pixels_in_flight=args.max_pixels_in_flight, max_queue=args.max_queue,
+        decode_workers=args.decode_workers, body_timeout_s=args.body_timeout)
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.shutdown_timeout <= 0:
+        raise UsageError(f"--shutdown-timeout must be positive, got {args.shutdown_timeout}")
+    listener = _listen(args.host, args.port)      # before the model loads: a taken port fails fast
+    import torch
+
+    torch.set_num_threads(args.threads)
+    app = create_app(settings)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"hin serve: warning: listening on {args.host}: anyone who can reach this machine "
+              "can use the model (no authentication, no TLS)", file=sys.stderr)
+    config = uvicorn.Config(app, log_level=args.log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+    uvicorn.Server(config).run(sockets=[listener])
+    return 0
+
+
+def _listen(host: str, port: int):
+    """The server's listening socket, or one line saying why it cannot be had."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except socket.gaierror as error:
+        raise UsageError(f"--host {host!r} is not an address of this machine ({error})") from None
+    except OSError as error:
+        raise UsageError(f"cannot listen on {host} port {port}: {error.strerror}; is another "
+                         "server using it? Choose another with --port") from None
+    return listener
+
+
+def add_serve_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("serve", help="a page and an HTTP API that caption pictures "
+                                          "(batched; binds 127.0.0.1 unless told)")
+    p.add_argument("--checkpoint", required=True, help="hin checkpoint (.pt)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; another than loopback exposes the model to the "
+                        "network, unauthenticated")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests naming this Host (e.g. the name a proxy uses; "
+                        "'*' for any); by default only the bound address and localhost names")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from this origin (e.g. https://example.org; '*' for any) "
+                        "POST pictures; by default only the server's own page may")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most concurrent requests captioned in one model call")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="longest a request waits for others to batch with")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="larger uploads are refused with 413")
+    p.add_argument("--max-pixels-in-flight", type=int, default=DEFAULT_PIXELS_IN_FLIGHT,
+                   metavar="PIXELS",
+                   help="most pixels of pictures decoded at once (memory follows pixels, "
+                        "about 13 bytes each at the peak); beyond it 503 with Retry-After")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="most requests in progress at once; beyond it 429 with Retry-After")
+    p.add_argument("--decode-workers", type=int, default=2,
+                   help="threads that decode and prepare pictures, off the batching thread")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request body that takes longer to arrive is refused with 408")
+    p.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM/Ctrl-C, requests still running after this are cut off")
+    p.add_argument("--keep-uploads", metavar="DIR",
+                   help="write every decoded upload to DIR (named by its sha256); by default "
+                        "uploads never touch the disk")
+    add_device_option(p)
+    p.add_argument("--threads", type=int, default=SERVE_THREADS,
+                   help=f"CPU threads for inference (torch.set_num_threads; default "
+                        f"{SERVE_THREADS}, the fastest measured: see docs/serving.md)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
+                                                           "info", "debug"])
+    add_decoding_options(p, num_captions=True)
+    p.set_defaults(handler=_serve)
+
+

@@ -1,0 +1,246 @@
+"""`hin explain`'s content: per image and model the caption, the maps of its best caption
+(read teacher-forced, exactly the attention the search used), the geometry to draw them on,
+and each caption's CIDEr-D against the references."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hin.caption import Captioner, load_picture
+from hin.config import DecodingConfig
+from hin.data.coco import load_split
+from hin.data.features import FeatureStore, ImageGeometry, describe_geometry, read_attributes
+from hin.data.vocab import tokenize
+from hin.decoding import search
+from hin.errors import UsageError
+from hin.explain.maps import attention_maps, select_layer
+from hin.extract.images import list_images, load_rgb, recorded_orientation
+from hin.metrics import CiderDTable, cider_d
+
+WORD_SOURCES = ("grid", "region")
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model's caption and maps for one image, as a figure shows them.
+
+    grid_map [Ng] and region_map [n] (the image's real regions only) are the encoder's global
+    tokens' attention at the chosen layer (or the mean over layers); word_maps [words, Ng or n]
+    the decoder's attention while it produced each word (`word_source`: grid or region).
+    `words` are the generated tokens up to <eos>; `caption` is the reported text.
+    """
+
+    label: str
+    caption: str
+    words: tuple[str, ...]
+    grid_map: np.ndarray
+    region_map: np.ndarray
+    geometry: ImageGeometry
+    word_maps: np.ndarray | None = None
+    word_source: str = "grid"
+    cider: float | None = None
+
+
+@dataclass(frozen=True)
+class ImageExplanation:
+    """Everything one figure shows: the picture (None when it could not be found), one view
+    per model, the references, and notes on what could not be drawn."""
+
+    name: str
+    image_id: int | None
+    picture: Image.Image | None
+    views: tuple[ModelView, ...]
+    references: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    unfamiliar: str | None = None     # the first checkpoint's hin.data.familiarity note
+
+
+
+def generated_words(captioner: Captioner, tokens: Sequence[int]) -> list[int]:
+    """The ids a hypothesis produced before <eos> (what the per-word maps are shown for)."""
+    ids = []
+    for token in tokens:
+        if token in (captioner.vocab.eos_id, captioner.vocab.pad_id):
+            break
+        ids.append(int(token))
+    return ids
+
+
+def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
+                   geometries: Sequence[ImageGeometry], *, label: str, layer: int | None = None,
+                   words: str | None = None) -> list[ModelView]:
+    """Caption a batch of feature arrays with `captioner`'s model and settings, and read the
+    maps of its best caption (teacher-forced: exactly the attention the search used)."""
+    if words is not None and words not in WORD_SOURCES:
+        raise UsageError(f"words must be one of {WORD_SOURCES}, got {words!r}")
+    grid, region = captioner.batch(grids, regions)
+    ids, _ = search(captioner.decoding_models(captioner.decoding.precision), grid, region,
+                   captioner.decoding)
+    produced = [generated_words(captioner, hypotheses[0]) for hypotheses in ids.tolist()]
+    # Word k was predicted at input position k - 1: feed <bos> and every word but the last.
+    steps = max(1, max(len(p) for p in produced))
+    tokens = torch.full((len(produced), steps), captioner.vocab.pad_id, dtype=torch.long)
+    tokens[:, 0] = captioner.vocab.bos_id
+    for row, word_ids in enumerate(produced):
+        tokens[row, 1:len(word_ids)] = torch.tensor(word_ids[:-1], dtype=torch.long)
+    maps = attention_maps(captioner.model, grid, region, tokens)
+    grid_maps = select_layer(maps.encoder_grid, layer).numpy()
+    region_maps = select_layer(maps.encoder_region, layer).numpy()
+    decoder = None if words is None else select_layer(getattr(maps, f"decoder_{words}"), layer).numpy()
+    views = []
+    for i, word_ids in enumerate(produced):
+        present = (~maps.region_mask[i]).nonzero()
+        real = int(present[-1]) + 1 if len(present) else 0     # trailing padding dropped
+        word_maps = None
+        if decoder is not None:
+            word_maps = decoder[i, :len(word_ids)] if words == "grid" else decoder[i, :len(word_ids), :real]
+        views.append(ModelView(
+            label=label, caption=captioner.text(word_ids),
+            words=tuple(captioner.vocab.words[t] for t in word_ids),
+            grid_map=grid_maps[i], region_map=region_maps[i, :real], geometry=geometries[i],
+            word_maps=word_maps, word_source=words or "grid"))
+    return views
+
+
+def checkpoint_labels(checkpoints: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
+    """Column titles: `labels`, or each checkpoint's folder name (`runs/demo/xe/best.pt` -> `xe`),
+    `folder/name` where two folders' names are equal; never a whole path."""
+    if labels is not None:
+        if len(labels) != len(checkpoints):
+            raise UsageError(f"--labels gives {len(labels)} names for {len(checkpoints)} checkpoints: "
+                             "give one per checkpoint, in the order of the columns")
+        return list(labels)
+    paths = [Path(c) for c in checkpoints]
+    short = [path.parent.name or path.stem for path in paths]
+    if len(set(short)) == len(short) or len(set(paths)) < len(paths):
+        return short
+    return [f"{path.parent.name}/{path.name}" if path.parent.name else path.name for path in paths]
+
+
+def _picture_files(images: str | Path | None) -> dict[int, Path]:
+    return {} if images is None else {file.image_id: file.path for file in list_images(images)}
+
+
+def _references(annotations: str | Path | None, split: str | None, ids: Sequence[int] | None,
+                limit: int | None) -> tuple[list[int], dict[int, list[str]]]:
+    """The ids to explain and their references: `ids`, or the split's first `limit` images."""
+    if annotations is None:
+        if split is not None:
+            raise UsageError("--split needs --annotations (the directory or dataset_coco.json it comes from)")
+        if not ids:
+            raise UsageError("give pictures, --ids, or --split with --annotations")
+        return list(ids), {}
+    if split is None:
+        raise UsageError("--annotations needs --split: the split whose references are shown "
+                         "(and whose references give CIDEr-D its document frequencies)")
+    images = load_split(annotations, split)
+    if ids:
+        strays = [i for i in ids if i not in images.images]
+        if strays:
+            raise UsageError(f"image ids {strays[:10]} are not in the {split} split of {annotations}")
+        chosen = list(ids)
+    else:
+        chosen = images.image_ids[:limit] if limit is not None else images.image_ids
+    return chosen, images.references()
+
+
+def _cider(explanations: list[ImageExplanation], references: dict[int, list[str]]) -> list[ImageExplanation]:
+    """Each view's CIDEr-D against its image's references, document frequencies from all the
+    given references (the split's), as training's validation scores: spaCy-tokenised text."""
+    scored = [e for e in explanations if e.image_id in references]
+    if not scored:
+        return explanations
+    tokenised = {i: [" ".join(tokenize(c)) for c in captions] for i, captions in references.items()}
+    table = CiderDTable.from_references(tokenised, documents="image", tokenized=True)
+    per_model = []
+    for column in range(len(scored[0].views)):
+        candidates = {e.image_id: e.views[column].caption for e in scored}
+        per_model.append(cider_d(candidates, {i: tokenised[i] for i in candidates}, df=table)[1])
+    result = []
+    for explanation in explanations:
+        if explanation.image_id in references:
+            views = tuple(replace(view, cider=scores[explanation.image_id])
+                          for view, scores in zip(explanation.views, per_model))
+            explanation = replace(explanation, views=views,
+                                  references=tuple(references[explanation.image_id]))
+        result.append(explanation)
+    return result
+
+
+def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path] = (),
+            ids: Sequence[int] | None = None, grid: str | Path | None = None,
+            region: str | Path | None = None, images: str | Path | None = None,
+            annotations: str | Path | None = None, split: str | None = None, limit: int | None = None,
+            layer: int | None = None, words: str | None = None, labels: Sequence[str] | None = None,
+            decoding: DecodingConfig = DecodingConfig(), device: str = "auto",
+            batch_size: int = 8) -> list[ImageExplanation]:
+    """Caption and read the maps of pictures (each checkpoint re-runs its recorded extractors)
+    or of feature-file images (`ids`, or a split's first `limit`), one view per checkpoint."""
+    if not checkpoints:
+        raise UsageError("explain needs at least one checkpoint")
+    if pictures and any(v is not None for v in (ids, grid, region, split, annotations, images)):
+        raise UsageError("give pictures, or feature files (--grid/--region with --ids or --split, pictures "
+                         "found by id in --images), not both")
+    if not pictures and (grid is None or region is None):
+        raise UsageError("give pictures, or both --grid and --region feature files")
+    labels = checkpoint_labels(checkpoints, labels)
+    captioners = [Captioner(c, device=device, decoding=decoding, batch_size=batch_size) for c in checkpoints]
+    if pictures:
+        return [explanation for start in range(0, len(pictures), batch_size)
+                for explanation in _explain_pictures(captioners, labels, pictures[start:start + batch_size],
+                                                     layer, words)]
+    chosen, references = _references(annotations, split, ids, limit)
+    files = _picture_files(images)
+    orientation = recorded_orientation(read_attributes(grid))    # as the file's boxes are
+    stores = [FeatureStore(grid, region, max_regions=c.max_regions, grid_dim=c.model.config.grid_dim,
+                           region_dim=c.model.config.region_dim) for c in captioners]
+    try:
+        explanations = []
+        for start in range(0, len(chosen), batch_size):
+            chunk = chosen[start:start + batch_size]
+            columns = []
+            for captioner, label, store in zip(captioners, labels, stores):
+                arrays = [store[i] for i in chunk]
+                columns.append(explain_arrays(captioner, [a[0] for a in arrays], [a[1] for a in arrays],
+                                              [store.geometry(i) for i in chunk], label=label, layer=layer,
+                                              words=words))
+            for row, image_id in enumerate(chunk):
+                picture, notes = None, ()
+                if image_id in files:
+                    picture = load_rgb(files[image_id], orientation=orientation)
+                else:
+                    where = f"in {images}" if images is not None else "(no --images folder given)"
+                    notes = (f"no picture of image {image_id} {where}: maps drawn on a blank canvas",)
+                explanations.append(ImageExplanation(str(image_id), image_id, picture,
+                                                     tuple(column[row] for column in columns), notes=notes))
+    finally:
+        for store in stores:
+            store.close()
+    return _cider(explanations, references)
+
+
+def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Sequence[str | Path],
+                      layer: int | None, words: str | None) -> list[ImageExplanation]:
+    loaded = [load_picture(p) for p in paths]
+    columns, unfamiliar = [], []
+    for captioner, label in zip(captioners, labels):
+        grid_entries, region_entries = captioner.picture_entries(loaded)
+        unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]
+        grid_extractor, region_extractor = captioner.extractors()
+        geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
+                                        f"the {grid_extractor.name} extractor",
+                                        f"the {region_extractor.name} extractor",
+                                        region_rows=len(r["features"]))
+                      for path, g, r in zip(paths, grid_entries, region_entries)]
+        columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
+                                      [r["features"] for r in region_entries], geometries, label=label,
+                                      layer=layer, words=words))
+    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns),
+                             notes=(note,) if note else (), unfamiliar=note)
+            for row, (path, picture, note) in enumerate(zip(paths, loaded, unfamiliar))]
