@@ -2,6 +2,7 @@
 diverse beam search): each default keeps the reference's rule, and each option does what it
 says on untrained models whose captions repeat words and end early."""
 
+import dataclasses
 import math
 
 import pytest
@@ -208,3 +209,36 @@ def test_decoding_options_are_checked_with_one_line_errors(options, message):
 
 def test_sampling_may_return_more_captions_than_the_beam_size():
     assert DecodingConfig(sample=True, beam_size=1, num_captions=5).num_captions == 5
+
+
+NON_DEFAULT = {"beam_size": ("--beam", "4"), "max_len": ("--max-len", "9"),
+               "num_captions": ("--top-k", "2"), "collapse_repeats": ("--keep-repeats",),
+               "precision": ("--precision", "bf16"), "length_penalty": ("--length-penalty", "0.7"),
+               "min_len": ("--min-len", "3"), "no_repeat_ngram": ("--no-repeat-ngram", "2"),
+               "sample": ("--sample",), "temperature": ("--temperature", "0.8"),
+               "top_k": ("--sample-top-k", "5"), "top_p": ("--top-p", "0.9"),
+               "seed": ("--seed", "42"), "diversity_groups": ("--diversity-groups", "1"),
+               "diversity_strength": ("--diversity-strength", "1.5")}
+EXPECTED = DecodingConfig(beam_size=4, max_len=9, num_captions=2, collapse_repeats=False,
+                          precision="bf16", length_penalty=0.7, min_len=3, no_repeat_ngram=2,
+                          sample=True, temperature=0.8, top_k=5, top_p=0.9, seed=42,
+                          diversity_groups=1, diversity_strength=1.5)
+
+
+@pytest.mark.parametrize("command", ["caption", "evaluate", "explain", "serve"])
+def test_every_decoding_option_is_a_flag_of_every_command_that_captions(command):
+    from hin.cli import build_parser
+    from hin.cli.options import decoding
+
+    assert set(NON_DEFAULT) == {f.name for f in dataclasses.fields(DecodingConfig)}
+    positional = {"evaluate": ["--split", "features"]}.get(command, [])
+    flags = [part for name, parts in NON_DEFAULT.items() for part in parts
+             if command in ("caption", "serve") or name != "num_captions"]
+    args = build_parser().parse_args([command, *positional, "--checkpoint", "x.pt", *flags])
+    expected = EXPECTED if command in ("caption", "serve") else \
+        dataclasses.replace(EXPECTED, num_captions=1)
+    assert decoding(args) == expected
+    # diversity_groups > 1 cannot go with --sample: checked alone
+    diverse = build_parser().parse_args([command, *positional, "--checkpoint", "x.pt",
+                                         "--beam", "4", "--diversity-groups", "2"])
+    assert decoding(diverse).diversity_groups == 2

@@ -27,8 +27,8 @@ from hin.config import DecodingConfig
 from hin.extract import read_attributes
 from hin.serve import ServeSettings, create_app
 from hin.serve.batching import DynamicBatcher
-from hin.serve.inputs import MAX_PARTS
 from hin.serve.explanations import explain_available
+from hin.serve.inputs import MAX_PARTS
 from serving import running_server
 
 pytest.importorskip("transformers")

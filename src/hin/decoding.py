@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -21,6 +20,7 @@ from hin.config import DecodingConfig, HINConfig
 from hin.devices import resolve_precision
 from hin.errors import UsageError
 from hin.model import HIN, DecoderCache, EncoderOutput
+from hin.strategies import Stepper, decode_with
 
 
 def _as_models(model_or_list: HIN | Sequence[HIN]) -> list[HIN]:
@@ -71,16 +71,6 @@ def require_decodable(config: HINConfig, beam_size: int, max_len: int, batch_siz
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
 
 
-class Stepper(Protocol):
-    """What beam search drives: next-word log-probs of every hypothesis, and reordering."""
-
-    def step(self, tokens: Tensor) -> Tensor:
-        """tokens [B, K] -> log-probabilities [B, K, V] (float32)."""
-
-    def reorder(self, source: Tensor) -> None:
-        """Keep hypotheses `source` [B, K_new] (indices into the current K per image)."""
-
-
 class _Ensemble:
     """Steps several models together; their per-step log-probabilities are averaged."""
 
@@ -123,12 +113,26 @@ def beam_search_encoded(model_or_list: HIN | Sequence[HIN],
                         ) -> tuple[Tensor, Tensor]:
     """`beam_search` from encoder outputs already computed (one per model), e.g. the
     encoding SCST also uses for its gradient pass."""
+    return decode_encoded(model_or_list, encoded, _beam_settings(beam_size, max_len, out_size))
+
+
+@torch.inference_mode()
+def decode_encoded(model_or_list: HIN | Sequence[HIN],
+                   encoded: EncoderOutput | Sequence[EncoderOutput],
+                   settings: DecodingConfig) -> tuple[Tensor, Tensor]:
+    """Captions as `settings` say (hin.strategies) from encoder outputs already computed (one
+    per model) -> (ids [B, num_captions, T], per-token log-probs [B, num_captions, T])."""
     models = _as_models(model_or_list)
     encoded = [encoded] if isinstance(encoded, EncoderOutput) else list(encoded)
-    ensemble = _Ensemble(models, encoded)
-    return beam_search_with(ensemble, encoded[0].grid.shape[0], models[0].config,
-                            models[0].device, beam_size=beam_size, max_len=max_len,
-                            out_size=out_size)
+    require_decodable(models[0].config, settings.beam_size, settings.max_len)
+    return decode_with(_Ensemble(models, encoded), encoded[0].grid.shape[0], models[0].config,
+                       models[0].device, settings)
+
+
+def _beam_settings(beam_size: int, max_len: int, out_size: int) -> DecodingConfig:
+    if not 1 <= out_size <= beam_size:
+        raise UsageError(f"out_size must be between 1 and beam_size ({beam_size}), got {out_size}")
+    return DecodingConfig(beam_size=beam_size, max_len=max_len, num_captions=out_size)
 
 
 def beam_search_with(stepper: Stepper, batch: int, config: HINConfig, device: torch.device,
@@ -136,43 +140,9 @@ def beam_search_with(stepper: Stepper, batch: int, config: HINConfig, device: to
                      ) -> tuple[Tensor, Tensor]:
     """The search rule itself over any `Stepper` (the cached decoder here; tests drive it
     with a teacher-forced re-scorer). `config` gives the special token ids."""
-    if not 1 <= out_size <= beam_size:
-        raise UsageError(f"out_size must be between 1 and beam_size ({beam_size}), got {out_size}")
+    settings = _beam_settings(beam_size, max_len, out_size)
     require_decodable(config, beam_size, max_len)
-    tokens = torch.full((batch, 1), config.bos_id, dtype=torch.long, device=device)
-    scores = torch.zeros(batch, 1, device=device)
-    alive = torch.ones(batch, 1, dtype=torch.bool, device=device)
-    history = torch.empty(batch, 1, 0, dtype=torch.long, device=device)
-    history_logprobs = torch.empty(batch, 1, 0, device=device)
-    for step in range(max_len):
-        logprobs = stepper.step(tokens)                                      # [B, K, V]
-        vocab = logprobs.shape[-1]
-        if step > 0:
-            alive = alive & (tokens != config.eos_id)
-        candidates = scores[..., None] + logprobs
-        # A finished hypothesis stays as one candidate (extended by <pad>, log-prob 0) with
-        # its score. In place: the [B, K, V] tensors are the search's own largest cost.
-        candidates.masked_fill_(~alive[..., None], float("-inf"))
-        candidates[..., config.pad_id] = torch.where(alive, candidates[..., config.pad_id], scores)
-
-        top_scores, top_index = candidates.reshape(batch, -1).topk(beam_size, dim=-1)
-        source, words = top_index // vocab, top_index % vocab
-        stepper.reorder(source)
-        scores = top_scores
-        alive = alive.gather(1, source)
-        word_logprobs = logprobs.reshape(batch, -1).gather(1, top_index).masked_fill(~alive, 0.0)
-        history = torch.cat((history.gather(1, source[..., None].expand(-1, -1, step)),
-                             words[..., None]), dim=-1)
-        history_logprobs = torch.cat(
-            (history_logprobs.gather(1, source[..., None].expand(-1, -1, step)),
-             word_logprobs[..., None]), dim=-1)
-        tokens = words
-        if not (alive & (words != config.eos_id)).any():
-            break
-
-    order = scores.argsort(dim=1, descending=True, stable=True)[:, :out_size]
-    index = order[..., None].expand(-1, -1, history.shape[-1])
-    return history.gather(1, index), history_logprobs.gather(1, index)
+    return decode_with(stepper, batch, config, device, settings)
 
 
 def greedy_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor,
@@ -184,11 +154,13 @@ def greedy_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tens
 
 def search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor,
            settings: DecodingConfig) -> tuple[Tensor, Tensor]:
-    """Beam search as `settings` say (beam size, length, number of captions, precision).
-    -> (ids [B, num_captions, T], per-token log-probs [B, num_captions, T]), best first."""
-    return beam_search(cast_for_decoding(model_or_list, settings.precision), grid, region,
-                       beam_size=settings.beam_size, max_len=settings.max_len,
-                       out_size=settings.num_captions)
+    """Captions as `settings` say (beam size, length, number of captions, precision, how
+    words are chosen). -> (ids [B, num_captions, T], per-token log-probs), best first."""
+    models = cast_for_decoding(model_or_list, settings.precision)
+    with torch.inference_mode():
+        encoded = [model.encode(grid.to(model.device), region.to(model.device))
+                   for model in models]
+    return decode_encoded(models, encoded, settings)
 
 
 def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable,
