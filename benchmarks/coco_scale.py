@@ -400,8 +400,8 @@ def rehearse(args: argparse.Namespace, folder: Path) -> dict:
     loader = make_loader(ImageReferences(val_subset, store), 50)
     with measured(phases, f"validation decoding, {len(decode_ids)} images, beam 5, 20 steps, "
                   "fp32", "part") as phase:
-        captions = caption_batches(model, loader, vocab.decode, DecodingConfig(), progress=False)
-        lengths = {len(text.split()) for text in captions.values()}
+        captions = caption_batches(model, loader, vocab, DecodingConfig(), progress=False)
+        lengths = {len(result.best.split()) for result in captions.values()}
     phase.full_seconds = phase.seconds * EVAL_IMAGES / len(decode_ids)
     phase.note = (f"{len(decode_ids) / phase.seconds:.1f} images/s; caption lengths "
                   f"{sorted(lengths)} words (all 20 steps ran)")

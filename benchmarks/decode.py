@@ -25,7 +25,7 @@ from common import (
     timed,
 )
 from hin.config import DecodingConfig
-from hin.decoding import cast_for_decoding, search
+from hin.decoding import beam_search, cast_for_decoding
 
 REFERENCE_IMAGES_PER_SECOND = 0.78
 
@@ -48,7 +48,7 @@ def main() -> None:
             reset_peak(device)
 
             def run() -> None:
-                best[precision] = search(models, grid, region, settings)[0][:, 0]
+                best[precision] = beam_search(models, grid, region, settings)[0][:, 0]
 
             median, fastest, cpu = timed(run, device, args.repeats)
             versus = (f"  {batch / median / REFERENCE_IMAGES_PER_SECOND:5.1f}x the reference"

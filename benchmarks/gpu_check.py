@@ -46,11 +46,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from common import peak_memory_gib, reset_peak, timed  # noqa: E402
 from hin import checkpoint  # noqa: E402
-from hin.config import HINConfig, RunConfig  # noqa: E402
+from hin.config import DecodingConfig, HINConfig, RunConfig  # noqa: E402
 from hin.data import synth  # noqa: E402
 from hin.data import vocab as vocab_module  # noqa: E402
 from hin.data.shape_features import GRID_DIM, REGION_DIM  # noqa: E402
-from hin.decoding import beam_search  # noqa: E402
+from hin.decoding import beam_search, cast_for_decoding  # noqa: E402
 from hin.devices import autocast, resolve_device  # noqa: E402
 from hin.files import write_json, write_text  # noqa: E402
 from hin.metrics import CiderDTable  # noqa: E402
@@ -217,10 +217,11 @@ def beam_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
         grid, region = features(batch, model.config, device)
         for precision in precisions:
             steps = []
+            settings = DecodingConfig(beam_size=5, max_len=20, precision=precision)
+            models = cast_for_decoding(model, precision)
 
             def run() -> None:
-                with autocast(device, precision):
-                    ids, _ = beam_search(model, grid, region, beam_size=5, max_len=20)
+                ids, _ = beam_search(models, grid, region, settings)
                 steps.append(ids.shape[-1])
 
             row = measured_row("beam search", f"batch {batch}, beam 5, {precision}", run, device,
@@ -235,9 +236,10 @@ def same_beams_rows(device: torch.device) -> list[Row]:
     reference = golden["config"]
     model = checkpoint.import_reference(golden["state_dicts"][0], num_heads=reference["h"])
     grid, region = golden["grid"].float(), golden["region"].float()
-    settings = dict(beam_size=reference["beam_size"], max_len=reference["beam_max_len"], out_size=3)
-    on_cpu, _ = beam_search(model, grid, region, **settings)
-    on_device, _ = beam_search(model.to(device), grid.to(device), region.to(device), **settings)
+    settings = DecodingConfig(beam_size=reference["beam_size"], max_len=reference["beam_max_len"],
+                              num_captions=3)
+    on_cpu, _ = beam_search(model, grid, region, settings)
+    on_device, _ = beam_search(model.to(device), grid.to(device), region.to(device), settings)
 
     def up_to_eos(ids: torch.Tensor) -> list[list[list[int]]]:
         return [[beam[:beam.index(reference["eos_idx"]) + 1] if reference["eos_idx"] in beam

@@ -95,7 +95,8 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
                          region_dim=REGION_DIM)
     grid = torch.from_numpy(np.stack([store[i][0] for i in ids])).float()
     region = torch.from_numpy(np.stack([store[i][1] for i in ids])).float()
-    sequences, logprobs = beam_search(model, grid, region, beam_size=3, max_len=20, out_size=2)
+    sequences, logprobs = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=20,
+                                                                            num_captions=2))
     assert [entry["image"] for entry in printed] == [str(i) for i in ids]
     for entry, hypotheses, scores in zip(printed, sequences, logprobs.sum(-1)):
         assert [c["caption"] for c in entry["captions"]] == [vocab.decode(h) for h in hypotheses]

@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_features, tiny_model
 from hin.checkpoint import import_reference, load, save
+from hin.config import DecodingConfig
 from hin.decoding import beam_search
 from hin.devices import autocast
 from hin.training.xe import next_token_nll
@@ -18,10 +19,10 @@ CUDA = torch.device("cuda")
 def test_fp32_beams_on_cuda_equal_cpu_beams_and_the_reference(golden):
     model = import_reference(golden["state_dicts"][0], num_heads=golden["config"]["h"])
     grid, region = golden["grid"].float(), golden["region"].float()
-    settings = dict(beam_size=golden["config"]["beam_size"], max_len=golden["config"]["beam_max_len"],
-                    out_size=3)
-    on_cpu, cpu_logprobs = beam_search(model, grid, region, **settings)
-    on_cuda, cuda_logprobs = beam_search(model.to(CUDA), grid.to(CUDA), region.to(CUDA), **settings)
+    settings = DecodingConfig(beam_size=golden["config"]["beam_size"],
+                              max_len=golden["config"]["beam_max_len"], num_captions=3)
+    on_cpu, cpu_logprobs = beam_search(model, grid, region, settings)
+    on_cuda, cuda_logprobs = beam_search(model.to(CUDA), grid.to(CUDA), region.to(CUDA), settings)
     assert on_cuda.device.type == "cuda"
     assert torch.equal(on_cuda.cpu(), on_cpu)
     torch.testing.assert_close(cuda_logprobs.cpu(), cpu_logprobs, atol=1e-4, rtol=0)

@@ -66,7 +66,8 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
                          region_dim=REGION_DIM)
     batch = collate([ImageReferences(split, store)[i]
                      for i in range(len(split.images))])
-    sequences, _ = beam_search(models, batch.grid, batch.region, beam_size=3, max_len=8)
+    sequences, _ = beam_search(models, batch.grid, batch.region,
+                               DecodingConfig(beam_size=3, max_len=8))
     expected = [{"image_id": i, "caption": collapse_repeats(vocab.decode(ids))}
                 for i, ids in sorted(zip(batch.image_ids, sequences[:, 0].tolist()))]
     assert json.loads((out / "captions.json").read_text()) == expected

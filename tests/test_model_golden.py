@@ -9,6 +9,7 @@ import torch
 
 from hin.checkpoint import import_reference, load, save
 from hin.cli import main
+from hin.config import DecodingConfig
 from hin.decoding import beam_search
 from reference_checkpoints import as_if_pickled_by_numpy_1, save_like_reference_training
 
@@ -53,7 +54,7 @@ def test_config_inferred_from_shapes(model, golden):
     assert model.config.d_model == reference["d_model"]
     assert model.config.d_ff == reference["d_ff"]
     assert model.config.vocab_size == reference["vocab_size"]
-    assert model.config.max_len == reference["max_len"]
+    assert model.config.max_positions == reference["max_len"]
 
 
 def test_encoder_outputs(model, golden):
@@ -79,8 +80,9 @@ def _up_to_eos(ids, eos):
 @pytest.mark.parametrize("out_size", [3, 1])
 def test_beam_search(model, golden, out_size):
     cfg = golden["config"]
-    seqs, logprobs = beam_search(model, *features(golden), beam_size=cfg["beam_size"],
-                                 max_len=cfg["beam_max_len"], out_size=out_size)
+    settings = DecodingConfig(beam_size=cfg["beam_size"], max_len=cfg["beam_max_len"],
+                              num_captions=out_size)
+    seqs, logprobs = beam_search(model, *features(golden), settings)
     expected_seq = golden["beam_seq"] if out_size == 3 else golden["beam1_seq"][:, None]
     expected_lp = golden["beam_logprobs"] if out_size == 3 else golden["beam1_logprobs"][:, None]
     assert seqs.shape[:2] == (2, out_size)

@@ -8,7 +8,8 @@ import math
 import torch
 
 from conftest import tiny_features, tiny_model
-from hin.decoding import beam_search, beam_search_with
+from hin.config import DecodingConfig
+from hin.decoding import beam_search, beam_search_steps
 
 PAD, EOS = 1, 3
 
@@ -50,12 +51,12 @@ def test_the_next_word_distribution_after_pad_is_uniform():
 def test_beams_with_pad_before_eos_equal_teacher_forced_rescoring():
     model = model_that_emits_pad()
     grid, region = (f.double() for f in tiny_features(batch=4, config=model.config))
-    settings = dict(beam_size=3, max_len=10, out_size=3)
-    cached, cached_logprobs = beam_search(model, grid, region, **settings)
+    settings = DecodingConfig(beam_size=3, max_len=10, num_captions=3)
+    cached, cached_logprobs = beam_search(model, grid, region, settings)
     with torch.no_grad():
         rescorer = TeacherForcedRescorer(model, model.encode(grid, region))
-        forced, forced_logprobs = beam_search_with(rescorer, 4, model.config, grid.device,
-                                                   **settings)
+        forced, forced_logprobs = beam_search_steps(rescorer, 4, model.config, grid.device,
+                                                    settings)
     assert torch.equal(cached, forced)
     torch.testing.assert_close(cached_logprobs, forced_logprobs, atol=1e-9, rtol=0)
     pad_before_eos = [ids for ids in cached.flatten(0, 1).tolist()

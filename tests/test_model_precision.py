@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_features, tiny_model
 from hin.config import DecodingConfig
-from hin.decoding import beam_search, cast_for_decoding, search
+from hin.decoding import beam_search, cast_for_decoding
 from hin.devices import autocast
 
 CPU = torch.device("cpu")
@@ -78,8 +78,8 @@ def test_bf16_weights_beam_search_finds_nearly_the_fp32_captions():
     log-probabilities within bf16's rounding."""
     model = tiny_model()
     grid, region = tiny_features(batch=8)
-    fp32 = search(model, grid, region, DecodingConfig(beam_size=3, max_len=8))
-    bf16 = search(model, grid, region, DecodingConfig(beam_size=3, max_len=8, precision="bf16"))
+    fp32 = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=8))
+    bf16 = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=8, precision="bf16"))
     agree = sum(torch.equal(a, b) for a, b in zip(fp32[0][:, 0], bf16[0][:, 0]))
     assert agree >= 7
     torch.testing.assert_close(bf16[1].sum(-1), fp32[1].sum(-1), atol=0.1, rtol=0)
@@ -90,9 +90,9 @@ def test_search_runs_in_the_asked_precision(precision):
     model = tiny_model()
     grid, region = tiny_features(batch=3)
     settings = DecodingConfig(beam_size=3, max_len=8, num_captions=2, precision=precision)
-    ids, logprobs = search(model, grid, region, settings)
-    plain_ids, plain_logprobs = beam_search(model, grid, region, beam_size=3, max_len=8,
-                                            out_size=2)
+    ids, logprobs = beam_search(model, grid, region, settings)
+    plain_ids, plain_logprobs = beam_search(model, grid, region,
+                                            DecodingConfig(beam_size=3, max_len=8, num_captions=2))
     assert ids.shape[:2] == (3, 2) and logprobs.dtype == torch.float32
     if precision == "fp32":
         assert torch.equal(ids, plain_ids) and torch.equal(logprobs, plain_logprobs)

@@ -45,7 +45,7 @@ def test_own_pictures_and_captions_recipe(tmp_path, capsys, monkeypatch):
     tiny = [f"model.grid_dim={CLIP_HIDDEN}", f"model.region_dim={DETR_D_MODEL}",
             "model.num_layers=1", "model.d_model=32", "model.num_heads=4", "model.d_ff=64",
             "data.max_regions=4", "train.val_batch_size=5", "train.epochs=1",
-            "train.val_full_metrics=false", "train.beam_size=2", "train.max_len=8",
+            "train.val_full_metrics=false", "train.validation.beam_size=2", "train.validation.max_len=8",
             "train.device=cpu", "train.tensorboard=false"]
     assert main(["train", "--config", "small_xe", *tiny, "train.batch_size=5"]) == 0
     assert "best checkpoint: runs/small_xe/best.pt" in capsys.readouterr().out

@@ -301,7 +301,7 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
     xe_run, _ = uninterrupted
     run_dir = tmp_path / "scst"
     best = start(config(synth, run_dir, "train.stage=scst", "train.lr=1e-5", "train.epochs=1",
-                        "train.beam_size=3"), init=xe_run / loop.BEST, progress=False)
+                        "train.validation.beam_size=3"), init=xe_run / loop.BEST, progress=False)
     assert best.is_file()
     steps = log_records(run_dir, "step")
     assert steps and all(r["stage"] == "scst" and 0 <= r["reward"] for r in steps)
@@ -321,7 +321,7 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
 def test_scst_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninterrupted,
                                                                         tmp_path):
     init = uninterrupted[0] / loop.BEST
-    scst = ("train.stage=scst", "train.lr=1e-5", "train.beam_size=3")   # 2 steps per epoch
+    scst = ("train.stage=scst", "train.lr=1e-5", "train.validation.beam_size=3")   # 2 steps per epoch
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     start(config(synth, whole, *scst), init=init, progress=False)
     start(config(synth, stopped, *scst, "train.max_steps=3"), init=init, progress=False)

@@ -18,6 +18,7 @@ import yaml
 
 from hin import checkpoint
 from hin.cli import main
+from hin.config import ConfigError, RunConfig
 from hin.data.coco import load_splits
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.errors import DataError
@@ -380,6 +381,41 @@ def test_an_old_run_with_train_bf16_resumes_as_train_precision(synth, tmp_path, 
     assert config["precision"] == "bf16" and "bf16" not in config
 
 
+def test_an_old_run_with_flat_validation_settings_and_max_len_resumes(synth, tmp_path, capsys):
+    """Older hin wrote train.beam_size/max_len (validated in train.precision) and
+    model.max_len (the position table): a run and its checkpoints load, with a note."""
+    run_dir = stopped_run(synth, tmp_path / "run")
+    payload = checkpoint.read_hin(run_dir / loop.LAST)
+    config = payload["extra"]["config"]
+    validation = config["train"].pop("validation")
+    config["train"].update(beam_size=validation["beam_size"], max_len=validation["max_len"],
+                           precision="bf16")
+    config["model"]["max_len"] = config["model"].pop("max_positions")
+    payload["config"]["max_len"] = payload["config"].pop("max_positions")
+    torch.save(payload, run_dir / loop.LAST)
+    (run_dir / loop.CONFIG_FILE).write_text(yaml.safe_dump(config))
+    model, _ = checkpoint.load(run_dir / loop.LAST)
+    assert model.config.max_positions == config["model"]["max_len"]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "train.max_steps=4"]) == 0
+    out = capsys.readouterr().out
+    for old, new in (("train.beam_size=2", "train.validation.beam_size=2"),
+                     ("train.max_len=8", "train.validation.max_len=8"),
+                     (f"model.max_len={model.config.max_positions}",
+                      f"model.max_positions={model.config.max_positions}")):
+        assert f"{run_dir / loop.LAST}: {old} (an older hin's setting) is read as {new}" in out
+    assert "train.validation.precision=bf16: an older hin validated in the training precision" in out
+    resumed = checkpoint.load(run_dir / loop.LAST)[1]["config"]
+    assert resumed["train"]["validation"] == {**validation, "precision": "bf16"}
+    assert "beam_size" not in resumed["train"] and "max_len" not in resumed["model"]
+
+
+def test_a_config_with_an_older_key_names_its_new_place():
+    with pytest.raises(ConfigError, match=r"^train.beam_size \(an older hin's setting\) is now "
+                                          r"train.validation.beam_size: rename it$"):
+        RunConfig.from_dict({"train": {"beam_size": 3}})
+
+
 def test_a_cut_off_last_log_line_is_repaired_on_resume(synth, tmp_path, capsys):
     run_dir = stopped_run(synth, tmp_path / "run")
     whole = (run_dir / LOG_FILE).read_text()
@@ -417,7 +453,7 @@ def test_scst_takes_the_data_settings_of_its_init_checkpoint(synth, xe_best, tmp
     run_dir = tmp_path / "scst"
     capsys.readouterr()
     code = main(["train", "--config", "small_scst", "--init", str(xe_best), f"run_dir={run_dir}",
-                 "train.device=cpu", "train.max_steps=1", "train.beam_size=2", "train.max_len=8",
+                 "train.device=cpu", "train.max_steps=1", "train.validation.beam_size=2", "train.validation.max_len=8",
                  "data.num_workers=1"])
     assert code == 0, capsys.readouterr().err
     out = capsys.readouterr().out

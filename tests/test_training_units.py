@@ -13,11 +13,12 @@ import torch
 from conftest import tiny_features, tiny_model
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
+from hin.decoding import teacher_forcing_inputs
 from hin.devices import autocast
 from hin.training.distributed import Context, EpochOrder
 from hin.training.loop import capture_rng, restore_rng
 from hin.training.schedule import lr_factor, scst_lr_factor, should_stop, xe_lr_factor
-from hin.training.scst import scst_loss, sequence_mask, teacher_forcing_inputs
+from hin.training.scst import scst_loss, sequence_mask
 from hin.training.xe import next_token_nll
 
 CONFIGS = Path(__file__).resolve().parent.parent / "src" / "hin" / "configs"

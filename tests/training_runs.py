@@ -30,7 +30,7 @@ def tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
             "model.num_layers=1", "model.d_model=32", "model.num_heads=4", "model.d_ff=64",
             f"model.grid_dim={GRID_DIM}", f"model.region_dim={REGION_DIM}",
             "train.batch_size=10", "train.val_batch_size=10", "train.val_full_metrics=false",
-            "train.beam_size=2", "train.max_len=8", "train.log_every=1", "train.epochs=2",
+            "train.validation.beam_size=2", "train.validation.max_len=8", "train.log_every=1", "train.epochs=2",
             "train.device=cpu", *extra]
 
 

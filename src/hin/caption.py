@@ -16,7 +16,7 @@ features.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from hin.config import DecodingConfig
 from hin.data.familiarity import unfamiliar
 from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
-from hin.decoding import cast_for_decoding, require_decodable, search
+from hin.decoding import CaptionedImage, caption, cast_for_decoding, require_decodable
 from hin.devices import resolve_device
 from hin.extract.images import as_rgb, folder_pictures, load_rgb
 from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
@@ -48,33 +48,6 @@ VINVL_INSTEAD = ("VinVL region features come from VinVL's Faster R-CNN "
                  "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...`")
 
 
-@dataclass(frozen=True)
-class Caption:
-    text: str
-    log_prob: float          # summed token log-probability: the beam-search score
-
-
-@dataclass(frozen=True)
-class CaptionedImage:
-    """Captions of one picture or image id, best first."""
-
-    source: str
-    captions: tuple[Caption, ...]
-    unfamiliar: str | None = None     # why the picture looks unlike the training pictures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"image": self.source,
-                "captions": [{"caption": c.text, "log_prob": round(c.log_prob, 4)}
-                             for c in self.captions],
-                **({"unfamiliar": self.unfamiliar} if self.unfamiliar else {})}
-
-    def __str__(self) -> str:
-        lines = [self.source]
-        lines += [f"  {rank}. {c.text}  (log-prob {c.log_prob:.2f})"
-                  for rank, c in enumerate(self.captions, start=1)]
-        return "\n".join(lines)
-
-
 class Captioner:
     """A checkpoint, its vocabulary and (for pictures) its feature extractors, ready to caption."""
 
@@ -87,7 +60,7 @@ class Captioner:
         self.device = resolve_device(device)
         self.model, self.extra = load(self.checkpoint, map_location=self.device)
         self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
-        require_decodable(self.model.config, decoding.beam_size, decoding.max_len, batch_size)
+        require_decodable(self.model.config, decoding, batch_size)
         self.decoding, self.batch_size = decoding, batch_size
         self.max_regions, note = max_regions_for(self.checkpoint, self.extra, max_regions)
         self.notes = [note] if note else []
@@ -150,17 +123,15 @@ class Captioner:
                        regions: Sequence[np.ndarray]) -> list[CaptionedImage]:
         """Grid [Ng, Dg] and region [n, Dr] arrays per image. Regions are padded with zero
         rows (or cut) to `max_regions`, exactly as the training loader does."""
-        models = self.decoding_models(self.decoding.precision)
-        return self.captioned(names, *search(models, *self.batch(grids, regions, names),
-                                             self.decoding))
+        return self.caption_batch(*self.batch(grids, regions, names), names)
 
-    def captioned(self, names: Sequence[str], ids: torch.Tensor, logprobs: torch.Tensor) -> list[CaptionedImage]:
-        """`search`'s ids and per-token log-probs [B, K, T] -> each image's captions with scores."""
-        results = []
-        for name, hypotheses, scores in zip(names, ids.tolist(), logprobs.sum(-1).tolist()):
-            captions = tuple(Caption(self.text(tokens), score) for tokens, score in zip(hypotheses, scores))
-            results.append(CaptionedImage(name, captions))
-        return results
+    def caption_batch(self, grid: torch.Tensor, region: torch.Tensor, names: Sequence[str],
+                      decoding: DecodingConfig | None = None) -> list[CaptionedImage]:
+        """A batch as `batch` makes it -> each image's captions (`hin.decoding.caption`), with
+        this captioner's settings or `decoding`."""
+        decoding = decoding or self.decoding
+        return caption(self.decoding_models(decoding.precision), grid, region, self.vocab,
+                       decoding, names)
 
     def text(self, tokens: Sequence[int]) -> str:
         """Token ids -> the caption as reported (repeats collapsed when the settings say so)."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hin.config import DataConfig, HINConfig
+from hin.config import DataConfig, HINConfig, upgrade_legacy
 from hin.errors import HINError, UsageError
 from hin.files import atomic_write
 from hin.model import HIN
@@ -186,7 +186,7 @@ def _infer_reference_config(state: dict[str, Tensor], num_heads: int) -> HINConf
         d_model=grid_proj.shape[0],
         num_heads=num_heads,
         d_ff=state["encoder.layers.0.pwff_grid.fc1.weight"].shape[0],
-        max_len=state["decoder.pos_emb.weight"].shape[0] - 1,
+        max_positions=state["decoder.pos_emb.weight"].shape[0] - 1,
         grid_dim=grid_proj.shape[1],
         region_dim=region_proj.shape[1],
     )
@@ -277,7 +277,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HI
     """Read a hin checkpoint -> (model in eval mode, extra entries). Strict."""
     payload = read_hin(path)
     try:
-        model = _assembled(HINConfig.from_dict(payload["config"]), payload["model"])
+        config = HINConfig.from_dict(upgrade_legacy({"model": payload["config"]})[0]["model"])
+        model = _assembled(config, payload["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not match its config: {error}") from error
     return model.to(map_location).eval(), payload["extra"]

@@ -77,7 +77,7 @@ class HINConfig:
     num_heads: int = 8
     d_ff: int = 2048
     dropout: float = 0.1
-    max_len: int = 54
+    max_positions: int = 54
     grid_dim: int = 1024
     region_dim: int = 2048
     unk_id: int = 0
@@ -88,7 +88,7 @@ class HINConfig:
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "vocab_size", "num_layers", "d_model", "num_heads", "d_ff",
-                              "max_len", "grid_dim", "region_dim")
+                              "max_positions", "grid_dim", "region_dim")
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"HINConfig.d_model ({self.d_model}) must be divisible by num_heads "
@@ -141,6 +141,10 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
+    moved = [f"{where}{key}" for key in unknown if f"{where}{key}" in LEGACY_KEYS]
+    if moved:
+        raise ConfigError(f"{moved[0]} (an older hin's setting) is now {LEGACY_KEYS[moved[0]]}: "
+                          "rename it")
     if unknown:
         raise ConfigError(f"{where.rstrip('.') or cls.__name__}: unknown key(s) {unknown}; "
                           f"valid keys are {sorted(known)}")
@@ -370,10 +374,13 @@ class TrainConfig:
     """One training stage (docs/model.md §8): cross-entropy (`xe`) or self-critical (`scst`).
 
     `lr` is the stage's base rate; the epoch-wise schedule of the stage scales it.
-    Validation always uses the validation split; the test split is never read here.
+    Validation always uses the validation split; the test split is never read here. It is
+    `hin evaluate` with the decoding settings `validation` (the beam SCST trains on is found
+    with its beam size and length too, as in the reference).
     `tensorboard` mirrors the run's log to TensorBoard when that package is installed.
-    `precision` (fp32 | bf16 | auto) is the arithmetic of the model's forward passes, training
-    and validation alike; losses, rewards and the optimiser state are always float32.
+    `precision` (fp32 | bf16 | auto) is the arithmetic of the training forward passes (the
+    validation decoding's is `validation.precision`); losses, rewards and the optimiser state
+    are always float32.
     `captions_per_image` k: 1 = shuffled (image, caption) pairs; k > 1 = each batch holds
     batch_size / k images with k of their captions, encoded once per image (XE only:
     SCST batches are `batch_size` images).
@@ -387,8 +394,7 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     seed: int = 0
-    beam_size: int = 5
-    max_len: int = 20
+    validation: DecodingConfig = DecodingConfig()
     val_batch_size: int = 50
     val_full_metrics: bool = True
     patience: int = 5
@@ -403,8 +409,8 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        require_positive_ints(self, "epochs", "batch_size", "beam_size", "max_len",
-                              "val_batch_size", "log_every", "captions_per_image")
+        require_positive_ints(self, "epochs", "batch_size", "val_batch_size", "log_every",
+                              "captions_per_image")
         require_choice(self, "precision", PRECISIONS)
         if self.batch_size % self.captions_per_image:
             raise ConfigError(f"TrainConfig.batch_size ({self.batch_size}) counts captions and "
@@ -451,14 +457,57 @@ class RunConfig:
         return cls.from_dict(apply_overrides(values, list(overrides)))
 
 
+# Settings older hin versions wrote, and where they live now (section.key -> section.key).
+LEGACY_KEYS = {"model.max_len": "model.max_positions",
+               "train.beam_size": "train.validation.beam_size",
+               "train.max_len": "train.validation.max_len"}
+
+
 def upgrade_legacy(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A saved run configuration with the settings older hin versions wrote renamed to
-    today's -> (values, one note per renaming). `train.bf16: true/false` became
-    `train.precision: bf16/fp32`."""
+    """A saved run configuration (or a part of one: a checkpoint's `model` section) with the
+    settings older hin versions wrote moved to today's -> (values, one note per change).
+    `train.bf16: true/false` became `train.precision: bf16/fp32`; `model.max_len` (the
+    position table) `model.max_positions`; the flat validation settings `train.beam_size`
+    and `train.max_len` moved into `train.validation`, whose precision was `train.precision`."""
+    values = yaml.safe_load(yaml.safe_dump(values))
+    notes = [note for note in (_upgrade_bf16(values), *(_move(values, old, new)
+                                                        for old, new in LEGACY_KEYS.items()))
+             if note]
+    train = values.get("train")
+    if any("train.validation" in note for note in notes) and "precision" in train:
+        validation = train["validation"]
+        if validation.setdefault("precision", train["precision"]) == train["precision"]:
+            notes.append(f"train.validation.precision={train['precision']}: an older hin "
+                         "validated in the training precision (train.precision)")
+    return values, notes
+
+
+def _move(values: dict[str, Any], old: str, new: str) -> str | None:
+    """Move the setting at dotted path `old` to `new` in place -> a note, or None when absent."""
+    *old_sections, old_key = old.split(".")
+    node: Any = values
+    for section in old_sections:
+        node = node.get(section) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or old_key not in node:
+        return None
+    value = node.pop(old_key)
+    *new_sections, new_key = new.split(".")
+    target = values
+    for section in new_sections:
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{old}={value!r} (an older hin's setting) moves to {new}, but "
+                              f"{section} is not a section")
+    if target.setdefault(new_key, value) != value:
+        raise ConfigError(f"{old}={value!r} (an older hin's setting) and {new}="
+                          f"{target[new_key]!r} disagree; keep {new} alone")
+    return f"{old}={value} (an older hin's setting) is read as {new}={value}"
+
+
+def _upgrade_bf16(values: dict[str, Any]) -> str | None:
     train = values.get("train")
     if not isinstance(train, dict) or "bf16" not in train:
-        return values, []
-    train = dict(train)
+        return None
     bf16 = train.pop("bf16")
     if not isinstance(bf16, bool):
         raise ConfigError(f"train.bf16={bf16!r}: expected true or false (older hin's setting, "
@@ -467,6 +516,5 @@ def upgrade_legacy(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     if train.setdefault("precision", precision) != precision:
         raise ConfigError(f"train.bf16={str(bf16).lower()} and train.precision="
                           f"{train['precision']} disagree; keep train.precision alone")
-    note = (f"train.bf16={str(bf16).lower()} (an older hin's setting) is read as "
+    return (f"train.bf16={str(bf16).lower()} (an older hin's setting) is read as "
             f"train.precision={precision}")
-    return {**values, "train": train}, [note]

@@ -31,7 +31,7 @@ from hin.decoding import caption_batches, require_decodable
 from hin.devices import resolve_device
 from hin.errors import UsageError
 from hin.files import refuse_overwriting, write_together
-from hin.metrics import MetricsReport, collapse_repeats, score_captions
+from hin.metrics import MetricsReport, score_captions
 
 SPLITS = ("val", "test", "features")
 CAPTIONS_FILE = "captions.json"
@@ -85,7 +85,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     loaded = [load(path, map_location=device) for path in checkpoints]
     models = [model for model, _ in loaded]
     config = models[0].config
-    require_decodable(config, decoding.beam_size, decoding.max_len, batch_size)
+    require_decodable(config, decoding, batch_size)
     vocabularies = [vocabulary_for(path, extra, vocab, model.config.vocab_size)
                     for path, (model, extra) in zip(checkpoints, loaded)]
     for other in vocabularies[1:]:     # an ensemble averages the same words' log-probs
@@ -107,11 +107,10 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     loader = make_loader(ImageReferences(images, store), batch_size,
                          num_workers=data.num_workers)
 
-    captions = caption_batches(models, loader, vocabulary.decode, decoding,
-                               desc=f"decoding {split}", progress=progress)
+    captioned = caption_batches(models, loader, vocabulary, decoding,
+                                desc=f"decoding {split}", progress=progress)
+    captions = {image_id: result.best for image_id, result in captioned.items()}
     collapse = decoding.collapse_repeats
-    if collapse:
-        captions = {image_id: collapse_repeats(text) for image_id, text in captions.items()}
 
     references = {i: list(image.captions) for i, image in images.images.items() if image.captions}
     report = (score_captions(captions, references, collapse_repeats=collapse, spice=spice,

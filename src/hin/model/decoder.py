@@ -137,7 +137,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.word_emb = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
-        self.register_buffer("position_table", torch.zeros(config.max_len + 1, config.d_model))
+        self.register_buffer("position_table", torch.zeros(config.max_positions + 1, config.d_model))
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
@@ -155,9 +155,9 @@ class Decoder(nn.Module):
         return DecoderCache(memory, enc.region_bias, [], None, 0)
 
     def _embed(self, tokens: Tensor, positions: Tensor, length: int) -> Tensor:
-        if length > self.config.max_len:
-            raise UsageError(f"a sequence of {length} tokens exceeds the model's max_len "
-                             f"{self.config.max_len}")
+        if length > self.config.max_positions:
+            raise UsageError(f"a sequence of {length} tokens exceeds the model's max_positions "
+                             f"{self.config.max_positions}")
         return self.word_emb(tokens) + self.position_table[positions]
 
     def _logprobs(self, x: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from hin.data.features import describe_geometry
+from hin.decoding import teacher_forcing_inputs
 from hin.errors import MissingExtraError, pip_install
 from hin.extract.pipeline import ImageEntry
 
@@ -42,20 +43,20 @@ def explain_available() -> bool:
     return importlib.util.find_spec("hin.explain") is not None
 
 
-def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor, best: torch.Tensor,
-                  grid_entries: Sequence[ImageEntry], region_entries: Sequence[ImageEntry]
-                  ) -> list[dict[str, Any]]:
-    """Maps of each picture's best caption `best` [B, T] (search's ids: words, <eos>, <pad>)."""
+def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor,
+                  best: Sequence[Sequence[int]], grid_entries: Sequence[ImageEntry],
+                  region_entries: Sequence[ImageEntry]) -> list[dict[str, Any]]:
+    """Maps of each picture's best caption (`best`: its word ids, `Caption.ids`)."""
     from hin.explain import attention_maps
     from hin.explain.explanations import generated_words
 
-    bos = torch.full((best.shape[0], 1), captioner.vocab.bos_id, dtype=best.dtype)
-    # Word k was predicted at input position k - 1: feed <bos> and the words before the last.
-    maps = attention_maps(captioner.model, grid, region, torch.cat((bos, best[:, :-1].cpu()), 1))
+    vocab = captioner.vocab
+    maps = attention_maps(captioner.model, grid, region,
+                          teacher_forcing_inputs(best, vocab.bos_id, vocab.pad_id))
     grid_extractor, region_extractor = captioner.extractors()
     explanations = []
     for b, (grid_entry, region_entry) in enumerate(zip(grid_entries, region_entries)):
-        words = [captioner.vocab.words[token] for token in generated_words(captioner, best[b].tolist())]
+        words = [vocab.words[token] for token in generated_words(captioner, best[b])]
         regions = min(len(region_entry["features"]), captioner.max_regions)
         geometry = describe_geometry("upload", grid_extractor.attributes(), grid_entry, region_entry,
                                      len(grid_entry["features"]), f"the {grid_extractor.name} extractor",

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from hin.caption import Captioner
+from hin.checkpoint import sha256
 from hin.data.coco import load_split
-from hin.decoding import search
 from hin.errors import HINError
-from hin.evaluate import sha256
 from hin.extract.images import IMAGE_SUFFIXES
 from hin.files import atomic_write
 from hin.serve.admission import Admission
@@ -138,14 +137,14 @@ class CaptionService:
                 grids[i], regions[i] = grid_entry, region_entry
         grid, region = captioner.batch([entry["features"] for entry in grids],
                                        [entry["features"] for entry in regions])
-        ids, logprobs = search(captioner.decoding_models(options.decoding.precision), grid, region,
-                               options.decoding)
-        captioned = captioner.captioned(["upload"] * len(pictures), ids, logprobs)
+        captioned = captioner.caption_batch(grid, region, ["upload"] * len(pictures),
+                                            options.decoding)
         answers = [{"captions": result.to_dict()["captions"],
                     "unfamiliar": captioner.unfamiliar(entry["features"])}
                    for result, entry in zip(captioned, grids)]
         if options.explain:
-            explained = explain_batch(captioner, grid, region, ids[:, 0], grids, regions)
+            explained = explain_batch(captioner, grid, region, [c.captions[0].ids for c in captioned],
+                                      grids, regions)
             for answer, explanation in zip(answers, explained):
                 answer["explanation"] = explanation
         return answers

@@ -39,7 +39,6 @@ from hin import checkpoint
 from hin.config import (
     ConfigError,
     DataConfig,
-    DecodingConfig,
     HINConfig,
     RunConfig,
     apply_overrides,
@@ -61,7 +60,6 @@ from hin.metrics import (
     CiderDTable,
     JavaNotFoundError,
     cider_d,
-    collapse_repeats,
     find_java,
     score_captions,
 )
@@ -202,8 +200,6 @@ class Trainer:
         require_one_batch(self.config, len(self.train_set))
         self.val_set = ImageReferences(splits["val"], store)
         self.precision = resolve_precision(train.precision, self.context.device)
-        self.decoding = DecodingConfig(beam_size=train.beam_size, max_len=train.max_len,
-                                       precision=self.precision)
         self.val_references = {image_id: list(image.captions)
                                for image_id, image in splits["val"].images.items()}
         self.val_tokenised = {image_id: [" ".join(tokenize(c)) for c in captions]
@@ -358,7 +354,8 @@ class Trainer:
             return torch.from_numpy(self.cider_table.score(captions, owners)).view(beams.shape[:2])
 
         loss, rewards = self_critical_loss(self.model, batch.grid, batch.region, reward,
-                                           beam_size=train.beam_size, max_len=train.max_len,
+                                           beam_size=train.validation.beam_size,
+                                           max_len=train.validation.max_len,
                                            network=self.network, precision=self.precision)
         return loss, {"loss": loss.item(), "reward": rewards.mean().item()}
 
@@ -373,16 +370,15 @@ class Trainer:
         indices = list(range(self.context.rank, len(self.val_set), self.context.world_size))
         loader = make_loader(self.val_set, train.val_batch_size, sampler=indices,
                              num_workers=self.config.data.num_workers)
-        mine = caption_batches(self.model, (b.to(self.context.device) for b in loader),
-                               self.vocab.decode, self.decoding, desc="validating",
-                               progress=self.show_progress)
+        captioned = caption_batches(self.model, (b.to(self.context.device) for b in loader),
+                                    self.vocab, train.validation, desc="validating",
+                                    progress=self.show_progress)
+        mine = {image_id: result.best for image_id, result in captioned.items()}
         metrics: dict[str, float] = {}
         if self.context.is_main:
             captions = {}
             for part in distributed.gather_objects(self.context, mine):
                 captions.update(part)
-            if self.decoding.collapse_repeats:
-                captions = {i: collapse_repeats(text) for i, text in captions.items()}
             metrics["CIDEr-D"] = cider_d(captions, {i: self.val_tokenised[i] for i in captions})[0]
             if self.java:
                 report = score_captions(captions, {i: self.val_references[i] for i in captions},

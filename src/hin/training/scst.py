@@ -13,15 +13,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from hin.decoding import beam_search_encoded
+from hin.config import DecodingConfig
+from hin.decoding import beam_search_encoded, teacher_forcing_inputs
 from hin.devices import autocast
 from hin.model import HIN, EncoderOutput
-
-
-def teacher_forcing_inputs(beams: Tensor, bos_id: int) -> Tensor:
-    """Beams [B, K, T] -> decoder inputs [B, K, T]: <bos> then each beam without its last id."""
-    bos = beams.new_full((*beams.shape[:-1], 1), bos_id)
-    return torch.cat((bos, beams[..., :-1]), dim=-1)
 
 
 def sequence_mask(beams: Tensor, pad_id: int) -> Tensor:
@@ -58,13 +53,13 @@ def self_critical_loss(model: HIN, grid: Tensor, region: Tensor,
     draws its own decoder dropout masks.
     """
     network = network or model
+    settings = DecodingConfig(beam_size=beam_size, max_len=max_len, num_captions=beam_size)
     found: list[Tensor] = []
 
     def search(enc: EncoderOutput) -> Tensor:
         was_training = model.training
         model.eval()
-        beams, _ = beam_search_encoded(model, enc.detach(), beam_size=beam_size,
-                                       max_len=max_len, out_size=beam_size)
+        beams, _ = beam_search_encoded(model, enc.detach(), settings)
         model.train(was_training)
         found.append(beams.clone())   # an ordinary tensor: inference tensors cannot enter autograd
         return teacher_forcing_inputs(found[0], model.config.bos_id)
