@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_features, tiny_model
 from hin.config import DecodingConfig
 from hin.decoding import beam_search, beam_search_encoded
-from hin.training.scst import scst_loss, self_critical_loss, sequence_mask
+from hin.training.scst import baselines, scst_loss, self_critical_loss, sequence_mask
 
 PAD, BOS, EOS = 1, 2, 3
 
@@ -30,6 +30,18 @@ def test_loss_averages_over_images_and_is_zero_when_beams_tie():
     assert scst_loss(logprobs, mask, rewards, max_len=4).item() == pytest.approx(
         per_image_0.item() / 2)
 
+
+def test_sampled_captions_are_each_measured_against_the_mean_reward_of_the_others():
+    rewards = torch.tensor([[1.0, 0.0, 0.5, 0.5], [2.0, 2.0, 2.0, 2.0]])
+    assert torch.equal(baselines(rewards, "sample"),
+                       torch.tensor([[1 / 3, 2 / 3, 0.5, 0.5], [2.0, 2.0, 2.0, 2.0]]))
+    assert torch.equal(baselines(rewards, "beam"), torch.tensor([[0.5], [2.0]]))
+    # caption k of image 0: token log-probs -(k + 1), so -(sum / 3) * (r_k - b_k) =
+    # (k + 1)(r_k - b_k); image 1 ties and adds nothing; the mean is over all 8 captions
+    logprobs = -torch.arange(1.0, 5.0)[None, :, None].expand(2, 4, 3)
+    expected = (1 * (1 - 1 / 3) + 2 * (0 - 2 / 3)) / 8
+    assert scst_loss(logprobs, torch.ones(2, 4, 3), rewards, max_len=3,
+                     captions="sample").item() == pytest.approx(expected)
 
 
 def test_fast_path_equals_the_loss_of_the_search_log_probs_and_has_gradients():

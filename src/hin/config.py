@@ -366,6 +366,7 @@ class DataConfig:
 
 
 STAGES = ("xe", "scst")
+SCST_CAPTIONS = ("beam", "sample")
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -385,6 +386,9 @@ class TrainConfig:
     batch_size / k images with k of their captions, encoded once per image (XE only:
     SCST batches are `batch_size` images).
     `batch_size` always counts captions.
+    `scst_captions`: which captions SCST rewards. `beam` (the reference): the validation
+    beam's K captions, each against the mean reward of the K; `sample` ("new self-critical"):
+    `scst_samples` captions drawn from the model, each against the mean reward of the others.
     """
 
     stage: str = "xe"
@@ -407,6 +411,8 @@ class TrainConfig:
     captions_per_image: int = 1
     log_every: int = 20
     tensorboard: bool = True
+    scst_captions: str = "beam"
+    scst_samples: int = 5
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "epochs", "batch_size", "val_batch_size", "log_every",
@@ -426,6 +432,11 @@ class TrainConfig:
                                   f"(0 = off), got {getattr(self, name)!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ConfigError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        require_choice(self, "scst_captions", SCST_CAPTIONS)
+        require_positive_ints(self, "scst_samples")
+        if self.scst_samples < 2:
+            raise ConfigError(f"TrainConfig.scst_samples must be at least 2 (each sample's "
+                              f"baseline is the mean reward of the others), got {self.scst_samples}")
 
 
 @dataclass(frozen=True)

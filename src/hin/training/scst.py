@@ -24,14 +24,23 @@ def sequence_mask(beams: Tensor, pad_id: int) -> Tensor:
     return (beams != pad_id).float()
 
 
-def scst_loss(token_logprobs: Tensor, mask: Tensor, rewards: Tensor, max_len: int) -> Tensor:
-    """−(sum of a beam's token log-probs up to <eos>) / max_len × (reward − baseline),
-    averaged over beams and images; the baseline is the mean reward of the image's beams.
+def baselines(rewards: Tensor, captions: str = "beam") -> Tensor:
+    """rewards [B, K] -> each caption's baseline [B, K]: the mean reward of the image's K
+    captions (`beam`, the reference's), or of its other K - 1 (`sample`: new self-critical)."""
+    if captions == "beam":
+        return rewards.mean(dim=1, keepdim=True)
+    return (rewards.sum(dim=1, keepdim=True) - rewards) / (rewards.shape[1] - 1)
+
+
+def scst_loss(token_logprobs: Tensor, mask: Tensor, rewards: Tensor, max_len: int,
+              captions: str = "beam") -> Tensor:
+    """−(sum of a caption's token log-probs up to <eos>) / max_len × (reward − baseline),
+    averaged over captions and images; the baseline is `baselines(rewards, captions)`.
 
     token_logprobs, mask: [B, K, T]; rewards: [B, K]. Dividing by the fixed `max_len` is the
     reference's mean over its fixed number of decoding steps.
     """
-    advantage = rewards - rewards.mean(dim=1, keepdim=True)
+    advantage = rewards - baselines(rewards, captions)
     sequence_logprob = (token_logprobs * mask).sum(dim=-1) / max_len
     return -(sequence_logprob * advantage).mean()
 
