@@ -45,13 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import peak_memory_gib, reset_peak, timed  # noqa: E402
-from hin import checkpoint  # noqa: E402
+from hin import checkpoint, synth  # noqa: E402
 from hin.config import DecodingConfig, HINConfig, RunConfig  # noqa: E402
-from hin.data import synth  # noqa: E402
 from hin.data import vocab as vocab_module  # noqa: E402
-from hin.data.shape_features import GRID_DIM, REGION_DIM  # noqa: E402
 from hin.decoding import beam_search, cast_for_decoding  # noqa: E402
 from hin.devices import autocast, resolve_device  # noqa: E402
+from hin.extract.shapes import GRID_DIM, REGION_DIM  # noqa: E402
 from hin.files import write_json, write_text  # noqa: E402
 from hin.metrics import CiderDTable  # noqa: E402
 from hin.model import HIN  # noqa: E402

@@ -23,15 +23,15 @@ from hin.config import DecodingConfig
 from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
-from hin.data.shape_features import GRID_DIM, REGION_DIM
-from hin.data.synth import generate
 from hin.data.vocab import Vocabulary, VocabularyError
 from hin.decoding import beam_search
 from hin.extract import (
     image_id_from_name,
     read_attributes,
 )
+from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.model import HIN
+from hin.synth import generate
 
 pytest.importorskip("transformers")
 

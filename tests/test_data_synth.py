@@ -11,8 +11,9 @@ from hin.data.coco import load_splits
 from hin.data.dataset import CaptionPairs, collate
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
-from hin.data.shape_features import GRID_DIM, REGION_DIM
-from hin.data.synth import (
+from hin.data.vocab import Vocabulary
+from hin.extract.shapes import GRID_DIM, REGION_DIM
+from hin.synth import (
     CAPTIONS_PER_IMAGE,
     GRID_FILE,
     IMAGES_DIR,
@@ -22,7 +23,6 @@ from hin.data.synth import (
     SHAPES,
     generate,
 )
-from hin.data.vocab import Vocabulary
 
 SIZES = {"train": 40, "val": 10, "test": 10}
 

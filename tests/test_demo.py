@@ -11,9 +11,9 @@ import yaml
 
 from hin import demo
 from hin.cli import main
-from hin.data.shape_features import GRID_DIM, REGION_DIM
-from hin.data.synth import generate
 from hin.errors import UsageError
+from hin.extract.shapes import GRID_DIM, REGION_DIM
+from hin.synth import generate
 from hin.training import loop
 
 

@@ -27,10 +27,10 @@ from hin.checkpoint import save
 from hin.cli import build_parser
 from hin.config import HINConfig
 from hin.data.features import read_attributes
-from hin.data.synth import GRID_FILE, REGION_FILE, generate
 from hin.data.vocab import Vocabulary
 from hin.files import read_json
 from hin.model import HIN
+from hin.synth import GRID_FILE, REGION_FILE, generate
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "benchmarks" / "README.md",

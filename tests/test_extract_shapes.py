@@ -15,14 +15,6 @@ from hin.cli import main
 from hin.config import HINConfig
 from hin.data.errors import DataError
 from hin.data.features import read_attributes
-from hin.data.shape_features import (
-    GRID_DIM,
-    REGION_DIM,
-    PreparedPicture,
-    ShapeFeatures,
-    connected_components,
-)
-from hin.data.synth import COLOURS, IMAGES_DIR, SceneObject, generate, render
 from hin.data.vocab import Vocabulary
 from hin.extract import (
     EXTRACTORS,
@@ -32,7 +24,15 @@ from hin.extract import (
     register_extractor,
 )
 from hin.extract.images import load_rgb
+from hin.extract.shapes import (
+    GRID_DIM,
+    REGION_DIM,
+    PreparedPicture,
+    ShapeFeatures,
+    connected_components,
+)
 from hin.model import HIN
+from hin.synth import COLOURS, IMAGES_DIR, SceneObject, generate, render
 
 # Two shapes whose pixels ImageDraw.rectangle reproduces exactly (see `_drawn_with_pil`).
 SCENE = [SceneObject("red", "square", True, row=1, col=0, cx=20.0, cy=52.0, radius=10.0),

@@ -11,6 +11,7 @@ from PIL import Image
 
 from extract_models import CLIP_HIDDEN, DETR_D_MODEL, DETR_QUERIES, write_pictures, write_tiny_clip, write_tiny_detr
 from hin.cli import main
+from hin.config import ConfigError
 from hin.devices import resolve_precision
 from hin.errors import UsageError
 from hin.extract import (
@@ -247,7 +248,8 @@ def test_bf16_extraction_is_close_to_fp32_and_recorded(clip_dir, pictures, tmp_p
 def test_precision_choices_are_checked(clip_dir):
     with pytest.raises(UsageError, match="fp16 needs a CUDA device"):
         build_extractor("clip-grid", model=str(clip_dir), device="cpu", precision="fp16")
-    with pytest.raises(UsageError, match="precision must be one of fp32, bf16, fp16, auto"):
+    with pytest.raises(ConfigError, match="^extraction precision must be one of fp32, bf16, fp16, auto, "
+                                          "got 'float32'$"):
         build_extractor("clip-grid", model=str(clip_dir), device="cpu", precision="float32")
     auto = build_extractor("clip-grid", model=str(clip_dir), device="cpu", precision="auto")
     assert auto.precision == resolve_precision("auto", torch.device("cpu"))

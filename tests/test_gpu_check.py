@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hin.data.synth import describe, random_scene
 from hin.data.vocab import tokenize
+from hin.synth import describe, random_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSENT = ("spacy", "pycocoevalcap", "pytest")
@@ -33,7 +33,7 @@ def test_modules_of_the_gpu_check_import_without_spacy_pycocoevalcap_and_pytest(
     code = ("import importlib.util, sys\n"
             f"assert all(importlib.util.find_spec(n) is None for n in {ABSENT!r})\n"
             "import hin.training.loop, hin.decoding, hin.checkpoint, hin.metrics, hin.evaluate\n"
-            "import hin.caption, hin.explain, hin.data.synth, hin.cli\n"
+            "import hin.caption, hin.explain, hin.synth, hin.cli\n"
             f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import gpu_check\n"
             "from hin.metrics import MetricsError, score_captions\n"
             "try:\n    score_captions({1: 'a dog'}, {1: ['a dog']}, java='java')\n"

@@ -16,13 +16,13 @@ from hin.config import DataConfig, DecodingConfig, HINConfig
 from hin.data.coco import load_split
 from hin.data.dataset import ImageReferences, collate
 from hin.data.features import FeatureStore
-from hin.data.shape_features import GRID_DIM, REGION_DIM
-from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
 from hin.decoding import beam_search
 from hin.evaluate import evaluate
+from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.metrics import collapse_repeats
 from hin.model import HIN
+from hin.synth import generate
 
 
 @pytest.fixture(scope="module")

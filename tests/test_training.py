@@ -24,9 +24,10 @@ from hin import checkpoint
 from hin.cli import main
 from hin.config import RunConfig
 from hin.data.coco import load_split
-from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
+from hin.evaluate import evaluate
 from hin.model import HIN
+from hin.synth import generate
 from hin.training import loop
 from hin.training.loop import RunDirectoryError, TrainingError, TrainingInterrupted, resume, start
 from hin.training.runlog import LOG_FILE
@@ -158,6 +159,16 @@ def test_best_checkpoint_is_chosen_on_validation_and_test_is_never_loaded(uninte
         best_so_far = max(best_so_far, score)
     assert [record["best"] for record in epochs] == improved
     assert "training" not in best          # best.pt is a model, not a resumable state
+
+
+def test_validation_equals_hin_evaluate_of_the_validation_split(synth, uninterrupted):
+    """One score_split: the CIDEr-D that chose best.pt is what `hin evaluate` gives it."""
+    run_dir, _ = uninterrupted
+    _, best = saved(run_dir, loop.BEST)
+    run = RunConfig.from_dict(best["config"])
+    result = evaluate([run_dir / loop.BEST], "val", run.data, decoding=run.train.validation,
+                      batch_size=run.train.val_batch_size, spice=False, progress=False)
+    assert result.cider_d == best["validation"]["CIDEr-D"]
 
 
 def test_resolved_config_is_written_and_stored_in_every_checkpoint(synth, uninterrupted):

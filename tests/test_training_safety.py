@@ -23,10 +23,10 @@ from hin.data.coco import load_splits
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
-from hin.data.shape_features import GRID_DIM, REGION_DIM
-from hin.data.synth import generate
 from hin.data.vocab import Vocabulary
+from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.locks import LOCK_FILE
+from hin.synth import generate
 from hin.training import loop
 from hin.training.plot import current_history
 from hin.training.runlog import LOG_FILE, read_log

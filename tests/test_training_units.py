@@ -141,7 +141,7 @@ def test_unknown_config_keys_are_rejected_with_the_valid_ones():
     ("train.nonfinite=ignore", r"nonfinite must be one of \('stop', 'skip'\)"),
     ("train.max_steps=-1", r"max_steps must be a non-negative integer"),
     ("train.lr=0", r"lr must be a positive number"),
-    ("train.precision=fp16", r"precision must be one of \('fp32', 'bf16', 'auto'\)"),
+    ("train.precision=fp16", r"TrainConfig.precision must be one of fp32, bf16, auto, got 'fp16'"),
     ("train.captions_per_image=3", r"batch_size \(50\) counts captions and must be a multiple "
                                    r"of captions_per_image \(3\)"),
     ("train.captions_per_image=0", r"captions_per_image must be a positive integer"),

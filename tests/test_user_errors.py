@@ -21,12 +21,12 @@ from hin.checkpoint import save
 from hin.cli import main
 from hin.config import DataConfig, DecodingConfig, HINConfig
 from hin.data.features import FeatureStore
-from hin.data.shape_features import GRID_DIM, REGION_DIM
-from hin.data.synth import generate
 from hin.data.vocab import Vocabulary, VocabularyError
 from hin.errors import UsageError
 from hin.extract.images import MAX_PIXELS_ENV, PictureError, load_rgb, max_pixels
+from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.model import HIN
+from hin.synth import generate
 from training_runs import tiny_overrides
 
 FIXTURES_PKL = "vocab_m2_legacy.pkl"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from hin.config import RunConfig
-from hin.data.shape_features import GRID_DIM, REGION_DIM
+from hin.extract.shapes import GRID_DIM, REGION_DIM
 
 TRAIN_IMAGES = 20         # 100 caption pairs: 10 steps per epoch at batch 10
 BATCHES_PER_EPOCH = 10

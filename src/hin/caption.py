@@ -32,8 +32,8 @@ from hin.data.vocab import vocabulary_for
 from hin.decoding import CaptionedImage, caption, cast_for_decoding, require_decodable
 from hin.devices import resolve_device
 from hin.extract.images import as_rgb, folder_pictures, load_rgb
-from hin.extract.pipeline import EXTRACTORS, ImageEntry, extractor_from_attributes, prepare_pictures
-from hin.metrics import collapse_repeats
+from hin.extract.pipeline import prepare_pictures
+from hin.extract.registry import EXTRACTORS, ImageEntry, extractor_from_attributes
 from hin.model import HIN
 
 Picture = str | Path | Image.Image
@@ -132,11 +132,6 @@ class Captioner:
         decoding = decoding or self.decoding
         return caption(self.decoding_models(decoding.precision), grid, region, self.vocab,
                        decoding, names)
-
-    def text(self, tokens: Sequence[int]) -> str:
-        """Token ids -> the caption as reported (repeats collapsed when the settings say so)."""
-        text = self.vocab.decode(tokens)
-        return collapse_repeats(text) if self.decoding.collapse_repeats else text
 
     def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
               names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

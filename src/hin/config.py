@@ -235,6 +235,14 @@ ORIENTATIONS = ("exif", "stored")
 DATASET_ORIENTATION = "stored"
 
 
+def check_precision(name: str, choices: tuple[str, ...] = PRECISIONS,
+                    what: str = "precision") -> str:
+    """The one check of a precision name (decoding, training, extraction) -> the name."""
+    if name not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(choices)}, got {name!r}")
+    return name
+
+
 def require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
     value = getattr(config, name)
     if value not in choices:
@@ -288,7 +296,7 @@ class DecodingConfig:
                                   f"got {getattr(self, name)!r}")
         self._check_search()
         self._check_sampling()
-        require_choice(self, "precision", PRECISIONS)
+        check_precision(self.precision, what="DecodingConfig.precision")
 
     def _check_search(self) -> None:
         if self.min_len >= self.max_len:
@@ -417,7 +425,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require_positive_ints(self, "epochs", "batch_size", "val_batch_size", "log_every",
                               "captions_per_image")
-        require_choice(self, "precision", PRECISIONS)
+        check_precision(self.precision, what="TrainConfig.precision")
         if self.batch_size % self.captions_per_image:
             raise ConfigError(f"TrainConfig.batch_size ({self.batch_size}) counts captions and "
                               f"must be a multiple of captions_per_image ({self.captions_per_image})")

@@ -221,9 +221,3 @@ def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable, words
                           [str(i) for i in batch.image_ids])
         captioned.update(zip(batch.image_ids, results))
     return captioned
-
-
-def search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor,
-           settings: DecodingConfig) -> tuple[Tensor, Tensor]:
-    """Until explain moves (i20rooms): `beam_search`."""
-    return beam_search(model_or_list, grid, region, settings)

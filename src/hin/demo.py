@@ -28,7 +28,13 @@ from typing import Any
 from hin.caption import Captioner
 from hin.config import RunConfig, find_config
 from hin.data.coco import load_splits
-from hin.data.synth import (
+from hin.errors import UsageError
+from hin.evaluate import evaluate
+from hin.explain import INDEX_FILE, PAPER_FILE, explain, write_figures
+from hin.files import write_text
+from hin.grounding import measure
+from hin.metrics import METRIC_NAMES, score_captions
+from hin.synth import (
     FORMAT_VERSION,
     GRID_FILE,
     IMAGES_DIR,
@@ -37,12 +43,6 @@ from hin.data.synth import (
     generate,
     read_scenes,
 )
-from hin.errors import UsageError
-from hin.evaluate import evaluate
-from hin.explain import INDEX_FILE, PAPER_FILE, explain, write_figures
-from hin.files import write_text
-from hin.grounding import measure
-from hin.metrics import METRIC_NAMES, score_captions
 from hin.training.loop import BEST, TrainingInterrupted, start
 
 MARKER = ".hin-demo"

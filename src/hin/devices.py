@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from hin.config import ConfigError
+from hin.config import ConfigError, check_precision
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -48,9 +48,7 @@ def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """`fp32` | `bf16` | `auto` -> `fp32` or `bf16` for this device."""
-    if name not in ("fp32", "bf16", "auto"):
-        raise ConfigError(f"precision must be fp32, bf16 or auto, got {name!r}")
-    if name != "auto":
+    if check_precision(name) != "auto":
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"

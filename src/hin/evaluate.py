@@ -13,7 +13,7 @@ references: images without references get captions only.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,13 @@ from hin.config import DataConfig, DecodingConfig
 from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.features import FeatureStore
-from hin.data.vocab import Vocabulary, require_same_words, vocabulary_for
+from hin.data.vocab import Vocabulary, require_same_words, tokenize, vocabulary_for
 from hin.decoding import caption_batches, require_decodable
 from hin.devices import resolve_device
 from hin.errors import UsageError
 from hin.files import refuse_overwriting, write_together
-from hin.metrics import MetricsReport, score_captions
+from hin.metrics import MetricsReport, cider_d, find_java, score_captions
+from hin.model import HIN
 
 SPLITS = ("val", "test", "features")
 CAPTIONS_FILE = "captions.json"
@@ -39,10 +40,66 @@ METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """Captions by image id, and the metrics report (None when the images have no references)."""
+class SplitScores:
+    """A split's best captions (post-processed) and what they scored: CIDEr-D (Java-free, with
+    the document frequencies of the split's own references, tokenised as training tokenises
+    them: what selects a run's best checkpoint) and, where Java ran, the COCO table."""
 
     captions: dict[int, str]
+    cider_d: float | None            # None: the images have no references
+    report: MetricsReport | None     # None: no references, or no Java given
+
+    def metrics(self) -> dict[str, float]:
+        """CIDEr-D, then the COCO table's scores: what validation logs."""
+        return {"CIDEr-D": self.cider_d, **(self.report.scores if self.report else {})}
+
+
+def tokenised_references(images: Split) -> dict[int, list[str]]:
+    """Each image's references as CIDEr-D reads them (training's spaCy tokenisation)."""
+    return {image_id: [" ".join(tokenize(c)) for c in image.captions]
+            for image_id, image in images.images.items() if image.captions}
+
+
+def score_split(models: Sequence[HIN], dataset: ImageReferences, vocab: Vocabulary,
+                decoding: DecodingConfig, *, batch_size: int, num_workers: int = 0,
+                java: str | None = None, spice: bool = False, progress: bool = True,
+                share: tuple[int, int] = (0, 1),
+                gather: Callable[[dict[int, str]], list[dict[int, str]]] | None = None,
+                tokenised: dict[int, list[str]] | None = None) -> SplitScores | None:
+    """Caption every image of `dataset` (`hin.decoding.caption_batches`) and score the best
+    captions against its references: `hin evaluate` and validation during training alike. `java`: also compute the
+    COCO table (None: CIDEr-D only). Several processes: `share` (rank, world size) says
+    which images this one decodes, `gather` collects every rank's captions; rank 0 scores
+    and the others get None. `tokenised`: `tokenised_references(dataset.split)`, when kept."""
+    rank, world_size = share
+    images = dataset.split
+    loader = make_loader(dataset, batch_size, sampler=list(range(rank, len(dataset), world_size)),
+                         num_workers=num_workers)
+    captioned = caption_batches(models, loader, vocab, decoding, desc=f"decoding {images.name}",
+                                progress=progress)
+    mine = {image_id: result.best for image_id, result in captioned.items()}
+    parts = gather(mine) if gather is not None else [mine]
+    if rank != 0:
+        return None
+    captions = {image_id: text for part in parts for image_id, text in part.items()}
+    references = {i: list(images.images[i].captions) for i in captions if images.images[i].captions}
+    if not references:
+        return SplitScores(captions, None, None)
+    tokenised = tokenised if tokenised is not None else tokenised_references(images)
+    cider = cider_d({i: captions[i] for i in references}, {i: tokenised[i] for i in references})[0]
+    report = (score_captions({i: captions[i] for i in references}, references,
+                             collapse_repeats=decoding.collapse_repeats, spice=spice, java=java,
+                             progress=progress) if java else None)
+    return SplitScores(captions, cider, report)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Captions by image id, CIDEr-D and the metrics report (None when the images have no
+    references)."""
+
+    captions: dict[int, str]
+    cider_d: float | None
     report: MetricsReport | None
     written: list[Path]
     notes: list[str]
@@ -104,17 +161,11 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     store = FeatureStore(data.grid_features, data.region_features, max_regions=data.max_regions,
                          grid_dim=config.grid_dim, region_dim=config.region_dim)
     images = load_images(data, split, store)
-    loader = make_loader(ImageReferences(images, store), batch_size,
-                         num_workers=data.num_workers)
-
-    captioned = caption_batches(models, loader, vocabulary, decoding,
-                                desc=f"decoding {split}", progress=progress)
-    captions = {image_id: result.best for image_id, result in captioned.items()}
-    collapse = decoding.collapse_repeats
-
-    references = {i: list(image.captions) for i, image in images.images.items() if image.captions}
-    report = (score_captions(captions, references, collapse_repeats=collapse, spice=spice,
-                             progress=progress) if references else None)
+    dataset = ImageReferences(images, store)
+    java = find_java() if any(image.captions for image in images.images.values()) else None
+    scores = score_split(models, dataset, vocabulary, decoding, batch_size=batch_size,
+                         num_workers=data.num_workers, java=java, spice=spice, progress=progress)
+    captions, report = scores.captions, scores.report
     written = []
     if out is not None:
         results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
@@ -122,11 +173,12 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
         if report is not None:
             provenance = _provenance(checkpoints, models, split, data, decoding, batch_size,
                                      vocabulary)
-            files[out / METRICS_FILE] = _json({**report.to_dict(), **provenance})
+            files[out / METRICS_FILE] = _json({**report.to_dict(), "CIDEr-D": scores.cider_d,
+                                               **provenance})
         # The two files describe one run: both are replaced, or (a full disk) neither; an
         # older metrics.json is removed when this run has none, never left beside new captions.
         written = write_together(files, remove=[out / METRICS_FILE])
-    return Evaluation(captions, report, written, notes)
+    return Evaluation(captions, scores.cider_d, report, written, notes)
 
 
 def _output_directory(out: Path) -> Path:

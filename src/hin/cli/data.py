@@ -8,7 +8,7 @@ import argparse
 def _data_synth(args: argparse.Namespace) -> int:
     import time
 
-    from hin.data.synth import generate
+    from hin.synth import generate
 
     started = time.perf_counter()
     manifest = generate(args.out, seed=args.seed, train=args.train, val=args.val, test=args.test,

@@ -43,6 +43,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"hin evaluate: note: {note}", file=sys.stderr)
     if result.report is not None:
         print(result.report.format_table())
+        print(f"CIDEr-D {100 * result.cider_d:.2f} (hin's, as validation during training "
+              "scores it)")
     else:
         print(f"{len(result.captions)} images captioned; they have no references, so no metrics")
     for path in result.written:

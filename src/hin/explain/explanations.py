@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from hin.caption import Captioner, load_picture
@@ -17,7 +16,7 @@ from hin.config import DecodingConfig
 from hin.data.coco import load_split
 from hin.data.features import FeatureStore, ImageGeometry, describe_geometry, read_attributes
 from hin.data.vocab import tokenize
-from hin.decoding import search
+from hin.decoding import teacher_forcing_inputs
 from hin.errors import UsageError
 from hin.explain.maps import attention_maps, select_layer
 from hin.extract.images import list_images, load_rgb, recorded_orientation
@@ -80,16 +79,11 @@ def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: S
     if words is not None and words not in WORD_SOURCES:
         raise UsageError(f"words must be one of {WORD_SOURCES}, got {words!r}")
     grid, region = captioner.batch(grids, regions)
-    ids, _ = search(captioner.decoding_models(captioner.decoding.precision), grid, region,
-                   captioner.decoding)
-    produced = [generated_words(captioner, hypotheses[0]) for hypotheses in ids.tolist()]
-    # Word k was predicted at input position k - 1: feed <bos> and every word but the last.
-    steps = max(1, max(len(p) for p in produced))
-    tokens = torch.full((len(produced), steps), captioner.vocab.pad_id, dtype=torch.long)
-    tokens[:, 0] = captioner.vocab.bos_id
-    for row, word_ids in enumerate(produced):
-        tokens[row, 1:len(word_ids)] = torch.tensor(word_ids[:-1], dtype=torch.long)
-    maps = attention_maps(captioner.model, grid, region, tokens)
+    best = [result.captions[0] for result in captioner.caption_batch(grid, region, [label] * len(grids))]
+    produced = [generated_words(captioner, caption.ids) for caption in best]
+    vocab = captioner.vocab
+    maps = attention_maps(captioner.model, grid, region,
+                          teacher_forcing_inputs(produced, vocab.bos_id, vocab.pad_id))
     grid_maps = select_layer(maps.encoder_grid, layer).numpy()
     region_maps = select_layer(maps.encoder_region, layer).numpy()
     decoder = None if words is None else select_layer(getattr(maps, f"decoder_{words}"), layer).numpy()
@@ -101,7 +95,7 @@ def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: S
         if decoder is not None:
             word_maps = decoder[i, :len(word_ids)] if words == "grid" else decoder[i, :len(word_ids), :real]
         views.append(ModelView(
-            label=label, caption=captioner.text(word_ids),
+            label=label, caption=best[i].text,
             words=tuple(captioner.vocab.words[t] for t in word_ids),
             grid_map=grid_maps[i], region_map=region_maps[i, :real], geometry=geometries[i],
             word_maps=word_maps, word_source=words or "grid"))

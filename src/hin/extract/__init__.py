@@ -9,17 +9,15 @@ when a model is loaded, so the TSV import works without it.
 from hin.data.features import read_attributes
 from hin.extract.grid import ClipGridExtractor
 from hin.extract.images import ClipPreprocessor, ImageFile, image_id_from_name, list_images
-from hin.extract.pipeline import (
-                                  EXTRACTORS,
-                                  ExtractionReport,
-                                  PictureExtractor,
-                                  build_extractor,
-                                  extract_to_file,
-                                  extractor_from_attributes,
-                                  prepare_pictures,
-                                  register_extractor,
-)
+from hin.extract.pipeline import ExtractionReport, extract_to_file, prepare_pictures
 from hin.extract.regions import DetrRegionExtractor
+from hin.extract.registry import (
+    EXTRACTORS,
+    PictureExtractor,
+    build_extractor,
+    extractor_from_attributes,
+    register_extractor,
+)
 from hin.extract.shapes import ShapeGridExtractor, ShapeRegionExtractor
 from hin.extract.shards import Shard, choose_shard
 from hin.extract.vinvl import import_vinvl

@@ -30,17 +30,16 @@ from PIL import Image
 
 from hin.data.features import GRID_COLS, GRID_ROWS
 from hin.devices import resolve_device
-from hin.extract.images import ClipPreprocessor
-from hin.extract.pipeline import (
+from hin.extract.hf import (
     COMPUTE_DTYPES,
-    ImageEntry,
     extraction_autocast,
     load_pretrained,
-    register_extractor,
     resolve_extraction_precision,
     storage_dtype,
     transformers_module,
 )
+from hin.extract.images import ClipPreprocessor
+from hin.extract.registry import ImageEntry, register_extractor
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 

@@ -28,16 +28,15 @@ from PIL import Image
 
 from hin.devices import resolve_device
 from hin.errors import MissingExtraError, UsageError
-from hin.extract.pipeline import (
+from hin.extract.hf import (
     COMPUTE_DTYPES,
-    ImageEntry,
     extraction_autocast,
     load_pretrained,
-    register_extractor,
     resolve_extraction_precision,
     storage_dtype,
     transformers_module,
 )
+from hin.extract.registry import ImageEntry, register_extractor
 
 DEFAULT_DETR = "facebook/detr-resnet-50"
 DEFAULT_DETR_REVISION = "no_timm"

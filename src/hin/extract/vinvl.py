@@ -29,8 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from hin.errors import HINError
+from hin.extract.hf import storage_dtype
 from hin.extract.images import ImageListError, image_id_from_name
-from hin.extract.pipeline import ExtractionReport, ImageEntry, storage_dtype
+from hin.extract.pipeline import ExtractionReport
+from hin.extract.registry import ImageEntry
 from hin.extract.writer import FeatureWriter
 
 VINVL_APPEARANCE_DIM = 2048

@@ -19,7 +19,7 @@ import torch
 from hin.data.features import describe_geometry
 from hin.decoding import teacher_forcing_inputs
 from hin.errors import MissingExtraError, pip_install
-from hin.extract.pipeline import ImageEntry
+from hin.extract.registry import ImageEntry
 
 
 def map_colours(stops: int = 17) -> dict[str, Any]:

@@ -50,18 +50,16 @@ from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
 from hin.data.errors import DataError
 from hin.data.familiarity import feature_profile
 from hin.data.features import FeatureStore, read_attributes
-from hin.data.vocab import Vocabulary, require_same_words, tokenize
-from hin.decoding import caption_batches
+from hin.data.vocab import Vocabulary, require_same_words
 from hin.devices import autocast, resolve_precision
 from hin.errors import HINError
+from hin.evaluate import score_split, tokenised_references
 from hin.files import complete_lines, write_text, write_yaml
 from hin.locks import FolderLock, refuse_if_locked
 from hin.metrics import (
     CiderDTable,
     JavaNotFoundError,
-    cider_d,
     find_java,
-    score_captions,
 )
 from hin.model import HIN
 from hin.training import distributed, optimizer
@@ -200,10 +198,7 @@ class Trainer:
         require_one_batch(self.config, len(self.train_set))
         self.val_set = ImageReferences(splits["val"], store)
         self.precision = resolve_precision(train.precision, self.context.device)
-        self.val_references = {image_id: list(image.captions)
-                               for image_id, image in splits["val"].images.items()}
-        self.val_tokenised = {image_id: [" ".join(tokenize(c)) for c in captions]
-                              for image_id, captions in self.val_references.items()}
+        self.val_tokenised = tokenised_references(splits["val"])
 
         torch.manual_seed(train.seed)
         self.model = (init_model or HIN(model_config)).to(self.context.device)
@@ -362,32 +357,21 @@ class Trainer:
     # -- validation and checkpoints ----------------------------------------------------
 
     def validate(self) -> dict[str, float]:
-        """Beam search over this rank's share of the validation split; rank 0 scores all.
-        CIDEr-D (Java-free, document frequencies of the validation references) selects the
-        best checkpoint; the full COCO table is logged when Java is present."""
+        """`hin evaluate` of the validation split (`hin.evaluate.score_split`), each rank
+        decoding its share; rank 0 scores all. CIDEr-D (Java-free, document frequencies of
+        the validation references) selects the best checkpoint; the full COCO table is
+        logged when Java is present."""
         train = self.config.train
         self.model.eval()
-        indices = list(range(self.context.rank, len(self.val_set), self.context.world_size))
-        loader = make_loader(self.val_set, train.val_batch_size, sampler=indices,
-                             num_workers=self.config.data.num_workers)
-        captioned = caption_batches(self.model, (b.to(self.context.device) for b in loader),
-                                    self.vocab, train.validation, desc="validating",
-                                    progress=self.show_progress)
-        mine = {image_id: result.best for image_id, result in captioned.items()}
-        metrics: dict[str, float] = {}
-        if self.context.is_main:
-            captions = {}
-            for part in distributed.gather_objects(self.context, mine):
-                captions.update(part)
-            metrics["CIDEr-D"] = cider_d(captions, {i: self.val_tokenised[i] for i in captions})[0]
-            if self.java:
-                report = score_captions(captions, {i: self.val_references[i] for i in captions},
-                                        spice=False, java=self.java, progress=False)
-                metrics.update(report.scores)
-        else:
-            distributed.gather_objects(self.context, mine)
+        scores = score_split([self.model], self.val_set, self.vocab, train.validation,
+                             batch_size=train.val_batch_size,
+                             num_workers=self.config.data.num_workers, java=self.java,
+                             progress=self.show_progress,
+                             share=(self.context.rank, self.context.world_size),
+                             gather=lambda mine: distributed.gather_objects(self.context, mine),
+                             tokenised=self.val_tokenised)
         self.model.train()
-        return distributed.broadcast_object(self.context, metrics)
+        return distributed.broadcast_object(self.context, scores.metrics() if scores else {})
 
     def _extra(self) -> dict[str, Any]:
         """Stored in every checkpoint: what `hin evaluate` and `hin caption` need to use it."""

@@ -4,7 +4,7 @@ Each image is a 96x96 picture of one to three shapes (six kinds, ten colours, sm
 large) in a 3x3 layout on white; the shapes never touch, so each is one connected blob.
 Five varied captions per image name colours, shapes, sizes, positions and relations. Every
 picture is written as a PNG, and its features are what the picture extractor
-(hin.data.shape_features, registered as `synth-grid` / `synth-regions`) computes from that
+(hin.extract.shapes, registered as `synth-grid` / `synth-regions`) computes from that
 PNG, bit for bit: an 8x8 grid of cells and one region per object found in the pixels, each
 through a fixed random projection. Colour, shape, size and position are recoverable only by
 looking at the features, and a caption chosen without looking (the most frequent one)
@@ -37,8 +37,8 @@ from tqdm import tqdm
 from hin.data.coco import CAPTION_FILES, PART_ID_FILES, SPLIT_ID_FILES
 from hin.data.errors import DataError
 from hin.data.features import ATTRIBUTE_PREFIX
-from hin.data.shape_features import CANVAS, PreparedPicture, ShapeFeatures
 from hin.data.vocab import Vocabulary, tokenize
+from hin.extract.shapes import CANVAS, PreparedPicture, ShapeFeatures
 from hin.files import atomic_write, write_json, write_text
 
 GRID_FILE = "grid.hdf5"
