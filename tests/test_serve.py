@@ -28,7 +28,7 @@ from hin.extract import read_attributes
 from hin.serve import ServeSettings, create_app
 from hin.serve.batching import DynamicBatcher
 from hin.serve.explanations import explain_available
-from hin.serve.inputs import MAX_PARTS
+from hin.serve.inputs import MAX_PARTS, OPTIONS
 from serving import running_server
 
 pytest.importorskip("transformers")
@@ -309,7 +309,7 @@ def test_the_page_and_docs_load_nothing_from_elsewhere(client):
                              text), path
     spec = client.get("/openapi.json").json()
     parameters = {p["name"] for p in spec["paths"]["/v1/captions"]["post"]["parameters"]}
-    assert parameters == {"beam_size", "num_captions", "explain"}
+    assert parameters == set(OPTIONS) >= {"beam_size", "num_captions", "explain", "sample", "top_p"}
     assert "multipart/form-data" in spec["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
 
