@@ -54,8 +54,8 @@ from hin.extract.shapes import GRID_DIM, REGION_DIM  # noqa: E402
 from hin.files import write_json, write_text  # noqa: E402
 from hin.metrics import CiderDTable  # noqa: E402
 from hin.model import HIN  # noqa: E402
-from hin.training import loop  # noqa: E402
-from hin.training.scst import self_critical_loss  # noqa: E402
+from hin.training import run, rundir  # noqa: E402
+from hin.training.scst import SelfCritical, self_critical_loss  # noqa: E402
 from hin.training.xe import next_token_nll  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "fixtures" / "hin_reference_small.pt"
@@ -199,7 +199,7 @@ def scst_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
 
     def step(precision: str) -> Callable[[], None]:
         return lambda: optimiser_step(optimizer, self_critical_loss(
-            model, grid, region, reward, beam_size=5, max_len=20, precision=precision)[0])
+            SelfCritical(model, beam_size=5, max_len=20), grid, region, reward, precision=precision)[0])
 
     return [measured_row("SCST step", f"{sizes.scst_images} images x 5 beams, {precision}",
                          step(precision), device, sizes, sizes.scst_images, "images")
@@ -291,7 +291,7 @@ def train_worker(overrides: list[str]) -> None:
 
     spacy_or_splitter()
     config = RunConfig.load(None, overrides)
-    trainer = loop.Trainer(config, progress=False)
+    trainer = run.build_trainer(config, progress=False)
     backend = dist.get_backend() if dist.is_initialized() else "none"
     world_size = trainer.context.world_size
     try:
@@ -309,11 +309,11 @@ def resume_rows(data: Path, out: Path, device: torch.device, sizes: Sizes) -> li
     """Six steps straight vs three, then resumed to six: equal weights, bit for bit; and the
     torchrun group of one (when it ran) equal to the single process."""
     straight, resumed = out / "straight", out / "resumed"
-    loop.start(RunConfig.load(None, training_overrides(data, straight, device, sizes, 6)), progress=False)
-    loop.start(RunConfig.load(None, training_overrides(data, resumed, device, sizes, 3)), progress=False)
-    loop.resume(resumed, ["train.max_steps=6"], progress=False)
+    run.start(RunConfig.load(None, training_overrides(data, straight, device, sizes, 6)), progress=False)
+    run.start(RunConfig.load(None, training_overrides(data, resumed, device, sizes, 3)), progress=False)
+    run.resume(resumed, ["train.max_steps=6"], progress=False)
     rows = [Row("resume", f"6 steps vs 3 + resumed 3 on {device}", *same_weights(straight, resumed))]
-    if (out / "torchrun" / loop.LAST).is_file():
+    if (out / "torchrun" / rundir.LAST).is_file():
         rows.append(Row("torchrun", "group of one vs a single process, 6 steps",
                         *same_weights(straight, out / "torchrun")))
     return rows
@@ -321,8 +321,8 @@ def resume_rows(data: Path, out: Path, device: torch.device, sizes: Sizes) -> li
 
 def same_weights(first_run: Path, second_run: Path) -> tuple[str, bool]:
     """(what differs, whether the two runs' last.pt weights are equal bit for bit)."""
-    first = checkpoint.read_hin(first_run / loop.LAST)["model"]
-    second = checkpoint.read_hin(second_run / loop.LAST)["model"]
+    first = checkpoint.read_hin(first_run / rundir.LAST)["model"]
+    second = checkpoint.read_hin(second_run / rundir.LAST)["model"]
     differ = [name for name in first if not torch.equal(first[name], second[name])]
     if not differ:
         return "bit-exact", True

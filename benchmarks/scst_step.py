@@ -31,7 +31,7 @@ from common import (
 from hin.data.vocab import SPECIALS, Vocabulary
 from hin.metrics import CiderDTable
 from hin.training.optimizer import adam
-from hin.training.scst import self_critical_loss
+from hin.training.scst import SelfCritical, self_critical_loss
 
 REFERENCE_SECONDS_BATCH_10 = 32.0
 REFERENCES_PER_IMAGE = 5
@@ -72,10 +72,10 @@ def main() -> None:
             owners = [i for i in image_ids for _ in range(beams.shape[1])]
             return torch.from_numpy(table.score(captions, owners)).view(beams.shape[:2])
 
+        critic = SelfCritical(model, beam_size=args.beam, max_len=args.max_len)
         for precision in precisions(args, device):
             def step() -> None:
-                loss, _ = self_critical_loss(model, grid, region, reward, beam_size=args.beam,
-                                             max_len=args.max_len, precision=precision)
+                loss, _ = self_critical_loss(critic, grid, region, reward, precision=precision)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

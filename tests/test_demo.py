@@ -14,7 +14,7 @@ from hin.cli import main
 from hin.errors import UsageError
 from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.synth import generate
-from hin.training import loop
+from hin.training import loop, rundir
 
 
 def test_a_runs_folder_with_other_files_is_refused_and_left_alone(tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_a_signal_during_demo_training_saves_and_ends_with_one_line(small_demo, 
     assert "Traceback" not in err
     assert last.startswith("hin demo: interrupted during training: ")
     assert f"hin train --resume {runs / 'xe'}" in last
-    assert (runs / "xe" / loop.LAST).is_file()
+    assert (runs / "xe" / rundir.LAST).is_file()
     assert signal.getsignal(signal.SIGTERM) == handler_before
 
 

@@ -207,3 +207,13 @@ def test_runnable_blocks_run_as_written(tmp_path):
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         ran.append(arguments[0])
     assert {"caption", "explain", "evaluate"} <= set(ran)
+
+
+def test_the_model_in_python_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/evaluation.md's "The model in Python" block, executed as it stands."""
+    page = (REPO / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    block = re.search(r"## The model in Python\n\n```python\n(.*?)```", page, re.S)[1]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "docs/evaluation.md", "exec"), {})
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == "first" and shown[1].startswith("  1. ") and (tmp_path / "model.pt").is_file()

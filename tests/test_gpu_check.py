@@ -32,7 +32,7 @@ def bare_python(tmp_path: Path) -> dict[str, str]:
 def test_modules_of_the_gpu_check_import_without_spacy_pycocoevalcap_and_pytest(tmp_path):
     code = ("import importlib.util, sys\n"
             f"assert all(importlib.util.find_spec(n) is None for n in {ABSENT!r})\n"
-            "import hin.training.loop, hin.decoding, hin.checkpoint, hin.metrics, hin.evaluate\n"
+            "import hin.training.run, hin.decoding, hin.checkpoint, hin.metrics, hin.evaluate\n"
             "import hin.caption, hin.explain, hin.synth, hin.cli\n"
             f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import gpu_check\n"
             "from hin.metrics import MetricsError, score_captions\n"

@@ -28,8 +28,10 @@ from hin.data.vocab import Vocabulary
 from hin.evaluate import evaluate
 from hin.model import HIN
 from hin.synth import generate
-from hin.training import loop
-from hin.training.loop import RunDirectoryError, TrainingError, TrainingInterrupted, resume, start
+from hin.training import loop, run, rundir
+from hin.training.loop import TrainingError, TrainingInterrupted
+from hin.training.run import resume, start
+from hin.training.rundir import RunDirectoryError
 from hin.training.runlog import LOG_FILE
 from training_runs import BATCHES_PER_EPOCH, TRAIN_IMAGES, ddp_worker, tiny_overrides
 
@@ -45,7 +47,7 @@ def config(synth: Path, run_dir: Path, *extra: str) -> RunConfig:
     return RunConfig.load(None, tiny_overrides(synth, run_dir, *extra))
 
 
-def saved(run_dir: Path, name: str = loop.LAST) -> tuple[dict, dict]:
+def saved(run_dir: Path, name: str = rundir.LAST) -> tuple[dict, dict]:
     """(model state dict, extra entries) of a checkpoint in run_dir."""
     model, extra = checkpoint.load(run_dir / name)
     return model.state_dict(), extra
@@ -61,14 +63,14 @@ def uninterrupted(synth, tmp_path_factory) -> tuple[Path, list[list[str]]]:
     """Two epochs in one go, recording which annotation splits training asked for."""
     run_dir = tmp_path_factory.mktemp("runs") / "uninterrupted"
     requested: list[list[str]] = []
-    real_load_splits = loop.load_splits
+    real_load_splits = run.load_splits
 
     def recording_load_splits(source, names):
         requested.append(list(names))
         return real_load_splits(source, names)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loop, "load_splits", recording_load_splits)
+        patch.setattr(run, "load_splits", recording_load_splits)
         start(config(synth, run_dir), progress=False)
     return run_dir, requested
 
@@ -86,7 +88,7 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninte
     _, extra = saved(stopped_dir)
     assert extra["training"]["progress"]["step"] == 7
     assert extra["training"]["progress"]["batch"] == 7
-    assert not (stopped_dir / loop.BEST).exists()     # no validation happened yet
+    assert not (stopped_dir / rundir.BEST).exists()     # no validation happened yet
 
     resume(stopped_dir, ["train.max_steps=0"], progress=False)
 
@@ -108,7 +110,7 @@ def test_resume_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninte
     assert without_timing(log_records(stopped_dir, "step")) == without_timing(
         log_records(reference_dir, "step"))
     assert [r["step"] for r in log_records(stopped_dir, "resume")] == [7]
-    assert_same_tensors(saved(reference_dir, loop.BEST)[0], saved(stopped_dir, loop.BEST)[0])
+    assert_same_tensors(saved(reference_dir, rundir.BEST)[0], saved(stopped_dir, rundir.BEST)[0])
 
 
 def test_a_checkpoint_saved_by_the_foreach_adam_resumes_with_fused_adam_bit_for_bit(
@@ -118,12 +120,12 @@ def test_a_checkpoint_saved_by_the_foreach_adam_resumes_with_fused_adam_bit_for_
     reference_dir, _ = uninterrupted
     stopped_dir = tmp_path / "stopped"
     start(config(synth, stopped_dir, "train.max_steps=7"), progress=False)
-    model, extra = checkpoint.load(stopped_dir / loop.LAST)
+    model, extra = checkpoint.load(stopped_dir / rundir.LAST)
     groups = extra["training"]["optimizer"]["param_groups"]
     assert all(group["fused"] is True for group in groups)
     for group in groups:
         group["fused"] = group["foreach"] = None       # how the foreach Adam saved its state
-    checkpoint.save(stopped_dir / loop.LAST, model, **extra)
+    checkpoint.save(stopped_dir / rundir.LAST, model, **extra)
 
     resume(stopped_dir, ["train.max_steps=0"], progress=False)
     assert_same_tensors(saved(reference_dir)[0], saved(stopped_dir)[0])
@@ -150,7 +152,7 @@ def test_best_checkpoint_is_chosen_on_validation_and_test_is_never_loaded(uninte
     epochs = log_records(run_dir, "epoch")
     scores = [record["val"]["CIDEr-D"] for record in epochs]
     best_epoch = epochs[scores.index(max(scores))]["epoch"]
-    _, best = saved(run_dir, loop.BEST)
+    _, best = saved(run_dir, rundir.BEST)
     assert best["epoch"] == best_epoch
     assert best["validation"] == epochs[best_epoch - 1]["val"]
     best_so_far, improved = -math.inf, []
@@ -164,21 +166,21 @@ def test_best_checkpoint_is_chosen_on_validation_and_test_is_never_loaded(uninte
 def test_validation_equals_hin_evaluate_of_the_validation_split(synth, uninterrupted):
     """One score_split: the CIDEr-D that chose best.pt is what `hin evaluate` gives it."""
     run_dir, _ = uninterrupted
-    _, best = saved(run_dir, loop.BEST)
+    _, best = saved(run_dir, rundir.BEST)
     run = RunConfig.from_dict(best["config"])
-    result = evaluate([run_dir / loop.BEST], "val", run.data, decoding=run.train.validation,
+    result = evaluate([run_dir / rundir.BEST], "val", run.data, decoding=run.train.validation,
                       batch_size=run.train.val_batch_size, spice=False, progress=False)
     assert result.cider_d == best["validation"]["CIDEr-D"]
 
 
 def test_resolved_config_is_written_and_stored_in_every_checkpoint(synth, uninterrupted):
     run_dir, _ = uninterrupted
-    written = yaml.safe_load((run_dir / loop.CONFIG_FILE).read_text())
+    written = yaml.safe_load((run_dir / rundir.CONFIG_FILE).read_text())
     vocabulary = Vocabulary.load(synth / "vocab.json")
     assert written["model"]["vocab_size"] == len(vocabulary)
     assert written["train"]["batch_size"] == 10 and written["run_dir"] == str(run_dir)
     assert RunConfig.from_dict(written).to_dict() == written     # complete: every key resolved
-    for name in (loop.LAST, loop.BEST):
+    for name in (rundir.LAST, rundir.BEST):
         _, extra = saved(run_dir, name)
         assert extra["config"] == written
         assert Vocabulary.from_dict(extra["vocabulary"]).words == vocabulary.words
@@ -190,10 +192,10 @@ def test_resolved_config_is_written_and_stored_in_every_checkpoint(synth, uninte
 
 def test_a_second_start_into_an_existing_run_is_refused(synth, uninterrupted):
     run_dir, _ = uninterrupted
-    before = (run_dir / loop.LAST).read_bytes()
+    before = (run_dir / rundir.LAST).read_bytes()
     with pytest.raises(RunDirectoryError, match=r"already holds a run.*hin train --resume"):
         start(config(synth, run_dir), progress=False)
-    assert (run_dir / loop.LAST).read_bytes() == before
+    assert (run_dir / rundir.LAST).read_bytes() == before
 
 
 def send_signal_during_step(monkeypatch, signum: int, step: int) -> None:
@@ -225,7 +227,7 @@ def test_a_signal_saves_the_step_it_interrupted_and_the_run_resumes(synth, tmp_p
     _, extra = saved(run_dir)
     assert extra["training"]["progress"]["step"] == BATCHES_PER_EPOCH
     assert extra["training"]["progress"]["epoch"] == 2         # epoch 1 finished
-    assert (run_dir / loop.BEST).is_file()
+    assert (run_dir / rundir.BEST).is_file()
 
 
 def test_cli_exits_130_after_saving_on_sigint(synth, tmp_path, monkeypatch, capsys):
@@ -312,16 +314,16 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
     xe_run, _ = uninterrupted
     run_dir = tmp_path / "scst"
     best = start(config(synth, run_dir, "train.stage=scst", "train.lr=1e-5", "train.epochs=1",
-                        "train.validation.beam_size=3"), init=xe_run / loop.BEST, progress=False)
+                        "train.validation.beam_size=3"), init=xe_run / rundir.BEST, progress=False)
     assert best.is_file()
     steps = log_records(run_dir, "step")
     assert steps and all(r["stage"] == "scst" and 0 <= r["reward"] for r in steps)
     assert any(r["reward"] > 0 for r in steps)
-    assert (run_dir / loop.CIDER_TABLE).is_file()     # training-reference df, built once
-    xe_model, _ = checkpoint.load(xe_run / loop.BEST)
+    assert (run_dir / rundir.CIDER_TABLE).is_file()     # training-reference df, built once
+    xe_model, _ = checkpoint.load(xe_run / rundir.BEST)
     scst_model, extra = checkpoint.load(best)
     assert scst_model.config == xe_model.config        # the architecture comes from --init
-    init = {"path": str(xe_run / loop.BEST), "sha256": checkpoint.sha256(xe_run / loop.BEST)}
+    init = {"path": str(xe_run / rundir.BEST), "sha256": checkpoint.sha256(xe_run / rundir.BEST)}
     assert extra["init"] == init and saved(run_dir)[1]["init"] == init
     assert log_records(run_dir, "init") == [{"event": "init", **init}]
     assert extra["validation"]["CIDEr-D"] == log_records(run_dir, "epoch")[0]["val"]["CIDEr-D"]
@@ -331,7 +333,7 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
 
 def test_scst_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninterrupted,
                                                                         tmp_path):
-    init = uninterrupted[0] / loop.BEST
+    init = uninterrupted[0] / rundir.BEST
     scst = ("train.stage=scst", "train.lr=1e-5", "train.validation.beam_size=3")   # 2 steps per epoch
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     start(config(synth, whole, *scst), init=init, progress=False)
@@ -356,7 +358,7 @@ def one_line_error(capsys) -> str:
     return err.splitlines()[-1] + "\n"
 
 
-@pytest.mark.parametrize("name", [loop.LAST, loop.BEST])
+@pytest.mark.parametrize("name", [rundir.LAST, rundir.BEST])
 def test_a_checkpoint_makes_a_directory_an_existing_run(synth, tmp_path, capsys, name):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -372,13 +374,13 @@ def test_a_checkpoint_makes_a_directory_an_existing_run(synth, tmp_path, capsys,
 def test_a_finished_run_says_how_to_extend_it(synth, uninterrupted, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted[0], run_dir)
-    before = (run_dir / loop.LAST).read_bytes()
+    before = (run_dir / rundir.LAST).read_bytes()
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert one_line_error(capsys) == (
         f"hin train: error: the run in {run_dir} is finished: it trained all train.epochs=2 "
         f"epochs. To train on, resume with a higher limit, e.g. `hin train --resume {run_dir} "
         "train.epochs=7` (any number of epochs above it)\n")
-    assert (run_dir / loop.LAST).read_bytes() == before
+    assert (run_dir / rundir.LAST).read_bytes() == before
 
     resume(run_dir, ["train.epochs=3"], progress=False)
     progress = saved(run_dir)[1]["training"]["progress"]
@@ -390,9 +392,9 @@ def test_a_run_stopped_by_the_stopping_rule_says_how_to_extend_it(synth, uninter
                                                                    tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted[0], run_dir)
-    payload = checkpoint.read_hin(run_dir / loop.LAST)
+    payload = checkpoint.read_hin(run_dir / rundir.LAST)
     payload["extra"]["training"]["progress"].update(epochs_since_best=2, done=True)
-    torch.save(payload, run_dir / loop.LAST)
+    torch.save(payload, run_dir / rundir.LAST)
     rule = ["train.epochs=9", "train.patience=2", "train.min_epochs=1"]
     with pytest.raises(RunDirectoryError, match=r"stopped by the stopping rule after epoch 2 "
                                                 r"\(2 epochs without a better validation score, "
@@ -426,7 +428,7 @@ def test_scst_needs_init_and_init_fixes_the_model(synth, uninterrupted, tmp_path
     assert train_cli(synth, run_dir, "train.stage=scst") == 2
     assert "train.stage=scst fine-tunes a trained model: give the cross-entropy checkpoint to " \
            "start from with --init" in one_line_error(capsys)
-    init = uninterrupted[0] / loop.BEST
+    init = uninterrupted[0] / rundir.BEST
     assert main(["train", "--config", "synth_scst", "--init",
                  str(init), *tiny_overrides(synth, run_dir, "model.d_model=64",
                                             "model.dropout=0.1")]) == 2
@@ -434,7 +436,7 @@ def test_scst_needs_init_and_init_fixes_the_model(synth, uninterrupted, tmp_path
         f"hin train: error: the model settings come from --init {init}, but model.d_model=64 "
         "(checkpoint: 32) differ from it: drop those model.* settings (or train from scratch "
         "without --init)\n")
-    assert not (run_dir / loop.LOG_FILE).exists()
+    assert not (run_dir / rundir.LOG_FILE).exists()
 
 
 def test_a_resumed_run_keeps_its_model_and_takes_no_init(synth, uninterrupted, capsys):
@@ -442,7 +444,7 @@ def test_a_resumed_run_keeps_its_model_and_takes_no_init(synth, uninterrupted, c
     assert main(["train", "--resume", str(run_dir), "model.d_ff=128", "train.epochs=3"]) == 2
     assert "a resumed run keeps its model: model.d_ff=128 (checkpoint: 64) differ" in \
         one_line_error(capsys)
-    assert main(["train", "--resume", str(run_dir), "--init", str(run_dir / loop.BEST)]) == 2
+    assert main(["train", "--resume", str(run_dir), "--init", str(run_dir / rundir.BEST)]) == 2
     assert "--init starts a new run" in one_line_error(capsys)
 
 
@@ -476,11 +478,11 @@ def test_a_full_disk_while_saving_keeps_the_previous_last_checkpoint(synth, tmp_
     monkeypatch.setattr(torch, "save", disk_fills_up)
     assert train_cli(synth, run_dir, "train.checkpoint_every=2", "train.max_steps=5") == 2
     assert one_line_error(capsys) == (
-        f"hin train: error: no space left on the device writing {run_dir / loop.LAST}; the "
+        f"hin train: error: no space left on the device writing {run_dir / rundir.LAST}; the "
         "previous last.pt is intact. Free some space and try again\n")
     monkeypatch.undo()
     assert saved(run_dir)[1]["training"]["progress"]["step"] == 2
-    assert sorted(p.name for p in run_dir.iterdir() if p.suffix in (".pt", ".tmp")) == [loop.LAST]
+    assert sorted(p.name for p in run_dir.iterdir() if p.suffix in (".pt", ".tmp")) == [rundir.LAST]
 
 
 def test_a_nonfinite_loss_before_any_checkpoint_claims_none(synth, tmp_path, monkeypatch, capsys):
@@ -490,4 +492,4 @@ def test_a_nonfinite_loss_before_any_checkpoint_claims_none(synth, tmp_path, mon
     err = one_line_error(capsys)
     assert "non-finite loss (nan) at step 2 (epoch 1, batch 2); no checkpoint was saved before it" \
         in err and "last good checkpoint" not in err
-    assert not (run_dir / loop.LAST).exists()
+    assert not (run_dir / rundir.LAST).exists()

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from hin.cli import main
-from hin.training.loop import capture_rng, restore_rng
 from hin.training.plot import best_epoch, current_history, plot_run, stage_starts
 from hin.training.runlog import LOG_FILE, RunLog, read_log, scalars
+from hin.training.state import capture_rng, restore_rng
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):

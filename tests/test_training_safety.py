@@ -27,7 +27,7 @@ from hin.data.vocab import Vocabulary
 from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.locks import LOCK_FILE
 from hin.synth import generate
-from hin.training import loop
+from hin.training import loop, rundir
 from hin.training.plot import current_history
 from hin.training.runlog import LOG_FILE, read_log
 from training_runs import TRAIN_IMAGES, tiny_overrides
@@ -48,7 +48,7 @@ def xe_best(synth, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("xe") / "run"
     assert main(["train", "--config", "synth_xe",
                  *tiny_overrides(synth, run_dir, "train.epochs=1")]) == 0
-    return run_dir / loop.BEST
+    return run_dir / rundir.BEST
 
 
 def train(synth: Path, run_dir: Path, *extra: str, config: str = "synth_xe") -> int:
@@ -147,7 +147,7 @@ def test_a_feature_width_that_is_not_the_models_names_the_setting_that_fixes_it(
                  f"data.grid_features={synth / 'region.hdf5'}"])
     assert one_line_error(capsys, code) == (
         f"{synth / 'region.hdf5'} holds {REGION_DIM}-wide features but model.grid_dim={GRID_DIM}: "
-        f"the model (from {stopped / loop.LAST}) needs features made like those it was trained on")
+        f"the model (from {stopped / rundir.LAST}) needs features made like those it was trained on")
 
 
 def test_a_data_error_in_a_loader_worker_is_raised_as_itself(synth):
@@ -182,12 +182,12 @@ def test_a_full_disk_at_the_start_leaves_a_folder_that_starts_again(synth, tmp_p
     assert one_line_error(capsys, code) == (
         f"no space left on the device to lock {run_dir} (writing {LOCK_FILE}); nothing was "
         "written there. Free some space and try again" if room == 0 else
-        f"no space left on the device writing {run_dir / loop.CONFIG_FILE}; no config.yaml was "
+        f"no space left on the device writing {run_dir / rundir.CONFIG_FILE}; no config.yaml was "
         "written. Free some space and try again")
     assert list(run_dir.iterdir()) == []           # no 0-byte config.yaml, no lock
     monkeypatch.undo()
     assert train(synth, run_dir, "train.max_steps=2") == 0
-    assert (run_dir / loop.LAST).is_file()
+    assert (run_dir / rundir.LAST).is_file()
 
 
 def test_a_run_that_saved_no_checkpoint_may_be_started_again(synth, tmp_path, capsys, monkeypatch):
@@ -207,7 +207,7 @@ def test_a_run_that_saved_no_checkpoint_may_be_started_again(synth, tmp_path, ca
         f"no space left on the device writing {run_dir / LOG_FILE}; the lines before are intact. "
         "Free some space and try again")
     monkeypatch.undo()
-    assert sorted(p.name for p in run_dir.iterdir()) == [loop.CONFIG_FILE, LOG_FILE]
+    assert sorted(p.name for p in run_dir.iterdir()) == [rundir.CONFIG_FILE, LOG_FILE]
     assert (run_dir / LOG_FILE).read_bytes() == b""     # the partial line was cut back
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert one_line_error(capsys, 2).endswith(
@@ -306,7 +306,7 @@ def stopped_run(synth: Path, run_dir: Path, steps: int = 3) -> Path:
 def test_another_batch_size_mid_epoch_is_refused_and_allowed_at_an_epoch_boundary(synth, tmp_path,
                                                                                  capsys):
     run_dir = stopped_run(synth, tmp_path / "run")
-    before = (run_dir / loop.LAST).read_bytes()
+    before = (run_dir / rundir.LAST).read_bytes()
     capsys.readouterr()
     code = main(["train", "--resume", str(run_dir), "train.max_steps=0", "train.batch_size=20"])
     assert one_line_error(capsys, code) == (
@@ -314,13 +314,13 @@ def test_another_batch_size_mid_epoch_is_refused_and_allowed_at_an_epoch_boundar
         "done), whose order was cut with the run's: finish the epoch first (`hin train --resume "
         f"{run_dir} train.epochs=1`), then resume with train.batch_size=20 and train.epochs "
         "above 1")
-    assert (run_dir / loop.LAST).read_bytes() == before
+    assert (run_dir / rundir.LAST).read_bytes() == before
     code = main(["train", "--resume", str(run_dir), "train.max_steps=0", "train.seed=5"])
     assert one_line_error(capsys, code).startswith("train.seed=5 differs from the run's 0 in the "
                                                    "middle of epoch 1")
     assert main(["train", "--resume", str(run_dir), "train.max_steps=0", "train.epochs=1"]) == 0
     assert main(["train", "--resume", str(run_dir), "train.batch_size=20", "train.epochs=2"]) == 0
-    progress = checkpoint.load(run_dir / loop.LAST)[1]["training"]["progress"]
+    progress = checkpoint.load(run_dir / rundir.LAST)[1]["training"]["progress"]
     assert (progress["epoch"], progress["step"]) == (3, 10 + 5)     # epoch 2: 5 batches of 20
 
 
@@ -335,7 +335,7 @@ def test_another_vocabulary_on_resume_is_refused_naming_the_first_difference(syn
                  f"data.vocabulary={tmp_path / 'permuted.json'}"])
     assert one_line_error(capsys, code) == (
         f"the vocabulary {tmp_path / 'permuted.json'} differs from the one recorded in "
-        f"{run_dir / loop.LAST} at entry 5: {vocab['words'][6]!r} instead of "
+        f"{run_dir / rundir.LAST} at entry 5: {vocab['words'][6]!r} instead of "
         f"{vocab['words'][5]!r}; a run keeps the vocabulary it was trained with: point "
         "data.vocabulary at that one (or leave it out)")
     shorter = dict(vocab, words=vocab["words"][:-1], counts=vocab["counts"][:-1])
@@ -344,40 +344,40 @@ def test_another_vocabulary_on_resume_is_refused_naming_the_first_difference(syn
                  f"data.vocabulary={tmp_path / 'shorter.json'}"])
     assert f"at entry {len(vocab['words']) - 1}: nothing (it ends there)" in one_line_error(capsys,
                                                                                              code)
-    assert checkpoint.load(run_dir / loop.LAST)[1]["training"]["progress"]["step"] == 3
+    assert checkpoint.load(run_dir / rundir.LAST)[1]["training"]["progress"]["step"] == 3
 
 
 def test_an_edited_config_yaml_is_refused_saying_which_file_wins(synth, tmp_path, capsys):
     run_dir = stopped_run(synth, tmp_path / "run")
-    written = yaml.safe_load((run_dir / loop.CONFIG_FILE).read_text())
+    written = yaml.safe_load((run_dir / rundir.CONFIG_FILE).read_text())
     written["train"]["lr"] = 5e-05
     edited = yaml.safe_dump(written, sort_keys=False)
-    (run_dir / loop.CONFIG_FILE).write_text(edited)
+    (run_dir / rundir.CONFIG_FILE).write_text(edited)
     capsys.readouterr()
     code = main(["train", "--resume", str(run_dir), "train.max_steps=4"])
     assert one_line_error(capsys, code) == (
-        f"{run_dir / loop.CONFIG_FILE} was edited (train.lr: 5e-05 there, 0.0005 in "
-        f"{run_dir / loop.LAST}); a resumed run takes its settings from last.pt (and rewrites "
+        f"{run_dir / rundir.CONFIG_FILE} was edited (train.lr: 5e-05 there, 0.0005 in "
+        f"{run_dir / rundir.LAST}); a resumed run takes its settings from last.pt (and rewrites "
         f"config.yaml). To use the edit: `hin train --resume {run_dir} train.max_steps=4 "
-        f"train.lr=5e-05`; to drop it, delete {run_dir / loop.CONFIG_FILE}")
-    assert (run_dir / loop.CONFIG_FILE).read_text() == edited
+        f"train.lr=5e-05`; to drop it, delete {run_dir / rundir.CONFIG_FILE}")
+    assert (run_dir / rundir.CONFIG_FILE).read_text() == edited
     assert main(["train", "--resume", str(run_dir), "train.max_steps=4", "train.lr=5e-05"]) == 0
-    assert checkpoint.load(run_dir / loop.LAST)[1]["config"]["train"]["lr"] == 5e-05
+    assert checkpoint.load(run_dir / rundir.LAST)[1]["config"]["train"]["lr"] == 5e-05
 
 
 def test_an_old_run_with_train_bf16_resumes_as_train_precision(synth, tmp_path, capsys):
     run_dir = stopped_run(synth, tmp_path / "run")
-    payload = checkpoint.read_hin(run_dir / loop.LAST)
+    payload = checkpoint.read_hin(run_dir / rundir.LAST)
     old = payload["extra"]["config"]["train"]
     del old["precision"]
     old["bf16"] = True
-    torch.save(payload, run_dir / loop.LAST)
-    (run_dir / loop.CONFIG_FILE).write_text(yaml.safe_dump(payload["extra"]["config"]))
+    torch.save(payload, run_dir / rundir.LAST)
+    (run_dir / rundir.CONFIG_FILE).write_text(yaml.safe_dump(payload["extra"]["config"]))
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "train.max_steps=4"]) == 0
-    assert (f"{run_dir / loop.LAST}: train.bf16=true (an older hin's setting) is read as "
+    assert (f"{run_dir / rundir.LAST}: train.bf16=true (an older hin's setting) is read as "
             "train.precision=bf16") in capsys.readouterr().out
-    config = checkpoint.load(run_dir / loop.LAST)[1]["config"]["train"]
+    config = checkpoint.load(run_dir / rundir.LAST)[1]["config"]["train"]
     assert config["precision"] == "bf16" and "bf16" not in config
 
 
@@ -385,16 +385,16 @@ def test_an_old_run_with_flat_validation_settings_and_max_len_resumes(synth, tmp
     """Older hin wrote train.beam_size/max_len (validated in train.precision) and
     model.max_len (the position table): a run and its checkpoints load, with a note."""
     run_dir = stopped_run(synth, tmp_path / "run")
-    payload = checkpoint.read_hin(run_dir / loop.LAST)
+    payload = checkpoint.read_hin(run_dir / rundir.LAST)
     config = payload["extra"]["config"]
     validation = config["train"].pop("validation")
     config["train"].update(beam_size=validation["beam_size"], max_len=validation["max_len"],
                            precision="bf16")
     config["model"]["max_len"] = config["model"].pop("max_positions")
     payload["config"]["max_len"] = payload["config"].pop("max_positions")
-    torch.save(payload, run_dir / loop.LAST)
-    (run_dir / loop.CONFIG_FILE).write_text(yaml.safe_dump(config))
-    model, _ = checkpoint.load(run_dir / loop.LAST)
+    torch.save(payload, run_dir / rundir.LAST)
+    (run_dir / rundir.CONFIG_FILE).write_text(yaml.safe_dump(config))
+    model, _ = checkpoint.load(run_dir / rundir.LAST)
     assert model.config.max_positions == config["model"]["max_len"]
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "train.max_steps=4"]) == 0
@@ -403,9 +403,9 @@ def test_an_old_run_with_flat_validation_settings_and_max_len_resumes(synth, tmp
                      ("train.max_len=8", "train.validation.max_len=8"),
                      (f"model.max_len={model.config.max_positions}",
                       f"model.max_positions={model.config.max_positions}")):
-        assert f"{run_dir / loop.LAST}: {old} (an older hin's setting) is read as {new}" in out
+        assert f"{run_dir / rundir.LAST}: {old} (an older hin's setting) is read as {new}" in out
     assert "train.validation.precision=bf16: an older hin validated in the training precision" in out
-    resumed = checkpoint.load(run_dir / loop.LAST)[1]["config"]
+    resumed = checkpoint.load(run_dir / rundir.LAST)[1]["config"]
     assert resumed["train"]["validation"] == {**validation, "precision": "bf16"}
     assert "beam_size" not in resumed["train"] and "max_len" not in resumed["model"]
 
@@ -460,7 +460,7 @@ def test_scst_takes_the_data_settings_of_its_init_checkpoint(synth, xe_best, tmp
     assert (f"data settings from --init {xe_best} (annotations {synth}, vocabulary "
             f"{synth / 'vocab.json'}); given here and used instead: data.num_workers=1 "
             "(checkpoint: 0)") in out
-    data = checkpoint.load(run_dir / loop.LAST)[1]["config"]["data"]
+    data = checkpoint.load(run_dir / rundir.LAST)[1]["config"]["data"]
     assert data == {**checkpoint.load(xe_best)[1]["config"]["data"], "num_workers": 1}
 
 
@@ -469,6 +469,6 @@ def test_the_small_config_trains_a_small_model(synth, tmp_path):
     assert main(["train", "--config", "small_xe", *tiny_overrides(synth, run_dir)[:6],
                  f"model.grid_dim={GRID_DIM}", f"model.region_dim={REGION_DIM}",
                  "train.device=cpu", "train.max_steps=1", "train.val_full_metrics=false"]) == 0
-    model, extra = checkpoint.load(run_dir / loop.LAST)
+    model, extra = checkpoint.load(run_dir / rundir.LAST)
     assert (model.config.num_layers, model.config.d_model) == (2, 256)
     assert extra["config"]["train"]["batch_size"] == 10

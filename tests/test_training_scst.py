@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_features, tiny_model
 from hin.config import DecodingConfig
 from hin.decoding import beam_search, beam_search_encoded
-from hin.training.scst import baselines, scst_loss, self_critical_loss, sequence_mask
+from hin.training.scst import SelfCritical, baselines, scst_loss, self_critical_loss, sequence_mask
 
 PAD, BOS, EOS = 1, 2, 3
 
@@ -57,8 +57,8 @@ def test_fast_path_equals_the_loss_of_the_search_log_probs_and_has_gradients():
         seen.append(candidates.clone())
         return rewards
 
-    loss, returned = self_critical_loss(model, grid, region, reward, beam_size=beam_size,
-                                        max_len=max_len)
+    loss, returned = self_critical_loss(SelfCritical(model, beam_size=beam_size, max_len=max_len),
+                                        grid, region, reward)
     assert torch.equal(seen[0], beams) and torch.equal(returned, rewards)
     expected = scst_loss(search_logprobs, sequence_mask(beams, PAD), rewards, max_len)
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
@@ -77,10 +77,10 @@ def beam_rank_reward(beams):
 def test_beams_of_different_images_never_mix():
     model = tiny_model(seed=3)
     grid, region = tiny_features(batch=2, seed=5)
-    together, _ = self_critical_loss(model, grid, region, beam_rank_reward, beam_size=3,
-                                     max_len=6)
-    alone = [self_critical_loss(model, grid[i:i + 1], region[i:i + 1], beam_rank_reward,
-                                beam_size=3, max_len=6)[0] for i in range(2)]
+    critic = SelfCritical(model, beam_size=3, max_len=6)
+    together, _ = self_critical_loss(critic, grid, region, beam_rank_reward)
+    alone = [self_critical_loss(critic, grid[i:i + 1], region[i:i + 1], beam_rank_reward)[0]
+             for i in range(2)]
     assert together.item() == pytest.approx(torch.stack(alone).mean().item(), abs=1e-6)
 
 
@@ -96,7 +96,7 @@ def test_the_images_are_encoded_once_and_the_search_reads_that_encoding():
         return beam_rank_reward(beams)
 
     torch.manual_seed(0)
-    loss, _ = self_critical_loss(model, grid, region, reward, beam_size=3, max_len=6)
+    loss, _ = self_critical_loss(SelfCritical(model, beam_size=3, max_len=6), grid, region, reward)
     assert len(encodings) == 1 and encodings[0].grid.requires_grad
     searched_again, _ = beam_search_encoded(model.eval(), encodings[0].detach(),
                                             DecodingConfig(beam_size=3, max_len=6, num_captions=3))

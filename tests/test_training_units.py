@@ -16,9 +16,9 @@ from hin.config import ConfigError, RunConfig
 from hin.decoding import teacher_forcing_inputs
 from hin.devices import autocast
 from hin.training.distributed import Context, EpochOrder
-from hin.training.loop import capture_rng, restore_rng
 from hin.training.schedule import lr_factor, scst_lr_factor, should_stop, xe_lr_factor
 from hin.training.scst import scst_loss, sequence_mask
+from hin.training.state import capture_rng, restore_rng
 from hin.training.xe import next_token_nll
 
 CONFIGS = Path(__file__).resolve().parent.parent / "src" / "hin" / "configs"
@@ -81,6 +81,13 @@ def test_sequence_mask_keeps_tokens_up_to_eos_and_drops_padding():
 def test_teacher_forcing_inputs_shift_the_beams_right_after_bos():
     beams = torch.tensor([[[5, 6, 3], [7, 3, 1]]])
     assert teacher_forcing_inputs(beams, bos_id=2).tolist() == [[[2, 5, 6], [2, 7, 3]]]
+
+
+def test_teacher_forcing_inputs_pad_lists_of_words_to_the_longest():
+    """explain and serve feed the words of captions of different lengths."""
+    assert teacher_forcing_inputs([[5, 6, 7], [8], []], bos_id=2, pad_id=1).tolist() == [
+        [2, 5, 6], [2, 8, 1], [2, 1, 1]]
+    assert teacher_forcing_inputs([[], []], bos_id=2, pad_id=1).tolist() == [[2], [2]]
 
 
 def context(rank: int = 0, world_size: int = 1) -> Context:

@@ -1,7 +1,9 @@
 """Typed configuration: dataclasses, YAML files and `key=value` command-line overrides.
 
 Every run and checkpoint stores its resolved configuration as a plain dict produced here,
-so a saved model can always be rebuilt without the files it was trained from.
+so a saved model can always be rebuilt without the files it was trained from. One job: every
+setting's name, type, default and check, and where older hin versions' settings live now
+(`upgrade_legacy`), in one place.
 """
 
 from __future__ import annotations

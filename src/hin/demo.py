@@ -43,7 +43,9 @@ from hin.synth import (
     generate,
     read_scenes,
 )
-from hin.training.loop import BEST, TrainingInterrupted, start
+from hin.training.loop import TrainingInterrupted
+from hin.training.run import start
+from hin.training.rundir import BEST
 
 MARKER = ".hin-demo"
 OWN_ENTRIES = ("xe", "scst", "eval", "explain")   # what the demo writes besides MARKER

@@ -11,7 +11,8 @@ from hin.errors import UsageError
 
 def _train(args: argparse.Namespace) -> int:
     from hin.config import RunConfig, apply_overrides, load_yaml
-    from hin.training.loop import TrainingError, TrainingInterrupted, resume, start
+    from hin.training.loop import TrainingError, TrainingInterrupted
+    from hin.training.run import resume, start
 
     if args.resume and args.init:
         raise UsageError("--init starts a new run; a resumed run continues from its last.pt")

@@ -15,7 +15,8 @@ reported as missing, never assumed.
 Each process opens its own read-only handle lazily (safe under fork, spawn and forkserver
 DataLoader workers); arrays are read one entry at a time in their on-disk dtype (fp16 stays
 fp16 until the batch is built). This module must never substitute anything for a missing or
-malformed entry: it raises, naming the image id, the file and the fix.
+malformed entry: it raises, naming the image id, the file and the fix. Its length is one
+job's, reading feature files: lookup, padding, geometry and validation share the layout.
 """
 
 from __future__ import annotations

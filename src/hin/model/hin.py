@@ -6,8 +6,6 @@ The model knows nothing of files, vocabularies or metrics: token ids in, log-pro
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -59,13 +57,10 @@ class HIN(nn.Module):
             return self.decoder(tokens[:, None], enc, trace)[:, 0]
         return self.decoder(tokens, enc, trace)
 
-    def forward(self, grid: Tensor, region: Tensor,
-                tokens: Tensor | Callable[[EncoderOutput], Tensor]) -> Tensor:
-        """encode + decode in one call (what DistributedDataParallel wraps). `tokens` may be
-        a function of the encoder output that returns them: SCST searches its beams on the
-        encoding it then decodes them from."""
-        enc = self.encode(grid, region)
-        return self.decode(tokens(enc) if callable(tokens) else tokens, enc)
+    def forward(self, grid: Tensor, region: Tensor, tokens: Tensor) -> Tensor:
+        """encode + decode in one call (what DistributedDataParallel wraps for cross-entropy;
+        SCST wraps hin.training.scst.SelfCritical)."""
+        return self.decode(tokens, self.encode(grid, region))
 
     def init_cache(self, enc: EncoderOutput) -> DecoderCache:
         return self.decoder.init_cache(enc)

@@ -45,38 +45,50 @@ def scst_loss(token_logprobs: Tensor, mask: Tensor, rewards: Tensor, max_len: in
     return -(sequence_logprob * advantage).mean()
 
 
-def self_critical_loss(model: HIN, grid: Tensor, region: Tensor,
-                       reward: Callable[[Tensor], Tensor], *, beam_size: int, max_len: int,
-                       network: nn.Module | None = None, precision: str = "fp32"
-                       ) -> tuple[Tensor, Tensor]:
-    """One SCST loss over a batch of images -> (loss, rewards [B, K]).
+class SelfCritical(nn.Module):
+    """SCST's forward pass as one module (what DistributedDataParallel wraps for an SCST run,
+    so the gradient all-reduce follows the one autograd pass it makes).
 
-    One forward of `network` (the model, or its DistributedDataParallel wrapper) under
-    `precision` encodes the images with gradients, in the model's mode (training: encoder
-    dropout on). The K = beam_size beams are searched on a detached copy of that encoding
-    without gradients and with the decoder's dropout off; `reward(beams [B, K, T]) -> [B, K]`
-    scores them; the same encoding (with gradients, dropout masks unchanged) then gives the
-    beams' log-probabilities in one teacher-forced pass, every image's encoding shared by its
-    K beams. As in the reference, search and gradient pass read one encoder output (one
-    dropout mask); unlike it, the decoder searches without dropout and the gradient pass
-    draws its own decoder dropout masks.
+    forward(grid, region) -> (beams [B, K, T], their token log-probabilities [B, K, T]): the
+    images are encoded with gradients, in the model's mode (training: encoder dropout on);
+    the K = beam_size beams are searched on a detached copy of that encoding without
+    gradients and with the decoder's dropout off; the same encoding (with gradients, dropout
+    masks unchanged) then gives the beams' log-probabilities in one teacher-forced pass, every
+    image's encoding shared by its K beams. As in the reference, search and gradient pass
+    read one encoder output (one dropout mask); unlike it, the decoder searches without
+    dropout and the gradient pass draws its own decoder dropout masks.
     """
-    network = network or model
-    settings = DecodingConfig(beam_size=beam_size, max_len=max_len, num_captions=beam_size)
-    found: list[Tensor] = []
 
-    def search(enc: EncoderOutput) -> Tensor:
-        was_training = model.training
-        model.eval()
-        beams, _ = beam_search_encoded(model, enc.detach(), settings)
-        model.train(was_training)
-        found.append(beams.clone())   # an ordinary tensor: inference tensors cannot enter autograd
-        return teacher_forcing_inputs(found[0], model.config.bos_id)
+    def __init__(self, model: HIN, *, beam_size: int, max_len: int) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = DecodingConfig(beam_size=beam_size, max_len=max_len, num_captions=beam_size)
+        self.max_len = max_len
 
+    def search(self, enc: EncoderOutput) -> Tensor:
+        """The beams [B, K, T] on `enc`, without gradients or decoder dropout."""
+        was_training = self.model.training
+        self.model.eval()
+        beams, _ = beam_search_encoded(self.model, enc.detach(), self.settings)
+        self.model.train(was_training)
+        return beams.clone()   # an ordinary tensor: inference tensors cannot enter autograd
+
+    def forward(self, grid: Tensor, region: Tensor) -> tuple[Tensor, Tensor]:
+        enc = self.model.encode(grid, region)
+        beams = self.search(enc)
+        logprobs = self.model.decode(teacher_forcing_inputs(beams, self.model.config.bos_id), enc)
+        return beams, logprobs.float().gather(-1, beams[..., None]).squeeze(-1)
+
+
+def self_critical_loss(critic: SelfCritical, grid: Tensor, region: Tensor,
+                       reward: Callable[[Tensor], Tensor], *, network: nn.Module | None = None,
+                       precision: str = "fp32") -> tuple[Tensor, Tensor]:
+    """One SCST loss over a batch of images -> (loss, rewards [B, K]): one forward of
+    `network` (`critic`, or its DistributedDataParallel wrapper) under `precision`;
+    `reward(beams [B, K, T]) -> [B, K]` scores its beams."""
+    model = critic.model
     with autocast(model.device, precision):
-        logprobs = network(grid, region, search)
-    beams = found[0]
+        beams, token_logprobs = (network or critic)(grid, region)
     rewards = reward(beams).to(device=beams.device, dtype=torch.float32)
-    token_logprobs = logprobs.float().gather(-1, beams[..., None]).squeeze(-1)
-    loss = scst_loss(token_logprobs, sequence_mask(beams, model.config.pad_id), rewards, max_len)
+    loss = scst_loss(token_logprobs, sequence_mask(beams, model.config.pad_id), rewards, critic.max_len)
     return loss, rewards
