@@ -9,6 +9,7 @@ candidate, top-k over all (hypothesis, word) pairs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -192,7 +193,8 @@ def _sample(stepper: Stepper, batch: int, config: HINConfig, device: torch.devic
     return history.gather(1, index), history_logprobs.gather(1, index)
 
 
-def _noise_source(batch: int, count: int, device: torch.device, seed: int | None):
+def _noise_source(batch: int, count: int, device: torch.device,
+                  seed: int | None) -> Callable[[], Tensor]:
     """A function giving uniform noise [B, N]: torch's generator, or one per image seeded."""
     if seed is None:
         return lambda: torch.rand(batch, count, device=device)

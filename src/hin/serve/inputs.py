@@ -12,6 +12,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -177,15 +178,15 @@ def parse_options(query: Sequence[tuple[str, str]], fields: Mapping[str, str],
     sample = _flag(given, "sample", defaults.sample)
     beam_size = _integer(given, "beam_size", defaults.beam_size, 1, MAX_BEAM_SIZE)
     most = MAX_BEAM_SIZE if sample else beam_size
-    changed = {"beam_size": beam_size, "sample": sample,
-               "num_captions": _integer(given, "num_captions", min(defaults.num_captions, most),
-                                        1, most),
-               "min_len": _integer(given, "min_len", defaults.min_len, 0, defaults.max_len - 1),
-               "no_repeat_ngram": _integer(given, "no_repeat_ngram", defaults.no_repeat_ngram, 0,
-                                           defaults.max_len),
-               "top_k": _integer(given, "top_k", defaults.top_k, 0, 10**9),
-               "diversity_groups": _integer(given, "diversity_groups", defaults.diversity_groups,
-                                            1, beam_size)}
+    changed: dict[str, Any] = {
+        "beam_size": beam_size, "sample": sample,
+        "num_captions": _integer(given, "num_captions", min(defaults.num_captions, most), 1, most),
+        "min_len": _integer(given, "min_len", defaults.min_len, 0, defaults.max_len - 1),
+        "no_repeat_ngram": _integer(given, "no_repeat_ngram", defaults.no_repeat_ngram, 0,
+                                    defaults.max_len),
+        "top_k": _integer(given, "top_k", defaults.top_k, 0, 10**9),
+        "diversity_groups": _integer(given, "diversity_groups", defaults.diversity_groups, 1,
+                                     beam_size)}
     if "seed" in given:
         changed["seed"] = _integer(given, "seed", 0, 0, MAX_SEED - 1)
     for name in ("length_penalty", "temperature", "top_p", "diversity_strength"):
