@@ -309,6 +309,24 @@ def test_two_gloo_processes_train_like_one_process_on_the_same_global_batch(synt
     assert not all(torch.equal(initial[name], value) for name, value in ddp_weights.items())
 
 
+def test_two_gloo_processes_train_scst_through_the_self_critical_module_in_step(synth, uninterrupted,
+                                                                              tmp_path):
+    """SelfCritical under DistributedDataParallel: every rank searches, scores and steps on
+    its images, and the gradient all-reduce keeps the ranks' weights equal."""
+    xe_run, _ = uninterrupted
+    ddp_dir = tmp_path / "ddp_scst"
+    overrides = tiny_overrides(synth, ddp_dir, "train.stage=scst", "train.lr=1e-4", "train.max_steps=2",
+                               "train.beam_size=2")
+    mp.spawn(ddp_worker, args=(2, free_port(), overrides, str(tmp_path), str(xe_run / rundir.BEST)),
+             nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert_same_tensors(ranks[0]["model"], ranks[1]["model"])
+    steps = log_records(ddp_dir, "step")
+    assert [r["step"] for r in steps] == [1, 2] and all(r["stage"] == "scst" for r in steps)
+    xe_weights = checkpoint.load(xe_run / rundir.BEST)[0].state_dict()
+    assert not all(torch.equal(xe_weights[name], value) for name, value in ranks[0]["model"].items())
+
+
 def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synth, uninterrupted,
                                                                           tmp_path):
     xe_run, _ = uninterrupted

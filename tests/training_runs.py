@@ -34,15 +34,17 @@ def tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
             "train.device=cpu", *extra]
 
 
-def ddp_worker(rank: int, world_size: int, port: int, overrides: list[str], out_dir: str) -> None:
-    """One process of a gloo group: train, then write this rank's weights for comparison."""
+def ddp_worker(rank: int, world_size: int, port: int, overrides: list[str], out_dir: str,
+               init: str | None = None) -> None:
+    """One process of a gloo group: train (from `init`'s weights if given), then write this
+    rank's weights for comparison."""
     from hin.training import distributed
     from hin.training.run import build_trainer
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    trainer = build_trainer(RunConfig.load(None, overrides), progress=False)
+    trainer = build_trainer(RunConfig.load(None, overrides), init=init, progress=False)
     try:
         trainer.fit()
         torch.save({"model": trainer.model.state_dict(), "rank": trainer.context.rank,
