@@ -316,7 +316,7 @@ def test_two_gloo_processes_train_scst_through_the_self_critical_module_in_step(
     xe_run, _ = uninterrupted
     ddp_dir = tmp_path / "ddp_scst"
     overrides = tiny_overrides(synth, ddp_dir, "train.stage=scst", "train.lr=1e-4", "train.max_steps=2",
-                               "train.beam_size=2")
+                               "train.validation.beam_size=2")
     mp.spawn(ddp_worker, args=(2, free_port(), overrides, str(tmp_path), str(xe_run / rundir.BEST)),
              nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
