@@ -200,7 +200,8 @@ def scst_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
 
     def step(precision: str) -> Callable[[], None]:
         return lambda: optimiser_step(optimizer, self_critical_loss(
-            SelfCritical(model, beam_size=5, max_len=20), grid, region, reward, precision=precision)[0])
+            SelfCritical(model, DecodingConfig(beam_size=5, max_len=20, num_captions=5)), grid, region,
+            reward, precision=precision)[0])
 
     return [measured_row("SCST step", f"{sizes.scst_images} images x 5 beams, {precision}",
                          step(precision), device, sizes, sizes.scst_images, "images")

@@ -28,6 +28,7 @@ from common import (
     reset_peak,
     timed,
 )
+from hin.config import DecodingConfig
 from hin.data.vocab import SPECIALS, Vocabulary
 from hin.metrics import CiderDTable
 from hin.training.optimizer import adam
@@ -72,7 +73,8 @@ def main() -> None:
             owners = [i for i in image_ids for _ in range(beams.shape[1])]
             return torch.from_numpy(table.score(captions, owners)).view(beams.shape[:2])
 
-        critic = SelfCritical(model, beam_size=args.beam, max_len=args.max_len)
+        critic = SelfCritical(model, DecodingConfig(beam_size=args.beam, max_len=args.max_len,
+                                                    num_captions=args.beam))
         for precision in precisions(args, device):
             def step() -> None:
                 loss, _ = self_critical_loss(critic, grid, region, reward, precision=precision)

@@ -20,6 +20,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__", "cli", "serve"),                                                 # entry points
     ("evaluate", "caption", "explain", "training", "extract", "demo", "grounding", "synth"),  # jobs
     ("decoding", "checkpoint", "data", "metrics", "devices"),                     # their parts
+    ("strategies",),                                           # decoding's per-step rules
     ("model",),
     ("config",),
     ("hin", "errors", "files", "locks", "processes"),                             # foundation

@@ -75,9 +75,9 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["num_images"] == 6
     assert metrics["postprocessing"] == {"collapse_repeats": True}
-    assert metrics["decoding"] == {"beam_size": 3, "max_len": 8, "num_captions": 1,
-                                   "collapse_repeats": True, "precision": "fp32",
+    assert metrics["decoding"] == {**DecodingConfig(beam_size=3, max_len=8).to_dict(),
                                    "batch_size": 4, "ensemble": 2}
+    assert metrics["decoding"]["sample"] is False and metrics["decoding"]["length_penalty"] == 0
     assert [c["sha256"] for c in metrics["checkpoints"]] == [
         hashlib.sha256(c.read_bytes()).hexdigest() for c in checkpoints]
     assert metrics["checkpoints"][0]["config"]["d_model"] == 16

@@ -28,6 +28,7 @@ from hin.extract import read_attributes
 from hin.metrics import collapse_repeats
 from hin.serve import ServeSettings, create_app
 from hin.serve.batching import DynamicBatcher
+from hin.serve.inputs import MAX_PARTS, OPTIONS
 from serving import running_server
 
 pytest.importorskip("transformers")
@@ -88,6 +89,24 @@ def test_captions_equal_the_captioners_for_a_form_and_for_raw_bytes(served, clie
     assert default["decoding"]["beam_size"] == 3 and len(default["captions"]) == 1
 
 
+def test_decoding_options_reach_the_search_as_the_captioner_takes_them(served, client):
+    checkpoint, root, _, _ = served
+    sampled = {"sample": True, "num_captions": 4, "seed": 7, "top_p": 0.9, "temperature": 1.5,
+               "no_repeat_ngram": 2, "length_penalty": 0.5, "min_len": 2}
+    expected = hin.Captioner(checkpoint, device="cpu",
+                             decoding=DecodingConfig(beam_size=3, **sampled))(
+        root / "pictures" / "12.png")[0].to_dict()["captions"]
+    query = "sample&num_captions=4&seed=7&top_p=0.9&temperature=1.5&no_repeat_ngram=2" \
+            "&length_penalty=.5&min_len=2"
+    for _ in range(2):   # the same seed, the same captions
+        answer = client.post(f"/v1/captions?{query}", content=_png(root)).json()
+        assert answer["captions"] == expected and len(expected) == 4
+        assert answer["decoding"] == {**DEFAULTS.to_dict(), **sampled}
+    diverse = client.post("/v1/captions?beam_size=4&diversity_groups=2&diversity_strength=50"
+                          "&num_captions=2", files={"file": ("x.png", _png(root))}).json()
+    assert diverse["decoding"]["diversity_groups"] == 2 and len(diverse["captions"]) == 2
+
+
 def _bad_requests(root) -> list[tuple[str, dict, int, str]]:
     """(method, httpx request arguments, expected status, words the error must contain)."""
     png = _png(root)
@@ -111,11 +130,31 @@ def _bad_requests(root) -> list[tuple[str, dict, int, str]]:
         ("POST", {"content": png, "params": {"beam_size": "2", "num_captions": "3"}}, 422,
          "num_captions must be from 1 to 2"),
         ("POST", {"content": png, "params": {"explain": "maybe"}}, 400, "true or false"),
+        ("POST", {"content": png, "params": {"sample": "maybe"}}, 400, "true or false"),
+        ("POST", {"content": png, "params": {"top_p": "0"}}, 422, "top_p must be in (0, 1]"),
+        ("POST", {"content": png, "params": {"top_p": "1.5"}}, 422, "top_p must be in (0, 1]"),
+        ("POST", {"content": png, "params": {"temperature": "inf"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": {"temperature": "1e3"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": {"temperature": "\u0661.5"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": {"temperature": "0"}}, 422, "temperature must be"),
+        ("POST", {"content": png, "params": {"length_penalty": "9" * 5000}}, 400,
+         "decimal number in ASCII digits"),
+        ("POST", {"content": png, "params": {"diversity_groups": "2"}}, 422,
+         "diversity_groups (2) must divide the beam size (3)"),
+        ("POST", {"content": png, "params": {"diversity_groups": "4"}}, 422, "from 1 to 3"),
+        ("POST", {"content": png, "params": {"seed": "-1"}}, 400, "ASCII digits"),
+        ("POST", {"content": png, "params": {"seed": "9" * 20}}, 422, "seed must be from 0"),
+        ("POST", {"content": png, "params": {"min_len": "20"}}, 422, "from 0 to 19"),
+        ("POST", {"content": png, "params": {"sample": "", "num_captions": "11"}}, 422,
+         "num_captions must be from 1 to 10"),
+        ("POST", {"content": png, "params": [("top_k", "3"), ("top_k", "3")]}, 400,
+         "option 'top_k' is given twice"),
         ("POST", {"files": {"file": ("a.png", png)},
                   "data": {f"field{i}": "x" for i in range(7)}}, 400,
          "unknown option(s) 'field0', 'field1', 'field2' and 4 more"),
         ("POST", {"files": {"file": ("a.png", png)},
-                  "data": {f"field{i}": "x" for i in range(150)}}, 400, "more than 8 parts"),
+                  "data": {f"field{i}": "x" for i in range(150)}}, 400,
+         f"more than {MAX_PARTS} parts"),
         ("POST", {"files": [("file", ("a.png", png)), ("file", ("b.png", png))]}, 400,
          "carries 2 files"),
         ("POST", {"files": {"file": ("a.png", png)}, "data": {"beam_size": "2"},
@@ -268,7 +307,7 @@ def test_the_page_and_docs_load_nothing_from_elsewhere(client):
                              text), path
     spec = client.get("/openapi.json").json()
     parameters = {p["name"] for p in spec["paths"]["/v1/captions"]["post"]["parameters"]}
-    assert parameters == {"beam_size", "num_captions", "explain"}
+    assert parameters == set(OPTIONS) >= {"beam_size", "num_captions", "explain", "sample", "top_p"}
     assert "multipart/form-data" in spec["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
 

@@ -349,10 +349,12 @@ def test_scst_from_an_xe_checkpoint_rewards_beams_and_selects_on_validation(synt
                                                        scst_model.state_dict().values()))
 
 
+@pytest.mark.parametrize("captions", ["beam", "sample"])
 def test_scst_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(synth, uninterrupted,
-                                                                        tmp_path):
+                                                                        tmp_path, captions):
     init = uninterrupted[0] / rundir.BEST
-    scst = ("train.stage=scst", "train.lr=1e-5", "train.validation.beam_size=3")   # 2 steps per epoch
+    scst = ("train.stage=scst", "train.lr=1e-5", "train.validation.beam_size=3",  # 2 steps per epoch
+            f"train.scst_captions={captions}", "train.scst_samples=3")
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     start(config(synth, whole, *scst), init=init, progress=False)
     start(config(synth, stopped, *scst, "train.max_steps=3"), init=init, progress=False)

@@ -1,15 +1,30 @@
 """SCST loss: exact values of the pure function, and the fast path (search without
 gradients, then one teacher-forced pass) equal to the loss of the search's own log-probs."""
 
+import re
+
 import pytest
 import torch
 
 from conftest import tiny_features, tiny_model
-from hin.config import DecodingConfig
-from hin.decoding import beam_search, beam_search_encoded
-from hin.training.scst import SelfCritical, scst_loss, self_critical_loss, sequence_mask
+from hin.config import ConfigError, DecodingConfig, TrainConfig
+from hin.decoding import beam_search, beam_search_encoded, teacher_forcing_inputs
+from hin.training.scst import (
+    SelfCritical,
+    baselines,
+    scst_decoding,
+    scst_loss,
+    self_critical_loss,
+    sequence_mask,
+)
 
 PAD, BOS, EOS = 1, 2, 3
+
+
+def beam_critic(model, beam_size, max_len):
+    """The reference's SCST: all the beams of one beam search."""
+    return SelfCritical(model, DecodingConfig(beam_size=beam_size, max_len=max_len,
+                                              num_captions=beam_size))
 
 
 def test_loss_uses_the_mean_of_the_images_beams_as_baseline_and_divides_by_max_len():
@@ -31,6 +46,18 @@ def test_loss_averages_over_images_and_is_zero_when_beams_tie():
         per_image_0.item() / 2)
 
 
+def test_sampled_captions_are_each_measured_against_the_mean_reward_of_the_others():
+    rewards = torch.tensor([[1.0, 0.0, 0.5, 0.5], [2.0, 2.0, 2.0, 2.0]])
+    assert torch.equal(baselines(rewards, "sample"),
+                       torch.tensor([[1 / 3, 2 / 3, 0.5, 0.5], [2.0, 2.0, 2.0, 2.0]]))
+    assert torch.equal(baselines(rewards, "beam"), torch.tensor([[0.5], [2.0]]))
+    # caption k of image 0: token log-probs -(k + 1), so -(sum / 3) * (r_k - b_k) =
+    # (k + 1)(r_k - b_k); image 1 ties and adds nothing; the mean is over all 8 captions
+    logprobs = -torch.arange(1.0, 5.0)[None, :, None].expand(2, 4, 3)
+    expected = (1 * (1 - 1 / 3) + 2 * (0 - 2 / 3)) / 8
+    assert scst_loss(logprobs, torch.ones(2, 4, 3), rewards, max_len=3,
+                     captions="sample").item() == pytest.approx(expected)
+
 
 def test_fast_path_equals_the_loss_of_the_search_log_probs_and_has_gradients():
     model = tiny_model().train()         # dropout 0: train and eval passes agree exactly
@@ -45,7 +72,7 @@ def test_fast_path_equals_the_loss_of_the_search_log_probs_and_has_gradients():
         seen.append(candidates.clone())
         return rewards
 
-    loss, returned = self_critical_loss(SelfCritical(model, beam_size=beam_size, max_len=max_len),
+    loss, returned = self_critical_loss(beam_critic(model, beam_size, max_len),
                                         grid, region, reward)
     assert torch.equal(seen[0], beams) and torch.equal(returned, rewards)
     expected = scst_loss(search_logprobs, sequence_mask(beams, PAD), rewards, max_len)
@@ -65,7 +92,7 @@ def beam_rank_reward(beams):
 def test_beams_of_different_images_never_mix():
     model = tiny_model(seed=3)
     grid, region = tiny_features(batch=2, seed=5)
-    critic = SelfCritical(model, beam_size=3, max_len=6)
+    critic = beam_critic(model, 3, 6)
     together, _ = self_critical_loss(critic, grid, region, beam_rank_reward)
     alone = [self_critical_loss(critic, grid[i:i + 1], region[i:i + 1], beam_rank_reward)[0]
              for i in range(2)]
@@ -84,10 +111,53 @@ def test_the_images_are_encoded_once_and_the_search_reads_that_encoding():
         return beam_rank_reward(beams)
 
     torch.manual_seed(0)
-    loss, _ = self_critical_loss(SelfCritical(model, beam_size=3, max_len=6), grid, region, reward)
+    loss, _ = self_critical_loss(beam_critic(model, 3, 6), grid, region, reward)
     assert len(encodings) == 1 and encodings[0].grid.requires_grad
     searched_again, _ = beam_search_encoded(model.eval(), encodings[0].detach(),
                                             DecodingConfig(beam_size=3, max_len=6, num_captions=3))
     assert torch.equal(seen[0], searched_again)
     loss.backward()
     assert model.encoder.grid_proj[0].weight.grad.abs().sum() > 0
+
+
+def test_sampled_captions_get_the_loss_of_their_teacher_forced_log_probs_and_others_baseline():
+    model = tiny_model(seed=4).train()        # dropout 0: train and eval passes agree exactly
+    grid, region = tiny_features(batch=2)
+    critic = SelfCritical(model, scst_decoding(TrainConfig(
+        stage="scst", scst_captions="sample", scst_samples=4,
+        validation=DecodingConfig(beam_size=3, max_len=7))))
+    assert critic.settings == DecodingConfig(max_len=7, sample=True, num_captions=4)
+    seen = []
+
+    def reward(captions):
+        seen.append(captions.clone())
+        return torch.arange(8, dtype=torch.float32).view(2, 4).cos()
+
+    torch.manual_seed(0)
+    loss, rewards = self_critical_loss(critic, grid, region, reward)
+    captions = seen[0]
+    assert captions.shape[:2] == (2, 4) and len({tuple(c) for c in captions[0].tolist()}) > 1
+    with torch.no_grad():
+        logprobs = model.decode(teacher_forcing_inputs(captions, BOS), model.encode(grid, region))
+    token_logprobs = logprobs.gather(-1, captions[..., None]).squeeze(-1)
+    expected = scst_loss(token_logprobs, sequence_mask(captions, PAD), rewards, 7, "sample")
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert expected.item() != pytest.approx(
+        scst_loss(token_logprobs, sequence_mask(captions, PAD), rewards, 7, "beam").item())
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_the_reference_scst_rewards_every_beam_of_the_validation_search():
+    train = TrainConfig(stage="scst", validation=DecodingConfig(beam_size=3, max_len=9))
+    assert scst_decoding(train) == DecodingConfig(beam_size=3, max_len=9, num_captions=3)
+
+
+@pytest.mark.parametrize("values,message", [
+    (dict(scst_captions="greedy"), "scst_captions must be one of ('beam', 'sample')"),
+    (dict(scst_samples=1), "scst_samples must be at least 2"),
+    (dict(scst_samples=0), "scst_samples must be a positive integer"),
+])
+def test_scst_caption_settings_are_checked(values, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig(**values)

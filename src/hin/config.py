@@ -9,6 +9,7 @@ setting's name, type, default and check, and where older hin versions' settings 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Sequence
@@ -54,12 +55,24 @@ class ConfigError(HINError, ValueError):
     """A configuration value or key that cannot be used, with what would be accepted."""
 
 
-def require_positive_ints(config: Any, *names: str) -> None:
+def require_positive_ints(config: Any, *names: str, least: int = 1) -> None:
+    """Each named field an int (not a bool) of at least `least` (1, or 0 for a count)."""
     for name in names:
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(
-                f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            what = "a positive integer" if least else "a non-negative integer"
+            raise ConfigError(f"{type(config).__name__}.{name} must be {what}, got {value!r}")
+
+
+def require_non_negative_ints(config: Any, *names: str) -> None:
+    require_positive_ints(config, *names, least=0)
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+MAX_SEED = 2**63   # torch.Generator.manual_seed takes seeds below this
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,16 @@ class DecodingConfig:
     the reference's evaluation did. `precision`: `fp32` is the exact reference path; `bf16`
     decodes with the weights cast to bfloat16 once (`hin.decoding.cast_for_decoding`); `auto`
     picks bf16 where the device runs it fast.
+
+    How words are chosen (hin.strategies; every default keeps the reference's rule):
+    `length_penalty` alpha ranks hypotheses by score / length^alpha (0: by score); `min_len`
+    words at least before <eos>; `no_repeat_ngram` n: no n-gram twice in a caption (0: off).
+    `sample` draws `num_captions` captions instead of searching (the beam size is then
+    unused), from the distribution sharpened by `temperature` and cut to the `top_k` most
+    probable words (0: all) and the smallest set holding `top_p` of the mass; a `seed` makes
+    the draws repeatable. `diversity_groups` G splits the beam into G groups, each penalised
+    by `diversity_strength` for words earlier groups chose at the same step; one caption
+    per group is returned.
     """
 
     beam_size: int = 5
@@ -261,17 +284,62 @@ class DecodingConfig:
     num_captions: int = 1
     collapse_repeats: bool = True
     precision: str = "fp32"
+    length_penalty: float = 0.0
+    min_len: int = 0
+    no_repeat_ngram: int = 0
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    diversity_groups: int = 1
+    diversity_strength: float = 0.5
 
     def __post_init__(self) -> None:
-        require_positive_ints(self, "beam_size", "max_len", "num_captions")
-        if self.num_captions > self.beam_size:
-            raise ConfigError(f"DecodingConfig.num_captions ({self.num_captions}) cannot exceed "
-                              f"the beam size ({self.beam_size}): beam search keeps that many "
-                              "hypotheses")
-        if not isinstance(self.collapse_repeats, bool):
-            raise ConfigError("DecodingConfig.collapse_repeats must be true or false, "
-                              f"got {self.collapse_repeats!r}")
+        require_positive_ints(self, "beam_size", "max_len", "num_captions", "diversity_groups")
+        require_non_negative_ints(self, "min_len", "no_repeat_ngram", "top_k")
+        for name in ("sample", "collapse_repeats"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"DecodingConfig.{name} must be true or false, "
+                                  f"got {getattr(self, name)!r}")
+        self._check_search()
+        self._check_sampling()
         check_precision(self.precision, what="DecodingConfig.precision")
+
+    def _check_search(self) -> None:
+        if self.min_len >= self.max_len:
+            raise ConfigError(f"DecodingConfig.min_len ({self.min_len}) must be below max_len "
+                              f"({self.max_len}), so that a caption can end")
+        if not _finite_number(self.length_penalty):
+            raise ConfigError("DecodingConfig.length_penalty must be a number, got "
+                              f"{self.length_penalty!r}")
+        if self.beam_size % self.diversity_groups:
+            raise ConfigError(f"DecodingConfig.diversity_groups ({self.diversity_groups}) must "
+                              f"divide the beam size ({self.beam_size})")
+        if not _finite_number(self.diversity_strength) or self.diversity_strength < 0:
+            raise ConfigError("DecodingConfig.diversity_strength must be a number >= 0, got "
+                              f"{self.diversity_strength!r}")
+        if self.sample:
+            return
+        kept, what = ((self.beam_size, "the beam size") if self.diversity_groups == 1 else
+                      (self.diversity_groups, "diversity_groups (one caption per group)"))
+        if self.num_captions > kept:
+            raise ConfigError(f"DecodingConfig.num_captions ({self.num_captions}) cannot exceed "
+                              f"{what} ({kept}): beam search keeps that many hypotheses")
+
+    def _check_sampling(self) -> None:
+        if not _finite_number(self.temperature) or self.temperature <= 0:
+            raise ConfigError("DecodingConfig.temperature must be a number above 0, got "
+                              f"{self.temperature!r}")
+        if not _finite_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ConfigError(f"DecodingConfig.top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed < MAX_SEED):
+            raise ConfigError(f"DecodingConfig.seed must be an integer from 0 to {MAX_SEED - 1} "
+                              f"(or unset), got {self.seed!r}")
+        if self.sample and self.diversity_groups > 1:
+            raise ConfigError("DecodingConfig: sampling has no beam to split; give "
+                              "diversity_groups 1 with sample")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -303,9 +371,7 @@ class DataConfig:
         require_positive_ints(self, "max_regions", "max_caption_tokens")
         if self.max_caption_tokens < 2:
             raise ConfigError("DataConfig.max_caption_tokens must leave room for <bos> and <eos>")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ConfigError(
-                f"DataConfig.num_workers must be a non-negative integer, got {self.num_workers!r}")
+        require_non_negative_ints(self, "num_workers")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -316,6 +382,7 @@ class DataConfig:
 
 
 STAGES = ("xe", "scst")
+SCST_CAPTIONS = ("beam", "sample")
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -335,6 +402,9 @@ class TrainConfig:
     batch_size / k images with k of their captions, encoded once per image (XE only:
     SCST batches are `batch_size` images).
     `batch_size` always counts captions.
+    `scst_captions`: which captions SCST rewards. `beam` (the reference): the validation
+    beam's K captions, each against the mean reward of the K; `sample` ("new self-critical"):
+    `scst_samples` captions drawn from the model, each against the mean reward of the others.
     """
 
     stage: str = "xe"
@@ -357,6 +427,8 @@ class TrainConfig:
     captions_per_image: int = 1
     log_every: int = 20
     tensorboard: bool = True
+    scst_captions: str = "beam"
+    scst_samples: int = 5
 
     def __post_init__(self) -> None:
         require_positive_ints(self, "epochs", "batch_size", "val_batch_size", "log_every",
@@ -376,6 +448,11 @@ class TrainConfig:
                                   f"(0 = off), got {getattr(self, name)!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ConfigError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        require_choice(self, "scst_captions", SCST_CAPTIONS)
+        require_positive_ints(self, "scst_samples")
+        if self.scst_samples < 2:
+            raise ConfigError(f"TrainConfig.scst_samples must be at least 2 (each sample's "
+                              f"baseline is the mean reward of the others), got {self.scst_samples}")
 
 
 @dataclass(frozen=True)

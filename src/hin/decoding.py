@@ -8,10 +8,10 @@ the settings' post-processing), `beam_search` (ids and log-probs from features),
 search rule itself over any `Stepper`). Greedy decoding is `DecodingConfig(beam_size=1)`.
 
 Each model's encoder memory is projected once per image and shared by all beams; beams
-only carry their own self-attention cache, which is gathered when beams reorder. The
-search reproduces the reference's rule exactly: no length normalisation, a finished
-hypothesis competes with its unchanged score as a single candidate, top-k over all
-(hypothesis, word) pairs.
+only carry their own self-attention cache, which is gathered when beams reorder. How the
+words are chosen (the reference's beam search by default, or the other `DecodingConfig`
+options: length penalty, min_len, no_repeat_ngram, diverse groups, sampling) is
+hin.strategies'.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from hin.devices import resolve_precision
 from hin.errors import UsageError
 from hin.metrics import collapse_repeats
 from hin.model import HIN, DecoderCache, EncoderOutput
+from hin.strategies import Stepper, decode_with
 
 
 @dataclass(frozen=True)
@@ -130,16 +131,6 @@ def teacher_forcing_inputs(ids: Tensor | Sequence[Sequence[int]], bos_id: int,
     return torch.cat((bos, ids[..., :-1]), dim=-1)
 
 
-class Stepper(Protocol):
-    """What beam search drives: next-word log-probs of every hypothesis, and reordering."""
-
-    def step(self, tokens: Tensor) -> Tensor:
-        """tokens [B, K] -> log-probabilities [B, K, V] (float32)."""
-
-    def reorder(self, source: Tensor) -> None:
-        """Keep hypotheses `source` [B, K_new] (indices into the current K per image)."""
-
-
 class _Ensemble:
     """Steps several models together; their per-step log-probabilities are averaged."""
 
@@ -162,8 +153,8 @@ class _Ensemble:
 @torch.inference_mode()
 def beam_search(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor,
                 settings: DecodingConfig = DecodingConfig()) -> tuple[Tensor, Tensor]:
-    """Beam search as `settings` say (beam size, length, number of captions, precision) over
-    one model or an ensemble (a list: per-step log-probs averaged).
+    """Captions as `settings` say (beam size, length, number of captions, precision, how words
+    are chosen) over one model or an ensemble (a list: per-step log-probs averaged).
 
     grid [B, Ng, Dg], region [B, Nr, Dr] -> (ids [B, num_captions, T], per-token log-probs
     [B, num_captions, T]), hypotheses best first, T <= max_len (the search stops once every
@@ -192,43 +183,10 @@ def beam_search_encoded(model_or_list: HIN | Sequence[HIN],
 def beam_search_steps(stepper: Stepper, batch: int, config: HINConfig, device: torch.device,
                       settings: DecodingConfig = DecodingConfig()) -> tuple[Tensor, Tensor]:
     """The search rule itself over any `Stepper` (the cached decoder here; tests drive it
-    with a teacher-forced re-scorer). `config` gives the special token ids."""
+    with a teacher-forced re-scorer): beam search, diverse groups or sampling as `settings`
+    say (hin.strategies). `config` gives the special token ids."""
     require_decodable(config, settings)
-    beam_size, out_size = settings.beam_size, settings.num_captions
-    tokens = torch.full((batch, 1), config.bos_id, dtype=torch.long, device=device)
-    scores = torch.zeros(batch, 1, device=device)
-    alive = torch.ones(batch, 1, dtype=torch.bool, device=device)
-    history = torch.empty(batch, 1, 0, dtype=torch.long, device=device)
-    history_logprobs = torch.empty(batch, 1, 0, device=device)
-    for step in range(settings.max_len):
-        logprobs = stepper.step(tokens)                                      # [B, K, V]
-        vocab = logprobs.shape[-1]
-        if step > 0:
-            alive = alive & (tokens != config.eos_id)
-        candidates = scores[..., None] + logprobs
-        # A finished hypothesis stays as one candidate (extended by <pad>, log-prob 0) with
-        # its score. In place: the [B, K, V] tensors are the search's own largest cost.
-        candidates.masked_fill_(~alive[..., None], float("-inf"))
-        candidates[..., config.pad_id] = torch.where(alive, candidates[..., config.pad_id], scores)
-
-        top_scores, top_index = candidates.reshape(batch, -1).topk(beam_size, dim=-1)
-        source, words = top_index // vocab, top_index % vocab
-        stepper.reorder(source)
-        scores = top_scores
-        alive = alive.gather(1, source)
-        word_logprobs = logprobs.reshape(batch, -1).gather(1, top_index).masked_fill(~alive, 0.0)
-        history = torch.cat((history.gather(1, source[..., None].expand(-1, -1, step)),
-                             words[..., None]), dim=-1)
-        history_logprobs = torch.cat(
-            (history_logprobs.gather(1, source[..., None].expand(-1, -1, step)),
-             word_logprobs[..., None]), dim=-1)
-        tokens = words
-        if not (alive & (words != config.eos_id)).any():
-            break
-
-    order = scores.argsort(dim=1, descending=True, stable=True)[:, :out_size]
-    index = order[..., None].expand(-1, -1, history.shape[-1])
-    return history.gather(1, index), history_logprobs.gather(1, index)
+    return decode_with(stepper, batch, config, device, settings)
 
 
 def caption(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor, words: Words,

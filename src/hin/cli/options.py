@@ -33,6 +33,33 @@ def add_decoding_options(p: argparse.ArgumentParser, *, num_captions: bool = Fal
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="fp32 (exact reference arithmetic), bf16 (the weights cast to bfloat16 "
                         "once), or auto (bf16 where the device runs it fast)")
+    choice = p.add_argument_group("how words are chosen (docs/evaluation.md, Decoding options)")
+    choice.add_argument("--length-penalty", type=float, default=defaults.length_penalty,
+                        metavar="ALPHA", help="rank captions by log-prob / length^ALPHA "
+                                              "(0, the reference: by log-prob)")
+    choice.add_argument("--min-len", type=int, default=defaults.min_len,
+                        help="words at least before a caption may end")
+    choice.add_argument("--no-repeat-ngram", type=int, default=defaults.no_repeat_ngram,
+                        metavar="N", help="no N words twice in a caption in the same order "
+                                          "(0: off)")
+    choice.add_argument("--diversity-groups", type=int, default=defaults.diversity_groups,
+                        metavar="G", help="diverse beam search: G groups of beams (G divides "
+                                          "--beam), one caption each")
+    choice.add_argument("--diversity-strength", type=float, default=defaults.diversity_strength,
+                        metavar="LAMBDA", help="diverse beam search: the penalty for a word an "
+                                               "earlier group chose at the same step")
+    choice.add_argument("--sample", action="store_true",
+                        help="draw captions from the model's distribution instead of beam "
+                             "search (--beam is then unused)")
+    choice.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="sampling: above 0; below 1 sharpens the distribution")
+    choice.add_argument("--sample-top-k", type=int, default=defaults.top_k, metavar="K",
+                        help="sampling: from the K most probable words only (0: all)")
+    choice.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P",
+                        help="sampling: from the most probable words holding P of the mass, "
+                             "in (0, 1]")
+    choice.add_argument("--seed", type=int, default=defaults.seed,
+                        help="sampling: the same seed gives the same captions")
 
 
 def decoding(args: argparse.Namespace) -> DecodingConfig:
@@ -40,7 +67,13 @@ def decoding(args: argparse.Namespace) -> DecodingConfig:
 
     return DecodingConfig(beam_size=args.beam, max_len=args.max_len,
                           num_captions=getattr(args, "top_k", 1),
-                          collapse_repeats=not args.keep_repeats, precision=args.precision)
+                          collapse_repeats=not args.keep_repeats, precision=args.precision,
+                          length_penalty=args.length_penalty, min_len=args.min_len,
+                          no_repeat_ngram=args.no_repeat_ngram,
+                          diversity_groups=args.diversity_groups,
+                          diversity_strength=args.diversity_strength, sample=args.sample,
+                          temperature=args.temperature, top_k=args.sample_top_k,
+                          top_p=args.top_p, seed=args.seed)
 
 
 def say_unfamiliar(command: str, notes: list) -> None:

@@ -12,23 +12,41 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from hin.config import ConfigError, DecodingConfig
+from hin.config import MAX_SEED, ConfigError, DecodingConfig
 from hin.errors import HINError
 from hin.extract.images import as_rgb, max_pixels
 from hin.serve.settings import MAX_BEAM_SIZE
 
 OPTIONS = {"beam_size": f"beam size, 1 to {MAX_BEAM_SIZE}",
-           "num_captions": "captions to return, best first, 1 to the beam size",
+           "num_captions": f"captions to return, best first, 1 to the beam size (sampling: 1 to "
+                           f"{MAX_BEAM_SIZE})",
            "explain": "true to add the attention maps of the best caption (a bare `explain` "
-                      "is true)"}
+                      "is true)",
+           "length_penalty": "rank captions by log-prob / length^alpha (0: by log-prob)",
+           "min_len": "words at least before the caption may end",
+           "no_repeat_ngram": "n: no n words repeated in a caption in the same order (0: off)",
+           "sample": "true to draw captions from the model's distribution instead of beam "
+                     "search (a bare `sample` is true)",
+           "temperature": "sampling: above 0; below 1 sharpens the distribution",
+           "top_k": "sampling: draw from the k most probable words only (0: all)",
+           "top_p": "sampling: draw from the most probable words holding this share of the "
+                    "mass, in (0, 1]",
+           "seed": f"sampling: the same seed gives the same captions, 0 to {MAX_SEED - 1}",
+           "diversity_groups": "diverse beam search: split the beam into this many groups, one "
+                               "caption each (it must divide the beam size)",
+           "diversity_strength": "diverse beam search: the penalty for a word an earlier group "
+                                 "chose at the same step, 0 or more"}
 # A bare `?explain` (or an empty form field) means true, as a flag on a command line does.
 TRUE, FALSE = {"", "1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-MAX_PARTS = 8          # a form holds one file and at most the options: more parts are refused
+MAX_PARTS = 1 + len(OPTIONS)   # a form holds one file and at most the options: more are refused
 NAMED_UNKNOWN = 3      # an error names at most this many unknown options
+MAX_NUMBER_TEXT = 19   # digits read at most: no 4000-digit int() (2**63 has 19)
 _WHOLE_NUMBER = re.compile(r"[0-9]+")    # ASCII digits only: never '²', '١' or '３'
+_DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")   # nor 'inf', 'nan', '1_0', '1e9'
 
 
 class RequestError(HINError, ValueError):
@@ -157,31 +175,58 @@ def parse_options(query: Sequence[tuple[str, str]], fields: Mapping[str, str],
         more = f" and {len(unknown) - NAMED_UNKNOWN} more" if len(unknown) > NAMED_UNKNOWN else ""
         known = "; ".join(f"{name}: {meaning}" for name, meaning in OPTIONS.items())
         raise RequestError(400, f"unknown option(s) {named}{more}; the options are {known}")
-    beam_size = _integer(given, "beam_size", defaults.beam_size, MAX_BEAM_SIZE)
-    num_captions = _integer(given, "num_captions", min(defaults.num_captions, beam_size),
-                            beam_size)
+    sample = _flag(given, "sample", defaults.sample)
+    beam_size = _integer(given, "beam_size", defaults.beam_size, 1, MAX_BEAM_SIZE)
+    most = MAX_BEAM_SIZE if sample else beam_size
+    changed: dict[str, Any] = {
+        "beam_size": beam_size, "sample": sample,
+        "num_captions": _integer(given, "num_captions", min(defaults.num_captions, most), 1, most),
+        "min_len": _integer(given, "min_len", defaults.min_len, 0, defaults.max_len - 1),
+        "no_repeat_ngram": _integer(given, "no_repeat_ngram", defaults.no_repeat_ngram, 0,
+                                    defaults.max_len),
+        "top_k": _integer(given, "top_k", defaults.top_k, 0, 10**9),
+        "diversity_groups": _integer(given, "diversity_groups", defaults.diversity_groups, 1,
+                                     beam_size)}
+    if "seed" in given:
+        changed["seed"] = _integer(given, "seed", 0, 0, MAX_SEED - 1)
+    for name in ("length_penalty", "temperature", "top_p", "diversity_strength"):
+        if name in given:
+            changed[name] = _decimal(given, name)
     try:
-        decoding = dataclasses.replace(defaults, beam_size=beam_size, num_captions=num_captions)
+        decoding = dataclasses.replace(defaults, **changed)
     except ConfigError as error:
         raise RequestError(422, str(error)) from error
-    return Options(decoding, _flag(given, "explain"))
+    return Options(decoding, _flag(given, "explain", False))
 
 
-def _integer(given: Mapping[str, str], name: str, default: int, largest: int) -> int:
+def _integer(given: Mapping[str, str], name: str, default: int, smallest: int,
+             largest: int) -> int:
     if name not in given:
         return default
     if not _WHOLE_NUMBER.fullmatch(given[name]):
         raise RequestError(400, f"option {name} must be a whole number in ASCII digits, got "
                                 f"{given[name][:40]!r}")
-    number = int(given[name]) if len(given[name]) <= 9 else None    # no 4000-digit int()
-    if number is None or not 1 <= number <= largest:
-        raise RequestError(422, f"option {name} must be from 1 to {largest}, got "
+    number = int(given[name]) if len(given[name]) <= MAX_NUMBER_TEXT else None
+    if number is None or not smallest <= number <= largest:
+        raise RequestError(422, f"option {name} must be from {smallest} to {largest}, got "
                                 f"{given[name][:40]!r}")
     return number
 
 
-def _flag(given: Mapping[str, str], name: str) -> bool:
-    value = given.get(name, "false").lower()
+def _decimal(given: Mapping[str, str], name: str) -> float:
+    """A number written in ASCII digits with an optional sign and decimal point; its range
+    is DecodingConfig's to check."""
+    text = given[name]
+    if len(text) > 2 * MAX_NUMBER_TEXT or not _DECIMAL.fullmatch(text):
+        raise RequestError(400, f"option {name} must be a decimal number in ASCII digits (such "
+                                f"as 0.5), got {text[:40]!r}")
+    return float(text)
+
+
+def _flag(given: Mapping[str, str], name: str, default: bool) -> bool:
+    if name not in given:
+        return default
+    value = given[name].lower()
     if value not in TRUE | FALSE:
         raise RequestError(400, f"option {name} must be true or false (or given bare), got "
                                 f"{given[name][:40]!r}")

@@ -11,7 +11,8 @@ class ErrorAnswer(BaseModel):
 
 class CaptionItem(BaseModel):
     caption: str
-    log_prob: float = Field(description="summed token log-probability: the beam-search score")
+    log_prob: float = Field(description="summed token log-probability: the beam-search score "
+                                        "(captions rank by it / length^length_penalty)")
 
 
 class Decoding(BaseModel):
@@ -20,6 +21,16 @@ class Decoding(BaseModel):
     num_captions: int
     collapse_repeats: bool
     precision: str
+    length_penalty: float
+    min_len: int
+    no_repeat_ngram: int
+    sample: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int | None
+    diversity_groups: int
+    diversity_strength: float
 
 
 class FeatureSource(BaseModel):

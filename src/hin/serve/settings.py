@@ -20,8 +20,9 @@ SERVE_THREADS = 1
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """`decoding` holds the defaults a request may change (beam size, number of captions)
-    and the settings it may not (maximum length, repeats, precision)."""
+    """`decoding` holds the defaults a request may change (beam size, number of captions,
+    the options of hin.serve.inputs.OPTIONS) and the settings it may not (maximum length,
+    repeats, precision)."""
 
     checkpoint: str | Path
     decoding: DecodingConfig = field(default_factory=DecodingConfig)

@@ -54,7 +54,7 @@ from hin.training.rundir import (
     restartable,
     stopping_rule_met,
 )
-from hin.training.scst import SelfCritical
+from hin.training.scst import SelfCritical, scst_decoding
 from hin.training.state import Progress, restore_rng
 
 Say = Callable[[str], None]
@@ -93,9 +93,7 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
 
     torch.manual_seed(train.seed)
     model = (init_model or HIN(model_config)).to(context.device)
-    critic = (SelfCritical(model, beam_size=train.validation.beam_size,
-                           max_len=train.validation.max_len)
-              if train.stage == "scst" else None)
+    critic = SelfCritical(model, scst_decoding(train)) if train.stage == "scst" else None
     network: torch.nn.Module = model if critic is None else critic
     if context.distributed:
         network = DistributedDataParallel(network)

@@ -73,6 +73,10 @@ async function send(file) {
   form.append("beam_size", $("beam").value);
   form.append("num_captions", $("count").value);
   form.append("explain", $("explain").checked ? "true" : "false");
+  form.append("sample", $("sample").checked ? "true" : "false");
+  for (const input of document.querySelectorAll("[data-option]")) {
+    if (input.value !== "") form.append(input.dataset.option, input.value);
+  }
   setStatus(`captioning ${file.name || "the picture"}…`);
   const [image, response] = await Promise.all([
     loadImage(URL.createObjectURL(file)),
@@ -116,8 +120,11 @@ function showAnswer() {
     return item;
   }));
   const d = answer.decoding;
-  $("settings").textContent = `beam ${d.beam_size}, ${d.num_captions} caption(s), max length ` +
-    `${d.max_len}, precision ${d.precision}; picture ${answer.picture.width}x` +
+  const how = d.sample ? `sampled (temperature ${d.temperature}, top-k ${d.top_k}, top-p ` +
+    `${d.top_p}, seed ${d.seed === null ? "none" : d.seed})` : `beam ${d.beam_size}` +
+    (d.diversity_groups > 1 ? ` in ${d.diversity_groups} diverse groups` : "");
+  $("settings").textContent = `${how}, ${d.num_captions} caption(s), max length ${d.max_len}, ` +
+    `length penalty ${d.length_penalty}, precision ${d.precision}; picture ${answer.picture.width}x` +
     `${answer.picture.height} ${answer.picture.format}; model sha256 ${answer.model.sha256.slice(0, 12)}…`;
   const explanation = answer.explanation;
   $("map-controls").hidden = !explanation;
@@ -269,8 +276,9 @@ function setUp() {
     if (event.dataTransfer.files[0]) caption(event.dataTransfer.files[0]);
   });
   // New settings re-caption the picture on show.
-  for (const id of ["beam", "count", "explain"]) {
-    $(id).addEventListener("change", () => { if (state.file) caption(state.file); });
+  for (const input of [$("beam"), $("count"), $("explain"), $("sample"),
+                       ...document.querySelectorAll("[data-option]")]) {
+    input.addEventListener("change", () => { if (state.file) caption(state.file); });
   }
   $("map-kind").addEventListener("change", () => state.answer && drawView());
   $("layer").addEventListener("change", () => state.answer && drawView());
