@@ -72,8 +72,15 @@ def slow_run(tmp_path):
             [sys.executable, str(script), "extract", "grid", "--extractor", "slow-test",
              "--images", str(pictures), "--out", str(out), "--workers", "2", "--batch-size", "1",
              "--chunk-size", "1", "--device", "cpu"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=ctrl_c_reaches_it)
     return start, out
+
+
+def ctrl_c_reaches_it() -> None:
+    """preexec_fn: SIGINT at its default in the child. A test run started as a background job
+    ignores SIGINT, children inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def children(pid: int) -> list[int]:
@@ -344,7 +351,8 @@ def test_sigterm_or_ctrl_c_while_scoring_ends_the_java_process_too(tmp_path, sto
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen([sys.executable, str(script), "score", "--results", str(results),
                                 "--annotations", str(annotations), "--no-spice"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=ctrl_c_reaches_it)
     assert process.stdout.readline() == "tokenizing\n"
     java = children(process.pid)
     assert len(java) == 1, java
