@@ -15,6 +15,18 @@ CPU = torch.device("cpu")
 PAD = 1
 
 
+
+def step_through(model, tokens, enc):
+    """The cached decoder run over `tokens` [B, K, T] one step at a time -> (log-probs
+    [B, K, T, V], the final cache), to compare with teacher forcing."""
+    cache = model.init_cache(enc)
+    stepped = []
+    for t in range(tokens.shape[-1]):
+        logprobs, cache = model.step(tokens[:, :, t], cache)
+        stepped.append(logprobs)
+    return torch.stack(stepped, dim=2), cache
+
+
 def test_bf16_forward_is_finite_close_to_fp32_and_cached_steps_equal_teacher_forcing():
     model = tiny_model(num_layers=3)
     grid, region = tiny_features()
@@ -25,14 +37,10 @@ def test_bf16_forward_is_finite_close_to_fp32_and_cached_steps_equal_teacher_for
         with autocast(CPU, "bf16"):
             enc = model.encode(grid, region)
             forced = model.decode(tokens, enc)
-            cache = model.init_cache(enc)
-            stepped = []
-            for t in range(tokens.shape[-1]):
-                logprobs, cache = model.step(tokens[:, :, t], cache)
-                stepped.append(logprobs)
+            stepped, _ = step_through(model, tokens, enc)
     assert enc.grid.dtype == torch.bfloat16 and forced.dtype == torch.float32
     assert torch.isfinite(forced).all()
-    torch.testing.assert_close(torch.stack(stepped, dim=2), forced, atol=2e-2, rtol=0)
+    torch.testing.assert_close(stepped, forced, atol=2e-2, rtol=0)
     torch.testing.assert_close(forced, exact, atol=0.1, rtol=0)
     assert not torch.equal(forced, exact)            # autocast did change the arithmetic
 
@@ -61,15 +69,11 @@ def test_bf16_weights_decode_in_bfloat16_with_float32_logprobs_close_to_fp32():
         exact = model.decode(tokens, model.encode(grid, region))
         enc = cast.encode(grid, region)
         forced = cast.decode(tokens, enc)
-        cache = cast.init_cache(enc)
-        stepped = []
-        for t in range(tokens.shape[-1]):
-            logprobs, cache = cast.step(tokens[:, :, t], cache)
-            stepped.append(logprobs)
+        stepped, cache = step_through(cast, tokens, enc)
     assert enc.grid.dtype == enc.region.dtype == torch.bfloat16
     assert {cache.memory[0].grid.key.dtype, cache.self_kv[0].key.dtype} == {torch.bfloat16}
-    assert forced.dtype == logprobs.dtype == torch.float32
-    torch.testing.assert_close(torch.stack(stepped, dim=2), forced, atol=2e-2, rtol=0)
+    assert forced.dtype == stepped.dtype == torch.float32
+    torch.testing.assert_close(stepped, forced, atol=2e-2, rtol=0)
     torch.testing.assert_close(forced, exact, atol=0.1, rtol=0)
     assert not torch.equal(forced, exact)
 
