@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from hin.cli.options import add_decoding_options, add_device_option, decoding
 from hin.errors import UsageError
-from hin.serve.settings import DEFAULT_PIXELS_IN_FLIGHT, SERVE_THREADS
+from hin.serve.settings import SERVE_THREADS, ServeSettings
+
+# The server's limits: ServeSettings field -> (flag, metavar, help). Each flag's type and
+# default are read from the field, so a default lives in ServeSettings alone.
+LIMIT_FLAGS: dict[str, tuple[str, str | None, str]] = {
+    "max_batch": ("--max-batch", None, "most concurrent requests captioned in one model call"),
+    "max_wait_ms": ("--max-wait-ms", None, "longest a request waits for others to batch with"),
+    "max_upload_mb": ("--max-upload-mb", None, "larger uploads are refused with 413"),
+    "max_pixels_in_flight": ("--max-pixels-in-flight", "PIXELS",
+                             "most pixels of pictures decoded at once (memory follows pixels, "
+                             "about 13 bytes each at the peak); beyond it 503 with Retry-After"),
+    "max_queue": ("--max-queue", None,
+                  "most requests in progress at once; beyond it 429 with Retry-After"),
+    "decode_workers": ("--decode-workers", None,
+                       "threads that decode and prepare pictures, off the batching thread"),
+    "body_timeout_s": ("--body-timeout", "SECONDS",
+                       "a request body that takes longer to arrive is refused with 408"),
+}
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hin.serve import ServeSettings, create_app
+    from hin.serve import create_app
 
     try:
         import uvicorn
@@ -20,12 +38,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         raise MissingExtraError(f"`hin serve` needs uvicorn: {pip_install('serve')}") from missing
     settings = ServeSettings(
-        args.checkpoint, decoding=decoding(args), device=args.device, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, max_upload_mb=args.max_upload_mb,
+        args.checkpoint, decoding=decoding(args), device=args.device,
         keep_uploads=args.keep_uploads, host=args.host, port=args.port,
         allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin),
-        max_pixels_in_flight=args.max_pixels_in_flight, max_queue=args.max_queue,
-        decode_workers=args.decode_workers, body_timeout_s=args.body_timeout)
+        **{name: getattr(args, name) for name in LIMIT_FLAGS})
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.shutdown_timeout <= 0:
@@ -77,22 +93,10 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let pages from this origin (e.g. https://example.org; '*' for any) "
                         "POST pictures; by default only the server's own page may")
-    p.add_argument("--max-batch", type=int, default=8,
-                   help="most concurrent requests captioned in one model call")
-    p.add_argument("--max-wait-ms", type=float, default=10.0,
-                   help="longest a request waits for others to batch with")
-    p.add_argument("--max-upload-mb", type=float, default=10.0,
-                   help="larger uploads are refused with 413")
-    p.add_argument("--max-pixels-in-flight", type=int, default=DEFAULT_PIXELS_IN_FLIGHT,
-                   metavar="PIXELS",
-                   help="most pixels of pictures decoded at once (memory follows pixels, "
-                        "about 13 bytes each at the peak); beyond it 503 with Retry-After")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help="most requests in progress at once; beyond it 429 with Retry-After")
-    p.add_argument("--decode-workers", type=int, default=2,
-                   help="threads that decode and prepare pictures, off the batching thread")
-    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="a request body that takes longer to arrive is refused with 408")
+    defaults = {field.name: field.default for field in dataclasses.fields(ServeSettings)}
+    for name, (flag, metavar, help_text) in LIMIT_FLAGS.items():
+        p.add_argument(flag, dest=name, type=type(defaults[name]), default=defaults[name],
+                       metavar=metavar, help=help_text)
     p.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="on SIGTERM/Ctrl-C, requests still running after this are cut off")
     p.add_argument("--keep-uploads", metavar="DIR",
