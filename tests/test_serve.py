@@ -29,6 +29,7 @@ from hin.metrics import collapse_repeats
 from hin.serve import ServeSettings, create_app
 from hin.serve.batching import DynamicBatcher
 from hin.serve.inputs import MAX_PARTS, OPTIONS
+from hin.serve.service import dataset_name
 from serving import running_server
 
 pytest.importorskip("transformers")
@@ -591,3 +592,9 @@ def test_a_client_trickling_its_body_cannot_hold_up_shutdown(served):
         server.wait(60)
         assert time.monotonic() - began < 1 + 5     # the shutdown limit, plus a margin
         stuck.close()
+
+
+def test_the_data_set_is_named_without_the_training_machines_folders():
+    assert dataset_name("/home/alice/projects/coco/annotations") == "coco/annotations"
+    assert dataset_name("pictures") == "pictures"
+    assert dataset_name(None) is None

@@ -30,6 +30,12 @@ from hin.serve.settings import ServeSettings
 DEMO_PICTURES = 12
 
 
+def dataset_name(annotations: str | None) -> str | None:
+    """The recorded annotations path as a client sees it: its last two parts (`data/synth`),
+    not where the data lay on the training machine."""
+    return "/".join(Path(annotations).parts[-2:]) if annotations else None
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A decoded picture as the extractors take it; the picture itself is gone."""
@@ -72,7 +78,7 @@ class CaptionService:
         features = {kind: {key: (recorded.get(kind) or {}).get(key)
                            for key in ("extractor", "model")} for kind in ("grid", "region")}
         profile = extra.get("feature_profile")
-        annotations = ((extra.get("config") or {}).get("data") or {}).get("annotations")
+        annotations = dataset_name(((extra.get("config") or {}).get("data") or {}).get("annotations"))
         return {"checkpoint": Path(self.settings.checkpoint).name, "sha256": self.sha256,
                 "layers": config.num_layers, "d_model": config.d_model,
                 "vocabulary_size": config.vocab_size, "features": features,
