@@ -445,6 +445,24 @@ def test_admission_refuses_past_the_queue_and_the_pixel_budget_with_retry_after(
         assert admission.pixels == 0 and admission.requests == 0
 
 
+def test_a_decoding_job_cancelled_before_it_ran_gives_its_pixels_back(served):
+    """A client that goes away while its picture waits for the pool must not keep the pixel
+    budget (the server would answer 503 for good)."""
+    checkpoint, root, _, _ = served
+    service = create_app(ServeSettings(checkpoint, device="cpu", decode_workers=1)).state.service
+    blocker = threading.Event()
+    try:
+        busy = service.pool.submit(blocker.wait, 30)        # the pool's one worker is taken
+        service.admission.reserve(1500)
+        waiting = service.prepare(_png(root), 1500)
+        assert waiting.cancel()
+        assert service.admission.pixels == 0
+    finally:
+        blocker.set()
+        busy.result(30)
+        service.close()
+
+
 def test_pictures_are_decoded_off_the_batching_thread_and_a_slow_one_delays_no_other(
         served, monkeypatch):
     """While one picture is stuck decoding, another is captioned."""

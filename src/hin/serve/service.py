@@ -95,19 +95,18 @@ class CaptionService:
 
     def prepare(self, data: bytes, pixels: int) -> Future:
         """Decode and prepare the picture in the pool; its `pixels`, reserved with
-        `admission.reserve`, are given back once the full-size picture is dropped."""
+        `admission.reserve`, are given back once the job is over (the full-size picture is
+        dropped) or was cancelled before it ran (a client that went away)."""
         def work() -> Prepared:
-            try:
-                picture, picture_format = decode_picture(data)
-                self.keep(data, picture_format)
-                grid_extractor, region_extractor = self.captioner.extractors()
-                return Prepared(picture.width, picture.height, picture_format,
-                                grid_extractor.preprocess(picture),
-                                region_extractor.preprocess(picture))
-            finally:
-                self.admission.release(pixels)
+            picture, picture_format = decode_picture(data)
+            self.keep(data, picture_format)
+            grid_extractor, region_extractor = self.captioner.extractors()
+            return Prepared(picture.width, picture.height, picture_format,
+                            grid_extractor.preprocess(picture), region_extractor.preprocess(picture))
 
-        return self.pool.submit(work)
+        job = self.pool.submit(work)
+        job.add_done_callback(lambda _: self.admission.release(pixels))
+        return job
 
     def submit(self, prepared: Prepared, options: Options) -> Future:
         """Queue a prepared picture; the future gives {"captions": [...], "explanation"?}."""
