@@ -12,7 +12,6 @@ references: images without references get captions only.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from hin.data.vocab import Vocabulary, require_same_words, tokenize, vocabulary_
 from hin.decoding import caption_batches, require_decodable
 from hin.devices import resolve_device
 from hin.errors import UsageError
-from hin.files import refuse_overwriting, write_together
+from hin.files import json_text, refuse_overwriting, write_together
 from hin.metrics import MetricsReport, cider_d, find_java, score_captions
 from hin.model import HIN
 
@@ -173,11 +172,11 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     written = []
     if out is not None:
         results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
-        files = {out / CAPTIONS_FILE: _json(results)}
+        files = {out / CAPTIONS_FILE: json_text(results)}
         if report is not None:
             provenance = _provenance(checkpoints, models, split, data, decoding, batch_size,
                                      vocabulary)
-            files[out / METRICS_FILE] = _json({**report.to_dict(), "CIDEr-D": scores.cider_d,
+            files[out / METRICS_FILE] = json_text({**report.to_dict(), "CIDEr-D": scores.cider_d,
                                                **provenance})
         # The two files describe one run: both are replaced, or (a full disk) neither; an
         # older metrics.json is removed when this run has none, never left beside new captions.
@@ -210,5 +209,3 @@ def _provenance(checkpoints: Sequence[str | Path], models: list[Any], split: str
     }
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, indent=2) + "\n"

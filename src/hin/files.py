@@ -64,6 +64,16 @@ def refuse_overwriting(output: str | Path, inputs: dict[str, str | Path | None],
             raise UsageError(f"{output} is also {role}; writing there would replace it: {fix}")
 
 
+TEMPORARY_SUFFIX = ".tmp"   # a write in progress is `.NAME.<random>.tmp` beside NAME
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Remove the temporaries that writes of `path` left when they were killed mid-write (call
+    it only while nothing else writes `path`, e.g. under the run folder's lock)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*{TEMPORARY_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+
 class OutOfSpaceError(HINError):
     """The disk filled up while writing; the file that was there before is untouched."""
 
@@ -89,7 +99,7 @@ def _complete_temporary(path: Path, mode: str) -> Iterator[IO[Any]]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes whole files: mode 'w' or 'wb', not {mode!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(handle)
     try:
         with open(temp_name, mode, encoding=None if "b" in mode else "utf-8") as file:
@@ -196,9 +206,14 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """`value` as the JSON text every hin file holds: UTF-8 as it is, one trailing newline."""
+    return json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
+
+
 def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
-    """Replace `path` with `value` as JSON (UTF-8, one trailing newline) atomically."""
-    return write_text(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+    """Replace `path` with `value` as JSON (`json_text`) atomically."""
+    return write_text(path, json_text(value, indent))
 
 
 def write_yaml(path: str | Path, value: Any) -> Path:

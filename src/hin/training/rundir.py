@@ -14,6 +14,7 @@ from tqdm import tqdm
 from hin.config import ConfigError, RunConfig, load_yaml, upgrade_legacy
 from hin.errors import HINError
 from hin.files import complete_lines, write_text, write_yaml
+from hin.files import remove_stale_temporaries as remove_temporaries_of
 from hin.locks import FolderLock
 from hin.training import distributed
 from hin.training.runlog import LOG_FILE, RunLog
@@ -109,8 +110,7 @@ def prepare_run_dir(run_dir: Path) -> None:
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Remove what a kill during a save leaves behind (the run directory is locked)."""
     for name in (LAST, BEST, CONFIG_FILE, CIDER_TABLE):
-        for stale in run_dir.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        remove_temporaries_of(run_dir / name)
 
 
 def restartable(run_dir: Path) -> list[str]:
