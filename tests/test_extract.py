@@ -290,3 +290,20 @@ def test_store_as_float32_keeps_the_fp32_features_and_is_recorded(clip_dir, detr
     assert "has no option store_as" in capsys.readouterr().err
     with pytest.raises(ValueError, match="stored as one of float16, float32, got 'float64'"):
         build_extractor("clip-grid", model=str(clip_dir), device="cpu", store_as="float64")
+
+
+def test_a_pictures_features_do_not_depend_on_the_other_pictures_given_with_it(detr_dir, pictures):
+    """A mixed batch would pad every picture to the largest; the DETR extractor runs each
+    prepared size on its own, so hin extract, hin caption a.jpg b.jpg, hin explain and the
+    server give a picture the regions it has alone."""
+    from hin.extract.pipeline import prepare_pictures
+
+    detr = build_extractor("detr", model=str(detr_dir), revision=None, device="cpu",
+                           threshold=0.0, max_regions=4)
+    loaded = [Image.open(path).convert("RGB") for path in sorted(pictures.iterdir())]
+    assert len({picture.size for picture in loaded}) == len(loaded)
+    together = prepare_pictures(detr, loaded)
+    for picture, entry in zip(loaded, together):
+        [alone] = prepare_pictures(detr, [picture])
+        np.testing.assert_array_equal(entry["features"], alone["features"])
+        np.testing.assert_array_equal(entry["boxes"], alone["boxes"])

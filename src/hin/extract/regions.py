@@ -110,16 +110,22 @@ class DetrRegionExtractor:
                 "threshold": self.threshold, "max_regions": self.max_regions,
                 "compute_dtype": COMPUTE_DTYPES[self.precision], "storage_dtype": self.store_as}
 
-    @torch.inference_mode()
     def __call__(self, prepared: Sequence[DetrPicture]) -> list[ImageEntry]:
-        height = max(picture.pixels.shape[1] for picture in prepared)
-        width = max(picture.pixels.shape[2] for picture in prepared)
-        pixels = torch.zeros(len(prepared), 3, height, width)
-        mask = torch.zeros(len(prepared), height, width, dtype=torch.long)
-        for i, picture in enumerate(prepared):
-            _, h, w = picture.pixels.shape
-            pixels[i, :, :h, :w] = torch.from_numpy(picture.pixels)
-            mask[i, :h, :w] = 1
+        """One forward pass per prepared size. A mixed batch would be padded to its largest
+        picture, and padding changes DETR's states and makes its boxes relative to the padded
+        canvas: a picture's regions must not depend on the pictures that came with it."""
+        shapes = [picture.pixels.shape for picture in prepared]
+        entries: dict[int, ImageEntry] = {}
+        for shape in dict.fromkeys(shapes):
+            group = [i for i, other in enumerate(shapes) if other == shape]
+            entries.update(zip(group, self._detect([prepared[i] for i in group])))
+        return [entries[i] for i in range(len(prepared))]
+
+    @torch.inference_mode()
+    def _detect(self, prepared: Sequence[DetrPicture]) -> list[ImageEntry]:
+        """Pictures of one prepared size, stacked as they are (no padding)."""
+        pixels = torch.from_numpy(np.stack([picture.pixels for picture in prepared]))
+        mask = torch.ones(pixels.shape[0], *pixels.shape[2:], dtype=torch.long)
         with extraction_autocast(self.device, self.precision):
             output = self.model(pixel_values=pixels.to(self.device, self.model.dtype),
                                 pixel_mask=mask.to(self.device))

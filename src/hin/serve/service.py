@@ -126,17 +126,9 @@ class CaptionService:
     def _run_batch(self, options: Options, pictures: list[Prepared]) -> list[dict[str, Any]]:
         captioner = self.captioner
         grid_extractor, region_extractor = captioner.extractors()
-        # Features of same-size pictures together: an extractor may pad a batch to its largest
-        # picture (DETR does), and a caption must not depend on who else was asking.
-        grids: list = [None] * len(pictures)
-        regions: list = [None] * len(pictures)
-        sizes = [(picture.width, picture.height) for picture in pictures]
-        for size in dict.fromkeys(sizes):
-            group = [i for i, other in enumerate(sizes) if other == size]
-            grid_entries = grid_extractor([pictures[i].grid for i in group])
-            region_entries = region_extractor([pictures[i].region for i in group])
-            for i, grid_entry, region_entry in zip(group, grid_entries, region_entries):
-                grids[i], regions[i] = grid_entry, region_entry
+        # Extractors give each picture the features it has alone (DETR runs each size apart).
+        grids = grid_extractor([picture.grid for picture in pictures])
+        regions = region_extractor([picture.region for picture in pictures])
         grid, region = captioner.batch([entry["features"] for entry in grids],
                                        [entry["features"] for entry in regions])
         captioned = captioner.caption_batch(grid, region, ["upload"] * len(pictures),
