@@ -112,8 +112,8 @@ class DetrRegionExtractor:
 
     def __call__(self, prepared: Sequence[DetrPicture]) -> list[ImageEntry]:
         """One forward pass per prepared size. A mixed batch would be padded to its largest
-        picture, and padding changes DETR's states and makes its boxes relative to the padded
-        canvas: a picture's regions must not depend on the pictures that came with it."""
+        picture, and padding changes DETR's outputs: a picture's regions must not depend on the
+        pictures that came with it."""
         shapes = [picture.pixels.shape for picture in prepared]
         entries: dict[int, ImageEntry] = {}
         for shape in dict.fromkeys(shapes):
