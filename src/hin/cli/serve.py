@@ -16,15 +16,29 @@ LIMIT_FLAGS: dict[str, tuple[str, str | None, str]] = {
     "max_batch": ("--max-batch", None, "most concurrent requests captioned in one model call"),
     "max_wait_ms": ("--max-wait-ms", None, "longest a request waits for others to batch with"),
     "max_upload_mb": ("--max-upload-mb", None, "larger uploads are refused with 413"),
+    "max_body_mb_in_flight": ("--max-body-mb-in-flight", "MB",
+                              "most MiB of request bodies held at once (each counted whole "
+                              "from its Content-Length before it is read); beyond it 503 with "
+                              "Retry-After"),
     "max_pixels_in_flight": ("--max-pixels-in-flight", "PIXELS",
                              "most pixels of pictures decoded at once (memory follows pixels, "
                              "about 13 bytes each at the peak); beyond it 503 with Retry-After"),
     "max_queue": ("--max-queue", None,
                   "most requests in progress at once; beyond it 429 with Retry-After"),
+    "max_connections": ("--max-connections", None,
+                        "most connections open at once; one more is answered 503 and closed"),
     "decode_workers": ("--decode-workers", None,
                        "threads that decode and prepare pictures, off the batching thread"),
     "body_timeout_s": ("--body-timeout", "SECONDS",
                        "a request body that takes longer to arrive is refused with 408"),
+    "header_timeout_s": ("--header-timeout", "SECONDS",
+                         "a connection whose request head takes longer to arrive (from its "
+                         "opening or its previous answer) is closed"),
+    "idle_timeout_s": ("--idle-timeout", "SECONDS",
+                       "a kept-alive connection idle this long after an answer is closed"),
+    "shutdown_timeout_s": ("--shutdown-timeout", "SECONDS",
+                           "on SIGTERM, SIGHUP or Ctrl-C, requests still running after this "
+                           "are cut off (answered 503)"),
 }
 
 
@@ -32,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     from hin.serve import create_app
 
     try:
-        import uvicorn
+        from hin.serve.server import check_open_files, serve
     except ImportError as missing:
         from hin.errors import MissingExtraError, pip_install
 
@@ -41,11 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
         args.checkpoint, decoding=decoding(args), device=args.device,
         keep_uploads=args.keep_uploads, host=args.host, port=args.port,
         allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin),
+        forwarded_allow_ips=tuple(args.forwarded_allow_ips), root_path=args.root_path,
         **{name: getattr(args, name) for name in LIMIT_FLAGS})
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if args.shutdown_timeout <= 0:
-        raise UsageError(f"--shutdown-timeout must be positive, got {args.shutdown_timeout}")
+    check_open_files(settings.max_connections)
     listener = _listen(args.host, args.port)      # before the model loads: a taken port fails fast
     import torch
 
@@ -54,10 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hin serve: warning: listening on {args.host}: anyone who can reach this machine "
               "can use the model (no authentication, no TLS)", file=sys.stderr)
-    config = uvicorn.Config(app, log_level=args.log_level,
-                            timeout_graceful_shutdown=args.shutdown_timeout)
-    uvicorn.Server(config).run(sockets=[listener])
-    return 0
+    return serve(app, settings, listener, args.log_level)
 
 
 def _listen(host: str, port: int):
@@ -81,7 +92,8 @@ def _listen(host: str, port: int):
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("serve", help="a page and an HTTP API that caption pictures "
-                                          "(batched; binds 127.0.0.1 unless told)")
+                                          "(batched; binds 127.0.0.1 unless told)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="hin checkpoint (.pt)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; another than loopback exposes the model to the "
@@ -93,19 +105,23 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="let pages from this origin (e.g. https://example.org; '*' for any) "
                         "POST pictures; by default only the server's own page may")
+    p.add_argument("--forwarded-allow-ips", action="append", default=[], metavar="IPS",
+                   help="believe X-Forwarded-Proto/Host/For only from these proxy addresses or "
+                        "networks (comma-separated or repeated; '*' for any); by default from "
+                        "none")
+    p.add_argument("--root-path", default="", metavar="PATH",
+                   help="the path prefix a reverse proxy serves this server under (e.g. /hin)")
     defaults = {field.name: field.default for field in dataclasses.fields(ServeSettings)}
     for name, (flag, metavar, help_text) in LIMIT_FLAGS.items():
         p.add_argument(flag, dest=name, type=type(defaults[name]), default=defaults[name],
                        metavar=metavar, help=help_text)
-    p.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="on SIGTERM/Ctrl-C, requests still running after this are cut off")
     p.add_argument("--keep-uploads", metavar="DIR",
                    help="write every decoded upload to DIR (named by its sha256); by default "
                         "uploads never touch the disk")
     add_device_option(p)
     p.add_argument("--threads", type=int, default=SERVE_THREADS,
-                   help=f"CPU threads for inference (torch.set_num_threads; default "
-                        f"{SERVE_THREADS}, the fastest measured: see docs/serving.md)")
+                   help="CPU threads for inference (torch.set_num_threads; the default is the "
+                        "fastest measured: see docs/serving.md)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
                                                            "info", "debug"])
     add_decoding_options(p, num_captions=True)

@@ -45,6 +45,7 @@ class DynamicBatcher:
                              f"{max_wait_s}")
         self.run_batch, self.max_batch, self.max_wait_s = run_batch, max_batch, max_wait_s
         self.batch_sizes: list[int] = []          # every batch run, for tests and benchmarks
+        self.on_batch: Callable[[int], None] | None = None    # told each batch's size (metrics)
         self._waiting: deque[_Waiting] = deque()
         self._changed = threading.Condition()
         self._closed = False
@@ -59,6 +60,10 @@ class DynamicBatcher:
             self._waiting.append(waiting)
             self._changed.notify()
         return waiting.future
+
+    def running(self) -> bool:
+        """Whether batches are still run (the worker is alive and not closed)."""
+        return self._worker.is_alive() and not self._closed
 
     def close(self) -> None:
         """Finish the waiting items, then stop the worker."""
@@ -89,6 +94,8 @@ class DynamicBatcher:
     def _work(self) -> None:
         while batch := self._next_batch():
             self.batch_sizes.append(len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             try:
                 results = self.run_batch(batch[0].key, [waiting.item for waiting in batch])
             except Exception as error:  # every caller of this batch must hear about it

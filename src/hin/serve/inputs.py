@@ -91,7 +91,9 @@ def read_upload(body: bytes, content_type: str) -> Upload:
         return _multipart(body, content_type)
     if media_type == "application/x-www-form-urlencoded":
         raise RequestError(415, "a url-encoded form cannot carry a picture: send multipart/form-"
-                                "data with the picture as field `file`, or the raw picture bytes")
+                                "data with the picture as field `file`, or the raw picture bytes "
+                                "labelled as a picture (curl --data-binary @pic.png labels them "
+                                "url-encoded: add -H 'Content-Type: image/png')")
     return Upload(body, {})
 
 
@@ -129,9 +131,11 @@ def _multipart(body: bytes, content_type: str) -> Upload:
     def part_data(data: bytes, start: int, end: int) -> None:
         parts[-1]["data"] += data[start:end]
 
+    ended: list[bool] = []
     parser = MultipartParser(boundary, {"on_part_begin": begin, "on_header_field": header_field,
                                         "on_header_value": header_value,
-                                        "on_header_end": header_end, "on_part_data": part_data})
+                                        "on_header_end": header_end, "on_part_data": part_data,
+                                        "on_end": lambda: ended.append(True)})
     try:
         parser.write(body)
         parser.finalize()
@@ -141,6 +145,9 @@ def _multipart(body: bytes, content_type: str) -> Upload:
                            ) from None
     except Exception as error:  # python-multipart's errors have no common public base
         raise RequestError(400, f"malformed multipart body: {error}") from error
+    if not ended:
+        raise RequestError(400, "the multipart body ends before its closing boundary: was the "
+                                "upload cut short?")
     files, fields = [], {}
     for part in parts:
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition"))

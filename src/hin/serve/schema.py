@@ -109,6 +109,11 @@ class Health(BaseModel):
     can_caption: bool
 
 
+class Readiness(BaseModel):
+    ready: bool = Field(description="whether captions can be asked for now")
+    reason: str | None = Field(description="why not (null when ready)")
+
+
 class Colormap(BaseModel):
     name: str = Field(description="hin.explain.MAP_COLORMAP, also used by `hin explain`")
     stops: list[list[int]] = Field(description="evenly spaced RGB stops, low to high")

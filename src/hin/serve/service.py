@@ -63,7 +63,8 @@ class CaptionService:
             self.unavailable = str(error)
         self.demo_pictures = ([] if self.unavailable else
                               demo_pictures(self.captioner.extra, settings.checkpoint))
-        self.admission = Admission(settings.max_queue, settings.max_pixels_in_flight)
+        self.admission = Admission(settings.max_queue, settings.max_pixels_in_flight,
+                                   settings.max_body_bytes_in_flight)
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="hin-decode")
         self.keep_uploads = Path(settings.keep_uploads) if settings.keep_uploads else None
         if self.keep_uploads:
