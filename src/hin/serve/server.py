@@ -204,12 +204,13 @@ def log_config(level: str) -> dict[str, Any]:
 
 def serve(app: Any, settings: ServeSettings, listener: socket.socket, log_level: str) -> int:
     """Run until a signal; 0 after SIGTERM/SIGHUP, 130 after Ctrl-C."""
-    check_open_files(settings.max_connections)
+    # uvicorn annotates these two as int but uses them as seconds of any size (call_later,
+    # asyncio.timeout), so they go in untyped.
+    timeouts: dict[str, Any] = {"timeout_keep_alive": settings.idle_timeout_s,
+                                "timeout_graceful_shutdown": settings.shutdown_timeout_s}
     config = uvicorn.Config(app, log_level=log_level, log_config=log_config(log_level),
                             http=protocol(settings, app.state.metrics), access_log=False,
-                            proxy_headers=False, server_header=False,
-                            timeout_keep_alive=settings.idle_timeout_s,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+                            proxy_headers=False, server_header=False, **timeouts)
     server = Server(config, on_exit=app.state.readiness.drain)
     server.run(sockets=[listener])
     if server.signal == signal.SIGINT:

@@ -33,8 +33,8 @@ RANGES: dict[str, tuple[str, float, float]] = {
     "decode_workers": ("--decode-workers", 1, 256),
     "body_timeout_s": ("--body-timeout", 0.001, HOUR_S),
     "header_timeout_s": ("--header-timeout", 0.001, HOUR_S),
-    "idle_timeout_s": ("--idle-timeout", 1, HOUR_S),
-    "shutdown_timeout_s": ("--shutdown-timeout", 1, HOUR_S),
+    "idle_timeout_s": ("--idle-timeout", 0.001, HOUR_S),
+    "shutdown_timeout_s": ("--shutdown-timeout", 0.001, HOUR_S),
     "port": ("--port", 0, 65535),
 }
 
@@ -67,8 +67,8 @@ class ServeSettings:
     decode_workers: int = 2
     body_timeout_s: float = 30.0
     header_timeout_s: float = 10.0
-    idle_timeout_s: int = 5                 # whole seconds: uvicorn's unit for these two
-    shutdown_timeout_s: int = 5
+    idle_timeout_s: float = 5.0
+    shutdown_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name, (flag, smallest, largest) in RANGES.items():
