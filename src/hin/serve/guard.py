@@ -98,7 +98,9 @@ class HostAndOriginGuard:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                    for name, value in scope["headers"]}
         method, origin = scope["method"], headers.get("origin")
-        reason = self.refusal(method, headers, scope.get("scheme", "http"), scope["path"])
+        path, root = scope["path"], scope.get("root_path", "")
+        reason = self.refusal(method, headers, scope.get("scheme", "http"),
+                              path[len(root):] if root and path.startswith(root) else path)
         allowed = self.cors_origin(origin) if origin else None
         if reason is None and method == "OPTIONS" and origin \
                 and "access-control-request-method" in headers:
