@@ -276,3 +276,33 @@ def test_a_picture_still_works_at_the_root_of_a_plain_server(served, client):
     buffer = io.BytesIO()
     Image.new("RGB", (20, 20), (200, 10, 10)).save(buffer, format="PNG")
     assert client.post("/v1/captions", content=buffer.getvalue()).status_code == 200
+
+
+def test_a_body_being_read_holds_its_place_in_the_queue(served):
+    """--max-queue counts requests from their first byte: while one upload trickles in, a
+    second request is refused 429."""
+    import asyncio
+
+    import httpx
+
+    checkpoint, png = served
+    app = create_app(ServeSettings(checkpoint, decoding=DEFAULTS, device="cpu", max_queue=1,
+                                   allow_hosts=("hin",)))
+
+    async def trickle():
+        yield png[:10]
+        await asyncio.sleep(2)
+        yield png[10:]
+
+    async def both():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hin") as client:
+            slow = asyncio.create_task(client.post("/v1/captions", content=trickle()))
+            await asyncio.sleep(0.5)
+            second = await client.post("/v1/captions", content=png)
+            return second, await slow
+
+    second, slow = asyncio.run(both())
+    assert second.status_code == 429 and "--max-queue" in second.json()["detail"]
+    assert slow.status_code == 200
+    app.state.service.close()

@@ -3,7 +3,7 @@
     from hin.serve import ServeSettings, create_app
     app = create_app(ServeSettings("runs/demo/scst/best.pt"))     # an ASGI app (FastAPI)
 
-FastAPI, uvicorn and python-multipart come with the `serve` extra (pip install 'hin-caption[serve]').
+FastAPI, uvicorn, python-multipart and prometheus_client come with the `serve` extra (pip install 'hin-caption[serve]').
 """
 
 from hin.serve.settings import ServeSettings
