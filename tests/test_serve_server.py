@@ -213,6 +213,14 @@ def test_old_probes_without_host_and_head_requests_are_answered(guarded):
         assert status == 200 and body == b""
 
 
+def test_metrics_count_the_open_connections(guarded):
+    with guarded.connect(), guarded.connect():
+        time.sleep(0.3)
+        status, _, body = guarded.exchange(request("GET", "/metrics"))
+    assert status == 200
+    assert float(re.search(rb"^hin_open_connections (\S+)$", body, re.M)[1]) >= 3
+
+
 def test_a_tls_proxy_under_a_prefix_forwards_the_pages_post(guarded, checkpoint_and_png):
     """nginx at 127.0.0.1 (trusted) passes https://hin.example/hin/v1/captions on: the page's
     Origin https://hin.example matches the forwarded scheme and host."""
