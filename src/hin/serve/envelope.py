@@ -58,7 +58,6 @@ class Envelope:
         began = time.monotonic()
         headers = dict((name.lower(), value) for name, value in scope["headers"])
         rid = request_id(headers)
-        scope["state"] = {**scope.get("state", {}), "request_id": rid}
         answer = {"status": 0, "bytes_out": 0, "bytes_in": 0}
 
         async def counting_receive() -> dict[str, Any]:
@@ -96,6 +95,8 @@ class Envelope:
         path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
         status = answer["status"] or 499        # 499: no answer, the client went away
         self.metrics.observe(path, scope["method"], status, seconds)
+        if not ACCESS_LOG.isEnabledFor(logging.INFO):
+            return
         client = scope.get("client")
         ACCESS_LOG.info(json.dumps({
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
