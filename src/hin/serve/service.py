@@ -157,9 +157,10 @@ def preview(picture: Image.Image) -> str:
     """The upright RGB picture the model read, small, as a data URL: a page draws it when the
     browser cannot draw the upload itself (TIFF) and places the maps over it by the answer's
     `picture` size. A very long or tall picture keeps a short side of PREVIEW_SHORT_SIDE
-    pixels (so it is stretched), never 1 pixel."""
+    pixels, or its own if shorter (so it is stretched), rather than shrinking it to 1."""
     scale = min(1.0, PREVIEW_SIDE / max(picture.size))
-    size = tuple(max(round(side * scale), min(side, PREVIEW_SHORT_SIDE)) for side in picture.size)
+    width, height = (max(round(side * scale), min(side, PREVIEW_SHORT_SIDE)) for side in picture.size)
+    size = (width, height)
     small = picture if size == picture.size else picture.resize(
         size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     lossless = size[0] * size[1] <= PREVIEW_PNG_PIXELS
