@@ -299,14 +299,19 @@ def test_a_checkpoint_that_cannot_caption_pictures_serves_the_page_with_the_reas
 
 
 def test_the_page_and_docs_load_nothing_from_elsewhere(client):
+    """...and every URL they use is relative (the page works behind a path prefix), with no
+    inline script or style (a strict Content-Security-Policy holds)."""
     page = client.get("/")
-    assert page.status_code == 200 and "<title>hin serve</title>" in page.text
+    assert page.status_code == 200 and "<title>HIN picture captions</title>" in page.text
     local = re.findall(r'(?:src|href)="([^"]+)"', page.text)
-    assert set(local) >= {"/static/app.js", "/static/style.css", "/docs"}
-    for path in ["/", "/docs", "/static/app.js", "/static/style.css", "/static/docs.js"]:
+    assert set(local) >= {"static/app.js", "static/style.css", "docs"}
+    for path in ["/", "/docs", "/static/app.js", "/static/view.js", "/static/style.css",
+                 "/static/docs.js"]:
         text = client.get(path).text
-        assert not re.search(r"(?:src|href)=\"(?:https?:)?//|import\s|url\(|https?://(?!127)",
+        assert not re.search(r"(?:src|href)=\"(?:https?:)?//|url\(|https?://(?!127)", text), path
+        assert not re.search(r"(?:src|href)=\"/|fetch\(\"/|`/|import\s(?!\{[^}]*\} from \"\./)",
                              text), path
+        assert not re.search(r"<script(?![^>]*\ssrc=)|<style|\sstyle=|\son[a-z]+=", text), path
     spec = client.get("/openapi.json").json()
     parameters = {p["name"] for p in spec["paths"]["/v1/captions"]["post"]["parameters"]}
     assert parameters == set(OPTIONS) >= {"beam_size", "num_captions", "explain", "sample", "top_p"}
