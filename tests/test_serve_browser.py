@@ -444,7 +444,7 @@ def test_very_long_tall_and_tiny_pictures_are_drawn_visibly_with_their_map(
     assert page.errors() == []
 
 
-def test_an_error_replaces_the_result_and_beam_one_limits_the_captions(browser, served, screenshots):
+def test_an_error_replaces_the_result_and_the_options_limit_themselves(browser, served, screenshots):
     page = browser
     _, root = served
     page.open()
@@ -468,6 +468,17 @@ def test_an_error_replaces_the_result_and_beam_one_limits_the_captions(browser, 
     assert page.find("count").get_attribute("value") == "1"
     assert page.find("option-note").text == "Captions limited to 1: the beam size."
     assert len(page.all("li.caption")) == 1 and not page.find("error").is_displayed()
+    # Sampling: its own options (a seed), the search's set aside, up to 10 captions.
+    page.driver.find_element(page.by.CSS_SELECTOR, "input[name=mode][value=sampling]").click()
+    page.result_for("sampled at temperature 1")
+    assert not page.find("beam").is_enabled() and page.find("seed").is_enabled()
+    assert page.find("count").get_attribute("max") == "10"
+    page.run("const s = document.getElementById('seed'); s.value = 7;"
+             "s.dispatchEvent(new Event('change', {bubbles: true}))")
+    page.result_for("seed 7")
+    page.find("defaults").click()
+    page.result_for("beam 5;")
+    assert len(page.all("li.caption")) == 3 and page.find("option-note").text == ""
     assert page.errors() == []
 
 
