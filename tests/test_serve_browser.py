@@ -255,7 +255,14 @@ def test_the_start_says_what_it_knows_and_the_defaults_and_the_keyboard_reaches_
         keys.send_keys(Keys.TAB).perform()
         titles.append(page.driver.switch_to.active_element.get_attribute("title"))
     assert [t for t in titles if t] == list(PICTURES)
+    page.find("drop-title").click()                      # anywhere in the drop zone
+    assert page.run("return window.chooser") == 3
     screenshots(page.driver, "start")
+    assert page.errors() == []
+    # The API page: relative URLs, the same policy.
+    page.driver.get(page.url + "/docs")
+    page.wait.until(lambda d: "POST /v1/captions" in page.find("endpoints").text)
+    assert page.find("example").text.startswith(f"curl -F file=@picture.jpg '{page.url}/v1/captions?")
     assert page.errors() == []
 
 

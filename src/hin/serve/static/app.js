@@ -498,7 +498,7 @@ function listen() {
     }
   });
   drop.addEventListener("click", (event) => {
-    if (event.target === drop || event.target === $("chosen")) $("file").click();
+    if (!event.target.closest("label, input")) $("file").click();   // the label opens it itself
   });
   // A picture dropped anywhere is captioned; the browser never opens a dropped file itself.
   let dragging = 0;
