@@ -36,13 +36,17 @@ PICTURES = {"21.png": (48, 64), "22.png": (40, 40)}
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 MIN_SIDE = 64            # view.js MIN_SIDE: the least a picture is drawn on either side
-# Holds the next `window.hold` caption answers until `window.release()`; a held request ignores
-# Cancel and newer pictures (its answer still arrives), as a slow network can deliver one.
+# Records the options of each caption request (`window.sent`) and holds the next `window.hold`
+# answers until `window.release()`; a held request ignores Cancel and newer pictures (its
+# answer still arrives), as a slow network can deliver one.
 HOLD_ANSWERS = """
 if (!window.release) {
   const real = window.fetch.bind(window);
-  window.hold = 0; window.held = [];
+  window.hold = 0; window.held = []; window.sent = [];
   window.fetch = (url, options) => {
+    if (String(url).includes("v1/captions")) {
+      window.sent.push(Object.fromEntries([...options.body.entries()].filter(([k]) => k !== "file")));
+    }
     if (!String(url).includes("v1/captions") || window.hold <= 0) return real(url, options);
     window.hold--;
     const answer = real(url, { ...options, signal: undefined });
@@ -483,8 +487,12 @@ def test_an_error_replaces_the_result_and_the_options_limit_themselves(browser, 
     page.run("const s = document.getElementById('seed'); s.value = 7;"
              "s.dispatchEvent(new Event('change', {bubbles: true}))")
     page.result_for("seed 7")
+    assert page.run("return window.sent.at(-1)") == {
+        "num_captions": "1", "explain": "true", "sample": "true", "seed": "7"}
     page.find("defaults").click()
     page.result_for("beam 5;")
+    assert page.run("return window.sent.at(-1)") == {
+        "num_captions": "3", "explain": "true", "beam_size": "5"}
     assert len(page.all("li.caption")) == 3 and page.find("option-note").text == ""
     assert page.errors() == []
 

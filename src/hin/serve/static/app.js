@@ -11,8 +11,7 @@ const PAGE_CAPTIONS = 3;      // captions asked for by default, unless the serve
 const state = {
   info: null,
   defaults: {},               // input id -> its default value (text)
-  latest: null,               // the newest request: {id, controller, file, name}
-  requests: 0,
+  latest: null,               // the newest request: {controller, file, name}; older ones are dropped
   file: null, name: "",       // the picture in the drop zone
   chosenUrl: null,
   shown: null,                // {answer, image, file, name}: what the result shows
@@ -206,8 +205,9 @@ function optionsChanged(event) {
   if (state.file) caption(state.file, state.name);
 }
 
-// The form: num_captions and explain always; the chosen way's options and the shared ones
-// only where they differ from the server's defaults (sampling options never go with search).
+// The form: num_captions, explain and the beam size (searching) always, `sample` where it
+// differs from the server's default; the chosen way's other options and the shared ones only
+// where they differ from the server's defaults (sampling options never go with search).
 function requestForm(file) {
   const form = new FormData();
   form.append("file", file);
@@ -218,6 +218,7 @@ function requestForm(file) {
     form.append("sample", "true");
     groups.push($("sampling-group"));
   } else {
+    if (state.defaultMode === "sampling") form.append("sample", "false");
     form.append("beam_size", $("beam").value);
     groups.push($("search-group"));
   }
@@ -276,7 +277,7 @@ function showError(text) {
 async function caption(source, name) {
   if (!canCaption()) return;
   if (state.latest) state.latest.controller.abort();
-  const request = { id: ++state.requests, controller: new AbortController(), name };
+  const request = { controller: new AbortController(), name };
   state.latest = request;
   setBusy(true, `Captioning ${name}…`);
   try {
