@@ -492,12 +492,6 @@ function listen() {
     const file = $("file").files[0];
     if (file) caption(file, file.name);
   });
-  drop.addEventListener("keydown", (event) => {
-    if ((event.key === "Enter" || event.key === " ") && event.target === drop) {
-      event.preventDefault();
-      $("file").click();
-    }
-  });
   drop.addEventListener("click", (event) => {
     if (!event.target.closest("label, input")) $("file").click();   // the label opens it itself
   });
