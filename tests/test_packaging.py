@@ -61,7 +61,7 @@ def test_the_wheel_ships_configs_license_and_one_version(tmp_path):
     assert 'Requires-Dist: hin-caption[extract,plot,serve]; extra == "dev"' in metadata
     assert sorted(n for n in names if n.startswith("hin/serve/static/")) == [
         f"hin/serve/static/{name}" for name in ("app.js", "docs.html", "docs.js", "favicon.svg", "index.html",
-                                                "style.css")]
+                                                "style.css", "view.js")]
     assert "hin/explain/index.html" in names     # the page template of `hin explain`
 
     installed = tmp_path / "site"

@@ -7,6 +7,7 @@ run on pictures; the real-browser test is test_serve_browser.py."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import re
@@ -298,14 +299,19 @@ def test_a_checkpoint_that_cannot_caption_pictures_serves_the_page_with_the_reas
 
 
 def test_the_page_and_docs_load_nothing_from_elsewhere(client):
+    """...and every URL they use is relative (the page works behind a path prefix), with no
+    inline script or style (a strict Content-Security-Policy holds)."""
     page = client.get("/")
-    assert page.status_code == 200 and "<title>hin serve</title>" in page.text
+    assert page.status_code == 200 and "<title>HIN picture captions</title>" in page.text
     local = re.findall(r'(?:src|href)="([^"]+)"', page.text)
-    assert set(local) >= {"/static/app.js", "/static/style.css", "/docs"}
-    for path in ["/", "/docs", "/static/app.js", "/static/style.css", "/static/docs.js"]:
+    assert set(local) >= {"static/app.js", "static/style.css", "docs"}
+    for path in ["/", "/docs", "/static/app.js", "/static/view.js", "/static/style.css",
+                 "/static/docs.js"]:
         text = client.get(path).text
-        assert not re.search(r"(?:src|href)=\"(?:https?:)?//|import\s|url\(|https?://(?!127)",
+        assert not re.search(r"(?:src|href)=\"(?:https?:)?//|url\(|https?://(?!127)", text), path
+        assert not re.search(r"(?:src|href)=\"/|fetch\(\"/|`/|import\s(?!\{[^}]*\} from \"\./)",
                              text), path
+        assert not re.search(r"<script(?![^>]*\ssrc=)|<style|\sstyle=|\son[a-z]+=", text), path
     spec = client.get("/openapi.json").json()
     parameters = {p["name"] for p in spec["paths"]["/v1/captions"]["post"]["parameters"]}
     assert parameters == set(OPTIONS) >= {"beam_size", "num_captions", "explain", "sample", "top_p"}
@@ -502,7 +508,8 @@ def test_the_api_description_types_every_answer_and_errors_are_one_string(client
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     answer = schemas["CaptionsAnswer"]["properties"]
-    assert set(answer) == {"captions", "unfamiliar", "decoding", "model", "picture", "explanation"}
+    assert set(answer) == {"captions", "unfamiliar", "decoding", "model", "picture", "preview",
+                           "explanation"}
     assert set(schemas["Explanation"]["properties"]) >= {"words", "encoder_grid", "grid", "regions"}
     assert set(schemas["Picture"]["properties"]) == {"width", "height", "format"}
     post = spec["paths"]["/v1/captions"]["post"]["responses"]
@@ -616,3 +623,28 @@ def test_the_data_set_is_named_without_the_training_machines_folders():
     assert dataset_name("/home/alice/projects/coco/annotations") == "coco/annotations"
     assert dataset_name("pictures") == "pictures"
     assert dataset_name(None) is None
+
+
+@pytest.mark.parametrize("size, mode, kind, preview_size", [
+    ((30, 20), "RGBA", "TIFF", (30, 20)),           # small: as read (on white), lossless
+    ((4000, 50), "RGB", "PNG", (640, 32)),          # long: fits 640, a short side of 32, not 8
+    ((20, 1900), "RGB", "PNG", (20, 640)),          # tall: its own short side, not 7
+    ((1200, 900), "RGB", "JPEG", (640, 480)),       # a photo: JPEG, the aspect kept
+])
+def test_each_answer_carries_a_preview_of_the_picture_as_the_model_read_it(
+        client, size, mode, kind, preview_size):
+    """A page that cannot draw the upload (a TIFF in a browser) draws this preview instead."""
+    pixels = np.zeros((size[1], size[0], len(mode)), np.uint8)
+    pixels[..., 0] = 200                                   # red; transparent in RGBA
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format=kind)
+    response = client.post("/v1/captions", content=buffer.getvalue())
+    assert response.status_code == 200, response.text
+    header, data = response.json()["preview"].split(",", 1)
+    lossless = preview_size[0] * preview_size[1] <= 256 * 256
+    assert header == ("data:image/png;base64" if lossless else "data:image/jpeg;base64")
+    with Image.open(io.BytesIO(base64.b64decode(data))) as preview:
+        assert preview.size == preview_size and preview.mode == "RGB"
+        expected = (255, 255, 255) if mode == "RGBA" else (200, 0, 0)
+        assert np.abs(np.asarray(preview, np.int16)[preview_size[1] // 2, preview_size[0] // 2]
+                      - expected).max() <= 8

@@ -101,6 +101,10 @@ class CaptionsAnswer(BaseModel):
     decoding: Decoding
     model: ModelInfo
     picture: Picture
+    preview: str = Field(description="the upright picture as the model read it, at most 640 px "
+                                     "a side (a short side kept at 32 px or the picture's), as "
+                                     "a data URL (PNG up to 256x256 pixels, else JPEG): what "
+                                     "a page draws when it cannot draw the upload itself")
     explanation: Explanation | None = Field(None, description="with explain=true only")
 
 

@@ -9,11 +9,15 @@ picture so never delays the batches of small ones."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from hin.caption import Captioner
 from hin.checkpoint import sha256
@@ -28,6 +32,9 @@ from hin.serve.inputs import Options, RequestError, decode_picture
 from hin.serve.settings import ServeSettings
 
 DEMO_PICTURES = 12
+PREVIEW_SIDE = 640           # the answer's preview fits in this square ...
+PREVIEW_SHORT_SIDE = 32      # ... with its short side kept at least this long (or the picture's)
+PREVIEW_PNG_PIXELS = 256 * 256   # previews up to this size stay lossless (PNG), larger are JPEG
 
 
 def dataset_name(annotations: str | None) -> str | None:
@@ -43,6 +50,7 @@ class Prepared:
     width: int
     height: int
     format: str
+    preview: str
     grid: Any
     region: Any
 
@@ -102,7 +110,7 @@ class CaptionService:
             picture, picture_format = decode_picture(data)
             self.keep(data, picture_format)
             grid_extractor, region_extractor = self.captioner.extractors()
-            return Prepared(picture.width, picture.height, picture_format,
+            return Prepared(picture.width, picture.height, picture_format, preview(picture),
                             grid_extractor.preprocess(picture), region_extractor.preprocess(picture))
 
         job = self.pool.submit(work)
@@ -135,14 +143,32 @@ class CaptionService:
         captioned = captioner.caption_batch(grid, region, ["upload"] * len(pictures),
                                             options.decoding)
         answers = [{"captions": result.to_dict()["captions"],
-                    "unfamiliar": captioner.unfamiliar(entry["features"])}
-                   for result, entry in zip(captioned, grids)]
+                    "unfamiliar": captioner.unfamiliar(entry["features"]),
+                    "preview": picture.preview}
+                   for result, entry, picture in zip(captioned, grids, pictures)]
         if options.explain:
             explained = explain_batch(captioner, grid, region, [c.captions[0].ids for c in captioned],
                                       grids, regions)
             for answer, explanation in zip(answers, explained):
                 answer["explanation"] = explanation
         return answers
+
+
+def preview(picture: Image.Image) -> str:
+    """The upright RGB picture the model read, small, as a data URL: a page draws it when the
+    browser cannot draw the upload itself (TIFF) and places the maps over it by the answer's
+    `picture` size. A very long or tall picture keeps a short side of PREVIEW_SHORT_SIDE
+    pixels, or its own if shorter (so it is stretched), rather than shrinking it to 1."""
+    scale = min(1.0, PREVIEW_SIDE / max(picture.size))
+    width, height = (max(round(side * scale), min(side, PREVIEW_SHORT_SIDE)) for side in picture.size)
+    size = (width, height)
+    small = picture if size == picture.size else picture.resize(
+        size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    lossless = size[0] * size[1] <= PREVIEW_PNG_PIXELS
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG" if lossless else "JPEG", quality=85)
+    media_type = "image/png" if lossless else "image/jpeg"
+    return f"data:{media_type};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
 def recorded_path(recorded: str | None, checkpoint: str | Path) -> Path | None:

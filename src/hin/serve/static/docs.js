@@ -1,4 +1,5 @@
-// A minimal local reader of /openapi.json (FastAPI's stock /docs loads Swagger UI from a CDN).
+// A minimal local reader of openapi.json (FastAPI's stock /docs loads Swagger UI from a CDN).
+// URLs are relative to this page, so it works behind a path prefix too.
 "use strict";
 
 function element(tag, text, className) {
@@ -9,7 +10,7 @@ function element(tag, text, className) {
 }
 
 async function showEndpoints() {
-  const spec = await (await fetch("/openapi.json")).json();
+  const spec = await (await fetch("openapi.json")).json();
   const list = document.getElementById("endpoints");
   list.replaceChildren();
   for (const [path, methods] of Object.entries(spec.paths)) {
@@ -36,8 +37,8 @@ async function showEndpoints() {
   }
 }
 
-// The example names this server's own address and port.
+// The example names this server's own address, port and path.
 document.getElementById("example").textContent =
-  `curl -F file=@picture.jpg '${window.location.origin}/v1/captions?beam_size=3&num_captions=2'`;
+  `curl -F file=@picture.jpg '${new URL("v1/captions", window.location.href)}?beam_size=3&num_captions=2'`;
 
-showEndpoints().catch((error) => { document.getElementById("endpoints").textContent = `could not read /openapi.json: ${error}`; });
+showEndpoints().catch((error) => { document.getElementById("endpoints").textContent = `could not read openapi.json: ${error}`; });
