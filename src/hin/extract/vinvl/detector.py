@@ -1,0 +1,105 @@
+"""The VinVL X152-C4 detector at test time, one picture at a time (as the released features'
+comparisons assume: a batch of two would zero-pad the smaller picture, which changes it).
+
+backbone (res4) -> RPN (300 proposals) -> box head once over all proposals (C5 vectors,
+class probabilities) -> post-processing (postprocess.py) -> detections in descending score,
+whose features are the C5 vectors of their proposals and whose boxes are those proposals,
+rescaled per axis to the original picture's pixels (float32 ratios, no clipping).
+`Detection` keeps every intermediate value the golden tests compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from hin.extract.vinvl.backbone import Backbone, VinVLShape
+from hin.extract.vinvl.head import AttributeHead, RoIHeads
+from hin.extract.vinvl.postprocess import Ranking, filter_attributes, rank
+from hin.extract.vinvl.preprocess import network_input
+from hin.extract.vinvl.rpn import RPN, RPNOutput
+
+GEOMETRY_DIM = 6
+
+
+@dataclass
+class Detection:
+    """One picture's detections (first the kept ones, best first) and how they were made."""
+
+    res4: torch.Tensor
+    rpn: RPNOutput
+    box_features: torch.Tensor      # [R, C5] every proposal's feature
+    class_logits: torch.Tensor      # [R, classes]
+    class_probs: torch.Tensor       # [R, classes]
+    ranking: Ranking                # every ranked candidate
+    kept: Ranking                   # the detections
+    boxes: torch.Tensor             # [N, 4] original picture pixels
+    boxes_resized: torch.Tensor     # [N, 4] network input pixels
+    features: torch.Tensor          # [N, C5]
+    height: int                     # original picture
+    width: int
+    attr_logits: torch.Tensor | None = None
+    attr_labels: torch.Tensor | None = None
+    attr_scores: torch.Tensor | None = None
+
+    def oscar_rows(self) -> np.ndarray:
+        """[N, C5 + 6] float32: the feature, then x1/W, y1/H, x2/W, y2/H, w/W, h/H (the
+        Oscar/VinVL `features.tsv` row; computed in float64 from the float32 boxes)."""
+        boxes = self.boxes.double().cpu().numpy()
+        width, height = float(self.width), float(self.height)
+        x1, y1 = boxes[:, 0] / width, boxes[:, 1] / height
+        box_w = (boxes[:, 2] - boxes[:, 0]) / width
+        box_h = (boxes[:, 3] - boxes[:, 1]) / height
+        geometry = np.stack([x1, y1, x1 + box_w, y1 + box_h, box_w, box_h], axis=1)
+        return np.concatenate([self.features.float().cpu().numpy(),
+                               geometry.astype(np.float32)], axis=1)
+
+
+class VinVLDetector(nn.Module):
+    """Module names as the original's, so its state dict loads as published."""
+
+    def __init__(self, shape: VinVLShape) -> None:
+        super().__init__()
+        self.shape = shape
+        self.backbone = Backbone(shape)
+        self.rpn = RPN(shape.res4_channels)
+        self.roi_heads = RoIHeads(shape)
+        self.attribute = AttributeHead(self.roi_heads.box.feature_extractor, shape)
+
+    @torch.inference_mode()
+    def detect(self, pixels: np.ndarray, height: int, width: int, nms_filter: int = 1,
+               attributes: bool = False, bf16: bool = False) -> Detection:
+        """uint8 RGB pixels [h, w, 3] already resized (preprocess.prepare) of a picture
+        originally `height` x `width` -> its detections. `bf16` runs the convolutions and
+        linear layers under bfloat16 autocast, channels-last; boxes, NMS and ROIAlign stay
+        float32. float32 keeps the contiguous layout: it gives the original's bits (same
+        oneDNN kernels), channels-last moves res4 by ~3e-3 and the boxes by ~1e-2 px."""
+        device = next(self.parameters()).device
+        image = network_input(pixels).to(device)[None]
+        layout = torch.channels_last if bf16 else torch.contiguous_format
+        image = image.contiguous(memory_format=layout)
+        in_h, in_w = image.shape[-2:]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            res4 = self.backbone(image)
+            proposals = self.rpn(res4, in_h, in_w)
+            box_head = self.roi_heads.box
+            features = box_head.feature_extractor(res4[0], proposals.proposals, layout)
+            logits = box_head.predictor(features)
+        probs = logits.softmax(dim=1)
+        ranking = rank(probs, proposals.proposals, nms_filter)
+        kept = ranking.selected()
+        resized = proposals.proposals[kept.proposal_idx]
+        ratio = torch.tensor([width / in_w, height / in_h] * 2, dtype=torch.float32,
+                             device=device)
+        detection = Detection(res4.float(), proposals, features, logits, probs, ranking, kept,
+                              resized * ratio, resized, features[kept.proposal_idx], height,
+                              width)
+        if attributes:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                attr_logits = self.attribute.predictor(detection.features, kept.labels)
+            detection.attr_logits = attr_logits
+            detection.attr_labels, detection.attr_scores = filter_attributes(attr_logits)
+        return detection
