@@ -26,21 +26,30 @@ GEOMETRY_DIM = 6
 
 
 @dataclass
-class Detection:
-    """One picture's detections (first the kept ones, best first) and how they were made."""
+class Scored:
+    """One picture's forward pass, everything before post-processing."""
 
-    res4: torch.Tensor
+    res4: torch.Tensor              # [1, C4, h4, w4]
     rpn: RPNOutput
     box_features: torch.Tensor      # [R, C5] every proposal's feature
     class_logits: torch.Tensor      # [R, classes]
     class_probs: torch.Tensor       # [R, classes]
+    height: int                     # original picture
+    width: int
+    input_size: tuple[int, int]     # (h, w) of the network input
+    bf16: bool
+
+
+@dataclass
+class Detection:
+    """One picture's detections (best first) and the forward pass they come from."""
+
+    scored: Scored
     ranking: Ranking                # every ranked candidate
     kept: Ranking                   # the detections
     boxes: torch.Tensor             # [N, 4] original picture pixels
     boxes_resized: torch.Tensor     # [N, 4] network input pixels
     features: torch.Tensor          # [N, C5]
-    height: int                     # original picture
-    width: int
     attr_logits: torch.Tensor | None = None
     attr_labels: torch.Tensor | None = None
     attr_scores: torch.Tensor | None = None
@@ -49,7 +58,7 @@ class Detection:
         """[N, C5 + 6] float32: the feature, then x1/W, y1/H, x2/W, y2/H, w/W, h/H (the
         Oscar/VinVL `features.tsv` row; computed in float64 from the float32 boxes)."""
         boxes = self.boxes.double().cpu().numpy()
-        width, height = float(self.width), float(self.height)
+        width, height = float(self.scored.width), float(self.scored.height)
         x1, y1 = boxes[:, 0] / width, boxes[:, 1] / height
         box_w = (boxes[:, 2] - boxes[:, 0]) / width
         box_h = (boxes[:, 3] - boxes[:, 1]) / height
@@ -69,14 +78,19 @@ class VinVLDetector(nn.Module):
         self.roi_heads = RoIHeads(shape)
         self.attribute = AttributeHead(self.roi_heads.box.feature_extractor, shape)
 
-    @torch.inference_mode()
     def detect(self, pixels: np.ndarray, height: int, width: int, nms_filter: int = 1,
                attributes: bool = False, bf16: bool = False) -> Detection:
+        """`score` then `select`."""
+        return self.select(self.score(pixels, height, width, bf16), nms_filter, attributes)
+
+    @torch.inference_mode()
+    def score(self, pixels: np.ndarray, height: int, width: int, bf16: bool = False) -> Scored:
         """uint8 RGB pixels [h, w, 3] already resized (preprocess.prepare) of a picture
-        originally `height` x `width` -> its detections. `bf16` runs the convolutions and
-        linear layers under bfloat16 autocast, channels-last; boxes, NMS and ROIAlign stay
-        float32. float32 keeps the contiguous layout: it gives the original's bits (same
-        oneDNN kernels), channels-last moves res4 by ~3e-3 and the boxes by ~1e-2 px."""
+        originally `height` x `width` -> proposals, their features and class probabilities.
+        The box head runs once, over all proposals. `bf16` runs the convolutions and linear
+        layers under bfloat16 autocast, channels-last; boxes, NMS and ROIAlign stay float32.
+        float32 keeps the contiguous layout: it gives the original's bits (same oneDNN
+        kernels), where channels-last moves res4 by ~3e-3 and the boxes by ~1e-2 px."""
         device = next(self.parameters()).device
         image = network_input(pixels).to(device)[None]
         layout = torch.channels_last if bf16 else torch.contiguous_format
@@ -88,17 +102,25 @@ class VinVLDetector(nn.Module):
             box_head = self.roi_heads.box
             features = box_head.feature_extractor(res4[0], proposals.proposals, layout)
             logits = box_head.predictor(features)
-        probs = logits.softmax(dim=1)
-        ranking = rank(probs, proposals.proposals, nms_filter)
+        return Scored(res4.float(), proposals, features, logits, logits.softmax(dim=1), height,
+                      width, (in_h, in_w), bf16)
+
+    @torch.inference_mode()
+    def select(self, scored: Scored, nms_filter: int = 1, attributes: bool = False) -> Detection:
+        """The detections of post-processing mode `nms_filter`, boxes back in the picture's
+        pixels; with `attributes`, the attribute head on them."""
+        proposals = scored.rpn.proposals
+        ranking = rank(scored.class_probs, proposals, nms_filter)
         kept = ranking.selected()
-        resized = proposals.proposals[kept.proposal_idx]
-        ratio = torch.tensor([width / in_w, height / in_h] * 2, dtype=torch.float32,
-                             device=device)
-        detection = Detection(res4.float(), proposals, features, logits, probs, ranking, kept,
-                              resized * ratio, resized, features[kept.proposal_idx], height,
-                              width)
+        resized = proposals[kept.proposal_idx]
+        in_h, in_w = scored.input_size
+        ratio = torch.tensor([scored.width / in_w, scored.height / in_h] * 2,
+                             dtype=torch.float32, device=proposals.device)
+        detection = Detection(scored, ranking, kept, resized * ratio, resized,
+                              scored.box_features[kept.proposal_idx])
         if attributes:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(proposals.device.type, dtype=torch.bfloat16,
+                                enabled=scored.bf16):
                 attr_logits = self.attribute.predictor(detection.features, kept.labels)
             detection.attr_logits = attr_logits
             detection.attr_labels, detection.attr_scores = filter_attributes(attr_logits)
