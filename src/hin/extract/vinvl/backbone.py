@@ -48,6 +48,11 @@ class VinVLShape:
 class FrozenBatchNorm2d(nn.Module):
     """Batch norm with fixed statistics, no epsilon (the original's rule)."""
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         for name in ("weight", "bias", "running_mean", "running_var"):

@@ -78,6 +78,13 @@ class VinVLDetector(nn.Module):
         self.roi_heads = RoIHeads(shape)
         self.attribute = AttributeHead(self.roi_heads.box.feature_extractor, shape)
 
+    def use_channels_last(self) -> None:
+        """Convolution weights in the channels-last layout (the bf16 path's)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.data = module.weight.data.contiguous(
+                    memory_format=torch.channels_last)
+
     def detect(self, pixels: np.ndarray, height: int, width: int, nms_filter: int = 1,
                attributes: bool = False, bf16: bool = False) -> Detection:
         """`score` then `select`."""

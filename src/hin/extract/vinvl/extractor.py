@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from hin.devices import resolve_device
 from hin.errors import UsageError
@@ -60,7 +59,7 @@ class VinVLExtractor:
         self.with_attributes = bool(attributes)
         self.model = load_detector(self.weights, self.device)
         if self.precision == "bf16":
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model.use_channels_last()
         self.feature_dim = self.model.shape.feature_dim
         self.preprocess = prepare
 
