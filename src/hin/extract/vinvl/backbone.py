@@ -61,7 +61,11 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight * self.running_var.rsqrt()
         shift = self.bias - self.running_mean * scale
-        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+        scale, shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)
+        if x.dtype == torch.float32:
+            return x * scale + shift
+        # in bfloat16, x * scale + shift would cancel two large terms at 3 digits
+        return (x.float() * scale + shift).to(x.dtype)
 
 
 class Bottleneck(nn.Module):

@@ -23,6 +23,7 @@ from hin.extract.vinvl.ops import roi_align
 
 POOLER_RESOLUTION = 14
 POOLER_SCALE = 1.0 / 16
+HEAD_CHUNK = 100        # RoIs per res5 pass: bounds the head's memory (full size: ~0.5 GB each)
 
 
 class BoxFeatureExtractor(nn.Module):
@@ -33,9 +34,13 @@ class BoxFeatureExtractor(nn.Module):
     def forward(self, res4: torch.Tensor, boxes: torch.Tensor,
                 layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
         """res4 [C, h4, w4] of one picture, boxes [R, 4] -> C5 vectors [R, 8R] (float32)."""
-        pooled = roi_align(res4, boxes, POOLER_RESOLUTION, POOLER_SCALE)
-        pooled = pooled.contiguous(memory_format=layout)
-        return self.head(pooled).float().mean(dim=(2, 3))
+        out = []
+        for start in range(0, max(len(boxes), 1), HEAD_CHUNK):
+            pooled = roi_align(res4, boxes[start:start + HEAD_CHUNK], POOLER_RESOLUTION,
+                               POOLER_SCALE)
+            pooled = pooled.contiguous(memory_format=layout)
+            out.append(self.head(pooled).float().mean(dim=(2, 3)))
+        return torch.cat(out)
 
 
 class BoxPredictor(nn.Module):

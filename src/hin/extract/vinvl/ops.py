@@ -25,7 +25,8 @@ BOX_SCALE_CLIP = math.log(1000.0 / 16)
 
 
 def _iou_row(boxes: np.ndarray, areas: np.ndarray, i: int, others: np.ndarray) -> np.ndarray:
-    """IoU (float32, +1 convention) of box i with the boxes at positions `others`."""
+    """IoU (float32, +1 convention) of box i with the boxes at positions `others`. Inverted
+    boxes can make 0 / 0: NaN, which suppresses nothing, as in the original kernel."""
     one = np.float32(1)
     zero = np.float32(0)
     width = np.maximum(zero, np.minimum(boxes[i, 2], boxes[others, 2])
@@ -33,7 +34,8 @@ def _iou_row(boxes: np.ndarray, areas: np.ndarray, i: int, others: np.ndarray) -
     height = np.maximum(zero, np.minimum(boxes[i, 3], boxes[others, 3])
                         - np.maximum(boxes[i, 1], boxes[others, 1]) + one)
     inter = width * height
-    return inter / (areas[i] + areas[others] - inter)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / (areas[i] + areas[others] - inter)
 
 
 def iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
