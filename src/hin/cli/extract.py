@@ -127,8 +127,9 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
                             "reference's), or auto (bf16 where the device runs it fast)")
         p.add_argument("--store-as", choices=STORAGE_DTYPES,
                        help="stored feature dtype: float16 (default, half the disk) or float32 "
-                            "(as the reference stored its CLIP grids); the synthetic world's "
-                            "extractors store float16 only")
+                            "(as the reference stored its CLIP grids; vinvl-x152c4's default, "
+                            "as VinVL released them); the synthetic world's extractors store "
+                            "float16 only")
         p.add_argument("--orientation", default=DATASET_ORIENTATION, choices=ORIENTATIONS,
                        help="stored (default: pixels as stored, as the reference's extraction "
                             "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
