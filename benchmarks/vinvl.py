@@ -165,7 +165,7 @@ def main() -> None:
     for precision in sorted(set(args.precision), key=["fp32", "bf16"].index):
         bf16 = precision == "bf16"
         if bf16:
-            model.use_channels_last()          # after fp32, which keeps the contiguous layout
+            model.prepare_bf16()          # after fp32, which runs the original's layout
         staged(model, prepared.pixels, height, width, bf16, device)       # warm-up
         runs = [staged(model, prepared.pixels, height, width, bf16, device)
                 for _ in range(args.repeats)]

@@ -16,6 +16,7 @@ from PIL import Image
 from hin.cli import main
 from hin.errors import UsageError
 from hin.extract import build_extractor, extractor_from_attributes, nms_mode_report, prepare_pictures
+from hin.extract.vinvl.backbone import FrozenBatchNorm2d
 from hin.extract.vinvl.loading import load_detector
 from hin.extract.vinvl.preprocess import prepare
 
@@ -89,6 +90,23 @@ def test_bf16_runs_and_leaves_fp32_untouched(golden):
     exact = detector.detect(picture.pixels, picture.height, picture.width)
     assert torch.equal(exact.kept.proposal_idx, golden["nms1.proposal_idx"])
     torch.testing.assert_close(exact.features, golden["nms1.features"], atol=2e-3, rtol=0)
+
+
+def test_bn_folded_for_bf16_computes_the_same_function(golden):
+    """prepare_bf16 folds each frozen BN into its convolution: in float32 arithmetic the
+    folded model still computes the original's maps, up to rounding (folded weights and
+    another summation order: ~1e-2 on res4 values up to 62, which near NMS margins of 1e-4
+    may change a proposal, hence maps, not detections)."""
+    detector = load_detector(WEIGHTS)
+    detector.prepare_bf16()
+    assert not any(isinstance(module, FrozenBatchNorm2d) for module in detector.modules())
+    picture = prepare(Image.open(FIXTURES / f"{PICTURE}.png"))
+    folded = detector.score(picture.pixels, picture.height, picture.width)
+    torch.testing.assert_close(folded.res4, golden["res4"], atol=2e-2, rtol=0)
+    torch.testing.assert_close(folded.rpn.logits, golden["rpn_objectness_logits"], atol=5e-3,
+                               rtol=0)
+    fast = detector.detect(picture.pixels, picture.height, picture.width, bf16=True)
+    assert torch.isfinite(fast.features).all() and 10 <= len(fast.kept.scores) <= 100
 
 
 def test_cli_writes_the_released_layout_resumably_and_tells_the_mode(pictures, tmp_path, golden,

@@ -16,13 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from hin.extract.vinvl.backbone import Backbone, VinVLShape
+from hin.extract.vinvl.backbone import Backbone, FrozenBatchNorm2d, VinVLShape
 from hin.extract.vinvl.head import AttributeHead, RoIHeads
 from hin.extract.vinvl.postprocess import Ranking, filter_attributes, rank
 from hin.extract.vinvl.preprocess import network_input
 from hin.extract.vinvl.rpn import RPN, RPNOutput
 
-GEOMETRY_DIM = 6
+_CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("0", "1"))
+
+
+def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
+    scale = bn.weight * bn.running_var.rsqrt()
+    conv.weight.data = conv.weight.data * scale.view(-1, 1, 1, 1)
+    conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale, requires_grad=False)
 
 
 @dataclass
@@ -78,9 +84,17 @@ class VinVLDetector(nn.Module):
         self.roi_heads = RoIHeads(shape)
         self.attribute = AttributeHead(self.roi_heads.box.feature_extractor, shape)
 
-    def use_channels_last(self) -> None:
-        """Convolution weights in the channels-last layout (the bf16 path's)."""
+    def prepare_bf16(self) -> None:
+        """For bfloat16 autocast: each frozen BN folded into its convolution (weight x scale,
+        bias = shift, in float32 before autocast rounds them), which saves a pass over every
+        activation and the cancellation of x * scale + shift at bfloat16's 3 digits; weights
+        channels-last. The float32 path must not use a model prepared so (other bits)."""
         for module in self.modules():
+            for conv_name, bn_name in _CONV_BN_PAIRS:
+                conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, FrozenBatchNorm2d):
+                    _fold(conv, bn)
+                    setattr(module, bn_name, nn.Identity())
             if isinstance(module, nn.Conv2d):
                 module.weight.data = module.weight.data.contiguous(
                     memory_format=torch.channels_last)

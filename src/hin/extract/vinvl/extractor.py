@@ -59,7 +59,7 @@ class VinVLExtractor:
         self.with_attributes = bool(attributes)
         self.model = load_detector(self.weights, self.device)
         if self.precision == "bf16":
-            self.model.use_channels_last()
+            self.model.prepare_bf16()
         self.feature_dim = self.model.shape.feature_dim
         self.preprocess = prepare
 

@@ -85,20 +85,21 @@ def class_nms_keep(iou: torch.Tensor, scores: torch.Tensor, threshold: float) ->
     """[classes, n] bool: which of n boxes each class's legacy NMS keeps, every class scoring
     the same boxes (`iou` their [n, n] matrix) by its own row of `scores` [classes, n].
 
-    Step t looks at every class's t-th best box at once: if that box is still unsuppressed it is
-    kept and suppresses the boxes of that class ranked after it with IoU >= threshold."""
+    Step t looks at every class's t-th best box at once: the classes for which it is still
+    unsuppressed keep it, and it suppresses the boxes overlapping it at IoU >= threshold.
+    Only later boxes can be among those (an earlier kept box overlapping it would have
+    suppressed it), so no rank mask is needed once a box no longer suppresses itself."""
     classes, count = scores.shape
     order = torch.argsort(scores, dim=1, descending=True, stable=True)          # [classes, n]
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(count, device=scores.device).expand(classes, count))
     overlapping = iou >= torch.tensor(threshold, dtype=iou.dtype)              # [n, n]
+    overlapping.fill_diagonal_(False)
     suppressed = torch.zeros(classes, count, dtype=torch.bool, device=scores.device)
     rows = torch.arange(classes, device=scores.device)
     for step in range(count):
         box = order[:, step]                                                   # [classes]
-        active = ~suppressed[rows, box]
-        later = rank > step
-        suppressed |= overlapping[box] & later & active[:, None]
+        active = torch.nonzero(~suppressed[rows, box]).squeeze(1)
+        if active.numel():
+            suppressed[active] |= overlapping[box[active]]
     return ~suppressed
 
 
