@@ -16,6 +16,7 @@ from PIL import Image
 from hin.cli import main
 from hin.errors import UsageError
 from hin.extract import build_extractor, extractor_from_attributes, nms_mode_report, prepare_pictures
+from hin.extract.images import PictureError
 from hin.extract.vinvl.backbone import FrozenBatchNorm2d
 from hin.extract.vinvl.loading import load_detector
 from hin.extract.vinvl.preprocess import prepare
@@ -79,6 +80,14 @@ def test_extractor_refuses_unusable_settings(tmp_path):
     with pytest.raises(FileNotFoundError, match="vinvl_vg_x152c4.pth \\(593 MB"):
         extractor_from_attributes({"extractor": NAME, "weights": str(tmp_path / "gone.pth"),
                                    "nms_filter": 1, "storage_dtype": "float32"}, device="cpu")
+
+
+def test_pictures_the_resize_rule_cannot_shrink_are_refused_by_size():
+    """Short side round(1000 / 1999) = 1 px, long side 1999 (the original's rule, which
+    breaks its own 1000 px cap here); from 2000:1 the short side would be 0."""
+    assert prepare(Image.new("RGB", (1999, 1))).pixels.shape == (1, 1999, 3)
+    with pytest.raises(PictureError, match="2000x1 picture is too elongated"):
+        prepare(Image.new("RGB", (2000, 1)))
 
 
 def test_bf16_runs_and_leaves_fp32_untouched(golden):
