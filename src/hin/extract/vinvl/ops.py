@@ -107,6 +107,12 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int,
               spatial_scale: float, chunk: int = 32) -> torch.Tensor:
     """Legacy ROIAlign of one picture's map `features` [C, H, W] at `rois` [R, 4] (x1, y1, x2,
     y2 in input pixels) -> [R, C, output_size, output_size]; see the module docstring."""
+    with torch.autocast(features.device.type, enabled=False):       # float32 under bf16 too
+        return _roi_align(features.float(), rois, output_size, spatial_scale, chunk)
+
+
+def _roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int,
+               spatial_scale: float, chunk: int) -> torch.Tensor:
     channels, height, width = features.shape
     count = rois.shape[0]
     out = features.new_zeros(count, channels, output_size, output_size)
@@ -118,9 +124,9 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int,
     by_rows = features.permute(1, 0, 2).reshape(height, channels * width)     # [H, C*W]
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)
-        part = rows[start:stop].to(features.dtype) @ by_rows                   # [r, P, C*W]
+        part = rows[start:stop] @ by_rows                                      # [r, P, C*W]
         part = part.reshape(stop - start, output_size * channels, width)
-        part = part @ cols[start:stop].to(features.dtype).transpose(1, 2)      # [r, P*C, P]
+        part = part @ cols[start:stop].transpose(1, 2)                         # [r, P*C, P]
         out[start:stop] = part.reshape(stop - start, output_size, channels,
                                        output_size).permute(0, 2, 1, 3)
     return out
