@@ -144,6 +144,8 @@ def test_cli_vinvl_flags_need_the_vinvl_extractor_and_its_weights(pictures, tmp_
     base = ["extract", "regions", "--images", str(pictures), "--out", str(tmp_path / "r.h5")]
     assert main([*base, "--nms-filter", "2"]) == 2
     assert "--nms-filter set the vinvl-x152c4 extractor" in capsys.readouterr().err
+    assert main([*base, "--extractor", NAME, "--weights", str(WEIGHTS), "--threshold", "0.5"]) == 2
+    assert "--threshold do not apply to vinvl-x152c4" in capsys.readouterr().err
     missing = tmp_path / "vinvl_vg_x152c4.pth"
     assert main([*base, "--extractor", NAME, "--weights", str(missing)]) == 2
     error = capsys.readouterr().err.strip()

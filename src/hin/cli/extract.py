@@ -88,6 +88,12 @@ def _extract_regions(args: argparse.Namespace) -> int:
         print(report.summary())
         return 0
     if args.extractor == "vinvl-x152c4":
+        other = [flag for flag, value in (("--model", args.model), ("--revision", args.revision),
+                                          ("--threshold", args.threshold),
+                                          ("--max-regions", args.max_regions)) if value is not None]
+        if other:
+            raise UsageError(f"{', '.join(other)} do not apply to vinvl-x152c4 (its settings are "
+                             "the original's: score 0.2, 10 to 100 regions); drop them")
         options = {"weights": args.weights, "nms_filter": args.nms_filter,
                    "store_as": args.store_as, "oscar_rows": args.oscar_rows or None,
                    "attributes": args.attributes or None}
