@@ -5,7 +5,7 @@ backbone (res4) -> RPN (300 proposals) -> box head once over all proposals (C5 v
 class probabilities) -> post-processing (postprocess.py) -> detections in descending score,
 whose features are the C5 vectors of their proposals and whose boxes are those proposals,
 rescaled per axis to the original picture's pixels (float32 ratios, no clipping).
-`Detection` keeps every intermediate value the golden tests compare.
+`Scored` and `Detection` keep every intermediate value the golden tests compare.
 """
 
 from __future__ import annotations
