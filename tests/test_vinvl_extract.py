@@ -118,6 +118,17 @@ def test_bn_folded_for_bf16_computes_the_same_function(golden):
     assert torch.isfinite(fast.features).all() and 10 <= len(fast.kept.scores) <= 100
 
 
+def test_bf16_extractor_folds_its_model_and_records_the_arithmetic():
+    extractor = build_extractor(NAME, weights=str(WEIGHTS), device="cpu", precision="bf16",
+                                store_as="float16")
+    assert extractor.attributes()["compute_dtype"] == "bfloat16"
+    assert not any(isinstance(module, FrozenBatchNorm2d)
+                   for module in extractor.model.modules())
+    [entry] = prepare_pictures(extractor, [Image.open(FIXTURES / f"{PICTURE}.png")])
+    assert entry["features"].dtype == np.float16 and np.isfinite(entry["features"]).all()
+    assert len(entry["features"]) == len(entry["boxes"]) == len(entry["labels"]) >= 10
+
+
 def test_cli_writes_the_released_layout_resumably_and_tells_the_mode(pictures, tmp_path, golden,
                                                                      capsys):
     out = tmp_path / "regions.h5"
