@@ -154,3 +154,23 @@ def test_attributes(runs, selected, name, mode):
     close(found.attr_scores, golden[key + "attr_scores"], PROBS)
     settled = golden[key + "attr_scores"] > ATTRIBUTE_THRESHOLD + 1e-4
     assert torch.equal(found.attr_labels[settled], golden[key + "attr_labels"][settled])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", PICTURES)
+def test_the_cuda_path_gives_the_originals_detections(name):
+    """On a GPU (its own convolution kernels, TF32 off in fp32), with the same tolerances."""
+    detector = load_detector(WEIGHTS, "cuda")
+    golden = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
+    picture = prepare(Image.open(FIXTURES / f"{name}.png"))
+    scored = detector.score(picture.pixels, picture.height, picture.width)
+    close(scored.res4.cpu(), golden["res4"], MAPS)
+    assert torch.equal(scored.rpn.keep.cpu(), golden["rpn_nms_keep"])
+    for mode in (1, 2):
+        found = detector.select(scored, nms_filter=mode)
+        key = f"nms{mode}."
+        assert torch.equal(found.kept.proposal_idx.cpu(), golden[key + "proposal_idx"])
+        assert torch.equal(found.kept.labels.cpu(), golden[key + "labels"])
+        close(found.boxes.cpu(), golden[key + "boxes"], BOXES)
+        close(found.kept.scores.cpu(), golden[key + "scores"], PROBS)
+        close(found.features.cpu(), golden[key + "features"], FEATURES)

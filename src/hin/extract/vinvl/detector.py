@@ -117,7 +117,11 @@ class VinVLDetector(nn.Module):
         layout = torch.channels_last if bf16 else torch.contiguous_format
         image = image.contiguous(memory_format=layout)
         in_h, in_w = image.shape[-2:]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        cudnn = torch.backends.cudnn
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), cudnn.flags(
+                enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                benchmark_limit=cudnn.benchmark_limit, deterministic=cudnn.deterministic,
+                allow_tf32=bf16):                                      # fp32 means fp32
             res4 = self.backbone(image)
             proposals = self.rpn(res4, in_h, in_w)
             box_head = self.roi_heads.box
