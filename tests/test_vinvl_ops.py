@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from hin.errors import UsageError
 from hin.extract.vinvl.ops import (
     class_nms_keep,
     clip_boxes,
@@ -19,6 +20,7 @@ from hin.extract.vinvl.ops import (
     nms,
     roi_align,
 )
+from hin.extract.vinvl.postprocess import rank
 
 
 def boxes(*rows: tuple[float, float, float, float]) -> torch.Tensor:
@@ -165,3 +167,10 @@ def test_box_coder_clamps_the_scale_and_uses_plus_one_widths():
 def test_clipping_keeps_boxes_squashed_onto_the_border():
     clipped = clip_boxes(boxes((900, 10, 950, 40), (-20, -5, -1, 30)), 600, 800)
     assert clipped.tolist() == [[799, 10, 799, 40], [0, 0, 0, 30]]
+
+
+def test_post_processing_modes_are_1_and_2():
+    with pytest.raises(UsageError, match="nms_filter must be one of"):
+        rank(torch.full((2, 4), 0.25), boxes((0, 0, 5, 5), (1, 1, 6, 6)), 3)
+    assert rank(torch.zeros(0, 4), boxes(), 1).proposal_idx.tolist() == []
+    assert rank(torch.zeros(0, 4), boxes(), 2).proposal_idx.tolist() == []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hin.errors import UsageError
 from hin.extract.vinvl.ops import class_nms_keep, iou_matrix, nms
 
 NMS_FILTERS = (1, 2)
@@ -54,7 +55,7 @@ def rank(probabilities: torch.Tensor, proposals: torch.Tensor, nms_filter: int) 
         return _rank_per_class(probabilities, proposals)
     if nms_filter == 2:
         return _rank_agnostic(probabilities, proposals)
-    raise ValueError(f"nms_filter must be one of {NMS_FILTERS}, got {nms_filter}")
+    raise UsageError(f"nms_filter must be one of {NMS_FILTERS}, got {nms_filter}")
 
 
 def _ordered(proposal_idx: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor) -> Ranking:

@@ -82,7 +82,7 @@ class RPN(nn.Module):
         logits, deltas = logits.float(), deltas.float()
         rows, cols = logits.shape[-2:]
         objectness = logits[0].permute(1, 2, 0).reshape(-1).sigmoid()
-        flat_deltas = deltas[0].view(ANCHORS_PER_CELL, 4, rows, cols).permute(2, 3, 0, 1)
+        flat_deltas = deltas[0].reshape(ANCHORS_PER_CELL, 4, rows, cols).permute(2, 3, 0, 1)
         flat_deltas = flat_deltas.reshape(-1, 4)
         top = min(PRE_NMS_TOP_N, objectness.numel())
         scores, index = objectness.topk(top, sorted=True)
