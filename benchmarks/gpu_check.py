@@ -42,6 +42,7 @@ from types import SimpleNamespace
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+CUDA_TEST_FILES = ("test_cuda.py", "test_vinvl_golden.py")   # test files with cuda-marked tests
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import peak_memory_gib, reset_peak, timed  # noqa: E402
@@ -153,11 +154,13 @@ def cuda_test_rows() -> list[Row]:
     if importlib.util.find_spec("pytest") is None:
         return [Row("cuda tests", "pytest -m cuda", "not run: pytest is not installed", True)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    files = [str(ROOT / "tests" / name) for name in CUDA_TEST_FILES]
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                             str(ROOT / "tests" / "test_cuda.py")], cwd=ROOT, env=env,
+                             *files], cwd=ROOT, env=env,
                             capture_output=True, text=True, check=False)
     summary = (result.stdout.strip().splitlines() or ["no output"])[-1]
-    return [Row("cuda tests", "pytest -m cuda tests/test_cuda.py", summary, result.returncode == 0)]
+    return [Row("cuda tests", f"pytest -m cuda {' '.join(f'tests/{name}' for name in CUDA_TEST_FILES)}",
+                summary, result.returncode == 0)]
 
 
 def xe_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list[Row]:

@@ -200,7 +200,7 @@ def test_extract_help_names_the_registered_extractors_of_its_kind(capsys):
 
     try:
         for kind, listed, unlisted in [("grid", "clip-grid, synth-grid, testgrid", "detr"),
-                                       ("regions", "detr, synth-regions", "testgrid")]:
+                                       ("regions", "detr, synth-regions, vinvl-x152c4", "testgrid")]:
             with pytest.raises(SystemExit):
                 main(["extract", kind, "--help"])
             help_text = " ".join(capsys.readouterr().out.split())

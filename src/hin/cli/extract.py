@@ -62,6 +62,13 @@ def _extract_grid(args: argparse.Namespace) -> int:
         **{k: v for k, v in options.items() if v is not None}), args)
 
 
+def _extract_nms_mode(args: argparse.Namespace) -> int:
+    from hin.extract import nms_mode_report
+
+    print(nms_mode_report(args.features))
+    return 0
+
+
 def _extract_merge(args: argparse.Namespace) -> int:
     from hin.extract import merge_shards
 
@@ -80,8 +87,27 @@ def _extract_regions(args: argparse.Namespace) -> int:
                               dtype=args.store_as or "float16")
         print(report.summary())
         return 0
-    options = {"model": args.model, "revision": args.revision, "threshold": args.threshold,
-               "max_regions": args.max_regions, "store_as": args.store_as}
+    if args.extractor == "vinvl-x152c4":
+        other = [flag for flag, value in (("--model", args.model), ("--revision", args.revision),
+                                          ("--threshold", args.threshold),
+                                          ("--max-regions", args.max_regions)) if value is not None]
+        if other:
+            raise UsageError(f"{', '.join(other)} do not apply to vinvl-x152c4 (its settings are "
+                             "the original's: score 0.2, 10 to 100 regions); drop them")
+        options = {"weights": args.weights, "nms_filter": args.nms_filter,
+                   "store_as": args.store_as, "oscar_rows": args.oscar_rows or None,
+                   "attributes": args.attributes or None}
+    else:
+        vinvl_only = [flag for flag, value in (("--weights", args.weights),
+                                               ("--nms-filter", args.nms_filter),
+                                               ("--oscar-rows", args.oscar_rows),
+                                               ("--attributes", args.attributes)) if value]
+        if vinvl_only:
+            raise UsageError(f"{', '.join(vinvl_only)} set the vinvl-x152c4 extractor; add "
+                             "--extractor vinvl-x152c4 or drop them")
+        options = {"model": args.model, "revision": args.revision,
+                   "threshold": args.threshold, "max_regions": args.max_regions,
+                   "store_as": args.store_as}
     return _extract_pictures(lambda: build_extractor(
         args.extractor, device=_extraction_device(args), precision=args.precision,
         **{k: v for k, v in options.items() if v is not None}), args)
@@ -107,8 +133,9 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
                             "reference's), or auto (bf16 where the device runs it fast)")
         p.add_argument("--store-as", choices=STORAGE_DTYPES,
                        help="stored feature dtype: float16 (default, half the disk) or float32 "
-                            "(as the reference stored its CLIP grids); the synthetic world's "
-                            "extractors store float16 only")
+                            "(as the reference stored its CLIP grids; vinvl-x152c4's default, "
+                            "as VinVL released them); the synthetic world's extractors store "
+                            "float16 only")
         p.add_argument("--orientation", default=DATASET_ORIENTATION, choices=ORIENTATIONS,
                        help="stored (default: pixels as stored, as the reference's extraction "
                             "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
@@ -143,8 +170,24 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", help="hub revision (default for DETR: no_timm)")
     p.add_argument("--threshold", type=float, help="minimum class probability (default 0.5)")
     p.add_argument("--max-regions", type=int, help="regions kept per picture (default 50)")
+    p.add_argument("--weights", help="vinvl-x152c4: the detector's weights, "
+                                     "vinvl_vg_x152c4.pth (593 MB, never downloaded)")
+    p.add_argument("--nms-filter", type=int, choices=(1, 2),
+                   help="vinvl-x152c4 post-processing: 1 per-class NMS (default, the "
+                        "maintainers' command) or 2 class-agnostic NMS at 0.5")
+    p.add_argument("--oscar-rows", action="store_true",
+                   help="vinvl-x152c4: also write <id>_oscar [n, 2054], Oscar/VinVL "
+                        "features.tsv rows (feature + 6 box-geometry values)")
+    p.add_argument("--attributes", action="store_true",
+                   help="vinvl-x152c4: also run the attribute head (<id>_attr_labels, "
+                        "<id>_attr_scores [n, 16])")
     add_run_options(p, batch_size=8)
     p.set_defaults(handler=_extract_regions)
+
+    p = actions.add_parser("nms-mode", help="tell which VinVL post-processing mode (nms_filter "
+                                            "1 or 2) made a region file, from its boxes")
+    p.add_argument("features", help="region HDF5 file with <id>_boxes")
+    p.set_defaults(handler=_extract_nms_mode)
 
     p = actions.add_parser("merge", help="join the shard files of a --shard K/N extraction into "
                                          "its output, once every shard has finished")
