@@ -5,14 +5,27 @@ numbers in JSON."""
 from __future__ import annotations
 
 import json
+import math
+import re
+from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
+import torch
 
 from data_files import write_coco
 from hin.cli import main
+from hin.config import DecodingConfig, HINConfig
 from hin.data.coco import load_splits
 from hin.data.errors import DataError
+from hin.data.features import MAX_FEATURE_MAGNITUDE, FeatureStore, _exponent_counts
+from hin.decoding import caption
+from hin.errors import HINError
+from hin.extract.shapes import GRID_DIM, REGION_DIM
+from hin.files import FileFormatError, json_text, write_json
+from hin.model import HIN
+from hin.synth import generate
 
 
 @pytest.fixture
@@ -58,3 +71,70 @@ def test_data_check_refuses_overlapping_splits(coco, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "2 annotation (caption) ids are in both the train and the test split (first: 1, 2)" in err
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_huge_values_are_counted_exactly_at_the_limit(dtype):
+    """The exponent test behind every feature read counts |x| >= 2**14, no more, no less
+    (NaN/inf apart)."""
+    limit = MAX_FEATURE_MAGNITUDE
+    values = np.array([0.0, -0.0, 1.5, limit * 0.999, -limit, limit, limit * 2, np.inf, np.nan],
+                      dtype=dtype)
+    for array in (values, np.tile(values, (3, 2))[:, ::3]):
+        nonfinite, huge = _exponent_counts(array)
+        finite = array[np.isfinite(array)]
+        assert nonfinite == array.size - finite.size
+        assert huge == np.count_nonzero(np.abs(finite) >= limit)
+
+
+@pytest.fixture
+def synth(tmp_path):
+    out = tmp_path / "synth"
+    generate(out, seed=0, train=4, val=2, test=2, min_freq=1, progress=False)
+    return out
+
+
+def scale_entry(path, image_id, factor):
+    """Rewrite one image's features as float32 times `factor` (finite: 1e20 fits float32)."""
+    with h5py.File(path, "a") as handle:
+        values = handle[f"{image_id}_features"][()].astype(np.float32) * np.float32(factor)
+        del handle[f"{image_id}_features"]
+        handle[f"{image_id}_features"] = values
+    assert np.isfinite(values).all()
+
+
+def test_finite_but_huge_features_fail_the_check_and_the_loader(synth, capsys):
+    image_id = load_splits(synth, ["test"])["test"].image_ids[0]
+    scale_entry(synth / "grid.hdf5", image_id, 1e20)
+    code = main(["data", "check", "--annotations", str(synth), "--grid", str(synth / "grid.hdf5"),
+                 "--region", str(synth / "region.hdf5"), "--split", "test"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert re.search(rf"grid\.hdf5: image {image_id}: features hold \d+ values of magnitude "
+                     r"16384 or more \(largest \d.*e\+\d+\)", out)
+    store = FeatureStore(synth / "grid.hdf5", synth / "region.hdf5", grid_dim=GRID_DIM,
+                         region_dim=REGION_DIM)
+    with pytest.raises(DataError, match=rf"image {image_id}: features hold \d+ values of magnitude"):
+        store[image_id]
+
+
+def test_a_caption_whose_score_is_not_a_number_is_an_error_naming_the_image():
+    model = HIN(HINConfig(vocab_size=12, num_layers=1, d_model=16, num_heads=2, d_ff=32,
+                          grid_dim=6, region_dim=5)).eval()
+    words = SimpleNamespace(eos_id=3, decode=lambda ids: " ".join(map(str, ids)))
+    grid, region = torch.rand(2, 4, 6), torch.rand(2, 3, 5)
+    settings = DecodingConfig(beam_size=2, max_len=5)
+    assert len(caption(model, grid, region, words, settings, names=["a", "b"])) == 2
+    grid[1, 0, 0] = math.nan   # what features beyond the arithmetic give
+    with pytest.raises(HINError, match=r"^image b: decoding gave a score that is not a number"):
+        caption(model, grid, region, words, settings, names=["a", "b"])
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_no_json_hin_writes_holds_nan_or_infinity(tmp_path, value):
+    with pytest.raises(FileFormatError, match="not a number"):
+        json_text({"score": value})
+    with pytest.raises(FileFormatError):
+        write_json(tmp_path / "x.json", [value])
+    assert not (tmp_path / "x.json").exists()
+    assert json.loads(json_text({"score": 1.5, "text": "é"})) == {"score": 1.5, "text": "é"}

@@ -17,6 +17,7 @@ hin.strategies'.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from hin.config import DecodingConfig, HINConfig
 from hin.devices import resolve_precision
-from hin.errors import UsageError
+from hin.errors import HINError, UsageError
 from hin.metrics import collapse_repeats
 from hin.model import HIN, DecoderCache, EncoderOutput
 from hin.strategies import Stepper, decode_with
@@ -199,6 +200,11 @@ def caption(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor, wo
     names = names if names is not None else [f"#{i + 1}" for i in range(ids.shape[0])]
     results = []
     for name, hypotheses, scores in zip(names, ids.tolist(), logprobs.sum(-1).tolist(), strict=True):
+        if not all(math.isfinite(score) for score in scores):
+            raise HINError(f"image {name}: decoding gave a score that is not a number "
+                           f"({scores[0]}), so its caption means nothing: its features are "
+                           "damaged or far outside what the model was trained on (check them "
+                           "with `hin data check`, or extract them again)")
         captions = []
         for tokens, score in zip(hypotheses, scores):
             text = words.decode(tokens)

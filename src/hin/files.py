@@ -207,8 +207,13 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def json_text(value: Any, indent: int | None = 2) -> str:
-    """`value` as the JSON text every hin file holds: UTF-8 as it is, one trailing newline."""
-    return json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
+    """`value` as the JSON text every hin file holds: UTF-8 as it is, one trailing newline.
+    NaN and infinities are refused: they are not JSON, and other readers reject them."""
+    try:
+        return json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError as error:
+        raise FileFormatError(f"refusing to write JSON holding a value that is not a number "
+                              f"({error})") from None
 
 
 def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:

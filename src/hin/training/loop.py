@@ -299,7 +299,7 @@ class Trainer:
         value = loss.item()
         where = f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batch + 1})"
         rank = f" on rank {self.context.rank}" if self.context.distributed else ""
-        self.folder.log({"event": "nonfinite", "step": self.progress.step + 1, "loss": value,
+        self.folder.log({"event": "nonfinite", "step": self.progress.step + 1, "loss": str(value),
                    "policy": self.config.train.nonfinite})
         if self.config.train.nonfinite == "stop":
             last = self.run_dir / LAST
