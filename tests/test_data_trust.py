@@ -126,7 +126,13 @@ def test_a_caption_whose_score_is_not_a_number_is_an_error_naming_the_image():
     settings = DecodingConfig(beam_size=2, max_len=5)
     assert len(caption(model, grid, region, words, settings, names=["a", "b"])) == 2
     grid[1, 0, 0] = math.nan   # what features beyond the arithmetic give
-    with pytest.raises(HINError, match=r"^image b: decoding gave a score that is not a number"):
+    with pytest.raises(HINError, match=r"^image b: decoding gave a score that is not a number "
+                                       r"\(nan\), so its caption means nothing: its features"):
+        caption(model, grid, region, words, settings, names=["a", "b"])
+    grid[1, 0, 0] = 0.5
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.inf)      # a diverged training run
+    with pytest.raises(HINError, match=r"^image a: .*: the model's weights are not all finite"):
         caption(model, grid, region, words, settings, names=["a", "b"])
 
 

@@ -202,9 +202,8 @@ def caption(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor, wo
     for name, hypotheses, scores in zip(names, ids.tolist(), logprobs.sum(-1).tolist(), strict=True):
         if not all(math.isfinite(score) for score in scores):
             raise HINError(f"image {name}: decoding gave a score that is not a number "
-                           f"({scores[0]}), so its caption means nothing: its features are "
-                           "damaged or far outside what the model was trained on (check them "
-                           "with `hin data check`, or extract them again)")
+                           f"({scores[0]}), so its caption means nothing: "
+                           + _nonfinite_cause(model_or_list))
         captions = []
         for tokens, score in zip(hypotheses, scores):
             text = words.decode(tokens)
@@ -213,6 +212,16 @@ def caption(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor, wo
                                     score, tuple(kept)))
         results.append(CaptionedImage(name, tuple(captions)))
     return results
+
+
+def _nonfinite_cause(model_or_list: HIN | Sequence[HIN]) -> str:
+    """Why decoding gave a non-finite score: the weights (a diverged run) or the features."""
+    if any(not bool(torch.isfinite(weights).all())
+           for model in _as_models(model_or_list) for weights in model.parameters()):
+        return ("the model's weights are not all finite (its training diverged: train it "
+                "again with a lower train.lr)")
+    return ("its features are damaged or far outside what the model was trained on (check "
+            "them with `hin data check`, or extract them again)")
 
 
 def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable[Any], words: Words,

@@ -99,6 +99,7 @@ class Trainer:
         self.java, self.cider_table, self.init_record = java, cider_table, init_record
         self.show_progress = show_progress
         self.precision = precision
+        self.epoch_batches = 0      # batches of the epoch in progress (all ranks)
 
     def close(self) -> None:
         """Flush the log, unlock the run directory and leave the process group."""
@@ -230,6 +231,7 @@ class Trainer:
         loader = make_loader(self.data.train_set, items // self.context.world_size,
                              sampler=order, num_workers=self.config.data.num_workers,
                              seed=train.seed + epoch)
+        self.epoch_batches = order.batches
         return tqdm(loader, desc=f"{train.stage} epoch {epoch}", unit="batch",
                     initial=self.progress.batch, total=order.batches,
                     disable=not self.show_progress)
@@ -311,6 +313,15 @@ class Trainer:
                 "train.nonfinite=skip to skip such batches")
         self.folder.say(f"skipping a batch with non-finite loss at {where}")
         self.progress.batch += 1
+        self.progress.skipped += 1
+        share = self.config.train.max_skipped_share
+        if self.progress.skipped > max(1, int(share * self.epoch_batches)):
+            raise TrainingError(
+                f"train.nonfinite=skip skipped {self.progress.skipped} of the "
+                f"{self.epoch_batches} batches of epoch {self.progress.epoch} (non-finite "
+                f"losses), more than train.max_skipped_share={share}: the model is not "
+                f"learning. Lower train.lr (now {self.config.train.lr}) and resume or start "
+                f"again; {self.run_dir / LAST} was not overwritten")
 
     def _end_epoch(self, epoch: int, lr: float) -> None:
         train = self.config.train
@@ -338,4 +349,5 @@ class Trainer:
         self.progress.epoch += 1
         self.progress.batch = 0
         self.progress.epoch_losses = []
+        self.progress.skipped = 0
         self.save_last()

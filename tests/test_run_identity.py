@@ -1,0 +1,75 @@
+"""A run knows what it was made from (issue 24): the data it trains on is recorded and
+compared on resume, its paths are absolute, what cannot change on resume is refused, every
+setting that can be checked before step 1 is, and `train.nonfinite=skip` cannot succeed on
+nothing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from hin.cli import main
+from hin.config import ConfigError, RunConfig
+from hin.synth import generate
+from hin.training import loop, rundir
+from hin.training.runlog import read_log
+from training_runs import TRAIN_IMAGES, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, seed=0, train=TRAIN_IMAGES, val=10, test=10, min_freq=1, progress=False)
+    return out
+
+
+def train(synth: Path, run_dir: Path, *extra: str, config: str = "synth_xe") -> int:
+    return main(["train", "--config", config, *tiny_overrides(synth, run_dir, *extra)])
+
+
+def error_line(capsys, code: int, expected: int = 2) -> str:
+    """The one-line error of a `hin train` that exited `expected`, without its prefix."""
+    captured = capsys.readouterr()
+    assert code == expected, captured
+    assert "Traceback" not in captured.err
+    line = captured.err.strip().splitlines()[-1]
+    assert line.startswith("hin train: error: ")
+    return line.removeprefix("hin train: error: ")
+
+
+def test_nonfinite_skip_stops_when_more_than_its_share_of_an_epoch_is_skipped(synth, tmp_path,
+                                                                              capsys):
+    run_dir = tmp_path / "run"
+    code = train(synth, run_dir, "train.lr=1e30", "train.nonfinite=skip")
+    message = error_line(capsys, code, expected=1)
+    assert message.startswith("train.nonfinite=skip skipped 2 of the 10 batches of epoch 1")
+    assert "more than train.max_skipped_share=0.05" in message and "Lower train.lr" in message
+    assert not (run_dir / rundir.BEST).exists()
+    assert [r["loss"] for r in read_log(run_dir) if r["event"] == "nonfinite"] == ["nan", "nan"]
+
+
+def test_a_larger_share_lets_the_skips_go_on(synth, tmp_path, monkeypatch):
+    real_loss, calls = loop.Trainer._xe_loss, []
+
+    def nan_at_batches_3_and_5(self, batch):
+        loss, values = real_loss(self, batch)
+        calls.append(batch)
+        return (loss * math.nan, values) if len(calls) in (3, 5) else (loss, values)
+    monkeypatch.setattr(loop.Trainer, "_xe_loss", nan_at_batches_3_and_5)
+    run_dir = tmp_path / "run"
+    assert train(synth, run_dir, "train.nonfinite=skip", "train.max_skipped_share=0.2",
+                 "train.epochs=1") == 0
+    assert [r["step"] for r in read_log(run_dir) if r["event"] == "nonfinite"] == [3, 4]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.adam_beta1=1.5", r"train.adam_beta1 must be in \[0, 1\), got 1.5"),
+    ("train.adam_beta2=1.0", r"train.adam_beta2 must be in \[0, 1\), got 1.0"),
+    ("train.adam_beta1=-0.1", r"train.adam_beta1 must be in \[0, 1\)"),
+    ("train.max_skipped_share=1.5", r"train.max_skipped_share must be in \[0, 1\], got 1.5"),
+])
+def test_optimiser_and_skip_settings_are_checked_in_the_config(override, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.load(None, [override])
