@@ -73,3 +73,28 @@ def test_a_larger_share_lets_the_skips_go_on(synth, tmp_path, monkeypatch):
 def test_optimiser_and_skip_settings_are_checked_in_the_config(override, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.load(None, [override])
+
+
+@pytest.fixture(scope="module")
+def stopped_xe(synth, tmp_path_factory) -> Path:
+    """An XE run stopped in the middle of its first epoch (train.max_steps=3)."""
+    run_dir = tmp_path_factory.mktemp("xe") / "run"
+    assert train(synth, run_dir, "train.max_steps=3", "train.checkpoint_every=1") == 0
+    return run_dir
+
+
+def test_a_resume_cannot_switch_to_scst_and_says_how_to_start_it(stopped_xe, capsys):
+    before = (stopped_xe / rundir.LAST).read_bytes()
+    code = main(["train", "--resume", str(stopped_xe), "train.stage=scst", "train.max_steps=6"])
+    message = error_line(capsys, code)
+    assert message.startswith(f"train.stage=scst: the run in {stopped_xe} is a xe run")
+    assert f"--init {stopped_xe / rundir.BEST} run_dir=NEW_RUN_DIR" in message
+    assert (stopped_xe / rundir.LAST).read_bytes() == before
+
+
+def test_run_dir_given_on_resume_is_refused_not_ignored(stopped_xe, tmp_path, capsys):
+    code = main(["train", "--resume", str(stopped_xe), f"run_dir={tmp_path / 'elsewhere'}",
+                 "train.max_steps=6"])
+    assert error_line(capsys, code).startswith(f"run_dir={tmp_path / 'elsewhere'} cannot be "
+                                                f"given with --resume: the run lives in {stopped_xe}")
+    assert not (tmp_path / "elsewhere").exists()

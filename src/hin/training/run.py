@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from hin.model import HIN
 from hin.training import distributed, optimizer
 from hin.training.loop import Trainer, TrainingData
 from hin.training.rundir import (
+    BEST,
     CIDER_TABLE,
     CONFIG_FILE,
     LAST,
@@ -297,6 +299,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
     extra = payload["extra"]
     values, notes = upgrade_legacy(extra["config"])
     saved = RunConfig.from_dict(values)
+    refuse_new_identity(run_dir, saved, overrides)
     config = replace(RunConfig.from_dict(apply_overrides(values, list(overrides))),
                      run_dir=str(run_dir))
     conflicts = model_conflicts(config.model, saved.model, [f.name for f in fields(HINConfig)])
@@ -319,6 +322,26 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
         return "\n".join(line for line in said if line) or None
 
     return _fit(build_trainer(config, resume_state=state, progress=progress, claim=claim))
+
+
+def refuse_new_identity(run_dir: Path, saved: RunConfig, overrides: Sequence[str]) -> None:
+    """A resumed run stays where and what it is: its folder (`run_dir=` is the --resume
+    argument) and its stage (with the stage go its schedule, optimiser state and loss)."""
+    given = {text.partition("=")[0]: text.partition("=")[2] for text in overrides}
+    if "run_dir" in given:
+        raise ConfigError(f"run_dir={given['run_dir']} cannot be given with --resume: the run "
+                          f"lives in {run_dir}. To continue it elsewhere, copy that folder and "
+                          "resume the copy")
+    stage = given.get("train.stage", saved.train.stage)
+    if stage != saved.train.stage:
+        raise ConfigError(
+            f"train.stage={stage}: the run in {run_dir} is a {saved.train.stage} run, and a "
+            "resumed run keeps its stage (its optimiser, schedule and loss). To fine-tune it "
+            f"with SCST, start a new run from its best checkpoint: `hin train --config "
+            f"small_scst --init {quote(str(run_dir / BEST))} run_dir=NEW_RUN_DIR`"
+            if stage == "scst" else
+            f"train.stage={stage}: the run in {run_dir} is a {saved.train.stage} run, and a "
+            "resumed run keeps its stage: start a new run for another stage")
 
 
 def _fit(trainer: Trainer) -> Path:
