@@ -9,7 +9,9 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
+from hin import checkpoint
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
 from hin.synth import generate
@@ -98,3 +100,22 @@ def test_run_dir_given_on_resume_is_refused_not_ignored(stopped_xe, tmp_path, ca
     assert error_line(capsys, code).startswith(f"run_dir={tmp_path / 'elsewhere'} cannot be "
                                                 f"given with --resume: the run lives in {stopped_xe}")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_relative_paths_are_resolved_once_and_a_resume_elsewhere_uses_them(synth, tmp_path,
+                                                                           monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "d").symlink_to(synth)
+    monkeypatch.chdir(first)
+    overrides = [o for o in tiny_overrides(Path("d"), Path("r"), "train.max_steps=3")
+                 if not o.startswith("data.vocabulary")] + ["data.vocabulary=d/vocab.json"]
+    assert main(["train", "--config", "synth_xe", *overrides]) == 0
+    written = yaml.safe_load((first / "r" / rundir.CONFIG_FILE).read_text())
+    assert written["run_dir"] == str(first / "r")
+    assert written["data"]["annotations"] == str(synth)
+    assert written["data"]["grid_features"] == str(synth / "grid.hdf5")
+    assert checkpoint.load(first / "r" / rundir.LAST)[1]["config"]["data"] == written["data"]
+    monkeypatch.chdir(second)          # no `d` here: a path read again here would fail
+    assert main(["train", "--resume", str(first / "r"), "train.max_steps=5"]) == 0
+    assert checkpoint.load(first / "r" / rundir.LAST)[1]["training"]["progress"]["step"] == 5

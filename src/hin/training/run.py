@@ -78,9 +78,11 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     def say(message: str) -> None:
         announce(context, message)
 
+    init = Path(init).resolve() if init else None
     init_model, init_extra = load_init(init, config.model, model_keys) if init else (None, {})
     if init and init_extra.get("config"):
         config = replace(config, data=init_data(init, init_extra["config"], config.data, data_keys, say))
+    config = absolute_paths(config)
     recorded = (resume_state or {}).get("vocabulary") or init_extra.get("vocabulary")
     source = resume_state.get("source", "the run") if resume_state else f"--init {init}"
     vocab = run_vocabulary(config.data.vocabulary, recorded, source, say)
@@ -118,6 +120,18 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     return Trainer(config, context, model=model, network=network, critic=critic, optimizer=adam,
                    progress=state, data=data, vocab=vocab, folder=folder, precision=precision, java=java,
                    cider_table=table, init_record=init_record, show_progress=progress and context.is_main)
+
+
+DATA_PATHS = ("annotations", "grid_features", "region_features", "vocabulary")
+
+
+def absolute_paths(config: RunConfig) -> RunConfig:
+    """`config` with run_dir and every data path absolute, resolved once against the working
+    directory of the command that gave them: config.yaml and every checkpoint record them so,
+    and a resume from another directory reads the same files."""
+    data = replace(config.data, **{key: str(Path(getattr(config.data, key)).expanduser().resolve())
+                                   for key in DATA_PATHS})
+    return replace(config, run_dir=str(Path(config.run_dir).expanduser().resolve()), data=data)
 
 
 def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
