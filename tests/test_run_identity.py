@@ -5,9 +5,14 @@ nothing."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import yaml
 
@@ -119,3 +124,73 @@ def test_relative_paths_are_resolved_once_and_a_resume_elsewhere_uses_them(synth
     monkeypatch.chdir(second)          # no `d` here: a path read again here would fail
     assert main(["train", "--resume", str(first / "r"), "train.max_steps=5"]) == 0
     assert checkpoint.load(first / "r" / rundir.LAST)[1]["training"]["progress"]["step"] == 5
+
+
+@pytest.fixture
+def own_synth(synth, tmp_path) -> Path:
+    """A copy of the synthetic set this test may change."""
+    copy = tmp_path / "data"
+    shutil.copytree(synth, copy, ignore=shutil.ignore_patterns("images"))
+    return copy
+
+
+def test_a_run_records_its_data_at_its_start_and_in_every_checkpoint(own_synth, tmp_path):
+    run_dir = tmp_path / "run"
+    assert train(own_synth, run_dir, "train.max_steps=3") == 0
+    recorded = json.loads((run_dir / rundir.DATA_FILE).read_text())
+    assert checkpoint.load(run_dir / rundir.LAST)[1]["data_identity"] == recorded
+    files = recorded["files"]
+    grid = files["grid features"]
+    assert grid["path"] == str(own_synth / "grid.hdf5") and grid["entries"] == 40
+    assert grid["size"] == (own_synth / "grid.hdf5").stat().st_size and len(grid["tokens"]) == 1
+    assert files["annotations coco_train_ids.npy"]["sha256"] == hashlib.sha256(
+        (own_synth / "coco_train_ids.npy").read_bytes()).hexdigest()
+    assert recorded["splits"]["train"] == {"images": TRAIN_IMAGES, "captions": 100}
+
+
+def test_features_replaced_in_place_are_refused_on_resume_naming_the_file(own_synth, tmp_path,
+                                                                          capsys):
+    run_dir = tmp_path / "run"
+    assert train(own_synth, run_dir, "train.max_steps=3") == 0
+    before = (run_dir / rundir.LAST).read_bytes()
+    with h5py.File(own_synth / "grid.hdf5", "a") as grid:     # same ids, shapes and size
+        for name in [key for key in grid if key.endswith("_features")]:
+            grid[name][...] = grid[name][()] * 0.5
+    code = main(["train", "--resume", str(run_dir), "train.max_steps=6"])
+    assert error_line(capsys, code) == (
+        f"the data changed since {run_dir / rundir.LAST} was saved: grid features "
+        f"{own_synth / 'grid.hdf5'}: its content changed (same size). Resume with the data the "
+        "run was made with, or add --accept-data-change to train on with this data from an "
+        "epoch boundary")
+    assert (run_dir / rundir.LAST).read_bytes() == before
+
+
+def test_a_train_split_that_shrank_is_refused_mid_epoch_even_when_accepted(own_synth, tmp_path,
+                                                                           capsys):
+    run_dir = tmp_path / "run"
+    assert train(own_synth, run_dir, "train.max_steps=3") == 0
+    ids = np.load(own_synth / "coco_train_ids.npy")
+    np.save(own_synth / "coco_train_ids.npy", ids[:len(ids) // 2])
+    code = main(["train", "--resume", str(run_dir), "train.max_steps=6", "--accept-data-change"])
+    message = error_line(capsys, code)
+    assert f"annotations coco_train_ids.npy {own_synth / 'coco_train_ids.npy'}: its content " \
+           "changed" in message
+    assert "the train split: 20 -> 11 images, 100 -> 55 captions" in message
+    assert message.endswith("--accept-data-change applies at an epoch boundary only, and the run "
+                            "stopped in epoch 1 after 3 batches: finish that epoch with the data "
+                            "it was cut from, then accept")
+
+
+def test_changed_data_is_accepted_at_an_epoch_boundary_when_asked(own_synth, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert train(own_synth, run_dir, "train.epochs=1") == 0
+    ids = np.load(own_synth / "coco_train_ids.npy")
+    np.save(own_synth / "coco_train_ids.npy", ids[:len(ids) // 2])
+    capsys.readouterr()
+    code = main(["train", "--resume", str(run_dir), "train.epochs=2"])
+    assert "the train split: 20 -> 11 images" in error_line(capsys, code)
+    assert main(["train", "--resume", str(run_dir), "train.epochs=2", "--accept-data-change"]) == 0
+    assert "--accept-data-change: the data changed since" in capsys.readouterr().out
+    identity = checkpoint.load(run_dir / rundir.LAST)[1]["data_identity"]
+    assert identity["splits"]["train"]["images"] == 11
+    assert json.loads((run_dir / rundir.DATA_FILE).read_text()) == identity

@@ -16,9 +16,11 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.init:
         raise UsageError("--init starts a new run; a resumed run continues from its last.pt")
+    if args.accept_data_change and not args.resume:
+        raise UsageError("--accept-data-change is for --resume: a new run records its data")
     try:
         if args.resume:
-            best = resume(args.resume, args.overrides)
+            best = resume(args.resume, args.overrides, accept_data_change=args.accept_data_change)
         else:
             given = apply_overrides(load_yaml(args.config), args.overrides)
             best = start(RunConfig.from_dict(given), init=args.init,
@@ -63,6 +65,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                                           "small_xe, small_scst for your own small data set)")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--init", help="start from this hin checkpoint's weights (SCST from XE best.pt)")
+    p.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume at an epoch boundary: train on with data that differs "
+                        "from what the run recorded (otherwise refused)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. train.batch_size=20 run_dir=runs/try")
     p.set_defaults(handler=_train)

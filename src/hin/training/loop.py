@@ -79,6 +79,7 @@ class TrainingData:
     val_set: ImageReferences
     val_tokenised: dict[int, list[str]]       # tokenised, for CIDEr-D (hin.evaluate)
     feature_profile: dict[str, Any] | None    # recorded in checkpoints (hin.data.familiarity)
+    identity: dict[str, Any]                  # recorded in checkpoints (hin.data.identity)
 
 
 class Trainer:
@@ -167,7 +168,8 @@ class Trainer:
         return {"config": self.config.to_dict(), "vocabulary": self.vocab.to_dict(),
                 "features": {"grid": read_attributes(data.grid_features),
                              "region": read_attributes(data.region_features)},
-                "feature_profile": self.data.feature_profile, **init}
+                "feature_profile": self.data.feature_profile,
+                "data_identity": self.data.identity, **init}
 
     def save_last(self) -> None:
         if self.context.is_main:

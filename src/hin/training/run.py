@@ -33,9 +33,11 @@ from hin.data.dataset import CaptionPairs, ImageReferences
 from hin.data.errors import DataError
 from hin.data.familiarity import feature_profile
 from hin.data.features import FeatureStore
+from hin.data.identity import data_identity
 from hin.data.vocab import Vocabulary, require_same_words
 from hin.devices import resolve_precision
 from hin.evaluate import tokenised_references
+from hin.files import write_json
 from hin.locks import refuse_if_locked
 from hin.metrics import CiderDTable, JavaNotFoundError, find_java
 from hin.model import HIN
@@ -45,10 +47,12 @@ from hin.training.rundir import (
     BEST,
     CIDER_TABLE,
     CONFIG_FILE,
+    DATA_FILE,
     LAST,
     RunDirectoryError,
     RunFolder,
     announce,
+    refuse_changed_data,
     refuse_edited_config,
     refuse_finished,
     refuse_new_epoch_order,
@@ -93,6 +97,10 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     train = config.train
     data, train_split = load_data(config, vocab, f"--init {init}" if init else source if resume_state else None,
                                   show_progress=progress and context.is_main)
+    if resume_state is not None:
+        refuse_changed_data(source, resume_state.get("data_identity"),
+                            data.identity, Progress(**resume_state["progress"]),
+                            resume_state.get("accept_data_change", False), say)
     precision = resolve_precision(train.precision, context.device)
 
     torch.manual_seed(train.seed)
@@ -110,6 +118,8 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
         restore_rng(resume_state["rng"])
     java = validation_java(config, say)
     folder = RunFolder.open(config, context, claim)
+    if context.is_main:
+        write_json(folder.run_dir / DATA_FILE, data.identity)
     if restarted:
         folder.log({"event": "restart", "step": 0})
     if init and init_record is not None:
@@ -148,8 +158,9 @@ def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
                               progress=show_progress, captions_per_image=train.captions_per_image)
                  if train.stage == "xe" else ImageReferences(splits["train"], store))
     require_one_batch(config, len(train_set))
+    identity = data_identity(data.annotations, data.grid_features, data.region_features, splits)
     return TrainingData(train_set, ImageReferences(splits["val"], store),
-                        tokenised_references(splits["val"]), profile), splits["train"]
+                        tokenised_references(splits["val"]), profile, identity), splits["train"]
 
 
 def load_init(path: str | Path, wanted: HINConfig,
@@ -296,10 +307,12 @@ def start(config: RunConfig, *, init: str | Path | None = None, progress: bool =
                               data_keys=data_keys, claim=claim, restarted=bool(earlier)))
 
 
-def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = True) -> Path:
+def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = True, *,
+           accept_data_change: bool = False) -> Path:
     """Continue the run saved in run_dir/last.pt, optionally with `key=value` overrides
     (not of the model's settings, nor of the vocabulary, nor of how the epoch is cut into
-    batches mid-epoch); a finished run is refused with how to extend it."""
+    batches mid-epoch); a finished run is refused with how to extend it. Data that differs
+    from what last.pt records is refused, or at an epoch boundary `accept_data_change`d."""
     run_dir = Path(run_dir)
     last = run_dir / LAST
     if not last.is_file():
@@ -321,7 +334,8 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
         raise ConfigError(f"a resumed run keeps its model: {', '.join(conflicts)} differ from "
                           f"{last}; start a new run for another model")
     state = {"model": payload["model"], "init": extra.get("init"), "source": str(last),
-             "vocabulary": extra.get("vocabulary"), **extra["training"]}
+             "vocabulary": extra.get("vocabulary"), "data_identity": extra.get("data_identity"),
+             "accept_data_change": accept_data_change, **extra["training"]}
     progress_now = Progress(**state["progress"])
     refuse_edited_config(run_dir, saved, config, list(overrides))
     refuse_new_epoch_order(run_dir, saved, config, progress_now)

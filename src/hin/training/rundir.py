@@ -12,6 +12,8 @@ from typing import Any
 from tqdm import tqdm
 
 from hin.config import ConfigError, RunConfig, load_yaml, upgrade_legacy
+from hin.data.errors import DataError
+from hin.data.identity import changes
 from hin.errors import HINError
 from hin.files import complete_lines, write_text, write_yaml
 from hin.files import remove_stale_temporaries as remove_temporaries_of
@@ -25,6 +27,7 @@ CONFIG_FILE = "config.yaml"
 LAST = "last.pt"
 BEST = "best.pt"
 CIDER_TABLE = "cider_train.npz"
+DATA_FILE = "data.json"      # what the run's data is (hin.data.identity), as last written
 RUN_FILES = (CONFIG_FILE, LOG_FILE, LAST, BEST)
 
 
@@ -109,7 +112,7 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Remove what a kill during a save leaves behind (the run directory is locked)."""
-    for name in (LAST, BEST, CONFIG_FILE, CIDER_TABLE):
+    for name in (LAST, BEST, CONFIG_FILE, CIDER_TABLE, DATA_FILE):
         remove_temporaries_of(run_dir / name)
 
 
@@ -177,6 +180,30 @@ def refuse_new_epoch_order(run_dir: Path, saved: RunConfig, config: RunConfig,
             f"epoch first (`hin train --resume {run_dir} train.epochs={progress.epoch}`), then "
             f"resume with train.{key}={getattr(config.train, key)} and train.epochs above "
             f"{progress.epoch}")
+
+
+def refuse_changed_data(source: str, recorded: dict[str, Any] | None,
+                        current: dict[str, Any], progress: Progress, accept: bool,
+                        say: Callable[[str], None]) -> None:
+    """A resumed run trains on the data it was made from: a difference from what `source`
+    records is refused, naming each file and what changed. `accept` (--accept-data-change)
+    takes the new data, at an epoch boundary only: mid-epoch, the rest of the epoch's order
+    was cut from the old data."""
+    if recorded is None:
+        say(f"{source} records no data identity (an older hin): the data cannot be compared")
+        return
+    found = changes(recorded, current)
+    if not found:
+        return
+    what = f"the data changed since {source} was saved: {'; '.join(found)}"
+    if not accept:
+        raise DataError(f"{what}. Resume with the data the run was made with, or add "
+                        "--accept-data-change to train on with this data from an epoch boundary")
+    if progress.batch:
+        raise DataError(f"{what}. --accept-data-change applies at an epoch boundary only, and "
+                        f"the run stopped in epoch {progress.epoch} after {progress.batch} "
+                        "batches: finish that epoch with the data it was cut from, then accept")
+    say(f"--accept-data-change: {what}; training on with this data from epoch {progress.epoch}")
 
 
 def repair_log(run_dir: Path) -> str | None:
