@@ -19,6 +19,7 @@ import yaml
 from hin import checkpoint
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
+from hin.data.errors import DataError
 from hin.synth import generate
 from hin.training import loop, rundir
 from hin.training.runlog import read_log
@@ -194,3 +195,47 @@ def test_changed_data_is_accepted_at_an_epoch_boundary_when_asked(own_synth, tmp
     identity = checkpoint.load(run_dir / rundir.LAST)[1]["data_identity"]
     assert identity["splits"]["train"]["images"] == 11
     assert json.loads((run_dir / rundir.DATA_FILE).read_text()) == identity
+
+
+def test_a_validation_length_beyond_the_model_is_refused_before_step_1(synth, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = train(synth, run_dir, "train.validation.max_len=100")
+    assert error_line(capsys, code) == (
+        "train.validation.max_len=100 is more than the 54 positions the model has "
+        "(model.max_positions): set train.validation.max_len=54 or less")
+    assert not run_dir.exists()
+
+
+def test_caption_token_limits_are_checked_and_cut_captions_counted_before_step_1(own_synth,
+                                                                                 tmp_path, capsys):
+    path = own_synth / "captions_train2014.json"
+    content = json.loads(path.read_text())
+    train_ids = set(np.load(own_synth / "coco_train_ids.npy").tolist())
+    long = next(ann for ann in content["annotations"] if ann["id"] in train_ids)
+    long["caption"] = " ".join(["a red circle"] * 30)          # 90 words
+    path.write_text(json.dumps(content))
+    code = train(own_synth, tmp_path / "run", "data.max_caption_tokens=100")
+    assert error_line(capsys, code) == (
+        "data.max_caption_tokens=100 lets the longest training caption (92 ids with <bos> and "
+        "<eos>) take 91 positions, more than the model's 54 (model.max_positions): set "
+        "data.max_caption_tokens=55 or less")
+    assert not (tmp_path / "run").exists()
+    assert train(own_synth, tmp_path / "run", "train.max_steps=1") == 0
+    assert ("1 of 100 training captions are longer than data.max_caption_tokens=54 ids (the "
+            "longest has 92) and are cut to it") in capsys.readouterr().out
+
+
+def test_a_failure_after_training_began_saves_last_pt_first(synth, tmp_path, monkeypatch, capsys):
+    def features_went_away(self):
+        raise DataError("the validation features went away")
+    monkeypatch.setattr(loop.Trainer, "validate", features_went_away)
+    run_dir = tmp_path / "run"
+    code = train(synth, run_dir, "train.epochs=1")
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.strip().endswith("the validation features went away")
+    assert f"saved {run_dir / rundir.LAST} (step 10) before stopping" in captured.out
+    assert checkpoint.load(run_dir / rundir.LAST)[1]["training"]["progress"]["step"] == 10
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run_dir)]) == 0     # validates the finished epoch
+    assert (run_dir / rundir.BEST).is_file()
+    assert checkpoint.load(run_dir / rundir.LAST)[1]["training"]["progress"]["step"] == 10

@@ -125,12 +125,13 @@ class Vocabulary:
     def encode(self, caption: str, max_len: int | None = None) -> list[int]:
         """Caption -> `[<bos>, w1, ..., <eos>]`; at most `max_len` ids, `<eos>` always kept."""
         ids = [self.bos_id, *(self.index(word) for word in tokenize(caption)), self.eos_id]
-        if max_len is not None:
-            if max_len < 2:
-                raise VocabularyError(f"max_len must leave room for <bos> and <eos>, got {max_len}")
-            if len(ids) > max_len:
-                ids = ids[:max_len - 1] + [self.eos_id]
-        return ids
+        return ids if max_len is None else self.shorten(ids, max_len)
+
+    def shorten(self, ids: list[int], max_len: int) -> list[int]:
+        """Encoded ids cut to at most `max_len`, `<eos>` kept: the one rule for long captions."""
+        if max_len < 2:
+            raise VocabularyError(f"max_len must leave room for <bos> and <eos>, got {max_len}")
+        return ids if len(ids) <= max_len else ids[:max_len - 1] + [self.eos_id]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> caption text: stops at `<eos>` and skips the other specials."""

@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import numpy as np
@@ -187,7 +188,11 @@ class Trainer:
     def fit(self) -> Path:
         """Train until the epoch limit, the stopping rule or train.max_steps; -> best.pt.
         The last line says which of them ended the run."""
-        self._train()
+        try:
+            self._train()
+        except HINError as error:
+            self._save_before_failing(error)
+            raise
         finished = finished_because(self.config, self.progress)
         if finished is not None:
             why, _, _ = finished
@@ -214,6 +219,18 @@ class Trainer:
                         return
                 bar.close()
                 self._end_epoch(epoch, lr)
+
+    def _save_before_failing(self, error: HINError) -> None:
+        """Keep what was trained when a problem stops the run after training began, unless
+        the problem is the weights (a non-finite loss, a diverged model): the last good
+        `last.pt` is kept then."""
+        finite = all(bool(torch.isfinite(weights).all()) for weights in self.model.parameters())
+        if isinstance(error, TrainingError) or not finite or self.progress.step == 0:
+            return
+        self.save_last()
+        self.folder.say(f"saved {self.run_dir / LAST} (step {self.progress.step}) before "
+                        f"stopping; once the problem below is fixed: hin train --resume "
+                        f"{quote(str(self.run_dir))}")
 
     def _set_learning_rate(self, epoch: int) -> float:
         """The stage's schedule for `epoch`, set on the optimiser."""

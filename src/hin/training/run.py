@@ -96,7 +96,7 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     config = replace(config, model=model_config)
     train = config.train
     data, train_split = load_data(config, vocab, f"--init {init}" if init else source if resume_state else None,
-                                  show_progress=progress and context.is_main)
+                                  show_progress=progress and context.is_main, say=say)
     if resume_state is not None:
         refuse_changed_data(source, resume_state.get("data_identity"),
                             data.identity, Progress(**resume_state["progress"]),
@@ -145,7 +145,7 @@ def absolute_paths(config: RunConfig) -> RunConfig:
 
 
 def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
-              show_progress: bool) -> tuple[TrainingData, Split]:
+              show_progress: bool, say: Say) -> tuple[TrainingData, Split]:
     """The run's datasets, checked by `preflight` and `require_one_batch` -> (the data, the
     training split). `model_from`: where the model's settings come from (None: config.model)."""
     train, data, model = config.train, config.data, config.model
@@ -157,6 +157,8 @@ def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
     train_set = (CaptionPairs(splits["train"], store, vocab, data.max_caption_tokens,
                               progress=show_progress, captions_per_image=train.captions_per_image)
                  if train.stage == "xe" else ImageReferences(splits["train"], store))
+    if isinstance(train_set, CaptionPairs):
+        check_caption_lengths(config, train_set, say)
     require_one_batch(config, len(train_set))
     identity = data_identity(data.annotations, data.grid_features, data.region_features, splits)
     return TrainingData(train_set, ImageReferences(splits["val"], store),
@@ -248,6 +250,7 @@ def preflight(config: RunConfig, splits: dict[str, Split], store: FeatureStore,
     directory is created: both splits hold images, and the feature files' widths are the
     model's. `model_from`: where the model's settings come from (None: from config.model)."""
     data = config.data
+    check_settings(config)
     for name, split in splits.items():
         if not split.images:
             raise DataError(f"the {name} split of {data.annotations} holds no images; training "
@@ -263,6 +266,35 @@ def preflight(config: RunConfig, splits: dict[str, Split], store: FeatureStore,
                    "trained on")
             raise ConfigError(f"{path} holds {width}-wide features but model.{key}={wanted}: "
                               f"{fix}")
+
+
+def check_settings(config: RunConfig) -> None:
+    """Settings that would fail only at the first validation, checked before step 1."""
+    validation, model = config.train.validation, config.model
+    if validation.max_len > model.max_positions:
+        raise ConfigError(f"train.validation.max_len={validation.max_len} is more than the "
+                          f"{model.max_positions} positions the model has (model.max_positions): "
+                          f"set train.validation.max_len={model.max_positions} or less")
+    if validation.beam_size > model.vocab_size:
+        raise ConfigError(f"train.validation.beam_size={validation.beam_size} is more than the "
+                          f"model's vocabulary ({model.vocab_size} words): set a smaller "
+                          "train.validation.beam_size")
+
+
+def check_caption_lengths(config: RunConfig, pairs: CaptionPairs, say: Say) -> None:
+    """The longest training caption must fit the model's positions (teacher forcing feeds
+    all its ids but the last); captions cut to data.max_caption_tokens are counted."""
+    limit, positions = config.data.max_caption_tokens, config.model.max_positions
+    if min(pairs.longest, limit) - 1 > positions:
+        raise ConfigError(f"data.max_caption_tokens={limit} lets the longest training caption "
+                          f"({pairs.longest} ids with <bos> and <eos>) take "
+                          f"{min(pairs.longest, limit) - 1} positions, more than the model's "
+                          f"{positions} (model.max_positions): set data.max_caption_tokens="
+                          f"{positions + 1} or less")
+    if pairs.cut:
+        say(f"{pairs.cut} of {len(pairs.split.pairs())} training captions are longer than "
+            f"data.max_caption_tokens={limit} ids (the longest has {pairs.longest}) and are cut "
+            "to it")
 
 
 def require_one_batch(config: RunConfig, items: int) -> None:
