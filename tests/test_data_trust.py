@@ -20,6 +20,7 @@ from hin.config import DecodingConfig, HINConfig
 from hin.data.coco import load_splits
 from hin.data.errors import DataError
 from hin.data.features import MAX_FEATURE_MAGNITUDE, FeatureStore, _exponent_counts
+from hin.data.vocab import Vocabulary
 from hin.decoding import caption
 from hin.errors import HINError
 from hin.extract.shapes import GRID_DIM, REGION_DIM
@@ -144,3 +145,19 @@ def test_no_json_hin_writes_holds_nan_or_infinity(tmp_path, value):
         write_json(tmp_path / "x.json", [value])
     assert not (tmp_path / "x.json").exists()
     assert json.loads(json_text({"score": 1.5, "text": "é"})) == {"score": 1.5, "text": "é"}
+
+
+def test_files_with_a_utf8_byte_order_mark_are_read(coco, tmp_path):
+    for name in ("captions_train2014.json", "captions_val2014.json"):
+        path = coco / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_splits(coco, ["train"])["train"].image_ids == [10, 11, 12]
+    vocab = Vocabulary.from_counts({"cat": 2, "dog": 1}, 1)
+    vocab.save(tmp_path / "vocab.json")
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "vocab.json").read_bytes())
+    assert Vocabulary.load(tmp_path / "bom.json").words == vocab.words
+
+
+def test_hand_edited_vocabulary_entries_the_tokenizer_never_produces_are_found():
+    vocab = Vocabulary.from_counts({"cat": 3, "Magenta": 2, "dark red": 2, "dog": 1}, 1)
+    assert vocab.unreachable() == ["Magenta", "dark red"]

@@ -239,3 +239,12 @@ def test_a_failure_after_training_began_saves_last_pt_first(synth, tmp_path, mon
     assert main(["train", "--resume", str(run_dir)]) == 0     # validates the finished epoch
     assert (run_dir / rundir.BEST).is_file()
     assert checkpoint.load(run_dir / rundir.LAST)[1]["training"]["progress"]["step"] == 10
+
+
+def test_training_warns_of_vocabulary_entries_no_caption_can_use(own_synth, tmp_path, capsys):
+    values = json.loads((own_synth / "vocab.json").read_text())
+    values["words"][-2:] = ["Magenta", "dark red"]
+    (own_synth / "vocab.json").write_text(json.dumps(values))
+    assert train(own_synth, tmp_path / "run", "train.max_steps=1") == 0
+    assert (f"warning: {own_synth / 'vocab.json'}: 2 entries the tokenizer never produces "
+            "(first: 'Magenta', 'dark red'), so no caption uses them") in capsys.readouterr().out

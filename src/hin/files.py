@@ -40,10 +40,11 @@ def require_file(path: str | Path, what: str, fix: str = "") -> Path:
 def read_json(path: str | Path, what: str, fix: str = "",
               error: type[HINError] = FileFormatError) -> Any:
     """The parsed content of JSON file `path`; `error` is the class raised for bad JSON, so each
-    caller keeps its own error type (DataError, MetricsError, ...)."""
+    caller keeps its own error type (DataError, MetricsError, ...). A UTF-8 byte order mark
+    (as Windows editors write) is read past."""
     path = require_file(path, what, fix)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as problem:
         raise error(f"{what} {path} is not valid JSON: {problem}") from problem
 

@@ -118,6 +118,11 @@ class Vocabulary:
     def __contains__(self, word: object) -> bool:
         return word in self._ids
 
+    def unreachable(self) -> list[str]:
+        """Words the tokenizer never produces (`Magenta`, `dark red`: hand-edited entries):
+        no caption encodes to them, so the model can only learn never to say them."""
+        return [word for word in self.words[len(SPECIALS):] if tokenize(word) != [word]]
+
     def index(self, word: str) -> int:
         """Id of `word`, or `<unk>`'s id for a word outside the vocabulary."""
         return self._ids.get(word, self.unk_id)

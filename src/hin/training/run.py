@@ -202,7 +202,13 @@ def run_vocabulary(path: str, recorded: dict[str, Any] | None, source: str, say:
     """The run's vocabulary: the one `source` (the resumed run, the --init checkpoint)
     records, which the file data.vocabulary must equal where it exists; else that file."""
     if recorded is None:
-        return Vocabulary.load(path)
+        vocab = Vocabulary.load(path)
+        unreachable = vocab.unreachable()
+        if unreachable:
+            say(f"warning: {path}: {len(unreachable)} entries the tokenizer never produces "
+                f"(first: {', '.join(repr(word) for word in unreachable[:5])}), so no caption "
+                "uses them: build the vocabulary with `hin data vocab` rather than by hand")
+        return vocab
     vocab = Vocabulary.from_dict(recorded, source=f"recorded in {source}")
     if not Path(path).exists():
         say(f"data.vocabulary {path} does not exist; using the vocabulary {vocab.source}")
