@@ -248,3 +248,22 @@ def test_training_warns_of_vocabulary_entries_no_caption_can_use(own_synth, tmp_
     assert train(own_synth, tmp_path / "run", "train.max_steps=1") == 0
     assert (f"warning: {own_synth / 'vocab.json'}: 2 entries the tokenizer never produces "
             "(first: 'Magenta', 'dark red'), so no caption uses them") in capsys.readouterr().out
+
+
+def test_overrides_after_init_are_taken_and_a_yaml_model_section_yields_to_init(
+        synth, tmp_path, capsys):
+    xe = tmp_path / "xe"
+    assert train(synth, xe, "train.max_steps=2") == 0
+    yaml_file = tmp_path / "fine.yaml"
+    yaml_file.write_text("model:\n  d_model: 64\n  num_heads: 4\n")
+    capsys.readouterr()
+    run_dir = tmp_path / "fine"
+    overrides = tiny_overrides(synth, run_dir)
+    model_free = [o for o in overrides if not o.startswith("model.")]
+    code = main(["train", "--config", str(yaml_file), *model_free[:3], "--init",
+                 str(xe / rundir.LAST), *model_free[3:], "train.max_steps=3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (f"note: the model comes from --init {xe / rundir.LAST}; the configuration's "
+            "model.d_model=64 (checkpoint: 32) are not used") in out
+    assert checkpoint.load(run_dir / rundir.LAST)[1]["training"]["progress"]["step"] == 3

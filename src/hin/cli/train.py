@@ -23,8 +23,12 @@ def _train(args: argparse.Namespace) -> int:
             best = resume(args.resume, args.overrides, accept_data_change=args.accept_data_change)
         else:
             given = apply_overrides(load_yaml(args.config), args.overrides)
-            best = start(RunConfig.from_dict(given), init=args.init,
-                         model_keys=list(given.get("model") or {}),
+            # With --init the checkpoint's model wins over the file's model section (a note
+            # says so); model settings typed here must agree with it.
+            typed = [text.partition("=")[0] for text in args.overrides]
+            model_keys = ([key.removeprefix("model.") for key in typed if key.startswith("model.")]
+                          if args.init else list(given.get("model") or {}))
+            best = start(RunConfig.from_dict(given), init=args.init, model_keys=model_keys,
                          data_keys=list(given.get("data") or {}))
     except TrainingInterrupted as stopped:
         print(f"hin train: {stopped}", file=sys.stderr)

@@ -84,6 +84,11 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
 
     init = Path(init).resolve() if init else None
     init_model, init_extra = load_init(init, config.model, model_keys) if init else (None, {})
+    unused = model_conflicts(config.model, init_model.config, changed_fields(config.model)) \
+        if init_model else []
+    if unused:
+        say(f"note: the model comes from --init {init}; the configuration's "
+            f"{', '.join(unused)} are not used")
     if init and init_extra.get("config"):
         config = replace(config, data=init_data(init, init_extra["config"], config.data, data_keys, say))
     config = absolute_paths(config)
@@ -171,14 +176,18 @@ def load_init(path: str | Path, wanted: HINConfig,
     (`model_keys`) must agree with it."""
     model, extra = checkpoint.load(path)
     if model_keys is None:
-        model_keys = [f.name for f in fields(HINConfig)
-                      if getattr(wanted, f.name) != getattr(HINConfig(), f.name)]
+        model_keys = changed_fields(wanted)
     conflicts = model_conflicts(wanted, model.config, model_keys)
     if conflicts:
         raise ConfigError(f"the model settings come from --init {path}, but "
                           f"{', '.join(conflicts)} differ from it: drop those model.* "
                           "settings (or train from scratch without --init)")
     return model, extra
+
+
+def changed_fields(config: HINConfig) -> list[str]:
+    """The model settings that differ from the defaults (those someone set)."""
+    return [f.name for f in fields(HINConfig) if getattr(config, f.name) != getattr(HINConfig(), f.name)]
 
 
 def init_data(path: str | Path, saved: dict[str, Any], given: DataConfig,
