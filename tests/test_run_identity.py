@@ -267,3 +267,20 @@ def test_overrides_after_init_are_taken_and_a_yaml_model_section_yields_to_init(
     assert (f"note: the model comes from --init {xe / rundir.LAST}; the configuration's "
             "model.d_model=64 (checkpoint: 32) are not used") in out
     assert checkpoint.load(run_dir / rundir.LAST)[1]["training"]["progress"]["step"] == 3
+
+
+def test_a_run_dir_name_too_long_says_so(synth, tmp_path, capsys):
+    run_dir = tmp_path / ("r" * 260)
+    code = train(synth, run_dir)
+    assert error_line(capsys, code) == (f"{run_dir}: file name too long (a name in a path is at "
+                                        "most 255 bytes): choose a shorter folder name")
+
+
+def test_hints_quote_a_run_dir_with_spaces_for_the_shell(synth, tmp_path, capsys):
+    run_dir = tmp_path / "my run é"
+    assert train(synth, run_dir, "train.max_steps=2") == 0
+    capsys.readouterr()
+    message = error_line(capsys, train(synth, run_dir, "train.max_steps=2"))
+    assert f"continue it with `hin train --resume '{run_dir}'` or choose another run_dir" in message
+    finished = error_line(capsys, main(["train", "--resume", str(run_dir)]))
+    assert f"e.g. `hin train --resume '{run_dir}' train.max_steps=1002`" in finished

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from shlex import quote
 
 from hin.errors import UsageError
 
@@ -38,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     if os.environ.get("RANK", "0") == "0":   # under torchrun, one message, not one per process
         print(f"best checkpoint: {best}" if best.exists() else
-              f"stopped before the first validation; continue with `hin train --resume {best.parent}`")
+              f"stopped before the first validation; continue with `hin train --resume {quote(str(best.parent))}`")
     return 0
 
 

@@ -288,7 +288,7 @@ class Trainer:
             self.folder.log({"event": "stop", "reason": "signal", "step": self.progress.step})
             raise TrainingInterrupted(
                 f"interrupted at epoch {epoch}, step {self.progress.step}; saved "
-                f"{self.run_dir / LAST}; continue with `hin train --resume {self.run_dir}`")
+                f"{self.run_dir / LAST}; continue with `hin train --resume {quote(str(self.run_dir))}`")
         if train.max_steps and self.progress.step >= train.max_steps:
             self.save_last()
             self.folder.log({"event": "stop", "reason": "max_steps", "step": self.progress.step})

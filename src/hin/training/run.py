@@ -364,7 +364,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
     last = run_dir / LAST
     if not last.is_file():
         again = (f" (it holds a run that saved no checkpoint yet: `hin train --config CONFIG "
-                 f"run_dir={run_dir}` starts it again)" if (run_dir / CONFIG_FILE).exists() else "")
+                 f"run_dir={quote(str(run_dir))}` starts it again)" if (run_dir / CONFIG_FILE).exists() else "")
         raise RunDirectoryError(f"{run_dir} holds no {LAST} to resume from; start a run there "
                                 f"with `hin train --config ...`{again}")
     refuse_if_locked(run_dir)

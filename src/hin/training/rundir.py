@@ -7,6 +7,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from tqdm import tqdm
@@ -123,7 +124,7 @@ def restartable(run_dir: Path) -> list[str]:
     if LAST in existing or BEST in existing:
         raise RunDirectoryError(
             f"{run_dir} already holds a run ({', '.join(existing)}); continue it with "
-            f"`hin train --resume {run_dir}` or choose another run_dir")
+            f"`hin train --resume {quote(str(run_dir))}` or choose another run_dir")
     return existing
 
 
@@ -152,11 +153,12 @@ def refuse_edited_config(run_dir: Path, saved: RunConfig, config: RunConfig,
               and resolved[key] != value}
     if edited:
         first = next(iter(edited))
-        apply = " ".join([*overrides, *(f"{key}={value}" for key, value in edited.items())])
+        apply = " ".join(quote(text) for text in [*overrides, *(f"{key}={value}"
+                                                              for key, value in edited.items())])
         raise RunDirectoryError(
             f"{path} was edited ({first}: {edited[first]!r} there, {recorded[first]!r} in "
             f"{run_dir / LAST}); a resumed run takes its settings from {LAST} (and rewrites "
-            f"{CONFIG_FILE}). To use the edit: `hin train --resume {run_dir} {apply}`; to drop "
+            f"{CONFIG_FILE}). To use the edit: `hin train --resume {quote(str(run_dir))} {apply}`; to drop "
             f"it, delete {path}")
 
 
@@ -177,7 +179,7 @@ def refuse_new_epoch_order(run_dir: Path, saved: RunConfig, config: RunConfig,
             f"train.{key}={getattr(config.train, key)} differs from the run's "
             f"{getattr(saved.train, key)} in the middle of epoch {progress.epoch} "
             f"({progress.batch} batches done), whose order was cut with the run's: finish the "
-            f"epoch first (`hin train --resume {run_dir} train.epochs={progress.epoch}`), then "
+            f"epoch first (`hin train --resume {quote(str(run_dir))} train.epochs={progress.epoch}`), then "
             f"resume with train.{key}={getattr(config.train, key)} and train.epochs above "
             f"{progress.epoch}")
 
@@ -252,5 +254,5 @@ def refuse_finished(run_dir: Path, config: RunConfig, progress: Progress) -> Non
         return
     why, extend, other = finished
     raise RunDirectoryError(f"the run in {run_dir} is finished: it {why}. To train on, resume "
-                            f"with a higher limit, e.g. `hin train --resume {run_dir} {extend}` "
+                            f"with a higher limit, e.g. `hin train --resume {quote(str(run_dir))} {extend}` "
                             f"({other})")
