@@ -137,16 +137,19 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
                    cider_table=table, init_record=init_record, show_progress=progress and context.is_main)
 
 
-DATA_PATHS = ("annotations", "grid_features", "region_features", "vocabulary")
-
-
 def absolute_paths(config: RunConfig) -> RunConfig:
     """`config` with run_dir and every data path absolute, resolved once against the working
     directory of the command that gave them: config.yaml and every checkpoint record them so,
     and a resume from another directory reads the same files."""
-    data = replace(config.data, **{key: str(Path(getattr(config.data, key)).expanduser().resolve())
-                                   for key in DATA_PATHS})
-    return replace(config, run_dir=str(Path(config.run_dir).expanduser().resolve()), data=data)
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    data = config.data
+    data = replace(data, annotations=absolute(data.annotations),
+                   grid_features=absolute(data.grid_features),
+                   region_features=absolute(data.region_features),
+                   vocabulary=absolute(data.vocabulary))
+    return replace(config, run_dir=absolute(config.run_dir), data=data)
 
 
 def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
