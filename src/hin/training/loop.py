@@ -33,6 +33,7 @@ from hin.data.vocab import Vocabulary
 from hin.devices import autocast
 from hin.errors import HINError
 from hin.evaluate import score_split
+from hin.files import OutOfSpaceError
 from hin.metrics import CiderDTable
 from hin.model import HIN
 from hin.training import distributed
@@ -222,11 +223,12 @@ class Trainer:
 
     def _save_before_failing(self, error: HINError) -> None:
         """Keep what was trained when a problem stops the run after training began, unless
-        the problem is the weights (a non-finite loss, a diverged model): the last good
-        `last.pt` is kept then."""
+        the problem is the weights (a non-finite loss, a diverged model: the last good
+        `last.pt` is kept then) or a full disk."""
         finite = all(bool(torch.isfinite(weights).all()) for weights in self.model.parameters())
-        if isinstance(error, TrainingError) or not finite or self.progress.step == 0:
-            return
+        if isinstance(error, (TrainingError, OutOfSpaceError)) or not finite \
+                or self.progress.step == 0:
+            return      # no room to save, or nothing worth saving
         self.save_last()
         self.folder.say(f"saved {self.run_dir / LAST} (step {self.progress.step}) before "
                         f"stopping; once the problem below is fixed: hin train --resume "

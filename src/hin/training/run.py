@@ -258,7 +258,7 @@ def model_conflicts(wanted: HINConfig, actual: HINConfig, keys: Collection[str])
     """`model.key=wanted (checkpoint: actual)` for each of `keys` whose values differ; the
     vocabulary size is never one of them (it comes from the vocabulary)."""
     return [f"model.{key}={getattr(wanted, key)!r} (checkpoint: {getattr(actual, key)!r})"
-            for key in sorted(keys) if key != "vocab_size"
+            for key in sorted(set(keys)) if key != "vocab_size"
             and getattr(wanted, key) != getattr(actual, key)]
 
 
