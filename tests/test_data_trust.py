@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from data_files import write_coco
+from data_files import write_coco, write_features
 from hin.cli import main
 from hin.config import DecodingConfig, HINConfig
 from hin.data.coco import load_splits
 from hin.data.errors import DataError
 from hin.data.features import MAX_FEATURE_MAGNITUDE, FeatureStore, _exponent_counts
+from hin.data.identity import changes, feature_identity
 from hin.data.vocab import Vocabulary
 from hin.decoding import caption
 from hin.errors import HINError
@@ -161,3 +162,21 @@ def test_files_with_a_utf8_byte_order_mark_are_read(coco, tmp_path):
 def test_hand_edited_vocabulary_entries_the_tokenizer_never_produces_are_found():
     vocab = Vocabulary.from_counts({"cat": 3, "Magenta": 2, "dark red": 2, "dog": 1}, 1)
     assert vocab.unreachable() == ["Magenta", "dark red"]
+
+
+def test_a_feature_files_identity_is_plain_json_and_changes_with_its_content(tmp_path):
+    grid, _ = write_features(tmp_path, {1: 1, 2: 1, 3: 1})
+    with h5py.File(grid, "a") as handle:
+        handle.attrs["hin_extractor"] = np.bytes_(b"clip-grid")
+        handle.attrs["hin_grid_rows"] = np.int64(2)
+        handle.attrs["hin_mean"] = np.array([0.5, 0.25])
+    first = feature_identity(grid)
+    assert json.loads(json_text(first)) == first
+    assert first["attributes"] == {"extractor": "clip-grid", "grid_rows": 2, "mean": [0.5, 0.25]}
+    assert (first["entries"], first["tokens"]) == (3, [4])
+    with h5py.File(grid, "a") as handle:
+        handle["2_features"][0, 0] += 1
+    second = feature_identity(grid)
+    assert second["sample_sha256"] != first["sample_sha256"] and second["size"] == first["size"]
+    assert changes({"files": {"grid features": first}}, {"files": {"grid features": second}}) == [
+        f"grid features {grid}: its content changed (same size)"]

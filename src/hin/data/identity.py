@@ -57,10 +57,17 @@ def feature_identity(path: str | Path) -> dict[str, Any]:
             tokens.add(int(values.shape[0]) if values.ndim else 0)
             digest.update(f"{image_id}:{values.dtype}:{values.shape}".encode())
             digest.update(values.tobytes())
-        attributes = {key: value.tolist() if isinstance(value, np.ndarray) else value
-                      for key, value in file_attributes(handle).items()}
+        attributes = {key: _plain(value) for key, value in file_attributes(handle).items()}
     return {"path": str(path), "size": path.stat().st_size, "attributes": attributes,
             "entries": len(ids), "tokens": sorted(tokens), "sample_sha256": digest.hexdigest()}
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as JSON holds it (arrays as lists, byte strings as text)."""
+    value = value.tolist() if isinstance(value, np.ndarray) else value
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def data_identity(annotations: str | Path, grid: str | Path, region: str | Path,
