@@ -284,3 +284,22 @@ def test_hints_quote_a_run_dir_with_spaces_for_the_shell(synth, tmp_path, capsys
     assert f"continue it with `hin train --resume '{run_dir}'` or choose another run_dir" in message
     finished = error_line(capsys, main(["train", "--resume", str(run_dir)]))
     assert f"e.g. `hin train --resume '{run_dir}' train.max_steps=1002`" in finished
+
+
+def test_caption_refuses_huge_features_instead_of_printing_nan(own_synth, tmp_path,
+                                                                           capsys):
+    run_dir = tmp_path / "run"
+    assert train(own_synth, run_dir, "train.max_steps=2") == 0
+    image_id = min(image["id"] for image in
+                   json.loads((own_synth / "captions_val2014.json").read_text())["images"])
+    with h5py.File(own_synth / "grid.hdf5", "a") as handle:
+        values = handle[f"{image_id}_features"][()].astype(np.float32) * np.float32(1e20)
+        del handle[f"{image_id}_features"]
+        handle[f"{image_id}_features"] = values
+    capsys.readouterr()
+    code = main(["caption", "--checkpoint", str(run_dir / rundir.LAST), "--grid",
+                 str(own_synth / "grid.hdf5"), "--region", str(own_synth / "region.hdf5"),
+                 "--ids", str(image_id), "--json"])
+    captured = capsys.readouterr()
+    assert code == 2 and "NaN" not in captured.out and "nan" not in captured.out
+    assert f"image {image_id}: features hold" in captured.err and "magnitude 16384" in captured.err
