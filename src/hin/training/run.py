@@ -1,5 +1,6 @@
 """Starting and resuming training runs (docs/model.md §8). A run directory holds
-`config.yaml` (resolved), `log.jsonl` (one JSON object per step and per epoch), `last.pt` and
+`config.yaml` (resolved, every path absolute), `data.json` (what its data is:
+hin.data.identity), `log.jsonl` (one JSON object per step and per epoch), `last.pt` and
 `best.pt` (hin.training.loop).
 
 Everything a `Trainer` needs is built here and passed in: the vocabulary, the --init
