@@ -15,9 +15,12 @@ def test_real_karpathy_id_files_load(tmp_path):
     dev = np.load(FIXTURES / "coco" / "coco_dev_ids.npy")
     test = np.load(FIXTURES / "coco" / "coco_test_ids.npy")
     annotations = sorted(dev.tolist() + test.tolist())
-    content = {"images": [{"id": ann // 10, "file_name": f"COCO_val2014_{ann // 10:012d}.jpg"}
+    # made-up image ids, kept apart between the splits (splits share no image)
+    test_ids = set(test.tolist())
+    image_of = {ann: ann // 10 + (10**9 if ann in test_ids else 0) for ann in annotations}
+    content = {"images": [{"id": image_of[ann], "file_name": f"COCO_val2014_{image_of[ann]:012d}.jpg"}
                           for ann in annotations],
-               "annotations": [{"id": ann, "image_id": ann // 10, "caption": f"caption {ann}"}
+               "annotations": [{"id": ann, "image_id": image_of[ann], "caption": f"caption {ann}"}
                                for ann in annotations]}
     (tmp_path / "captions_val2014.json").write_text(json.dumps(content))
     (tmp_path / "captions_train2014.json").write_text(json.dumps({"images": [], "annotations": []}))

@@ -207,7 +207,8 @@ def test_a_run_that_saved_no_checkpoint_may_be_started_again(synth, tmp_path, ca
         f"no space left on the device writing {run_dir / LOG_FILE}; the lines before are intact. "
         "Free some space and try again")
     monkeypatch.undo()
-    assert sorted(p.name for p in run_dir.iterdir()) == [rundir.CONFIG_FILE, LOG_FILE]
+    assert sorted(p.name for p in run_dir.iterdir()) == [rundir.CONFIG_FILE, rundir.DATA_FILE,
+                                                         LOG_FILE]
     assert (run_dir / LOG_FILE).read_bytes() == b""     # the partial line was cut back
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert one_line_error(capsys, 2).endswith(

@@ -402,6 +402,8 @@ class TrainConfig:
     batch_size / k images with k of their captions, encoded once per image (XE only:
     SCST batches are `batch_size` images).
     `batch_size` always counts captions.
+    `nonfinite`: a non-finite loss stops the run, or (`skip`) skips its batch; more than
+    `max_skipped_share` of an epoch's batches (at least one) skipped stops it.
     `scst_captions`: which captions SCST rewards. `beam` (the reference): the validation
     beam's K captions, each against the mean reward of the K; `sample` ("new self-critical"):
     `scst_samples` captions drawn from the model, each against the mean reward of the others.
@@ -422,6 +424,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     max_steps: int = 0
     nonfinite: str = "stop"
+    max_skipped_share: float = 0.05
     device: str = "auto"
     precision: str = "fp32"
     captions_per_image: int = 1
@@ -448,6 +451,12 @@ class TrainConfig:
                                   f"(0 = off), got {getattr(self, name)!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ConfigError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        for name in ("adam_beta1", "adam_beta2"):     # Adam's decay rates
+            if not _finite_number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not _finite_number(self.max_skipped_share) or not 0 <= self.max_skipped_share <= 1:
+            raise ConfigError("train.max_skipped_share must be in [0, 1], got "
+                              f"{self.max_skipped_share!r}")
         require_choice(self, "scst_captions", SCST_CAPTIONS)
         require_positive_ints(self, "scst_samples")
         if self.scst_samples < 2:

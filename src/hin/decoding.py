@@ -17,6 +17,7 @@ hin.strategies'.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from hin.config import DecodingConfig, HINConfig
 from hin.devices import resolve_precision
-from hin.errors import UsageError
+from hin.errors import HINError, UsageError
 from hin.metrics import collapse_repeats
 from hin.model import HIN, DecoderCache, EncoderOutput
 from hin.strategies import Stepper, decode_with
@@ -199,6 +200,10 @@ def caption(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor, wo
     names = names if names is not None else [f"#{i + 1}" for i in range(ids.shape[0])]
     results = []
     for name, hypotheses, scores in zip(names, ids.tolist(), logprobs.sum(-1).tolist(), strict=True):
+        if not all(math.isfinite(score) for score in scores):
+            raise HINError(f"image {name}: decoding gave a score that is not a number "
+                           f"({scores[0]}), so its caption means nothing: "
+                           + _nonfinite_cause(model_or_list))
         captions = []
         for tokens, score in zip(hypotheses, scores):
             text = words.decode(tokens)
@@ -207,6 +212,16 @@ def caption(model_or_list: HIN | Sequence[HIN], grid: Tensor, region: Tensor, wo
                                     score, tuple(kept)))
         results.append(CaptionedImage(name, tuple(captions)))
     return results
+
+
+def _nonfinite_cause(model_or_list: HIN | Sequence[HIN]) -> str:
+    """Why decoding gave a non-finite score: the weights (a diverged run) or the features."""
+    if any(not bool(torch.isfinite(weights).all())
+           for model in _as_models(model_or_list) for weights in model.parameters()):
+        return ("the model's weights are not all finite (its training diverged: train it "
+                "again with a lower train.lr)")
+    return ("its features are damaged or far outside what the model was trained on (check "
+            "them with `hin data check`, or extract them again)")
 
 
 def caption_batches(model_or_list: HIN | Sequence[HIN], batches: Iterable[Any], words: Words,

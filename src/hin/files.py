@@ -40,10 +40,11 @@ def require_file(path: str | Path, what: str, fix: str = "") -> Path:
 def read_json(path: str | Path, what: str, fix: str = "",
               error: type[HINError] = FileFormatError) -> Any:
     """The parsed content of JSON file `path`; `error` is the class raised for bad JSON, so each
-    caller keeps its own error type (DataError, MetricsError, ...)."""
+    caller keeps its own error type (DataError, MetricsError, ...). A UTF-8 byte order mark
+    (as Windows editors write) is read past."""
     path = require_file(path, what, fix)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as problem:
         raise error(f"{what} {path} is not valid JSON: {problem}") from problem
 
@@ -207,8 +208,13 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def json_text(value: Any, indent: int | None = 2) -> str:
-    """`value` as the JSON text every hin file holds: UTF-8 as it is, one trailing newline."""
-    return json.dumps(value, indent=indent, ensure_ascii=False) + "\n"
+    """`value` as the JSON text every hin file holds: UTF-8 as it is, one trailing newline.
+    NaN and infinities are refused: they are not JSON, and other readers reject them."""
+    try:
+        return json.dumps(value, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError as error:
+        raise FileFormatError(f"refusing to write JSON holding a value that is not a number "
+                              f"({error})") from None
 
 
 def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:

@@ -11,6 +11,7 @@ so; a lock from another host cannot be checked from here, so the message says ho
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -35,7 +36,12 @@ def _holder(lock: Path) -> dict[str, Any] | None:
         holder = json.loads(lock.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            raise FolderLockedError(f"{lock.parent}: file name too long (a name in a path is "
+                                    "at most 255 bytes): choose a shorter folder name") from None
+        holder = None
+    except ValueError:
         holder = None
     if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
         raise FolderLockedError(f"{lock} is damaged (it should name the process holding "

@@ -55,8 +55,22 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with `key=value` overrides accepted anywhere after a command that
+    takes them (`hin train --config C --init CKPT train.max_steps=2`): argparse alone takes
+    positionals only before the first option that follows them."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides")
+                  or any("=" not in text or text.startswith("-") for text in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     previous = None
     with contextlib.suppress(ValueError):   # not the main thread: leave signals alone
         # SIGTERM unwinds like Ctrl-C, so every command cleans up (temporary files, workers,

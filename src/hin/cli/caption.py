@@ -10,9 +10,8 @@ from hin.errors import UsageError
 
 
 def _caption(args: argparse.Namespace) -> int:
-    import json
-
     from hin.caption import Captioner, picture_paths
+    from hin.files import json_text
 
     precomputed = (args.grid, args.region, args.ids)
     if args.pictures and any(value is not None for value in precomputed):
@@ -28,7 +27,7 @@ def _caption(args: argparse.Namespace) -> int:
     results = (captioner.caption_pictures(pictures) if pictures
                else captioner.caption_features(args.grid, args.region, args.ids))
     if args.json:
-        print(json.dumps([result.to_dict() for result in results], indent=2))
+        print(json_text([result.to_dict() for result in results]), end="")
     else:
         print("\n".join(str(result) for result in results))
     say_unfamiliar("caption", [result.unfamiliar for result in results])

@@ -25,13 +25,14 @@ def _data_check(args: argparse.Namespace) -> int:
     from hin.data.coco import SPLITS, load_splits
     from hin.data.features import FeatureStore, read_attributes
 
+    splits = load_splits(args.annotations, args.split or SPLITS)   # refused before any feature is read
     paper = HINConfig()
     grid_dim = args.grid_dim or read_attributes(args.grid).get("feature_dim", paper.grid_dim)
     region_dim = args.region_dim or read_attributes(args.region).get("feature_dim",
                                                                      paper.region_dim)
     store = FeatureStore(args.grid, args.region, grid_dim=grid_dim, region_dim=region_dim)
     healthy = True
-    for name, split in load_splits(args.annotations, args.split or SPLITS).items():
+    for name, split in splits.items():
         problems = store.check(split.image_ids, read_values=not args.shapes_only)
         print(f"[{name}] {split.source}: {len(split.images)} images, "
               f"{sum(len(image.captions) for image in split.images.values())} captions")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from shlex import quote
 
 from hin.errors import UsageError
 
@@ -16,13 +17,19 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.init:
         raise UsageError("--init starts a new run; a resumed run continues from its last.pt")
+    if args.accept_data_change and not args.resume:
+        raise UsageError("--accept-data-change is for --resume: a new run records its data")
     try:
         if args.resume:
-            best = resume(args.resume, args.overrides)
+            best = resume(args.resume, args.overrides, accept_data_change=args.accept_data_change)
         else:
             given = apply_overrides(load_yaml(args.config), args.overrides)
-            best = start(RunConfig.from_dict(given), init=args.init,
-                         model_keys=list(given.get("model") or {}),
+            # With --init the checkpoint's model wins over the file's model section (a note
+            # says so); model settings typed here must agree with it.
+            typed = [text.partition("=")[0] for text in args.overrides]
+            model_keys = ([key.removeprefix("model.") for key in typed if key.startswith("model.")]
+                          if args.init else list(given.get("model") or {}))
+            best = start(RunConfig.from_dict(given), init=args.init, model_keys=model_keys,
                          data_keys=list(given.get("data") or {}))
     except TrainingInterrupted as stopped:
         print(f"hin train: {stopped}", file=sys.stderr)
@@ -32,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     if os.environ.get("RANK", "0") == "0":   # under torchrun, one message, not one per process
         print(f"best checkpoint: {best}" if best.exists() else
-              f"stopped before the first validation; continue with `hin train --resume {best.parent}`")
+              f"stopped before the first validation; continue with `hin train --resume {quote(str(best.parent))}`")
     return 0
 
 
@@ -63,6 +70,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                                           "small_xe, small_scst for your own small data set)")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--init", help="start from this hin checkpoint's weights (SCST from XE best.pt)")
+    p.add_argument("--accept-data-change", action="store_true",
+                   help="with --resume at an epoch boundary: train on with data that differs "
+                        "from what the run recorded (otherwise refused)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. train.batch_size=20 run_dir=runs/try")
     p.set_defaults(handler=_train)

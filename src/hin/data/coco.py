@@ -13,6 +13,7 @@ captions are errors naming the file, the count and the first ids.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,13 +176,40 @@ def _read_id_file(path: Path) -> list[int]:
     return ids.tolist()
 
 
+def refuse_overlaps(where: str, kind: str, members: dict[str, set[int]]) -> None:
+    """Splits must be disjoint (an image or caption of the test split that training also
+    saw inflates its scores): refuse ids shared by two splits, with the count and examples."""
+    for first, second in itertools.combinations(members, 2):
+        shared = sorted(members[first] & members[second])
+        _fail_if_any(shared, where, f"{kind} are in both the {first} and the {second} split",
+                     "splits must be disjoint: remove them from one of the two")
+
+
+def _split_annotation_ids(directory: Path, names: Sequence[str]) -> dict[str, list[int]]:
+    """Annotation ids per split: each of `names` (its files must exist), and every other
+    split whose files exist (to check that no split shares a caption or image with it)."""
+    found = {}
+    for name in SPLITS:
+        files = [directory / file for file in SPLIT_ID_FILES[name]]
+        if name in names or all(path.is_file() for path in files):
+            found[name] = [ann_id for path in files for ann_id in _read_id_file(path)]
+    return found
+
+
 def _load_coco_directory(directory: Path, names: Sequence[str]) -> dict[str, Split]:
     annotations, file_names = _read_coco_captions(directory)
+    split_ids = _split_annotation_ids(directory, names)
+    where = f"{directory} (coco_*_ids.npy)"
+    refuse_overlaps(where, "annotation (caption) ids",
+                    {name: set(ids) for name, ids in split_ids.items()})
+    refuse_overlaps(where, "image ids", {name: {annotations[ann_id].image_id for ann_id in ids
+                                                if ann_id in annotations}
+                                         for name, ids in split_ids.items()})
     splits = {}
     for name in names:
         files = [directory / file for file in SPLIT_ID_FILES[name]]
         where = " + ".join(str(path) for path in files)
-        annotation_ids = [ann_id for path in files for ann_id in _read_id_file(path)]
+        annotation_ids = split_ids[name]
         _fail_if_any(_duplicates(annotation_ids), where, "annotation ids are listed more than once",
                      "each caption may appear in one split file once")
         missing = [ann_id for ann_id in annotation_ids if ann_id not in annotations]
@@ -208,6 +236,9 @@ def _load_karpathy_json(path: Path, names: Sequence[str]) -> dict[str, Split]:
         problem = _karpathy_image_problem(image)
         if problem:
             raise DataError(f"{path}: image entry {number}: {problem}; fix it in the file")
+    refuse_overlaps(str(path), "image ids (cocoid)", {
+        name: {int(image["cocoid"]) for image in content["images"]
+               if image.get("split") in SPLIT_PARTS[name]} for name in SPLITS})
     splits = {}
     for name in names:
         chosen = [image for image in content["images"]

@@ -80,9 +80,12 @@ class CaptionPairs(Dataset):
         self.pad_id = vocab.pad_id
         self.captions_per_image = captions_per_image
         pairs = split.pairs()
-        encoded = [vocab.encode(caption, max_len)
-                   for _, caption in tqdm(pairs, desc=f"encoding {split.name} captions",
-                                          unit="caption", disable=not progress)]
+        full = [vocab.encode(caption)
+                for _, caption in tqdm(pairs, desc=f"encoding {split.name} captions",
+                                       unit="caption", disable=not progress)]
+        self.longest = max((len(ids) for ids in full), default=0)   # ids, <bos> and <eos> included
+        self.cut = sum(len(ids) > max_len for ids in full)          # captions cut to max_len
+        encoded = [vocab.shorten(ids, max_len) for ids in full]
         if captions_per_image == 1:
             self.image_ids = [image_id for image_id, _ in pairs]
             self.tokens: list[list[int]] | list[tuple[list[int], ...]] = encoded

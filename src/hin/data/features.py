@@ -438,27 +438,46 @@ def _shape_problem(entry: object, dim: int) -> str | None:
     return None
 
 
-# IEEE 754: a value is NaN or infinite exactly when all its exponent bits are set.
-_EXPONENT_BITS = {np.dtype(np.float16): (np.uint16, 0x7C00),
-                  np.dtype(np.float32): (np.uint32, 0x7F80_0000),
-                  np.dtype(np.float64): (np.uint64, 0x7FF0_0000_0000_0000)}
+# IEEE 754: a value is NaN or infinite exactly when all its exponent bits are set, and its
+# magnitude is at least 2**14 exactly when its exponent field is at least that of 2**14.
+_EXPONENT_BITS = {np.dtype(np.float16): (np.uint16, 0x7C00, (15 + 14) << 10),
+                  np.dtype(np.float32): (np.uint32, 0x7F80_0000, (127 + 14) << 23),
+                  np.dtype(np.float64): (np.uint64, 0x7FF0_0000_0000_0000, (1023 + 14) << 52)}
+# Features are activations of a normalised network (CLIP's grid and VinVL's regions stay below
+# a few hundred). The model squares them (LayerNorm's variance over up to 2048 values,
+# attention logits): at 2**14 = 16384 those squares reach 2.7e8 per value and 5.5e11 per row,
+# where bfloat16 keeps 3 significant digits and float16 overflows. Above it a file holds a
+# scaling bug, not features, and decoding would give NaN scores.
+MAX_FEATURE_MAGNITUDE = 2.0**14
 
 
 def nonfinite_count(array: np.ndarray) -> int:
     """How many NaN/inf values `array` holds. Every feature read pays this check, so it tests
     the exponent bits (several times faster than np.isfinite on fp16, which starved the loader)."""
+    return _exponent_counts(array)[0]
+
+
+def _exponent_counts(array: np.ndarray) -> tuple[int, int]:
+    """(NaN/inf values, finite values of magnitude >= MAX_FEATURE_MAGNITUDE) in `array`."""
     layout = _EXPONENT_BITS.get(array.dtype)
     if layout is None:
-        return int(array.size - np.count_nonzero(np.isfinite(array)))
-    unsigned, mask = layout
+        finite = np.isfinite(array)
+        huge = np.count_nonzero(finite & (np.abs(array) >= MAX_FEATURE_MAGNITUDE))
+        return int(array.size - np.count_nonzero(finite)), int(huge)
+    unsigned, mask, limit = layout
     bits = np.ascontiguousarray(array).view(unsigned) & unsigned(mask)
-    return int(np.count_nonzero(bits == unsigned(mask)))
+    nonfinite = int(np.count_nonzero(bits == unsigned(mask)))
+    return nonfinite, int(np.count_nonzero(bits >= unsigned(limit))) - nonfinite
 
 
 def _value_problem(array: np.ndarray) -> str | None:
     if not np.issubdtype(array.dtype, np.floating):
         return f"features have dtype {array.dtype}, expected float16 or float32"
-    bad = nonfinite_count(array)
+    bad, huge = _exponent_counts(array)
     if bad:
         return f"features hold {bad} NaN/inf values"
+    if huge:
+        return (f"features hold {huge} values of magnitude {MAX_FEATURE_MAGNITUDE:.0f} or more "
+                f"(largest {float(np.abs(array).max()):.3g}), beyond what the model's arithmetic "
+                "holds (extracted features stay below a few hundred)")
     return None

@@ -118,6 +118,11 @@ class Vocabulary:
     def __contains__(self, word: object) -> bool:
         return word in self._ids
 
+    def unreachable(self) -> list[str]:
+        """Words the tokenizer never produces (`Magenta`, `dark red`: hand-edited entries):
+        no caption encodes to them, so the model can only learn never to say them."""
+        return [word for word in self.words[len(SPECIALS):] if tokenize(word) != [word]]
+
     def index(self, word: str) -> int:
         """Id of `word`, or `<unk>`'s id for a word outside the vocabulary."""
         return self._ids.get(word, self.unk_id)
@@ -125,12 +130,13 @@ class Vocabulary:
     def encode(self, caption: str, max_len: int | None = None) -> list[int]:
         """Caption -> `[<bos>, w1, ..., <eos>]`; at most `max_len` ids, `<eos>` always kept."""
         ids = [self.bos_id, *(self.index(word) for word in tokenize(caption)), self.eos_id]
-        if max_len is not None:
-            if max_len < 2:
-                raise VocabularyError(f"max_len must leave room for <bos> and <eos>, got {max_len}")
-            if len(ids) > max_len:
-                ids = ids[:max_len - 1] + [self.eos_id]
-        return ids
+        return ids if max_len is None else self.shorten(ids, max_len)
+
+    def shorten(self, ids: list[int], max_len: int) -> list[int]:
+        """Encoded ids cut to at most `max_len`, `<eos>` kept: the one rule for long captions."""
+        if max_len < 2:
+            raise VocabularyError(f"max_len must leave room for <bos> and <eos>, got {max_len}")
+        return ids if len(ids) <= max_len else ids[:max_len - 1] + [self.eos_id]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> caption text: stops at `<eos>` and skips the other specials."""

@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from hin.data.vocab import Vocabulary
 from hin.devices import autocast
 from hin.errors import HINError
 from hin.evaluate import score_split
+from hin.files import OutOfSpaceError
 from hin.metrics import CiderDTable
 from hin.model import HIN
 from hin.training import distributed
@@ -79,6 +81,7 @@ class TrainingData:
     val_set: ImageReferences
     val_tokenised: dict[int, list[str]]       # tokenised, for CIDEr-D (hin.evaluate)
     feature_profile: dict[str, Any] | None    # recorded in checkpoints (hin.data.familiarity)
+    identity: dict[str, Any]                  # recorded in checkpoints (hin.data.identity)
 
 
 class Trainer:
@@ -99,6 +102,7 @@ class Trainer:
         self.java, self.cider_table, self.init_record = java, cider_table, init_record
         self.show_progress = show_progress
         self.precision = precision
+        self.epoch_batches = 0      # batches of the epoch in progress (all ranks)
 
     def close(self) -> None:
         """Flush the log, unlock the run directory and leave the process group."""
@@ -166,7 +170,8 @@ class Trainer:
         return {"config": self.config.to_dict(), "vocabulary": self.vocab.to_dict(),
                 "features": {"grid": read_attributes(data.grid_features),
                              "region": read_attributes(data.region_features)},
-                "feature_profile": self.data.feature_profile, **init}
+                "feature_profile": self.data.feature_profile,
+                "data_identity": self.data.identity, **init}
 
     def save_last(self) -> None:
         if self.context.is_main:
@@ -184,7 +189,11 @@ class Trainer:
     def fit(self) -> Path:
         """Train until the epoch limit, the stopping rule or train.max_steps; -> best.pt.
         The last line says which of them ended the run."""
-        self._train()
+        try:
+            self._train()
+        except HINError as error:
+            self._save_before_failing(error)
+            raise
         finished = finished_because(self.config, self.progress)
         if finished is not None:
             why, _, _ = finished
@@ -212,6 +221,19 @@ class Trainer:
                 bar.close()
                 self._end_epoch(epoch, lr)
 
+    def _save_before_failing(self, error: HINError) -> None:
+        """Keep what was trained when a problem stops the run after training began, unless
+        the problem is the weights (a non-finite loss, a diverged model: the last good
+        `last.pt` is kept then) or a full disk."""
+        finite = all(bool(torch.isfinite(weights).all()) for weights in self.model.parameters())
+        if isinstance(error, (TrainingError, OutOfSpaceError)) or not finite \
+                or self.progress.step == 0:
+            return      # no room to save, or nothing worth saving
+        self.save_last()
+        self.folder.say(f"saved {self.run_dir / LAST} (step {self.progress.step}) before "
+                        f"stopping; once the problem below is fixed: hin train --resume "
+                        f"{quote(str(self.run_dir))}")
+
     def _set_learning_rate(self, epoch: int) -> float:
         """The stage's schedule for `epoch`, set on the optimiser."""
         train = self.config.train
@@ -230,6 +252,7 @@ class Trainer:
         loader = make_loader(self.data.train_set, items // self.context.world_size,
                              sampler=order, num_workers=self.config.data.num_workers,
                              seed=train.seed + epoch)
+        self.epoch_batches = order.batches
         return tqdm(loader, desc=f"{train.stage} epoch {epoch}", unit="batch",
                     initial=self.progress.batch, total=order.batches,
                     disable=not self.show_progress)
@@ -267,7 +290,7 @@ class Trainer:
             self.folder.log({"event": "stop", "reason": "signal", "step": self.progress.step})
             raise TrainingInterrupted(
                 f"interrupted at epoch {epoch}, step {self.progress.step}; saved "
-                f"{self.run_dir / LAST}; continue with `hin train --resume {self.run_dir}`")
+                f"{self.run_dir / LAST}; continue with `hin train --resume {quote(str(self.run_dir))}`")
         if train.max_steps and self.progress.step >= train.max_steps:
             self.save_last()
             self.folder.log({"event": "stop", "reason": "max_steps", "step": self.progress.step})
@@ -299,7 +322,7 @@ class Trainer:
         value = loss.item()
         where = f"step {self.progress.step + 1} (epoch {self.progress.epoch}, batch {self.progress.batch + 1})"
         rank = f" on rank {self.context.rank}" if self.context.distributed else ""
-        self.folder.log({"event": "nonfinite", "step": self.progress.step + 1, "loss": value,
+        self.folder.log({"event": "nonfinite", "step": self.progress.step + 1, "loss": str(value),
                    "policy": self.config.train.nonfinite})
         if self.config.train.nonfinite == "stop":
             last = self.run_dir / LAST
@@ -311,6 +334,15 @@ class Trainer:
                 "train.nonfinite=skip to skip such batches")
         self.folder.say(f"skipping a batch with non-finite loss at {where}")
         self.progress.batch += 1
+        self.progress.skipped += 1
+        share = self.config.train.max_skipped_share
+        if self.progress.skipped > max(1, int(share * self.epoch_batches)):
+            raise TrainingError(
+                f"train.nonfinite=skip skipped {self.progress.skipped} of the "
+                f"{self.epoch_batches} batches of epoch {self.progress.epoch} (non-finite "
+                f"losses), more than train.max_skipped_share={share}: the model is not "
+                f"learning. Lower train.lr (now {self.config.train.lr}) and resume or start "
+                f"again; {self.run_dir / LAST} was not overwritten")
 
     def _end_epoch(self, epoch: int, lr: float) -> None:
         train = self.config.train
@@ -338,4 +370,5 @@ class Trainer:
         self.progress.epoch += 1
         self.progress.batch = 0
         self.progress.epoch_losses = []
+        self.progress.skipped = 0
         self.save_last()

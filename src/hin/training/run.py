@@ -1,5 +1,6 @@
 """Starting and resuming training runs (docs/model.md §8). A run directory holds
-`config.yaml` (resolved), `log.jsonl` (one JSON object per step and per epoch), `last.pt` and
+`config.yaml` (resolved, every path absolute), `data.json` (what its data is:
+hin.data.identity), `log.jsonl` (one JSON object per step and per epoch), `last.pt` and
 `best.pt` (hin.training.loop).
 
 Everything a `Trainer` needs is built here and passed in: the vocabulary, the --init
@@ -20,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import torch
@@ -32,21 +34,26 @@ from hin.data.dataset import CaptionPairs, ImageReferences
 from hin.data.errors import DataError
 from hin.data.familiarity import feature_profile
 from hin.data.features import FeatureStore
+from hin.data.identity import data_identity
 from hin.data.vocab import Vocabulary, require_same_words
 from hin.devices import resolve_precision
 from hin.evaluate import tokenised_references
+from hin.files import write_json
 from hin.locks import refuse_if_locked
 from hin.metrics import CiderDTable, JavaNotFoundError, find_java
 from hin.model import HIN
 from hin.training import distributed, optimizer
 from hin.training.loop import Trainer, TrainingData
 from hin.training.rundir import (
+    BEST,
     CIDER_TABLE,
     CONFIG_FILE,
+    DATA_FILE,
     LAST,
     RunDirectoryError,
     RunFolder,
     announce,
+    refuse_changed_data,
     refuse_edited_config,
     refuse_finished,
     refuse_new_epoch_order,
@@ -76,9 +83,16 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     def say(message: str) -> None:
         announce(context, message)
 
+    init = Path(init).resolve() if init else None
     init_model, init_extra = load_init(init, config.model, model_keys) if init else (None, {})
+    unused = model_conflicts(config.model, init_model.config, changed_fields(config.model)) \
+        if init_model else []
+    if unused:
+        say(f"note: the model comes from --init {init}; the configuration's "
+            f"{', '.join(unused)} are not used")
     if init and init_extra.get("config"):
         config = replace(config, data=init_data(init, init_extra["config"], config.data, data_keys, say))
+    config = absolute_paths(config)
     recorded = (resume_state or {}).get("vocabulary") or init_extra.get("vocabulary")
     source = resume_state.get("source", "the run") if resume_state else f"--init {init}"
     vocab = run_vocabulary(config.data.vocabulary, recorded, source, say)
@@ -88,7 +102,11 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     config = replace(config, model=model_config)
     train = config.train
     data, train_split = load_data(config, vocab, f"--init {init}" if init else source if resume_state else None,
-                                  show_progress=progress and context.is_main)
+                                  show_progress=progress and context.is_main, say=say)
+    if resume_state is not None:
+        refuse_changed_data(source, resume_state.get("data_identity"),
+                            data.identity, Progress(**resume_state["progress"]),
+                            resume_state.get("accept_data_change", False), say)
     precision = resolve_precision(train.precision, context.device)
 
     torch.manual_seed(train.seed)
@@ -106,6 +124,8 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
         restore_rng(resume_state["rng"])
     java = validation_java(config, say)
     folder = RunFolder.open(config, context, claim)
+    if context.is_main:
+        write_json(folder.run_dir / DATA_FILE, data.identity)
     if restarted:
         folder.log({"event": "restart", "step": 0})
     if init and init_record is not None:
@@ -118,8 +138,23 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
                    cider_table=table, init_record=init_record, show_progress=progress and context.is_main)
 
 
+def absolute_paths(config: RunConfig) -> RunConfig:
+    """`config` with run_dir and every data path absolute, resolved once against the working
+    directory of the command that gave them: config.yaml and every checkpoint record them so,
+    and a resume from another directory reads the same files."""
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    data = config.data
+    data = replace(data, annotations=absolute(data.annotations),
+                   grid_features=absolute(data.grid_features),
+                   region_features=absolute(data.region_features),
+                   vocabulary=absolute(data.vocabulary))
+    return replace(config, run_dir=absolute(config.run_dir), data=data)
+
+
 def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
-              show_progress: bool) -> tuple[TrainingData, Split]:
+              show_progress: bool, say: Say) -> tuple[TrainingData, Split]:
     """The run's datasets, checked by `preflight` and `require_one_batch` -> (the data, the
     training split). `model_from`: where the model's settings come from (None: config.model)."""
     train, data, model = config.train, config.data, config.model
@@ -131,9 +166,12 @@ def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
     train_set = (CaptionPairs(splits["train"], store, vocab, data.max_caption_tokens,
                               progress=show_progress, captions_per_image=train.captions_per_image)
                  if train.stage == "xe" else ImageReferences(splits["train"], store))
+    if isinstance(train_set, CaptionPairs):
+        check_caption_lengths(config, train_set, say)
     require_one_batch(config, len(train_set))
+    identity = data_identity(data.annotations, data.grid_features, data.region_features, splits)
     return TrainingData(train_set, ImageReferences(splits["val"], store),
-                        tokenised_references(splits["val"]), profile), splits["train"]
+                        tokenised_references(splits["val"]), profile, identity), splits["train"]
 
 
 def load_init(path: str | Path, wanted: HINConfig,
@@ -142,14 +180,18 @@ def load_init(path: str | Path, wanted: HINConfig,
     (`model_keys`) must agree with it."""
     model, extra = checkpoint.load(path)
     if model_keys is None:
-        model_keys = [f.name for f in fields(HINConfig)
-                      if getattr(wanted, f.name) != getattr(HINConfig(), f.name)]
+        model_keys = changed_fields(wanted)
     conflicts = model_conflicts(wanted, model.config, model_keys)
     if conflicts:
         raise ConfigError(f"the model settings come from --init {path}, but "
                           f"{', '.join(conflicts)} differ from it: drop those model.* "
                           "settings (or train from scratch without --init)")
     return model, extra
+
+
+def changed_fields(config: HINConfig) -> list[str]:
+    """The model settings that differ from the defaults (those someone set)."""
+    return [f.name for f in fields(HINConfig) if getattr(config, f.name) != getattr(HINConfig(), f.name)]
 
 
 def init_data(path: str | Path, saved: dict[str, Any], given: DataConfig,
@@ -173,7 +215,13 @@ def run_vocabulary(path: str, recorded: dict[str, Any] | None, source: str, say:
     """The run's vocabulary: the one `source` (the resumed run, the --init checkpoint)
     records, which the file data.vocabulary must equal where it exists; else that file."""
     if recorded is None:
-        return Vocabulary.load(path)
+        vocab = Vocabulary.load(path)
+        unreachable = vocab.unreachable()
+        if unreachable:
+            say(f"warning: {path}: {len(unreachable)} entries the tokenizer never produces "
+                f"(first: {', '.join(repr(word) for word in unreachable[:5])}), so no caption "
+                "uses them: build the vocabulary with `hin data vocab` rather than by hand")
+        return vocab
     vocab = Vocabulary.from_dict(recorded, source=f"recorded in {source}")
     if not Path(path).exists():
         say(f"data.vocabulary {path} does not exist; using the vocabulary {vocab.source}")
@@ -211,7 +259,7 @@ def model_conflicts(wanted: HINConfig, actual: HINConfig, keys: Collection[str])
     """`model.key=wanted (checkpoint: actual)` for each of `keys` whose values differ; the
     vocabulary size is never one of them (it comes from the vocabulary)."""
     return [f"model.{key}={getattr(wanted, key)!r} (checkpoint: {getattr(actual, key)!r})"
-            for key in sorted(keys) if key != "vocab_size"
+            for key in sorted(set(keys)) if key != "vocab_size"
             and getattr(wanted, key) != getattr(actual, key)]
 
 
@@ -221,6 +269,7 @@ def preflight(config: RunConfig, splits: dict[str, Split], store: FeatureStore,
     directory is created: both splits hold images, and the feature files' widths are the
     model's. `model_from`: where the model's settings come from (None: from config.model)."""
     data = config.data
+    check_settings(config)
     for name, split in splits.items():
         if not split.images:
             raise DataError(f"the {name} split of {data.annotations} holds no images; training "
@@ -236,6 +285,35 @@ def preflight(config: RunConfig, splits: dict[str, Split], store: FeatureStore,
                    "trained on")
             raise ConfigError(f"{path} holds {width}-wide features but model.{key}={wanted}: "
                               f"{fix}")
+
+
+def check_settings(config: RunConfig) -> None:
+    """Settings that would fail only at the first validation, checked before step 1."""
+    validation, model = config.train.validation, config.model
+    if validation.max_len > model.max_positions:
+        raise ConfigError(f"train.validation.max_len={validation.max_len} is more than the "
+                          f"{model.max_positions} positions the model has (model.max_positions): "
+                          f"set train.validation.max_len={model.max_positions} or less")
+    if validation.beam_size > model.vocab_size:
+        raise ConfigError(f"train.validation.beam_size={validation.beam_size} is more than the "
+                          f"model's vocabulary ({model.vocab_size} words): set a smaller "
+                          "train.validation.beam_size")
+
+
+def check_caption_lengths(config: RunConfig, pairs: CaptionPairs, say: Say) -> None:
+    """The longest training caption must fit the model's positions (teacher forcing feeds
+    all its ids but the last); captions cut to data.max_caption_tokens are counted."""
+    limit, positions = config.data.max_caption_tokens, config.model.max_positions
+    if min(pairs.longest, limit) - 1 > positions:
+        raise ConfigError(f"data.max_caption_tokens={limit} lets the longest training caption "
+                          f"({pairs.longest} ids with <bos> and <eos>) take "
+                          f"{min(pairs.longest, limit) - 1} positions, more than the model's "
+                          f"{positions} (model.max_positions): set data.max_caption_tokens="
+                          f"{positions + 1} or less")
+    if pairs.cut:
+        say(f"{pairs.cut} of {len(pairs.split.pairs())} training captions are longer than "
+            f"data.max_caption_tokens={limit} ids (the longest has {pairs.longest}) and are cut "
+            "to it")
 
 
 def require_one_batch(config: RunConfig, items: int) -> None:
@@ -280,15 +358,17 @@ def start(config: RunConfig, *, init: str | Path | None = None, progress: bool =
                               data_keys=data_keys, claim=claim, restarted=bool(earlier)))
 
 
-def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = True) -> Path:
+def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = True, *,
+           accept_data_change: bool = False) -> Path:
     """Continue the run saved in run_dir/last.pt, optionally with `key=value` overrides
     (not of the model's settings, nor of the vocabulary, nor of how the epoch is cut into
-    batches mid-epoch); a finished run is refused with how to extend it."""
+    batches mid-epoch); a finished run is refused with how to extend it. Data that differs
+    from what last.pt records is refused, or at an epoch boundary `accept_data_change`d."""
     run_dir = Path(run_dir)
     last = run_dir / LAST
     if not last.is_file():
         again = (f" (it holds a run that saved no checkpoint yet: `hin train --config CONFIG "
-                 f"run_dir={run_dir}` starts it again)" if (run_dir / CONFIG_FILE).exists() else "")
+                 f"run_dir={quote(str(run_dir))}` starts it again)" if (run_dir / CONFIG_FILE).exists() else "")
         raise RunDirectoryError(f"{run_dir} holds no {LAST} to resume from; start a run there "
                                 f"with `hin train --config ...`{again}")
     refuse_if_locked(run_dir)
@@ -297,6 +377,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
     extra = payload["extra"]
     values, notes = upgrade_legacy(extra["config"])
     saved = RunConfig.from_dict(values)
+    refuse_new_identity(run_dir, saved, overrides)
     config = replace(RunConfig.from_dict(apply_overrides(values, list(overrides))),
                      run_dir=str(run_dir))
     conflicts = model_conflicts(config.model, saved.model, [f.name for f in fields(HINConfig)])
@@ -304,7 +385,8 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
         raise ConfigError(f"a resumed run keeps its model: {', '.join(conflicts)} differ from "
                           f"{last}; start a new run for another model")
     state = {"model": payload["model"], "init": extra.get("init"), "source": str(last),
-             "vocabulary": extra.get("vocabulary"), **extra["training"]}
+             "vocabulary": extra.get("vocabulary"), "data_identity": extra.get("data_identity"),
+             "accept_data_change": accept_data_change, **extra["training"]}
     progress_now = Progress(**state["progress"])
     refuse_edited_config(run_dir, saved, config, list(overrides))
     refuse_new_epoch_order(run_dir, saved, config, progress_now)
@@ -319,6 +401,26 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
         return "\n".join(line for line in said if line) or None
 
     return _fit(build_trainer(config, resume_state=state, progress=progress, claim=claim))
+
+
+def refuse_new_identity(run_dir: Path, saved: RunConfig, overrides: Sequence[str]) -> None:
+    """A resumed run stays where and what it is: its folder (`run_dir=` is the --resume
+    argument) and its stage (with the stage go its schedule, optimiser state and loss)."""
+    given = {text.partition("=")[0]: text.partition("=")[2] for text in overrides}
+    if "run_dir" in given:
+        raise ConfigError(f"run_dir={given['run_dir']} cannot be given with --resume: the run "
+                          f"lives in {run_dir}. To continue it elsewhere, copy that folder and "
+                          "resume the copy")
+    stage = given.get("train.stage", saved.train.stage)
+    if stage != saved.train.stage:
+        raise ConfigError(
+            f"train.stage={stage}: the run in {run_dir} is a {saved.train.stage} run, and a "
+            "resumed run keeps its stage (its optimiser, schedule and loss). To fine-tune it "
+            f"with SCST, start a new run from its best checkpoint: `hin train --config "
+            f"small_scst --init {quote(str(run_dir / BEST))} run_dir=NEW_RUN_DIR`"
+            if stage == "scst" else
+            f"train.stage={stage}: the run in {run_dir} is a {saved.train.stage} run, and a "
+            "resumed run keeps its stage: start a new run for another stage")
 
 
 def _fit(trainer: Trainer) -> Path:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from tqdm import tqdm
 
 from hin.config import ConfigError, RunConfig, load_yaml, upgrade_legacy
+from hin.data.errors import DataError
+from hin.data.identity import changes
 from hin.errors import HINError
 from hin.files import complete_lines, write_text, write_yaml
 from hin.files import remove_stale_temporaries as remove_temporaries_of
@@ -25,6 +28,7 @@ CONFIG_FILE = "config.yaml"
 LAST = "last.pt"
 BEST = "best.pt"
 CIDER_TABLE = "cider_train.npz"
+DATA_FILE = "data.json"      # what the run's data is (hin.data.identity), as last written
 RUN_FILES = (CONFIG_FILE, LOG_FILE, LAST, BEST)
 
 
@@ -109,7 +113,7 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Remove what a kill during a save leaves behind (the run directory is locked)."""
-    for name in (LAST, BEST, CONFIG_FILE, CIDER_TABLE):
+    for name in (LAST, BEST, CONFIG_FILE, CIDER_TABLE, DATA_FILE):
         remove_temporaries_of(run_dir / name)
 
 
@@ -120,7 +124,7 @@ def restartable(run_dir: Path) -> list[str]:
     if LAST in existing or BEST in existing:
         raise RunDirectoryError(
             f"{run_dir} already holds a run ({', '.join(existing)}); continue it with "
-            f"`hin train --resume {run_dir}` or choose another run_dir")
+            f"`hin train --resume {quote(str(run_dir))}` or choose another run_dir")
     return existing
 
 
@@ -149,11 +153,12 @@ def refuse_edited_config(run_dir: Path, saved: RunConfig, config: RunConfig,
               and resolved[key] != value}
     if edited:
         first = next(iter(edited))
-        apply = " ".join([*overrides, *(f"{key}={value}" for key, value in edited.items())])
+        apply = " ".join(quote(text) for text in [*overrides, *(f"{key}={value}"
+                                                              for key, value in edited.items())])
         raise RunDirectoryError(
             f"{path} was edited ({first}: {edited[first]!r} there, {recorded[first]!r} in "
             f"{run_dir / LAST}); a resumed run takes its settings from {LAST} (and rewrites "
-            f"{CONFIG_FILE}). To use the edit: `hin train --resume {run_dir} {apply}`; to drop "
+            f"{CONFIG_FILE}). To use the edit: `hin train --resume {quote(str(run_dir))} {apply}`; to drop "
             f"it, delete {path}")
 
 
@@ -174,9 +179,33 @@ def refuse_new_epoch_order(run_dir: Path, saved: RunConfig, config: RunConfig,
             f"train.{key}={getattr(config.train, key)} differs from the run's "
             f"{getattr(saved.train, key)} in the middle of epoch {progress.epoch} "
             f"({progress.batch} batches done), whose order was cut with the run's: finish the "
-            f"epoch first (`hin train --resume {run_dir} train.epochs={progress.epoch}`), then "
+            f"epoch first (`hin train --resume {quote(str(run_dir))} train.epochs={progress.epoch}`), then "
             f"resume with train.{key}={getattr(config.train, key)} and train.epochs above "
             f"{progress.epoch}")
+
+
+def refuse_changed_data(source: str, recorded: dict[str, Any] | None,
+                        current: dict[str, Any], progress: Progress, accept: bool,
+                        say: Callable[[str], None]) -> None:
+    """A resumed run trains on the data it was made from: a difference from what `source`
+    records is refused, naming each file and what changed. `accept` (--accept-data-change)
+    takes the new data, at an epoch boundary only: mid-epoch, the rest of the epoch's order
+    was cut from the old data."""
+    if recorded is None:
+        say(f"{source} records no data identity (an older hin): the data cannot be compared")
+        return
+    found = changes(recorded, current)
+    if not found:
+        return
+    what = f"the data changed since {source} was saved: {'; '.join(found)}"
+    if not accept:
+        raise DataError(f"{what}. Resume with the data the run was made with, or add "
+                        "--accept-data-change to train on with this data from an epoch boundary")
+    if progress.batch:
+        raise DataError(f"{what}. --accept-data-change applies at an epoch boundary only, and "
+                        f"the run stopped in epoch {progress.epoch} after {progress.batch} "
+                        "batches: finish that epoch with the data it was cut from, then accept")
+    say(f"--accept-data-change: {what}; training on with this data from epoch {progress.epoch}")
 
 
 def repair_log(run_dir: Path) -> str | None:
@@ -225,5 +254,5 @@ def refuse_finished(run_dir: Path, config: RunConfig, progress: Progress) -> Non
         return
     why, extend, other = finished
     raise RunDirectoryError(f"the run in {run_dir} is finished: it {why}. To train on, resume "
-                            f"with a higher limit, e.g. `hin train --resume {run_dir} {extend}` "
+                            f"with a higher limit, e.g. `hin train --resume {quote(str(run_dir))} {extend}` "
                             f"({other})")

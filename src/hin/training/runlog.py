@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hin.errors import UsageError, pip_install
-from hin.files import append_line, complete_lines
+from hin.files import append_line, complete_lines, json_text
 
 LOG_FILE = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -77,7 +77,7 @@ class RunLog:
         self.writer = writer or (tensorboard_writer(self.path.parent) if use_tensorboard else None)
 
     def write(self, record: dict[str, Any]) -> None:
-        append_line(self.path, json.dumps(record))
+        append_line(self.path, json_text(record, indent=None).rstrip("\n"))
         if self.writer is not None and record["event"] in ("step", "epoch"):
             for tag, value in scalars(record).items():
                 self.writer.add_scalar(tag, value, record["step"])

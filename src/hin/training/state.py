@@ -24,6 +24,7 @@ class Progress:
     epochs_since_best: int = 0
     done: bool = False
     epoch_losses: list[float] = field(default_factory=list)   # so a resumed epoch logs the
+    skipped: int = 0            # batches of this epoch skipped for a non-finite loss
 
 
 def capture_rng() -> dict[str, Any]:
