@@ -12,27 +12,36 @@ from hin.errors import UsageError
 def _caption(args: argparse.Namespace) -> int:
     import json
 
-    from hin.caption import Captioner, picture_paths
+    from hin.caption import Captioner, picture_listing
 
     precomputed = (args.grid, args.region, args.ids)
     if args.pictures and any(value is not None for value in precomputed):
         raise UsageError("give pictures or --grid/--region/--ids, not both")
     if not args.pictures and None in precomputed:
         raise UsageError("give pictures, or all of --grid, --region and --ids")
-    pictures = picture_paths(args.pictures)
+    pictures, notes = picture_listing(args.pictures)
     captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
                           decoding=decoding(args), batch_size=args.batch_size,
                           max_regions=args.max_regions)
-    for note in captioner.notes:
+    failed: list[str] = []
+    if pictures:
+        done = captioner.caption_readable(pictures)
+        results, failed, notes = done.results, done.failed, notes + done.notes
+    else:
+        results = captioner.caption_features(args.grid, args.region, args.ids)
+    for note in captioner.notes + notes:
         print(f"hin caption: note: {note}", file=sys.stderr)
-    results = (captioner.caption_pictures(pictures) if pictures
-               else captioner.caption_features(args.grid, args.region, args.ids))
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
-    else:
+    elif results:
         print("\n".join(str(result) for result in results))
     say_unfamiliar("caption", [result.unfamiliar for result in results])
-    return 0
+    if failed:
+        print(f"hin caption: {len(failed)} of {len(pictures)} pictures could not be read "
+              "(the others are captioned above):", file=sys.stderr)
+        for why in failed:
+            print(f"  {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_caption_command(commands: argparse._SubParsersAction) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from hin.cli.options import add_decoding_options, add_device_option, decoding, say_unfamiliar
 from hin.errors import UsageError
@@ -32,6 +33,10 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{path}  {explanation.name}: " + " | ".join(scores))
     paper = f", {args.out}/{PAPER_FILE}.png and .pdf" if args.paper else ""
     print(f"wrote {len(paths)} figures{paper} and {args.out}/index.html")
+    for explanation in explanations:
+        for note in explanation.notes:
+            if note != explanation.unfamiliar:      # say_unfamiliar says those
+                print(f"hin explain: note: {explanation.name}: {note}", file=sys.stderr)
     say_unfamiliar("explain", [e.unfamiliar for e in explanations])
     return 0
 

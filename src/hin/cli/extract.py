@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -33,10 +34,14 @@ class RegistryHelp(argparse.HelpFormatter):
 
 def _extract_pictures(build: Callable[[], PictureExtractor], args: argparse.Namespace) -> int:
     """List the pictures and check the settings, then `build` the extractor (a model load)."""
-    from hin.extract import choose_shard, extract_to_file, list_images
-    from hin.extract.images import max_pixels
+    from hin.extract import choose_shard, extract_to_file
+    from hin.extract.images import find_images, max_pixels
 
-    files = list_images(args.images)
+    listing = find_images(args.images)
+    files = listing.files
+    skipped = listing.skipped_note()
+    if skipped:
+        print(f"hin extract: note: {args.images}: {skipped}", file=sys.stderr)
     shard = choose_shard(args.shard)
     max_pixels()
     report = extract_to_file(build(), files, args.out, batch_size=args.batch_size,
