@@ -51,7 +51,8 @@ def other_format(head: bytes) -> str | None:
 def not_readable(head: bytes) -> str:
     """Why bytes starting with `head` are not read: what they are, where known, and the fix."""
     known = other_format(head)
-    what = f"a {known} file" if known else "not a picture in a format hin reads"
+    what = f"its format is {known}, which hin does not read" if known else \
+        "not a picture in a format hin reads"
     return (f"{what}; hin reads {READ_FORMATS_TEXT} only (unsupported format): convert it, "
             "e.g. to PNG or JPEG")
 
