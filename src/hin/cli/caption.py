@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hin.cli.options import VOCAB_HELP, add_decoding_options, add_device_option, decoding, say_unfamiliar
+from hin.cli.options import (
+    VOCAB_HELP,
+    add_checkpoint_option,
+    add_decoding_options,
+    add_device_option,
+    decoding,
+    one_checkpoint,
+    say_unfamiliar,
+)
 from hin.errors import UsageError
 
 
@@ -20,7 +28,9 @@ def _caption(args: argparse.Namespace) -> int:
     if not args.pictures and None in precomputed:
         raise UsageError("give pictures, or all of --grid, --region and --ids")
     pictures, notes = picture_listing(args.pictures)
-    captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
+    checkpoint, = one_checkpoint(args, "give one (an ensemble is scored by `hin evaluate "
+                                      "--checkpoint A --checkpoint B`)")
+    captioner = Captioner(checkpoint, vocab=args.vocab, device=args.device,
                           decoding=decoding(args), batch_size=args.batch_size,
                           max_regions=args.max_regions)
     failed: list[str] = []
@@ -48,7 +58,7 @@ def add_caption_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")
     p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...) or folders of them")
-    p.add_argument("--checkpoint", required=True, help="hin checkpoint")
+    add_checkpoint_option(p, required=True, help="hin checkpoint")
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hin.cli.options import add_decoding_options, add_device_option, decoding, say_unfamiliar
+from hin.cli.options import (
+    add_checkpoint_option,
+    add_decoding_options,
+    add_device_option,
+    decoding,
+    one_checkpoint,
+    say_unfamiliar,
+)
 from hin.errors import UsageError
 
 
@@ -13,7 +20,8 @@ def _explain(args: argparse.Namespace) -> int:
     from hin.caption import picture_paths
     from hin.explain import PAPER_FILE, explain, write_figures
 
-    checkpoints = ([args.checkpoint] if args.checkpoint else []) + (args.compare or [])
+    checkpoints = one_checkpoint(args, "give the others with --compare (one column each)") + (
+        args.compare or [])
     if not checkpoints:
         raise UsageError("give --checkpoint CKPT (and --compare CKPT2 for a second column), or "
                          "--compare BASE.pt OURS.pt")
@@ -55,7 +63,7 @@ def add_explain_command(commands: argparse._SubParsersAction) -> None:
                                             "beside its captions, and an index.html")
     p.add_argument("pictures", nargs="*", help="picture files or folders of them (the checkpoint's "
                                                "recorded extractors are re-run on them)")
-    p.add_argument("--checkpoint", help="hin checkpoint (the first column)")
+    add_checkpoint_option(p, required=False, help="hin checkpoint (the first column)")
     p.add_argument("--compare", metavar="CKPT", nargs="+",
                    help="checkpoints drawn in further columns: one beside --checkpoint, or two "
                         "without it (--compare BASE.pt OURS.pt, as the paper's figure)")
