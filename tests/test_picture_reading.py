@@ -238,3 +238,34 @@ def test_hin_extract_names_what_a_folder_skipped(tmp_path, capsys):
                  "--extractor", "synth-grid", "--workers", "0"]) == 0
     assert (f"hin extract: note: {folder}: skipped 1 entries not named like pictures"
             in capsys.readouterr().err)
+
+
+def test_re_extracting_refuses_pictures_changed_since_and_force_starts_over(tmp_path, capsys):
+    """An edited picture (or another one under the same id) is not silently kept with its old
+    features: the run names its id; --force extracts every picture again."""
+    import h5py
+
+    folder, out = tmp_path / "pics", tmp_path / "grid.h5"
+    folder.mkdir()
+    for image_id, colour in ((1, "red"), (2, "blue")):
+        Image.new("RGB", (30, 30), colour).save(folder / f"{image_id}.png")
+    arguments = ["extract", "grid", "--images", str(folder), "--out", str(out),
+                 "--extractor", "synth-grid", "--workers", "0"]
+    assert main(arguments) == 0
+    assert main(arguments) == 0 and "skipped 2 already present" in capsys.readouterr().out
+    with h5py.File(out) as handle:
+        before = handle["2_features"][()]
+    Image.new("RGB", (40, 40), "green").save(folder / "2.png")        # edited in place
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        f"hin extract: error: 1 pictures changed since their features were written to {out} "
+        "(image ids 2: the file's size or modification time differs); re-extract every picture "
+        "with --force, or write to another --out")
+    assert main([*arguments, "--force"]) == 0
+    assert "wrote 2 images" in capsys.readouterr().out
+    with h5py.File(out) as handle:
+        assert not np.array_equal(handle["2_features"][()], before)
+        assert handle["2_features"].attrs["hin_source"] == \
+            f"{(folder / '2.png').stat().st_size}:{(folder / '2.png').stat().st_mtime_ns}"
+    assert main(arguments) == 0 and "skipped 2 already present" in capsys.readouterr().out
