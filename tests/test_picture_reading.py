@@ -269,3 +269,28 @@ def test_re_extracting_refuses_pictures_changed_since_and_force_starts_over(tmp_
         assert handle["2_features"].attrs["hin_source"] == \
             f"{(folder / '2.png').stat().st_size}:{(folder / '2.png').stat().st_mtime_ns}"
     assert main(arguments) == 0 and "skipped 2 already present" in capsys.readouterr().out
+
+
+def test_serve_checks_boxes_against_region_features_as_explain_does(checkpoint, monkeypatch):
+    """One geometry rule (hin.explain.explanations.picture_geometry): a region extractor that
+    returns more boxes than features gets no boxes drawn, and says why, in serve's answer."""
+    from fastapi.testclient import TestClient
+
+    from hin.serve import ServeSettings, create_app
+
+    ckpt, root = checkpoint
+    app = create_app(ServeSettings(ckpt, device="cpu", allow_hosts=("testserver",)))
+    _, region_extractor = app.state.service.captioner.extractors()
+    extract = type(region_extractor).__call__
+
+    def one_box_too_many(self, prepared):
+        return [{**entry, "boxes": np.concatenate([entry["boxes"], entry["boxes"][:1] * 0 + 1])}
+                for entry in extract(self, prepared)]
+
+    monkeypatch.setattr(type(region_extractor), "__call__", one_box_too_many)
+    with TestClient(app) as client:
+        answer = client.post("/v1/captions?explain", content=(root / "pictures" / "12.png").read_bytes())
+    assert answer.status_code == 200, answer.text
+    explanation = answer.json()["explanation"]
+    assert explanation["regions"] is None
+    assert any("boxes but" in reason for reason in explanation["missing"])

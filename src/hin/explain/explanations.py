@@ -20,6 +20,7 @@ from hin.decoding import teacher_forcing_inputs
 from hin.errors import UsageError
 from hin.explain.maps import attention_maps, select_layer
 from hin.extract.images import pictures_by_id, read_picture, recorded_orientation
+from hin.extract.registry import ImageEntry
 from hin.metrics import CiderDTable, cider_d
 
 WORD_SOURCES = ("grid", "region")
@@ -69,6 +70,17 @@ def generated_words(captioner: Captioner, tokens: Sequence[int]) -> list[int]:
             break
         ids.append(int(token))
     return ids
+
+
+def picture_geometry(captioner: Captioner, name: str, grid_entry: ImageEntry,
+                     region_entry: ImageEntry) -> ImageGeometry:
+    """Where a picture's maps lie on it, from what its captioner's extractors returned for it:
+    the one rule of `hin explain` and `hin serve` (boxes checked against region features)."""
+    grid_extractor, region_extractor = captioner.extractors()
+    return describe_geometry(name, grid_extractor.attributes(), grid_entry, region_entry,
+                             len(grid_entry["features"]), f"the {grid_extractor.name} extractor",
+                             f"the {region_extractor.name} extractor",
+                             region_rows=len(region_entry["features"]))
 
 
 def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
@@ -237,11 +249,7 @@ def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Seq
     for captioner, label in zip(captioners, labels):
         grid_entries, region_entries = captioner.picture_entries(loaded)
         unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]
-        grid_extractor, region_extractor = captioner.extractors()
-        geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
-                                        f"the {grid_extractor.name} extractor",
-                                        f"the {region_extractor.name} extractor",
-                                        region_rows=len(r["features"]))
+        geometries = [picture_geometry(captioner, str(path), g, r)
                       for path, g, r in zip(paths, grid_entries, region_entries)]
         columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
                                       [r["features"] for r in region_entries], geometries, label=label,
