@@ -294,3 +294,26 @@ def test_serve_checks_boxes_against_region_features_as_explain_does(checkpoint, 
     explanation = answer.json()["explanation"]
     assert explanation["regions"] is None
     assert any("boxes but" in reason for reason in explanation["missing"])
+
+
+def test_explain_compare_extracts_each_picture_once_for_checkpoints_of_the_same_features(
+        checkpoint, tmp_path, monkeypatch, capsys):
+    import hin
+
+    ckpt, root = checkpoint
+    other = tmp_path / "b" / "best.pt"
+    other.parent.mkdir()
+    other.write_bytes(ckpt.read_bytes())
+    first, second = hin.Captioner(ckpt, device="cpu"), hin.Captioner(other, device="cpu")
+    assert first.extractors()[0] is second.extractors()[0]
+    assert first.extractors()[1] is second.extractors()[1]
+    calls: list[str] = []
+    for extractor in first.extractors():
+        kind, extract = extractor.kind, type(extractor).__call__
+        monkeypatch.setattr(type(extractor), "__call__",
+                            lambda self, prepared, kind=kind, extract=extract:
+                            calls.append(kind) or extract(self, prepared))
+    assert main(["explain", str(root / "pictures" / "12.png"), "--checkpoint", str(ckpt),
+                 "--compare", str(other), "--out", str(tmp_path / "figures")]) == 0
+    assert "wrote 1 figures" in capsys.readouterr().out
+    assert sorted(calls) == ["grid", "region"]

@@ -15,6 +15,8 @@ features.
 
 from __future__ import annotations
 
+import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -207,8 +209,7 @@ class Captioner:
                     "records no extractor for them)")
             raise CheckpointError(f"{self.checkpoint} was trained on {what}, so hin cannot "
                                   f"compute them from pictures; {FEATURES_INSTEAD}")
-        extractor = extractor_from_attributes(recorded, device=str(self.device),
-                                              precision=self.decoding.precision)
+        extractor = shared_extractor(recorded, str(self.device), self.decoding.precision)
         expected = getattr(self.model.config, f"{kind}_dim")
         if extractor.kind != kind or extractor.feature_dim != expected:
             raise CheckpointError(
@@ -217,6 +218,21 @@ class Captioner:
                 f"{extractor.kind} features of size {extractor.feature_dim}; the checkpoint's "
                 "feature record is inconsistent with its weights")
         return extractor
+
+
+_SHARED_EXTRACTORS: weakref.WeakValueDictionary[tuple[str, str, str], Any] = weakref.WeakValueDictionary()
+
+
+def shared_extractor(recorded: dict[str, Any], device: str, precision: str) -> Any:
+    """One extractor per recorded attributes, device and precision while any captioner holds
+    it: checkpoints trained on the same features (`hin explain --compare`) load its model once
+    and can share what it extracts."""
+    key = (json.dumps(recorded, sort_keys=True, default=str), device, precision)
+    extractor = _SHARED_EXTRACTORS.get(key)
+    if extractor is None:
+        extractor = extractor_from_attributes(recorded, device=device, precision=precision)
+        _SHARED_EXTRACTORS[key] = extractor
+    return extractor
 
 
 def picture_paths(sources: Sequence[str | Path]) -> list[Path]:

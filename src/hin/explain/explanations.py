@@ -246,8 +246,12 @@ def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Seq
     loaded = [picture.rgb for picture in read]
     columns: list[list[ModelView]] = []
     unfamiliar: list[str | None] = []
+    extracted: dict[tuple[int, ...], tuple[list[ImageEntry], list[ImageEntry]]] = {}
     for captioner, label in zip(captioners, labels):
-        grid_entries, region_entries = captioner.picture_entries(loaded)
+        shared = tuple(map(id, captioner.extractors()))     # the same for the same features
+        if shared not in extracted:
+            extracted[shared] = captioner.picture_entries(loaded)
+        grid_entries, region_entries = extracted[shared]
         unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]
         geometries = [picture_geometry(captioner, str(path), g, r)
                       for path, g, r in zip(paths, grid_entries, region_entries)]
