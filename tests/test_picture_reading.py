@@ -188,6 +188,10 @@ def test_a_multi_frame_picture_says_its_first_frame_was_read(checkpoint, tmp_pat
     with TestClient(create_app(settings)) as client:
         answer = client.post("/v1/captions", content=(tmp_path / "3.gif").read_bytes()).json()
     assert answer["picture"] == {"width": 40, "height": 30, "format": "GIF", "frames": 3}
+    assert main(["extract", "grid", "--images", str(tmp_path), "--out", str(tmp_path / "g.h5"),
+                 "--extractor", "synth-grid", "--workers", "0"]) == 0
+    assert (f"note: {tmp_path / '3.gif'}: a GIF of 3 frames: frame 1 was read, the others "
+            "ignored (and 1 more like it)" in capsys.readouterr().out)
 
 
 @pytest.mark.parametrize(("name", "content", "what"), [

@@ -34,7 +34,7 @@ from hin.extract.images import (
     ImageFile,
     PictureError,
     check_orientation,
-    load_rgb,
+    read_picture,
 )
 from hin.extract.registry import ImageEntry, PictureExtractor
 from hin.extract.shards import Shard, fingerprint
@@ -62,12 +62,14 @@ class _PreparedPictures(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[ImageFile, Any, str | None]:
+    def __getitem__(self, index: int) -> tuple[ImageFile, Any, str | None, str | None]:
+        """(file, prepared picture, why it could not be read, a note on how it was read)."""
         file = self.files[index]
         try:
-            return file, self.preprocess(load_rgb(file.path, orientation=self.orientation)), None
+            read = read_picture(file.path, orientation=self.orientation)
         except PictureError as error:
-            return file, None, str(error)
+            return file, None, str(error), None
+        return file, self.preprocess(read.rgb), None, read.note
 
 
 def _as_list(batch: list) -> list:
@@ -82,6 +84,7 @@ class ExtractionReport:
     written: int = 0
     skipped: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[tuple[Path, str]] = field(default_factory=list)     # multi-frame pictures
     images_in_file: int = 0
     seconds: float = 0.0
     failure_report: Path | None = None
@@ -95,6 +98,10 @@ class ExtractionReport:
         if self.shard is not None:
             lines.append(f"shard {self.shard} has finished; once all {self.shard.count} have: "
                          f"hin extract merge {self.merge_into}")
+        if self.notes:
+            path, note = self.notes[0]
+            more = f" (and {len(self.notes) - 1} more like it)" if len(self.notes) > 1 else ""
+            lines.append(f"note: {path}: {note}{more}")
         if self.failed:
             lines.append(f"{len(self.failed)} pictures could not be read; listed in "
                          f"{self.failure_report}")
@@ -149,9 +156,10 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
         with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
                   disable=not progress) as bar:
             for batch in loader:
-                good = [(file, prepared) for file, prepared, error in batch if error is None]
-                report.failed += [(file.path, error) for file, _, error in batch
+                good = [(file, prepared) for file, prepared, error, _ in batch if error is None]
+                report.failed += [(file.path, error) for file, _, error, _ in batch
                                   if error is not None]
+                report.notes += [(file.path, note) for file, _, _, note in batch if note]
                 if good:
                     entries = extractor([prepared for _, prepared in good])
                     chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
