@@ -321,3 +321,11 @@ def test_explain_compare_extracts_each_picture_once_for_checkpoints_of_the_same_
                  "--compare", str(other), "--out", str(tmp_path / "figures")]) == 0
     assert "wrote 1 figures" in capsys.readouterr().out
     assert sorted(calls) == ["grid", "region"]
+
+
+def test_a_path_that_cannot_be_read_says_so_not_truncated(tmp_path):
+    with pytest.raises(PictureError, match=r"missing.png: cannot be read \(No such file or directory\)$"):
+        read_picture(tmp_path / "missing.png")
+    (tmp_path / "7.png").mkdir()
+    with pytest.raises(PictureError, match=r"7.png: cannot be read \(Is a directory\)$"):
+        read_picture(tmp_path / "7.png")

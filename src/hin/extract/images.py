@@ -36,7 +36,6 @@ function, `read_picture`, so all of them accept the same pictures and see what a
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
@@ -45,7 +44,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -286,33 +285,40 @@ def read_picture(source: str | Path | bytes, *, name: str | None = None, limit: 
     name = name if name is not None else str(source) if not isinstance(source, bytes) else "the picture"
     _let_pillow_decode(limit)
     try:
-        with contextlib.ExitStack() as stack:
-            file = io.BytesIO(source) if isinstance(source, bytes) else stack.enter_context(open(source, "rb"))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the check is ours
-                picture = stack.enter_context(Image.open(file, formats=READ_FORMATS))
-                width, height = picture.size
-                if width * height > limit:
-                    raise PictureError(_over_limit(name, f"{width}x{height} is {width * height:,} pixels",
-                                                   limit, width * height))
-                frames = int(getattr(picture, "n_frames", 1))
-                picture_format = str(picture.format)
-                rgb = as_rgb(picture, orientation)
-            if picture_format == "PNG" and not png_rows_complete(file):
-                raise PictureError(f"{name}: the PNG is truncated: its image data ends before the "
-                                   f"{height} rows its header declares; re-save or re-download it")
-            return ReadPicture(rgb, picture_format, frames)
-    except PictureError:
-        raise
-    except UnidentifiedImageError:
-        raise PictureError(f"{name}: {not_readable(_head(source))}") from None
-    except Image.DecompressionBombError:
-        raise PictureError(_over_limit(name, "its header declares more than "
-                                             f"{2 * (Image.MAX_IMAGE_PIXELS or limit):,} pixels", limit, None)
-                           ) from None
-    except (OSError, ValueError, SyntaxError, EOFError, zlib.error) as error:
-        raise PictureError(f"{name}: cannot be decoded ({type(error).__name__}: {error}); is it "
-                           "truncated or corrupt?") from error
+        file = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    except OSError as error:
+        raise PictureError(f"{name}: cannot be read ({error.strerror or error})") from None
+    with file:
+        try:
+            return _decode(file, name, limit, orientation)
+        except PictureError:
+            raise
+        except UnidentifiedImageError:
+            file.seek(0)
+            raise PictureError(f"{name}: {not_readable(file.read(HEAD_BYTES))}") from None
+        except Image.DecompressionBombError:
+            declared = f"its header declares more than {2 * (Image.MAX_IMAGE_PIXELS or limit):,} pixels"
+            raise PictureError(_over_limit(name, declared, limit, None)) from None
+        except (OSError, ValueError, SyntaxError, EOFError, zlib.error) as error:
+            raise PictureError(f"{name}: cannot be decoded ({type(error).__name__}: {error}); is "
+                               "it truncated or corrupt?") from error
+
+
+def _decode(file: BinaryIO, name: str, limit: int, orientation: str) -> ReadPicture:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the check is ours
+        with Image.open(file, formats=READ_FORMATS) as picture:
+            width, height = picture.size
+            if width * height > limit:
+                raise PictureError(_over_limit(name, f"{width}x{height} is {width * height:,} pixels",
+                                               limit, width * height))
+            frames = int(getattr(picture, "n_frames", 1))
+            picture_format = str(picture.format)
+            rgb = as_rgb(picture, orientation)
+    if picture_format == "PNG" and not png_rows_complete(file):
+        raise PictureError(f"{name}: the PNG is truncated: its image data ends before the "
+                           f"{height} rows its header declares; re-save or re-download it")
+    return ReadPicture(rgb, picture_format, frames)
 
 
 def load_rgb(path: str | Path, limit: int | None = None, orientation: str = "exif") -> Image.Image:
