@@ -208,23 +208,38 @@ def test_inconsistent_checkpoint_and_missing_vocabulary_are_refused(picture_setu
         hin.Captioner(bare)
 
 
-def test_unreadable_picture_is_named(picture_setup, tmp_path, capsys):
-    checkpoint, _, _, _ = picture_setup
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"no picture here")
-    assert main(["caption", str(broken), "--checkpoint", str(checkpoint)]) == 2
-    assert "broken.jpg: UnidentifiedImageError" in capsys.readouterr().err
+def test_pictures_that_cannot_be_read_are_listed_after_the_captions_of_the_others(
+        picture_setup, tmp_path, capsys):
+    """A folder (or several files) is captioned as far as it can be read; every failure is
+    listed at the end, and the exit status says some failed (as `hin extract`'s)."""
+    checkpoint, root, _, _ = picture_setup
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = root / "pictures" / "COCO_val2014_000000000011.jpg"
+    (folder / good.name).write_bytes(good.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"no picture here")
+    (folder / "cut.png").write_bytes((root / "pictures" / "12.png").read_bytes()[:60])
+    (folder / "notes.txt").write_text("not a picture")
+    assert main(["caption", str(folder), "--checkpoint", str(checkpoint)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(str(folder / good.name)) and len(out.strip().splitlines()) == 2
+    assert "Traceback" not in err
+    assert "hin caption: note: " + str(folder) + ": skipped 1 entries not named like pictures" in err
+    assert "notes.txt" in err
+    assert "2 of 3 pictures could not be read" in err
+    assert f"  {folder / 'broken.jpg'}: not a picture in a format hin reads" in err
+    assert f"  {folder / 'cut.png'}: cannot be decoded" in err
 
 
 def test_picture_over_the_pixel_limit_is_one_line(picture_setup, monkeypatch, capsys):
     checkpoint, root, _, _ = picture_setup
     monkeypatch.setenv("HIN_MAX_PIXELS", "2000")      # the 60x40 picture has 2400
     picture = root / "pictures" / "COCO_val2014_000000000011.jpg"
-    assert main(["caption", "--checkpoint", str(checkpoint), str(picture)]) == 2
+    assert main(["caption", "--checkpoint", str(checkpoint), str(picture)]) == 1
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]          # above it: transformers' weight-loading bars
-    assert "Traceback" not in err and last.startswith("hin caption: error: ")
-    assert f"{picture}: 60x40 is 2,400 pixels, over the limit of 2,000" in last
+    assert "Traceback" not in err and "1 of 1 pictures could not be read" in err
+    assert last.startswith(f"  {picture}: 60x40 is 2,400 pixels, over the limit of 2,000")
     assert "HIN_MAX_PIXELS=2400" in last
 
 

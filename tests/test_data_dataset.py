@@ -115,3 +115,47 @@ def test_batch_moves_to_a_device(parts):
     split, store, _ = parts
     batch = collate([ImageReferences(split, store)[0]]).to("cpu")
     assert batch.grid.device.type == "cpu" and batch.tokens is None
+
+
+def test_a_grid_entry_of_another_token_count_read_in_a_worker_is_one_data_error(tmp_path):
+    """Batching (collate) in a worker process fails as itself: hin's one-line DataError, not
+    torch's "Caught DataError in DataLoader worker process 0" and a traceback."""
+    import h5py
+
+    split = Split("val", {image_id: ImageRecord(image_id, f"{image_id}.png", captions)
+                          for image_id, captions in CAPTIONS.items()}, str(tmp_path))
+    grid, region = write_features(tmp_path, REGION_COUNTS)
+    with h5py.File(grid, "a") as handle:
+        del handle["3_features"]
+        handle["3_features"] = np.ones((GRID_TOKENS * 4, GRID_DIM), np.float16)
+    store = FeatureStore(grid, region, max_regions=3, grid_dim=GRID_DIM, region_dim=REGION_DIM)
+    loader = make_loader(ImageReferences(split, store), 4, num_workers=1)
+    with pytest.raises(DataError) as raised:
+        next(iter(loader))
+    message = str(raised.value)
+    assert "\n" not in message and "Caught" not in message and "worker" not in message
+    assert "differ in shape" in message
+
+
+def test_a_feature_file_held_open_for_writing_is_said_to_be_in_use(tmp_path):
+    import subprocess
+    import sys
+
+    from hin.data.features import open_hdf5
+
+    grid, _ = write_features(tmp_path, REGION_COUNTS)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import h5py, sys; handle = h5py.File({str(grid)!r}, 'a'); "
+                               "print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"open\n"
+        with pytest.raises(DataError) as raised:
+            open_hdf5(grid)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert str(raised.value).startswith(f"feature file {grid} is in use: another process holds "
+                                        "it open for writing")
+    assert "truncated" not in str(raised.value)
+    open_hdf5(grid).close()                       # once it has finished

@@ -104,6 +104,17 @@ def test_refuses_to_overwrite_without_force(synth):
         generate(out, seed=7, progress=False, **SIZES)
 
 
+def test_force_with_fewer_images_leaves_only_the_new_worlds_pictures(tmp_path):
+    out = tmp_path / "world"
+    generate(out, seed=1, progress=False, train=6, val=2, test=2, min_freq=1)
+    (out / "images" / "my-notes.png").write_bytes(b"")          # not the world's: kept
+    generate(out, seed=2, progress=False, train=3, val=1, test=1, min_freq=1, overwrite=True)
+    listed = {image["file_name"] for name in ("captions_train2014.json", "captions_val2014.json")
+              for image in json.loads((out / name).read_text())["images"]}
+    assert {p.name for p in (out / "images").iterdir()} == listed | {"my-notes.png"}
+    assert len(listed) == 5
+
+
 def test_cli_synth_and_check(tmp_path, capsys):
     out = tmp_path / "synth"
     assert main(["data", "synth", "--out", str(out), "--train", "12", "--val", "4",

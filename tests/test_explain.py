@@ -7,6 +7,7 @@ with the colour the overlay must give there.
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import h5py
@@ -188,6 +189,24 @@ def test_explain_feature_split_writes_figures_and_a_sortable_index(corner_data, 
     index = (out / "index.html").read_text()
     assert index.count("<tr>") == 4 and "sortBy(" in index and "http" not in index
     assert "a.pt" not in index and f"{root.name} CIDEr-D ×100" in index and "a red square on white" in index
+
+
+def test_explain_images_looks_only_at_the_pictures_it_needs(corner_data, tmp_path, capsys):
+    """A cover picture without an id, and two files giving an id not explained, are left
+    alone; two files giving an explained id are refused by name."""
+    root, grid, region, pictures = corner_data
+    folder = tmp_path / "pictures"
+    shutil.copytree(pictures, folder)
+    Image.new("RGB", (8, 8)).save(folder / "cover.jpg")
+    for name in ("99.png", "COCO_val2014_000000000099.png"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    out = tmp_path / "figures"
+    assert main(figure_arguments(root, grid, region, folder, "--ids", "11", "--out", str(out))) == 0
+    assert "wrote 1 figures" in capsys.readouterr().out
+    Image.new("RGB", (8, 8)).save(folder / "11.png")
+    assert main(figure_arguments(root, grid, region, folder, "--ids", "11", "--out", str(out))) == 2
+    assert f"{folder / 'COCO_val2014_000000000011.png'} and {folder / '11.png'} both give image id 11" \
+        in capsys.readouterr().err
 
 
 def test_explain_compare_draws_a_second_column(corner_data, tmp_path, capsys):

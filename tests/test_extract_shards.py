@@ -26,7 +26,7 @@ from hin.extract import (
     prepare_pictures,
     read_attributes,
 )
-from hin.extract.pipeline import extraction_attributes
+from hin.extract.pipeline import extraction_attributes, source_stamp
 from hin.extract.shards import fingerprint
 from hin.extract.writer import FeatureFileError
 
@@ -220,7 +220,8 @@ def test_the_next_unsharded_run_adopts_finished_and_unfinished_shards(clip_dir, 
                            fingerprint(file.image_id for file in files))
     first = shard.take(files)[0]
     picture = Image.open(first.path).convert("RGB")
-    writer.write_chunk({first.image_id: prepare_pictures(extractor, [picture])[0]})  # then killed
+    writer.write_chunk({first.image_id: prepare_pictures(extractor, [picture])[0]},
+                       {first.image_id: source_stamp(first.path)})       # then killed
     report = extract_to_file(extractor, files, out, batch_size=1, workers=0, progress=False)
     assert (report.skipped, report.written, report.images_in_file) == (2, 3, 5)
     assert sorted(path.name for path in tmp_path.glob("grid*")) == ["grid.h5"]

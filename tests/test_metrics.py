@@ -165,3 +165,24 @@ def test_hin_score_end_to_end(tmp_path, capsys):
     assert set(written["scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
                                       "ROUGE-L", "CIDEr"}
     assert written["tools"]["pycocoevalcap"] == "1.2"
+
+
+def test_a_meteor_failure_names_a_caption_too_long_for_it(monkeypatch):
+    """When METEOR's Java program fails (only its stack trace to go by), the reason it is
+    unavailable names the image whose caption is long enough to be the likely cause."""
+    from hin.metrics.coco import _ToolFailed, _toolkit
+
+    meteor = _toolkit().scorers["Meteor"]
+
+    def fails(self, gts, res):
+        raise _ToolFailed("METEOR process failed: at edu.cmu.meteor.util.Meteor.main(Unknown Source)")
+
+    monkeypatch.setattr(meteor, "compute_score", fails)
+    candidates = {1: "a dog", 2: " ".join(["dog", "on", "grass"] * 400)}
+    report = score_captions(candidates, {1: ["a dog"], 2: ["a dog on grass"]}, spice=False,
+                            progress=False)
+    assert "METEOR" not in report.scores and report.scores["CIDEr"] >= 0
+    assert report.unavailable["METEOR"] == (
+        "METEOR process failed: at edu.cmu.meteor.util.Meteor.main(Unknown Source); the caption "
+        "of image 2 has 1,200 words, and METEOR's Java program can fail on captions that long: "
+        "shorten or drop it (check the captioning that made it)")

@@ -61,8 +61,9 @@ def test_the_rule_is_applied_once_whoever_reads_the_picture(tmp_path):
     upright picture: the turned copy no longer carries the tag, so nothing turns twice."""
     path = _save_sideways(_upright(), tmp_path / "2.png")
     expected = np.asarray(_upright())
-    served, picture_format = decode_picture(path.read_bytes())
-    assert picture_format == "PNG"
+    read = decode_picture(path.read_bytes())
+    served = read.rgb
+    assert (read.format, read.frames, read.note) == ("PNG", 1, None)
     with Image.open(path) as opened:
         for picture in (load_picture(path), load_picture(opened), served, as_rgb(load_rgb(path))):
             assert np.array_equal(np.asarray(picture), expected)

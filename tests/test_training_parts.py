@@ -99,6 +99,19 @@ def test_hin_plot_draws_a_png(tmp_path, capsys):
     assert plot_run(tmp_path, tmp_path / "other.png") == tmp_path / "other.png"
 
 
+def test_hin_plot_checks_its_output_before_drawing(tmp_path, capsys, monkeypatch):
+    pyplot = pytest.importorskip("matplotlib.pyplot")
+    log = RunLog(tmp_path, writer=RecordingWriter())
+    log.write({**STEP, "step": 1, "loss": 3.0})
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("the output should have been refused before drawing")
+
+    monkeypatch.setattr(pyplot, "subplots", no_drawing)
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"hin plot: error: --out {tmp_path} is a directory")
+
+
 def test_hin_plot_refuses_a_run_without_steps(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     RunLog(tmp_path, writer=RecordingWriter()).write({"event": "resume", "step": 0, "epoch": 1})

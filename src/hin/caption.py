@@ -15,8 +15,10 @@ features.
 
 from __future__ import annotations
 
+import json
+import weakref
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,14 @@ from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
 from hin.decoding import CaptionedImage, caption, cast_for_decoding, require_decodable
 from hin.devices import resolve_device, resolve_precision
-from hin.extract.images import as_rgb, folder_pictures, load_rgb
+from hin.extract.images import (
+    ImageListing,
+    PictureError,
+    ReadPicture,
+    as_rgb,
+    folder_listing,
+    read_picture,
+)
 from hin.extract.pipeline import prepare_pictures
 from hin.extract.registry import EXTRACTORS, ImageEntry, extractor_from_attributes
 from hin.model import HIN
@@ -46,6 +55,16 @@ VINVL_INSTEAD = ("VinVL region features come from VinVL's Faster R-CNN "
                  "--predictions predictions.tsv --out region.h5`, make grid features with "
                  "`hin extract grid --images DIR --out grid.h5`, then caption with "
                  "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...`")
+
+
+@dataclass
+class CaptionedPictures:
+    """What `Captioner.caption_readable` made of pictures: the captions of those read, why
+    each other one could not be read (its name first), and notes (a multi-frame file)."""
+
+    results: list[CaptionedImage] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class Captioner:
@@ -82,16 +101,43 @@ class Captioner:
         return self.caption_pictures(pictures)
 
     def caption_pictures(self, pictures: Sequence[Picture]) -> list[CaptionedImage]:
-        results = []
-        for start in range(0, len(pictures), self.batch_size):
-            chunk = pictures[start:start + self.batch_size]
-            grid_entries, region_entries = self.picture_entries([load_picture(p) for p in chunk])
-            names = [_name(p, start + i) for i, p in enumerate(chunk)]
-            captioned = self.caption_arrays(names, [e["features"] for e in grid_entries],
-                                            [e["features"] for e in region_entries])
-            results += [replace(result, unfamiliar=self.unfamiliar(entry["features"]))
-                        for result, entry in zip(captioned, grid_entries)]
-        return results
+        """Captions in order; the first picture that cannot be read stops it (PictureError),
+        where `caption_readable` goes on past it."""
+        return self._caption(pictures, keep_going=False).results
+
+    def caption_readable(self, pictures: Sequence[Picture]) -> CaptionedPictures:
+        """The captions of every picture that can be read, and why each other one cannot."""
+        return self._caption(pictures, keep_going=True)
+
+    def _caption(self, pictures: Sequence[Picture], keep_going: bool) -> CaptionedPictures:
+        done = CaptionedPictures()
+        batch: list[tuple[str, Image.Image]] = []
+        for index, picture in enumerate(pictures):
+            name = _name(picture, index)
+            try:
+                read = read_user_picture(picture)
+            except PictureError as error:
+                if not keep_going:
+                    raise
+                done.failed.append(str(error))
+                continue
+            if read.note:
+                done.notes.append(f"{name}: {read.note}")
+            batch.append((name, read.rgb))
+            if len(batch) == self.batch_size:
+                done.results += self._caption_read(batch)
+                batch = []
+        if batch:
+            done.results += self._caption_read(batch)
+        return done
+
+    def _caption_read(self, batch: Sequence[tuple[str, Image.Image]]) -> list[CaptionedImage]:
+        names = [name for name, _ in batch]
+        grid_entries, region_entries = self.picture_entries([picture for _, picture in batch])
+        captioned = self.caption_arrays(names, [e["features"] for e in grid_entries],
+                                        [e["features"] for e in region_entries])
+        return [replace(result, unfamiliar=self.unfamiliar(entry["features"]))
+                for result, entry in zip(captioned, grid_entries)]
 
     def unfamiliar(self, grid: np.ndarray) -> str | None:
         """Why a picture with these grid features looks unlike this checkpoint's training
@@ -163,8 +209,7 @@ class Captioner:
                     "records no extractor for them)")
             raise CheckpointError(f"{self.checkpoint} was trained on {what}, so hin cannot "
                                   f"compute them from pictures; {FEATURES_INSTEAD}")
-        extractor = extractor_from_attributes(recorded, device=str(self.device),
-                                              precision=self.decoding.precision)
+        extractor = shared_extractor(recorded, str(self.device), self.decoding.precision)
         expected = getattr(self.model.config, f"{kind}_dim")
         if extractor.kind != kind or extractor.feature_dim != expected:
             raise CheckpointError(
@@ -175,16 +220,55 @@ class Captioner:
         return extractor
 
 
+_SHARED_EXTRACTORS: weakref.WeakValueDictionary[tuple[str, str, str], Any] = weakref.WeakValueDictionary()
+
+
+def shared_extractor(recorded: dict[str, Any], device: str, precision: str) -> Any:
+    """One extractor per recorded attributes, device and precision while any captioner holds
+    it: checkpoints trained on the same features (`hin explain --compare`) load its model once
+    and can share what it extracts."""
+    key = (json.dumps(recorded, sort_keys=True, default=str), device, precision)
+    extractor = _SHARED_EXTRACTORS.get(key)
+    if extractor is None:
+        extractor = extractor_from_attributes(recorded, device=device, precision=precision)
+        _SHARED_EXTRACTORS[key] = extractor
+    return extractor
+
+
 def picture_paths(sources: Sequence[str | Path]) -> list[Path]:
+    """`picture_listing`'s paths."""
+    return picture_listing(sources)[0]
+
+
+def picture_listing(sources: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     """Picture paths, each folder replaced by its pictures (the listing rule of `hin extract`:
-    entries named like pictures, by name)."""
-    return [path for source in map(Path, sources)
-            for path in (folder_pictures(source) if source.is_dir() else [source])]
+    entries named like pictures, by name), and a note for each folder naming what it skipped."""
+    paths: list[Path] = []
+    notes = []
+    for source in map(Path, sources):
+        if not source.is_dir():
+            paths.append(source)
+            continue
+        pictures, skipped = folder_listing(source)
+        paths += pictures
+        note = ImageListing([], skipped).skipped_note()
+        if note:
+            notes.append(f"{source}: {note}")
+    return paths, notes
 
 
 def load_picture(picture: Picture) -> Image.Image:
     """A user's picture (a file, or a picture already decoded) read by hin's reading rule."""
-    return as_rgb(picture) if isinstance(picture, Image.Image) else load_rgb(picture)
+    return read_user_picture(picture).rgb
+
+
+def read_user_picture(picture: Picture) -> ReadPicture:
+    """A file by `hin.extract.images.read_picture`; a picture already decoded by its rule's
+    last step (`as_rgb`): whoever opened it chose its format."""
+    if isinstance(picture, Image.Image):
+        return ReadPicture(as_rgb(picture), str(picture.format or "unknown"),
+                           int(getattr(picture, "n_frames", 1)))
+    return read_picture(picture)
 
 
 def _name(picture: Picture, index: int) -> str:

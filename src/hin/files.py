@@ -68,6 +68,37 @@ def refuse_overwriting(output: str | Path, inputs: dict[str, str | Path | None],
 TEMPORARY_SUFFIX = ".tmp"   # a write in progress is `.NAME.<random>.tmp` beside NAME
 
 
+def check_writable(path: str | Path, flag: str) -> Path:
+    """Refuse, before a command's work, an output `flag` (e.g. "--out") that cannot be written:
+    a folder, a path under a file, a folder without write access. A temporary file is made and
+    removed beside it, since permission bits say nothing of read-only mounts (or for root)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give a file name (e.g. {path / 'out.json'})")
+    blocker = next((folder for folder in path.parents if folder.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UsageError(f"{flag} {path} cannot be written: {blocker} is a file, not a folder; "
+                         "give another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX,
+                                             dir=path.parent)
+    except OSError as error:
+        raise UsageError(f"{flag} {path} cannot be written ({error.strerror or error}); give "
+                         "another path") from None
+    os.close(handle)
+    os.unlink(temp_name)
+    return path
+
+
+def _without_temporary(error: OSError, temporary: str, path: Path) -> OSError:
+    """The same error naming `path` where it named the temporary file written for it: a user
+    never sees a name they did not give."""
+    if temporary not in (error.filename, error.filename2):
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
+
+
 def remove_stale_temporaries(path: str | Path) -> None:
     """Remove the temporaries that writes of `path` left when they were killed mid-write (call
     it only while nothing else writes `path`, e.g. under the run folder's lock)."""
@@ -125,12 +156,19 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     file the project writes goes through here (or `write_text`/`write_json`/`write_yaml`/
     `write_together`); `append_line` is the one exception, for logs."""
     path = Path(path)
+    temporary = ""
     try:
         with _complete_temporary(path, mode) as file:
+            temporary = file.name
             yield file
         os.replace(file.name, path)
     except BaseException as error:
         _refuse_full_disk(path, error, _previous(path))
+        if isinstance(error, OSError) and temporary:
+            Path(temporary).unlink(missing_ok=True)
+            renamed = _without_temporary(error, temporary, path)
+            if renamed is not error:
+                raise renamed from None
         raise
 
 

@@ -317,6 +317,10 @@ def _write_pictures_and_features(out: Path, images: list[_Image], progress: bool
             scenes[str(image.image_id)] = _scene_record(image, regions["boxes"])
             bar.update()
     write_json(out / SCENES_FILE, scenes, indent=None)
+    drawn = {image.file_name for image in images}
+    for older in (out / IMAGES_DIR).glob("*.png"):     # an overwritten world's other pictures
+        if older.name not in drawn and older.stem.isdigit():
+            older.unlink()
 
 
 def read_scenes(out_dir: str | Path, attribute: str = "shape") -> dict[int, list[tuple[str, tuple[int, ...]]]]:

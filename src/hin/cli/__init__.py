@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from typing import Any
@@ -77,13 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         # Java children) and ends with one line instead of dying silently with 143.
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return args.handler(args)
+        code: int = args.handler(args)
+        sys.stdout.flush()          # a reader gone away is found here, not at exit
+        return code
     except Interrupted as stopped:
         print(f"hin {args.command}: {stopped}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"hin {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`hin caption ... | head -1`): stop quietly, as
+        # command-line tools do on SIGPIPE, and keep Python from failing again when it
+        # flushes stdout at exit.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (HINError, OSError) as error:
         # What the user gave us is wrong (or a path of theirs cannot be used): one line.
         # Anything else is a bug in hin and keeps its traceback.

@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hin.cli.options import VOCAB_HELP, add_decoding_options, add_device_option, decoding, say_unfamiliar
+from hin.cli.options import (
+    VOCAB_HELP,
+    add_checkpoint_option,
+    add_decoding_options,
+    add_device_option,
+    decoding,
+    one_checkpoint,
+    say_unfamiliar,
+)
 from hin.errors import UsageError
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from hin.caption import Captioner, picture_paths
+    from hin.caption import Captioner, picture_listing
     from hin.files import json_text
 
     precomputed = (args.grid, args.region, args.ids)
@@ -18,27 +26,38 @@ def _caption(args: argparse.Namespace) -> int:
         raise UsageError("give pictures or --grid/--region/--ids, not both")
     if not args.pictures and None in precomputed:
         raise UsageError("give pictures, or all of --grid, --region and --ids")
-    pictures = picture_paths(args.pictures)
-    captioner = Captioner(args.checkpoint, vocab=args.vocab, device=args.device,
+    pictures, notes = picture_listing(args.pictures)
+    checkpoint, = one_checkpoint(args, "give one (an ensemble is scored by `hin evaluate "
+                                      "--checkpoint A --checkpoint B`)")
+    captioner = Captioner(checkpoint, vocab=args.vocab, device=args.device,
                           decoding=decoding(args), batch_size=args.batch_size,
                           max_regions=args.max_regions)
-    for note in captioner.notes:
+    failed: list[str] = []
+    if pictures:
+        done = captioner.caption_readable(pictures)
+        results, failed, notes = done.results, done.failed, notes + done.notes
+    else:
+        results = captioner.caption_features(args.grid, args.region, args.ids)
+    for note in captioner.notes + notes:
         print(f"hin caption: note: {note}", file=sys.stderr)
-    results = (captioner.caption_pictures(pictures) if pictures
-               else captioner.caption_features(args.grid, args.region, args.ids))
     if args.json:
         print(json_text([result.to_dict() for result in results]), end="")
-    else:
+    elif results:
         print("\n".join(str(result) for result in results))
     say_unfamiliar("caption", [result.unfamiliar for result in results])
-    return 0
+    if failed:
+        print(f"hin caption: {len(failed)} of {len(pictures)} pictures could not be read "
+              "(the others are captioned above):", file=sys.stderr)
+        for why in failed:
+            print(f"  {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def add_caption_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("caption", help="caption pictures (or precomputed features) with a "
                                             "checkpoint")
     p.add_argument("pictures", nargs="*", help="picture files (jpg, png, ...) or folders of them")
-    p.add_argument("--checkpoint", required=True, help="hin checkpoint")
+    add_checkpoint_option(p, required=True, help="hin checkpoint")
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")

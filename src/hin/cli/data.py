@@ -44,10 +44,11 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_vocab(args: argparse.Namespace) -> int:
     from hin.data.coco import load_splits
     from hin.data.vocab import Vocabulary
-    from hin.files import refuse_overwriting
+    from hin.files import check_writable, refuse_overwriting
 
     refuse_overwriting(args.out, {"--legacy": args.legacy, "--annotations": args.annotations},
                        "give --out another path")
+    check_writable(args.out, "--out")
     if args.legacy:
         vocab = Vocabulary.from_legacy_pickle(args.legacy)
     else:

@@ -10,13 +10,14 @@ from hin.cli.options import VOCAB_HELP, add_decoding_options, add_device_option,
 
 def _score(args: argparse.Namespace) -> int:
     from hin.data.coco import read_coco_references
-    from hin.files import refuse_overwriting, write_json
+    from hin.files import check_writable, refuse_overwriting, write_json
     from hin.metrics import read_coco_results, score_captions
 
     if args.out:
         refuse_overwriting(args.out, {"--results": args.results,
                                       "--annotations": args.annotations},
                            "give --out another path (the metrics go into a file of their own)")
+        check_writable(args.out, "--out")
     captions = read_coco_results(args.results)
     references = read_coco_references(args.annotations)
     if args.only_results:

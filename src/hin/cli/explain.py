@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from hin.cli.options import add_decoding_options, add_device_option, decoding, say_unfamiliar
+from hin.cli.options import (
+    add_checkpoint_option,
+    add_decoding_options,
+    add_device_option,
+    decoding,
+    one_checkpoint,
+    say_unfamiliar,
+)
 from hin.errors import UsageError
 
 
@@ -12,7 +20,8 @@ def _explain(args: argparse.Namespace) -> int:
     from hin.caption import picture_paths
     from hin.explain import PAPER_FILE, explain, write_figures
 
-    checkpoints = ([args.checkpoint] if args.checkpoint else []) + (args.compare or [])
+    checkpoints = one_checkpoint(args, "give the others with --compare (one column each)") + (
+        args.compare or [])
     if not checkpoints:
         raise UsageError("give --checkpoint CKPT (and --compare CKPT2 for a second column), or "
                          "--compare BASE.pt OURS.pt")
@@ -32,6 +41,10 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{path}  {explanation.name}: " + " | ".join(scores))
     paper = f", {args.out}/{PAPER_FILE}.png and .pdf" if args.paper else ""
     print(f"wrote {len(paths)} figures{paper} and {args.out}/index.html")
+    for explanation in explanations:
+        for note in explanation.notes:
+            if note != explanation.unfamiliar:      # say_unfamiliar says those
+                print(f"hin explain: note: {explanation.name}: {note}", file=sys.stderr)
     say_unfamiliar("explain", [e.unfamiliar for e in explanations])
     return 0
 
@@ -50,7 +63,7 @@ def add_explain_command(commands: argparse._SubParsersAction) -> None:
                                             "beside its captions, and an index.html")
     p.add_argument("pictures", nargs="*", help="picture files or folders of them (the checkpoint's "
                                                "recorded extractors are re-run on them)")
-    p.add_argument("--checkpoint", help="hin checkpoint (the first column)")
+    add_checkpoint_option(p, required=False, help="hin checkpoint (the first column)")
     p.add_argument("--compare", metavar="CKPT", nargs="+",
                    help="checkpoints drawn in further columns: one beside --checkpoint, or two "
                         "without it (--compare BASE.pt OURS.pt, as the paper's figure)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -33,15 +34,19 @@ class RegistryHelp(argparse.HelpFormatter):
 
 def _extract_pictures(build: Callable[[], PictureExtractor], args: argparse.Namespace) -> int:
     """List the pictures and check the settings, then `build` the extractor (a model load)."""
-    from hin.extract import choose_shard, extract_to_file, list_images
-    from hin.extract.images import max_pixels
+    from hin.extract import choose_shard, extract_to_file
+    from hin.extract.images import find_images, max_pixels
 
-    files = list_images(args.images)
+    listing = find_images(args.images)
+    files = listing.files
+    skipped = listing.skipped_note()
+    if skipped:
+        print(f"hin extract: note: {args.images}: {skipped}", file=sys.stderr)
     shard = choose_shard(args.shard)
     max_pixels()
     report = extract_to_file(build(), files, args.out, batch_size=args.batch_size,
                              chunk_size=args.chunk_size, workers=args.workers, shard=shard,
-                             orientation=args.orientation)
+                             orientation=args.orientation, force=args.force)
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -80,9 +85,10 @@ def _extract_regions(args: argparse.Namespace) -> int:
     from hin.extract import build_extractor, import_vinvl
 
     if args.vinvl_tsv:
-        if args.shard:
-            raise UsageError("--shard spreads extraction from pictures; a VinVL TSV import "
-                             "runs whole (drop --shard)")
+        for flag, given in (("--shard", args.shard), ("--force", args.force)):
+            if given:
+                raise UsageError(f"{flag} is for extraction from pictures; a VinVL TSV import "
+                                 f"runs whole (drop {flag})")
         report = import_vinvl(args.vinvl_tsv, args.out, args.predictions,
                               dtype=args.store_as or "float16")
         print(report.summary())
@@ -141,6 +147,10 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
                             "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
                             "as hin caption/explain/serve read pictures: for your own photos); "
                             "recorded in the file")
+        p.add_argument("--force", action="store_true",
+                       help="discard what OUT holds and extract every picture again (a re-run "
+                            "otherwise resumes, and refuses pictures changed since their "
+                            "features were written)")
         p.add_argument("--shard", metavar="K/N",
                        help="extract only shard K of N of the pictures (sorted by id) into "
                             "OUT.shard-K-of-N.h5, joined later by `hin extract merge OUT`; "

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from hin.errors import UsageError
+
 if TYPE_CHECKING:
     from hin.config import DecodingConfig
 
@@ -83,3 +85,19 @@ def say_unfamiliar(command: str, notes: list) -> None:
     note = run_note(notes)
     if note:
         print(f"hin {command}: {note}", file=sys.stderr)
+
+
+def add_checkpoint_option(p: argparse.ArgumentParser, required: bool, help: str) -> None:
+    """`--checkpoint` for a command that decodes with one checkpoint: given twice, it is refused
+    by `one_checkpoint` (argparse alone would keep the last silently)."""
+    p.add_argument("--checkpoint", action="append", required=required, help=help)
+
+
+def one_checkpoint(args: argparse.Namespace, instead: str) -> list[str]:
+    """The --checkpoint given, as a list of at most one, or a UsageError when it is repeated,
+    saying what to do `instead` (only `hin evaluate` ensembles checkpoints)."""
+    given: list[str] = args.checkpoint or []
+    if len(given) > 1:
+        raise UsageError(f"--checkpoint is given {len(given)} times ({', '.join(given)}); hin "
+                         f"{args.command} uses one checkpoint: {instead}")
+    return given

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from hin.cli.options import add_decoding_options, add_device_option, decoding
+from hin.cli.options import add_checkpoint_option, add_decoding_options, add_device_option, decoding, one_checkpoint
 from hin.errors import UsageError
 from hin.serve.settings import SERVE_THREADS, ServeSettings
 
@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         raise MissingExtraError(f"`hin serve` needs uvicorn: {pip_install('serve')}") from missing
     settings = ServeSettings(
-        args.checkpoint, decoding=decoding(args), device=args.device,
+        one_checkpoint(args, "serve one per server")[0], decoding=decoding(args), device=args.device,
         keep_uploads=args.keep_uploads, host=args.host, port=args.port,
         allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin),
         forwarded_allow_ips=tuple(args.forwarded_allow_ips), root_path=args.root_path,
@@ -94,7 +94,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("serve", help="a page and an HTTP API that caption pictures "
                                           "(batched; binds 127.0.0.1 unless told)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="hin checkpoint (.pt)")
+    add_checkpoint_option(p, required=True, help="hin checkpoint (.pt)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; another than loopback exposes the model to the "
                         "network, unauthenticated")

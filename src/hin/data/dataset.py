@@ -201,7 +201,12 @@ def _collate_or_failure(samples: Sequence[Sample | _WorkerFailure],
         if isinstance(sample, _WorkerFailure):
             return sample
         read.append(sample)
-    return collate(read, pad_id)
+    try:
+        return collate(read, pad_id)
+    except HINError as error:        # batching fails too (grids of two token counts)
+        if get_worker_info() is None:
+            raise
+        return _WorkerFailure(error)
 
 
 class _Loader(DataLoader):

@@ -109,6 +109,10 @@ def open_hdf5(path: str | Path, fix: str = MAKE_FIX) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as error:
+        if isinstance(error, BlockingIOError) or "unable to lock file" in str(error):
+            raise DataError(f"feature file {path} is in use: another process holds it open for "
+                            "writing (HDF5's file lock); wait until that process (a running "
+                            "`hin extract`, say) has finished, then try again") from error
         raise DataError(f"feature file {path} is not a readable HDF5 file ({error}); it may be "
                         f"truncated or corrupted: {fix}") from error
 

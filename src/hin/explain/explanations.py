@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hin.caption import Captioner, load_picture
+from hin.caption import Captioner, read_user_picture
 from hin.config import DecodingConfig
 from hin.data.coco import load_split
 from hin.data.features import FeatureStore, ImageGeometry, describe_geometry, read_attributes
@@ -19,7 +19,8 @@ from hin.data.vocab import tokenize
 from hin.decoding import teacher_forcing_inputs
 from hin.errors import UsageError
 from hin.explain.maps import attention_maps, select_layer
-from hin.extract.images import list_images, load_rgb, recorded_orientation
+from hin.extract.images import pictures_by_id, read_picture, recorded_orientation
+from hin.extract.registry import ImageEntry
 from hin.metrics import CiderDTable, cider_d
 
 WORD_SOURCES = ("grid", "region")
@@ -71,6 +72,17 @@ def generated_words(captioner: Captioner, tokens: Sequence[int]) -> list[int]:
     return ids
 
 
+def picture_geometry(captioner: Captioner, name: str, grid_entry: ImageEntry,
+                     region_entry: ImageEntry) -> ImageGeometry:
+    """Where a picture's maps lie on it, from what its captioner's extractors returned for it:
+    the one rule of `hin explain` and `hin serve` (boxes checked against region features)."""
+    grid_extractor, region_extractor = captioner.extractors()
+    return describe_geometry(name, grid_extractor.attributes(), grid_entry, region_entry,
+                             len(grid_entry["features"]), f"the {grid_extractor.name} extractor",
+                             f"the {region_extractor.name} extractor",
+                             region_rows=len(region_entry["features"]))
+
+
 def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
                    geometries: Sequence[ImageGeometry], *, label: str, layer: int | None = None,
                    words: str | None = None) -> list[ModelView]:
@@ -117,8 +129,9 @@ def checkpoint_labels(checkpoints: Sequence[str | Path], labels: Sequence[str] |
     return [f"{path.parent.name}/{path.name}" if path.parent.name else path.name for path in paths]
 
 
-def _picture_files(images: str | Path | None) -> dict[int, Path]:
-    return {} if images is None else {file.image_id: file.path for file in list_images(images)}
+def _picture_files(images: str | Path | None, wanted: Sequence[int]) -> dict[int, Path]:
+    """The pictures of the images explained; other files in `images` are not looked at."""
+    return {} if images is None else pictures_by_id(images, wanted)
 
 
 def _references(annotations: str | Path | None, split: str | None, ids: Sequence[int] | None,
@@ -190,7 +203,7 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
                                                      layer, words)]
     grid, region = features
     chosen, references = _references(annotations, split, ids, limit)
-    files = _picture_files(images)
+    files = _picture_files(images, chosen)
     orientation = recorded_orientation(read_attributes(grid))    # as the file's boxes are
     stores = [FeatureStore(grid, region, max_regions=c.max_regions, grid_dim=c.model.config.grid_dim,
                            region_dim=c.model.config.region_dim) for c in captioners]
@@ -208,7 +221,8 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
                 picture = None
                 notes: tuple[str, ...] = ()
                 if image_id in files:
-                    picture = load_rgb(files[image_id], orientation=orientation)
+                    read = read_picture(files[image_id], orientation=orientation)
+                    picture, notes = read.rgb, (read.note,) if read.note else ()
                 else:
                     where = f"in {images}" if images is not None else "(no --images folder given)"
                     notes = (f"no picture of image {image_id} {where}: maps drawn on a blank canvas",)
@@ -228,21 +242,22 @@ def _feature_files(grid: str | Path | None, region: str | Path | None) -> tuple[
 
 def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Sequence[str | Path],
                       layer: int | None, words: str | None) -> list[ImageExplanation]:
-    loaded = [load_picture(p) for p in paths]
+    read = [read_user_picture(p) for p in paths]
+    loaded = [picture.rgb for picture in read]
     columns: list[list[ModelView]] = []
     unfamiliar: list[str | None] = []
+    extracted: dict[tuple[int, ...], tuple[list[ImageEntry], list[ImageEntry]]] = {}
     for captioner, label in zip(captioners, labels):
-        grid_entries, region_entries = captioner.picture_entries(loaded)
+        shared = tuple(map(id, captioner.extractors()))     # the same for the same features
+        if shared not in extracted:
+            extracted[shared] = captioner.picture_entries(loaded)
+        grid_entries, region_entries = extracted[shared]
         unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]
-        grid_extractor, region_extractor = captioner.extractors()
-        geometries = [describe_geometry(str(path), grid_extractor.attributes(), g, r, len(g["features"]),
-                                        f"the {grid_extractor.name} extractor",
-                                        f"the {region_extractor.name} extractor",
-                                        region_rows=len(r["features"]))
+        geometries = [picture_geometry(captioner, str(path), g, r)
                       for path, g, r in zip(paths, grid_entries, region_entries)]
         columns.append(explain_arrays(captioner, [g["features"] for g in grid_entries],
                                       [r["features"] for r in region_entries], geometries, label=label,
                                       layer=layer, words=words))
-    return [ImageExplanation(str(path), None, picture, tuple(column[row] for column in columns),
-                             notes=(note,) if note else (), unfamiliar=note)
-            for row, (path, picture, note) in enumerate(zip(paths, loaded, unfamiliar))]
+    return [ImageExplanation(str(path), None, picture.rgb, tuple(column[row] for column in columns),
+                             notes=tuple(n for n in (picture.note, note) if n), unfamiliar=note)
+            for row, (path, picture, note) in enumerate(zip(paths, read, unfamiliar))]

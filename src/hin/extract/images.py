@@ -14,8 +14,16 @@ even), which is what the released features used; transformers' CLIPImageProcesso
 instead, so the two differ by one pixel when the excess is 3 modulo 4 (e.g. 640x427 COCO
 pictures).
 
-Every reader (caption, explain, extract, serve) turns a decoded picture into RGB pixels by one
-rule, `as_rgb`, so all of them see the picture a page shows:
+Every reader (caption, explain, extract, serve) reads a file or an upload's bytes with one
+function, `read_picture`, so all of them accept the same pictures and see what a page shows:
+- formats: JPEG, PNG, WebP, GIF, BMP and TIFF only (`hin.extract.formats`), chosen from these
+  when the file is opened; nothing else is ever decoded (no EPS or PDF: Pillow would start
+  Ghostscript for them). Anything else is refused as an unsupported format, naming what it is;
+- size: one limit, hin's ($HIN_MAX_PIXELS, 64 million by default), checked from the header
+  before decoding (Pillow's own guard is raised to it, so its words never reach a user);
+- truncated or damaged files are refused, a PNG whose data ends before its last row included;
+- a file of several frames or pages (animated GIF, multi-page TIFF) gives its first, and the
+  caller is told (`ReadPicture.note`);
 - orientation `exif` (user pictures): an EXIF orientation tag is applied, so a phone photo
   stored sideways is read upright; `stored` reads the pixels as stored, as the reference's
   extraction did (`hin extract --orientation`, recorded in the feature file). Every size and
@@ -28,19 +36,22 @@ rule, `as_rgb`, so all of them see the picture a page shows:
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from hin.config import DATASET_ORIENTATION, ORIENTATIONS
 from hin.errors import HINError, UsageError
+from hin.extract.formats import HEAD_BYTES, READ_FORMATS, not_readable, other_format, png_rows_complete
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -76,40 +87,111 @@ class ImageFile:
     path: Path
 
 
+@dataclass(frozen=True)
+class ImageListing:
+    """The pictures a source names, and the entries of its folders that were left out."""
+
+    files: list[ImageFile]
+    skipped: list[Path]
+
+    def skipped_note(self) -> str | None:
+        """One line naming what was left out (at most 10 names), or None."""
+        if not self.skipped:
+            return None
+        names = ", ".join(path.name for path in self.skipped[:10])
+        more = f" and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
+        return (f"skipped {len(self.skipped)} entries not named like pictures "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}): {names}{more}")
+
+
 def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
-    """A directory (its pictures, by name), a text file (one path per line, relative paths
-    from the file's folder) or a list of paths -> pictures sorted by id, ids checked unique."""
+    """`find_images`' pictures, sorted by id."""
+    return find_images(source).files
+
+
+def find_images(source: str | Path | Sequence[str | Path]) -> ImageListing:
+    """A directory (its pictures, by name), a file (a picture, or a UTF-8 text file listing one
+    picture path per line, relative paths from the file's folder, `#` comment lines ignored;
+    told apart by content) or a list of paths -> pictures sorted by id, ids checked unique."""
+    skipped: list[Path] = []
     if isinstance(source, (str, Path)):
         source = Path(source)
         if source.is_dir():
-            paths = folder_pictures(source)
-        elif source.is_file() and source.suffix.lower() not in IMAGE_SUFFIXES:
-            paths = _read_list_file(source)
+            paths, skipped = folder_listing(source)
         elif source.is_file():
-            paths = [source]
+            paths = _picture_or_list(source)
         else:
             raise ImageListError(f"{source} does not exist: give a folder of pictures, a "
                                  "text file listing one picture path per line, or pictures")
     else:
         paths = [Path(p) for p in source]
-    return _named(paths)
+    return ImageListing(_named(paths), skipped)
 
 
-def folder_pictures(folder: Path) -> list[Path]:
-    """A folder's entries named like pictures, by name. Links that lead nowhere (dangling or
-    looping) and folders named like pictures are kept: reading them fails and says why (an
-    extraction lists them in its failure report) instead of skipping them unseen. A folder
+def folder_listing(folder: Path) -> tuple[list[Path], list[Path]]:
+    """A folder's entries named like pictures, by name, and the others (to be listed as
+    skipped). Links that lead nowhere (dangling or looping) and folders named like pictures
+    are kept: reading them fails and says why instead of skipping them unseen. A folder
     without any is refused."""
-    paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    entries = sorted(folder.iterdir())
+    paths = [path for path in entries if path.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise ImageListError(f"{folder} holds no pictures (looked for "
                              f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths
+    return paths, [path for path in entries if path.suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def folder_pictures(folder: Path) -> list[Path]:
+    """`folder_listing`'s pictures."""
+    return folder_listing(folder)[0]
+
+
+def pictures_by_id(source: str | Path, wanted: Iterable[int]) -> dict[int, Path]:
+    """The pictures of `source` (a folder, list file or picture) whose names give one of the
+    `wanted` ids; other entries, named with an id or not, are not looked at."""
+    wanted = set(wanted)
+    source = Path(source)
+    paths = folder_pictures(source) if source.is_dir() else _picture_or_list(source)
+    found: dict[int, Path] = {}
+    for path in paths:
+        match = _TRAILING_INTEGER.search(path.stem)
+        if match is None or int(match.group(1)) not in wanted:
+            continue
+        image_id = int(match.group(1))
+        if image_id in found:
+            raise ImageListError(f"{path} and {found[image_id]} both give image id {image_id}; "
+                                 "rename or remove one")
+        found[image_id] = path
+    return found
+
+
+def _picture_or_list(path: Path) -> list[Path]:
+    """A file given as `--images`: a picture (by its content, whatever its name), a picture of
+    a format hin does not read (refused), or a list file."""
+    kind = is_picture(path)
+    if kind:
+        return [path]
+    if kind is False:
+        raise ImageListError(f"{path}: {not_readable(_head(path))}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return [path]            # named like a picture but unreadable: its reading says why
+    return _read_list_file(path)
 
 
 def _read_list_file(list_file: Path) -> list[Path]:
-    lines = list_file.read_text(encoding="utf-8").splitlines()
-    paths = [Path(line.strip()) for line in lines if line.strip()]
+    data = list_file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ImageListError(
+            f"{list_file} is neither a picture hin reads nor a UTF-8 text file listing picture "
+            f"paths (byte {error.start} is not UTF-8): save the list as UTF-8, or give the "
+            "folder of pictures") from None
+    if "\x00" in text:
+        raise ImageListError(f"{list_file} is neither a picture hin reads nor a text file "
+                             f"listing picture paths (it holds NUL bytes): {not_readable(data[:HEAD_BYTES])}")
+    lines = [line.strip() for line in text.splitlines()]
+    paths = [Path(line) for line in lines if line and not line.startswith("#")]
     if not paths:
         raise ImageListError(f"list file {list_file} names no pictures")
     return [path if path.is_absolute() else list_file.parent / path for path in paths]
@@ -175,27 +257,125 @@ def as_rgb(picture: Image.Image, orientation: str = "exif") -> Image.Image:
     return picture if picture.mode == "RGB" else picture.convert("RGB")
 
 
-def load_rgb(path: str | Path, limit: int | None = None, orientation: str = "exif") -> Image.Image:
-    """Decode a picture fully by the reading rule (`as_rgb`), or raise PictureError saying why.
-    Pictures over `limit` pixels (default `max_pixels()`) are refused from their header,
-    before any decoding."""
+@dataclass(frozen=True)
+class ReadPicture:
+    """A picture read by the rule: its RGB pixels, the format it was stored in, and how many
+    frames (GIF, APNG, WebP) or pages (TIFF) the file holds; only the first is ever read."""
+
+    rgb: Image.Image
+    format: str
+    frames: int = 1
+
+    @property
+    def note(self) -> str | None:
+        """What a user should be told about this picture (a multi-frame file), or None."""
+        if self.frames == 1:
+            return None
+        return f"a {self.format} of {self.frames} frames: frame 1 was read, the others ignored"
+
+
+def read_picture(source: str | Path | bytes, *, name: str | None = None, limit: int | None = None,
+                 orientation: str = "exif") -> ReadPicture:
+    """A file or bytes -> the picture by the reading rule, or PictureError naming `name` (the
+    path by default) and saying why: not one of READ_FORMATS (the format is chosen from
+    those only, when the file is opened, so no other decoder ever runs), over `limit` pixels
+    (default `max_pixels()`, checked from the header before any decoding), truncated, or
+    damaged."""
     limit = max_pixels() if limit is None else limit
+    name = name if name is not None else str(source) if not isinstance(source, bytes) else "the picture"
+    _let_pillow_decode(limit)
+    try:
+        file = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    except OSError as error:
+        raise PictureError(f"{name}: cannot be read ({error.strerror or error})") from None
+    with file:
+        try:
+            return _decode(file, name, limit, orientation)
+        except PictureError:
+            raise
+        except UnidentifiedImageError:
+            file.seek(0)
+            raise PictureError(f"{name}: {not_readable(file.read(HEAD_BYTES))}") from None
+        except Image.DecompressionBombError:
+            declared = f"its header declares more than {2 * (Image.MAX_IMAGE_PIXELS or limit):,} pixels"
+            raise PictureError(_over_limit(name, declared, limit, None)) from None
+        except (OSError, ValueError, SyntaxError, EOFError, zlib.error) as error:
+            raise PictureError(f"{name}: cannot be decoded ({type(error).__name__}: {error}); is "
+                               "it truncated or corrupt?") from error
+
+
+def _decode(file: BinaryIO, name: str, limit: int, orientation: str) -> ReadPicture:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the check is ours
+        with Image.open(file, formats=READ_FORMATS) as picture:
+            width, height = picture.size
+            if width * height > limit:
+                raise PictureError(_over_limit(name, f"{width}x{height} is {width * height:,} pixels",
+                                               limit, width * height))
+            frames = int(getattr(picture, "n_frames", 1))
+            picture_format = str(picture.format)
+            rgb = as_rgb(picture, orientation)
+    if picture_format == "PNG" and not png_rows_complete(file):
+        raise PictureError(f"{name}: the PNG is truncated: its image data ends before the "
+                           f"{height} rows its header declares; re-save or re-download it")
+    return ReadPicture(rgb, picture_format, frames)
+
+
+def load_rgb(path: str | Path, limit: int | None = None, orientation: str = "exif") -> Image.Image:
+    """The RGB pixels of the picture at `path` by the reading rule (`read_picture`)."""
+    return read_picture(path, limit=limit, orientation=orientation).rgb
+
+
+def picture_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of a picture of READ_FORMATS, without decoding it; None
+    when the header cannot be read (`read_picture` then says why)."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # we say it below
-            with Image.open(path) as picture:
-                width, height = picture.size
-                if width * height > limit:
-                    raise PictureError(
-                        f"{path}: {width}x{height} is {width * height:,} pixels, over the limit of "
-                        f"{limit:,} (it would decode to {3 * width * height / 1e6:,.0f} MB of RGB); "
-                        f"shrink the picture, or raise the limit with "
-                        f"{MAX_PIXELS_ENV}={width * height}")
-                return as_rgb(picture, orientation)
-    except PictureError:
-        raise
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise PictureError(f"{path}: {type(error).__name__}: {error}") from error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=READ_FORMATS) as picture:
+                return picture.size
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+
+
+def is_picture(path: Path) -> bool | None:
+    """True for a file of READ_FORMATS, False for one of another known picture or document
+    format (AVIF, HEIC, SVG, EPS, PDF, ...), None for anything else (text, perhaps): from the
+    header, nothing decoded."""
+    if _opens(path):
+        return True
+    return False if other_format(_head(path)) else None
+
+
+def _opens(path: Path) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=READ_FORMATS):
+                return True
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return False
+
+
+def _over_limit(name: str, size: str, limit: int, pixels: int | None) -> str:
+    decoded = f" (it would decode to {3 * pixels / 1e6:,.0f} MB of RGB)" if pixels else ""
+    return (f"{name}: {size}, over the limit of {limit:,}{decoded}; shrink the picture, or raise "
+            f"the limit with {MAX_PIXELS_ENV}={pixels if pixels else 'N'}")
+
+
+def _let_pillow_decode(limit: int) -> None:
+    """Pillow has its own pixel guard (an error past twice Image.MAX_IMAGE_PIXELS, ~179 MP),
+    which would make hin's limit unraisable past it and show Pillow's words: it is raised to
+    hin's limit when below it (never lowered), so `read_picture`'s check is the one in force."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _head(source: str | Path | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source[:HEAD_BYTES]
+    with open(source, "rb") as file:
+        return file.read(HEAD_BYTES)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ in the dtype they are given (`storage_dtype`), whatever the arithmetic.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +34,11 @@ from hin.extract.images import (
     ImageFile,
     PictureError,
     check_orientation,
-    load_rgb,
+    read_picture,
 )
 from hin.extract.registry import ImageEntry, PictureExtractor
 from hin.extract.shards import Shard, fingerprint
-from hin.extract.writer import FeatureWriter
+from hin.extract.writer import FeatureFileError, FeatureWriter, discard_features
 from hin.files import write_text
 from hin.processes import worker_init
 
@@ -61,12 +62,14 @@ class _PreparedPictures(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[ImageFile, Any, str | None]:
+    def __getitem__(self, index: int) -> tuple[ImageFile, Any, str | None, str | None]:
+        """(file, prepared picture, why it could not be read, a note on how it was read)."""
         file = self.files[index]
         try:
-            return file, self.preprocess(load_rgb(file.path, orientation=self.orientation)), None
+            read = read_picture(file.path, orientation=self.orientation)
         except PictureError as error:
-            return file, None, str(error)
+            return file, None, str(error), None
+        return file, self.preprocess(read.rgb), None, read.note
 
 
 def _as_list(batch: list) -> list:
@@ -81,6 +84,7 @@ class ExtractionReport:
     written: int = 0
     skipped: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[tuple[Path, str]] = field(default_factory=list)     # multi-frame pictures
     images_in_file: int = 0
     seconds: float = 0.0
     failure_report: Path | None = None
@@ -94,6 +98,10 @@ class ExtractionReport:
         if self.shard is not None:
             lines.append(f"shard {self.shard} has finished; once all {self.shard.count} have: "
                          f"hin extract merge {self.merge_into}")
+        if self.notes:
+            path, note = self.notes[0]
+            more = f" (and {len(self.notes) - 1} more like it)" if len(self.notes) > 1 else ""
+            lines.append(f"note: {path}: {note}{more}")
         if self.failed:
             lines.append(f"{len(self.failed)} pictures could not be read; listed in "
                          f"{self.failure_report}")
@@ -115,13 +123,19 @@ def extraction_attributes(extractor: PictureExtractor,
 def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out: str | Path, *,
                     batch_size: int = 32, chunk_size: int = 512, workers: int = 2,
                     progress: bool = True, shard: Shard | None = None,
-                    orientation: str = DATASET_ORIENTATION) -> ExtractionReport:
+                    orientation: str = DATASET_ORIENTATION, force: bool = False) -> ExtractionReport:
     """Extract every picture of `files` (or of its shard `shard`, into that shard's file) not
     yet in `out`, read with `orientation` (images.as_rgb); see the module docstring and
-    shards.py."""
+    shards.py. A picture whose file changed since its entry was written is refused by id;
+    `force` discards what `out` holds and extracts every picture again."""
     if batch_size < 1 or chunk_size < 1 or workers < 0:
         raise UsageError("batch_size and chunk_size must be positive and workers >= 0, got "
                          f"{batch_size}, {chunk_size}, {workers}")
+    if force and shard is not None:
+        raise UsageError("--force starts the whole output over: run it once without --shard, "
+                         "or delete this shard's file to redo it")
+    if force:
+        discard_features(out)
     attributes = extraction_attributes(extractor, orientation)
     started = time.perf_counter()
     if shard is None:
@@ -129,6 +143,8 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
     else:
         writer = FeatureWriter(out, attributes, shard, fingerprint(file.image_id for file in files))
         files = shard.take(files)
+    sources = {file.image_id: stamp for file in files if (stamp := source_stamp(file.path))}
+    _refuse_changed(writer, files, sources, out)
     todo = [file for file in files if file.image_id not in writer.done_ids]
     report = ExtractionReport(writer.target, skipped=len(files) - len(todo), shard=shard,
                               merge_into=writer.out)
@@ -140,18 +156,19 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
         with tqdm(total=len(todo), desc=f"extracting {extractor.name}", unit="img",
                   disable=not progress) as bar:
             for batch in loader:
-                good = [(file, prepared) for file, prepared, error in batch if error is None]
-                report.failed += [(file.path, error) for file, _, error in batch
+                good = [(file, prepared) for file, prepared, error, _ in batch if error is None]
+                report.failed += [(file.path, error) for file, _, error, _ in batch
                                   if error is not None]
+                report.notes += [(file.path, note) for file, _, _, note in batch if note]
                 if good:
                     entries = extractor([prepared for _, prepared in good])
                     chunk.update((file.image_id, entry) for (file, _), entry in zip(good, entries))
                 if len(chunk) >= chunk_size:
-                    writer.write_chunk(chunk)
+                    writer.write_chunk(chunk, sources)
                     report.written += len(chunk)
                     chunk = {}
                 bar.update(len(batch))
-            writer.write_chunk(chunk)
+            writer.write_chunk(chunk, sources)
             report.written += len(chunk)
     except KeyboardInterrupt:
         raise Interrupted(
@@ -163,6 +180,31 @@ def extract_to_file(extractor: PictureExtractor, files: Sequence[ImageFile], out
     report.failure_report = _write_failures(failure_report_path(writer.target), report.failed)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def source_stamp(path: Path) -> str | None:
+    """What tells a picture file apart from an edited one or another one of the same name,
+    without reading it: "size:mtime_ns" (None when it cannot be looked at)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+def _refuse_changed(writer: FeatureWriter, files: Sequence[ImageFile], sources: dict[int, str],
+                    out: str | Path) -> None:
+    """Refuse to keep features of pictures that changed since they were extracted (an edited
+    picture, or another picture under the same id): a resumed run would skip them."""
+    done = {file.image_id for file in files} & writer.done_ids
+    recorded = writer.recorded_sources(done)
+    changed = sorted(i for i, source in recorded.items() if i in sources and sources[i] != source)
+    if changed:
+        shown = ", ".join(map(str, changed[:10])) + (" ..." if len(changed) > 10 else "")
+        raise FeatureFileError(
+            f"{len(changed)} pictures changed since their features were written to {out} (image "
+            f"ids {shown}: the file's size or modification time differs); re-extract every "
+            "picture with --force, or write to another --out")
 
 
 def _write_failures(path: Path, failed: list[tuple[Path, str]]) -> Path | None:

@@ -46,6 +46,7 @@ PART_GLOB = "part-*.h5"
 SHARD_KEYS = ("shard", "shard_of")      # attributes only a shard file has
 
 Entries = Mapping[int, Mapping[str, np.ndarray]]
+SOURCE_KEY = ATTRIBUTE_PREFIX + "source"   # on `<id>_features`: the picture's "size:mtime_ns"
 
 
 class FeatureFileError(HINError, ValueError):
@@ -103,6 +104,16 @@ def _require_same(path: Path, recorded: Mapping[str, Any], expected: Mapping[str
                                f"it would mix two kinds of features: {fix}")
 
 
+def discard_features(out: str | Path) -> None:
+    """`hin extract --force`: the output, its parts, its shard files and theirs, removed, so
+    that every picture is extracted again."""
+    out = Path(out)
+    for path in [out, *shard_files(out)]:
+        path.unlink(missing_ok=True)
+    for directory in [parts_dir(out), *_shard_glob(out, ".parts")]:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class FeatureWriter:
     """Adds images to feature file `out` (or to its shard `shard`) chunk by chunk; see the module
     docstring for why. `shard_of` fingerprints the whole picture list a shard was cut from."""
@@ -117,6 +128,7 @@ class FeatureWriter:
             else self.attributes)
         self.parts = parts_dir(self.target)
         self._done: set[int] = set()
+        self._holding: list[Path] = []           # the files adopted: where done ids are
         self._adopted: list[Path] = []           # shard files and shard parts to merge
         self._adopted_dirs: list[Path] = []      # shard parts folders, deleted once merged
         if self.out.exists():
@@ -141,14 +153,28 @@ class FeatureWriter:
         recorded, ids = _read_record(path, fix)
         _require_same(path, recorded, expected, fix)
         self._done |= ids
+        self._holding.append(path)
+
+    def recorded_sources(self, ids: set[int]) -> dict[int, str]:
+        """The source each of `ids` was extracted from ("size:mtime_ns" of its picture), where
+        its entry records one (files written before hin recorded sources do not)."""
+        sources: dict[int, str] = {}
+        for path in self._holding:
+            with h5py.File(path, "r") as handle:
+                for image_id in ids - set(sources):
+                    entry = handle.get(f"{image_id}_features")
+                    if entry is not None and SOURCE_KEY in entry.attrs:
+                        sources[image_id] = str(entry.attrs[SOURCE_KEY])
+        return sources
 
     @property
     def done_ids(self) -> frozenset[int]:
         """Ids already in the output, its shards or a finished part: a resumed run skips them."""
         return frozenset(self._done)
 
-    def write_chunk(self, entries: Entries) -> None:
-        """Write `{image_id: {"features": array, "boxes": ..., ...}}` as one atomic part."""
+    def write_chunk(self, entries: Entries, sources: Mapping[int, str] | None = None) -> None:
+        """Write `{image_id: {"features": array, "boxes": ..., ...}}` as one atomic part, with
+        the source of each picture (`sources`, "size:mtime_ns") where given."""
         if not entries:
             return
         self.parts.mkdir(parents=True, exist_ok=True)
@@ -161,6 +187,8 @@ class FeatureWriter:
             for image_id, arrays in entries.items():
                 for suffix, array in arrays.items():
                     handle.create_dataset(f"{image_id}_{suffix}", data=array)
+                if sources and image_id in sources:
+                    handle[f"{image_id}_features"].attrs[SOURCE_KEY] = sources[image_id]
         try:
             with atomic_write(final, "wb") as file:
                 file.write(image.getbuffer())

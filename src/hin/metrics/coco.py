@@ -242,6 +242,20 @@ class MetricsReport:
                 "tools": dict(self.tools)}
 
 
+LONG_CAPTION_WORDS = 1000   # a caption this long is named when METEOR fails (a likely cause)
+
+
+def _long_caption(res: Mapping[ImageId, list[str]]) -> str:
+    """Where a METEOR failure may come from the longest candidate: which image's, how long."""
+    image_id, (tokens,) = max(res.items(), key=lambda item: len(item[1][0].split()))
+    words = len(tokens.split())
+    if words < LONG_CAPTION_WORDS:
+        return ""
+    return (f"; the caption of image {image_id} has {words:,} words, and METEOR's Java program "
+            "can fail on captions that long: shorten or drop it (check the captioning that "
+            "made it)")
+
+
 def score_captions(candidates: Mapping[ImageId, str],
                    references: Mapping[ImageId, Sequence[str]], *,
                    collapse_repeats: bool = True, spice: bool = True, java: str | None = None,
@@ -282,7 +296,7 @@ def score_captions(candidates: Mapping[ImageId, str],
             try:
                 computed.update((metric, float(value)) for metric, value in scorers[name]().items())
             except _ToolFailed as error:
-                unavailable[name] = str(error)
+                unavailable[name] = str(error) + (_long_caption(res) if name == "METEOR" else "")
     finally:
         meteor.close()
     scores = {name: computed[name] for name in METRIC_NAMES if name in computed}

@@ -235,7 +235,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return CaptionsAnswer(**answer, decoding=options.decoding.to_dict(),
                               model=service.identity(),
                               picture={"width": prepared.width, "height": prepared.height,
-                                       "format": prepared.format})
+                                       "format": prepared.format, "frames": prepared.frames})
 
     return app
 

@@ -1,11 +1,11 @@
 """The attention maps of a served caption, as JSON a page can draw over the picture.
 
 Maps come from `hin.explain.attention_maps` on the same features the caption was decoded
-from, fed the best caption's tokens. Geometry (`hin.data.features.describe_geometry`, from
-what the extractors return) says where the maps belong on the picture: the grid's rows x cols
-and the picture box its cells cover (CLIP sees the centred square crop), and the region boxes
-in picture pixels. What an extractor does not tell is null, with the reason in `missing`,
-never guessed.
+from, fed the best caption's tokens. Geometry (`hin.explain.explanations.picture_geometry`,
+`hin explain`'s own rule, from what the extractors return) says where the maps belong on
+the picture: the grid's rows x cols and the picture box its cells cover (CLIP sees the
+centred square crop), and the region boxes in picture pixels. What an extractor does not
+tell is null, with the reason in `missing`, never guessed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from hin.data.features import ImageGeometry, describe_geometry
+from hin.data.features import ImageGeometry
 from hin.decoding import teacher_forcing_inputs
 from hin.errors import MissingExtraError, pip_install
 from hin.extract.registry import ImageEntry
@@ -42,20 +42,17 @@ def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor,
                   region_entries: Sequence[ImageEntry]) -> list[dict[str, Any]]:
     """Maps of each picture's best caption (`best`: its word ids, `Caption.ids`)."""
     from hin.explain import attention_maps
-    from hin.explain.explanations import generated_words
+    from hin.explain.explanations import generated_words, picture_geometry
 
     vocab = captioner.vocab
     maps = attention_maps(captioner.model, grid, region,
                           teacher_forcing_inputs(best, vocab.bos_id, vocab.pad_id))
     decoder_grid, decoder_region, decoder_gate = maps.decoder_maps()
-    grid_extractor, region_extractor = captioner.extractors()
     explanations = []
     for b, (grid_entry, region_entry) in enumerate(zip(grid_entries, region_entries)):
         words = [vocab.words[token] for token in generated_words(captioner, best[b])]
         regions = min(len(region_entry["features"]), captioner.max_regions)
-        geometry = describe_geometry("upload", grid_extractor.attributes(), grid_entry, region_entry,
-                                     len(grid_entry["features"]), f"the {grid_extractor.name} extractor",
-                                     f"the {region_extractor.name} extractor")
+        geometry = picture_geometry(captioner, "upload", grid_entry, region_entry)
         explanations.append({
             "words": words,
             "layers": maps.num_layers,

@@ -1,24 +1,20 @@
 """What a caption request may carry, read defensively: the body (size-limited), a multipart
-form or raw picture bytes, the options, and the picture itself (Pillow's decompression-bomb
-limit applies). Everything stays in memory; every refusal is a `RequestError` whose status
+form or raw picture bytes, the options, and the picture itself (read by hin's one rule,
+`hin.extract.images.read_picture`). Everything stays in memory; every refusal is a `RequestError` whose status
 and message go back to the client as JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from hin.config import MAX_SEED, ConfigError, DecodingConfig
 from hin.errors import HINError
-from hin.extract.images import as_rgb, max_pixels
+from hin.extract.images import PictureError, ReadPicture, picture_size, read_picture
 from hin.serve.settings import MAX_BEAM_SIZE
 
 OPTIONS = {"beam_size": f"beam size, 1 to {MAX_BEAM_SIZE}",
@@ -240,34 +236,17 @@ def _flag(given: Mapping[str, str], name: str, default: bool) -> bool:
     return value in TRUE
 
 
-def decode_picture(data: bytes) -> tuple[Image.Image, str]:
-    """Bytes -> (RGB picture, its format), refusing what Pillow cannot read fully and, from
-    the header before decoding, pictures over Pillow's decompression-bomb limit or hin's
-    (hin.extract.images.max_pixels, $HIN_MAX_PIXELS), whichever is lower."""
-    limit = max_pixels() if Image.MAX_IMAGE_PIXELS is None else min(Image.MAX_IMAGE_PIXELS, max_pixels())
+def decode_picture(data: bytes) -> ReadPicture:
+    """Bytes -> the picture by hin's one reading rule (`hin.extract.images.read_picture`: its
+    formats, its pixel limit, truncation refused), every refusal a 400 saying why."""
     try:
-        with Image.open(io.BytesIO(data)) as picture:
-            if picture.width * picture.height > limit:
-                raise Image.DecompressionBombError(f"{picture.width}x{picture.height} pixels")
-            return as_rgb(picture), str(picture.format or "unknown")
-    except Image.DecompressionBombError as error:
-        raise RequestError(400, f"the picture is too large to decode safely ({error}; the limit "
-                                f"is {limit} pixels)") from error
-    except UnidentifiedImageError as error:
-        raise RequestError(400, "the upload is not a picture Pillow can read (send JPEG, PNG, "
-                                "WebP, GIF, BMP or TIFF)") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise RequestError(400, f"the picture could not be decoded ({error}): is it truncated "
-                                "or corrupt?") from error
+        return read_picture(data, name="the upload")
+    except PictureError as error:
+        raise RequestError(400, str(error)) from error
 
 
 def declared_pixels(data: bytes) -> int:
     """Width x height from the picture's header, without decoding it: what admission counts.
     0 when the header cannot be read (decode_picture then says what is wrong)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as picture:
-                return picture.width * picture.height
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return 0
+    size = picture_size(data)
+    return 0 if size is None else size[0] * size[1]

@@ -65,6 +65,8 @@ class Picture(BaseModel):
     width: int = Field(description="upright width in pixels (EXIF orientation applied)")
     height: int = Field(description="upright height in pixels")
     format: str
+    frames: int = Field(1, description="frames (animated GIF, WebP, PNG) or pages (TIFF) in the "
+                                       "file; only the first is captioned")
 
 
 class GridGeometry(BaseModel):

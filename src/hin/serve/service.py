@@ -50,6 +50,7 @@ class Prepared:
     width: int
     height: int
     format: str
+    frames: int              # in the file; only the first is read
     preview: str
     grid: Any
     region: Any
@@ -107,10 +108,11 @@ class CaptionService:
         `admission.reserve`, are given back once the job is over (the full-size picture is
         dropped) or was cancelled before it ran (a client that went away)."""
         def work() -> Prepared:
-            picture, picture_format = decode_picture(data)
-            self.keep(data, picture_format)
+            read = decode_picture(data)
+            self.keep(data, read.format)
             grid_extractor, region_extractor = self.captioner.extractors()
-            return Prepared(picture.width, picture.height, picture_format, preview(picture),
+            picture = read.rgb
+            return Prepared(picture.width, picture.height, read.format, read.frames, preview(picture),
                             grid_extractor.preprocess(picture), region_extractor.preprocess(picture))
 
         job = self.pool.submit(work)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hin.errors import MissingExtraError, UsageError, pip_install
-from hin.files import atomic_write
+from hin.files import atomic_write, check_writable
 from hin.training.runlog import read_log
 
 PLOT_FILE = "curves.png"
@@ -69,6 +69,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not any(r["event"] in ("step", "epoch") for r in records):
         raise UsageError(f"{run_dir} has no logged steps or epochs yet; plot again after "
                          "the first train.log_every steps")
+    path = check_writable(Path(out) if out else Path(run_dir) / PLOT_FILE, "--out" if out else "the plot")
     epochs = [r for r in records if r["event"] == "epoch"]
     metrics = sorted({name for r in epochs for name in r.get("val", {})})
 
@@ -114,7 +115,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     figure.suptitle(f"{Path(run_dir).resolve().name}: training curves")
     figure.tight_layout()
-    path = Path(out) if out else Path(run_dir) / PLOT_FILE
     with atomic_write(path, "wb") as file:
         figure.savefig(file, format="png", dpi=100)
     pyplot.close(figure)
