@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from hin.cli.options import add_decoding_options, add_device_option, decoding
+from hin.cli.options import add_checkpoint_inputs, add_decoding_options, add_device_option, decoding, extractor_weights
 from hin.errors import UsageError
 from hin.serve.settings import SERVE_THREADS, ServeSettings
 
@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.checkpoint, decoding=decoding(args), device=args.device,
         keep_uploads=args.keep_uploads, host=args.host, port=args.port,
         allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin),
+        vocab=args.vocab, extractor_weights=tuple(extractor_weights(args).items()),
         **{name: getattr(args, name) for name in LIMIT_FLAGS})
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
@@ -83,6 +84,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("serve", help="a page and an HTTP API that caption pictures "
                                           "(batched; binds 127.0.0.1 unless told)")
     p.add_argument("--checkpoint", required=True, help="hin checkpoint (.pt)")
+    add_checkpoint_inputs(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; another than loopback exposes the model to the "
                         "network, unauthenticated")

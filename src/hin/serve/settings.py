@@ -39,6 +39,8 @@ class ServeSettings:
     max_queue: int = 64
     decode_workers: int = 2
     body_timeout_s: float = 30.0
+    vocab: str | Path | None = None              # for checkpoints that record none
+    extractor_weights: tuple[tuple[str, str], ...] = ()   # (kind, path): --extractor-weights
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

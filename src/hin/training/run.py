@@ -26,6 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from hin import checkpoint
+from hin.checkpoint.record import CheckpointRecord, require_matching_features
 from hin.config import ConfigError, DataConfig, HINConfig, RunConfig, apply_overrides, upgrade_legacy
 from hin.data.coco import Split, load_splits
 from hin.data.dataset import CaptionPairs, ImageReferences
@@ -86,6 +87,11 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
                    else (resume_state or {}).get("init"))
     model_config = init_model.config if init_model else replace(config.model, vocab_size=len(vocab))
     config = replace(config, model=model_config)
+    if init:
+        require_matching_features(f"--init {init}", CheckpointRecord.from_dict(init_extra, str(init)),
+                                  {"grid": config.data.grid_features,
+                                   "region": config.data.region_features},
+                                  {"grid": "data.grid_features", "region": "data.region_features"})
     train = config.train
     data, train_split = load_data(config, vocab, f"--init {init}" if init else source if resume_state else None,
                                   show_progress=progress and context.is_main)
