@@ -212,3 +212,41 @@ def test_recorded_extractor_weights_missing_at_run_time_say_where(imported, tmp_
     assert "--extractor-weights grid=PATH" in error
     assert main(["caption", picture, "--checkpoint", str(out), "--device", "cpu",
                  "--extractor-weights", f"grid={moved}"]) == 0
+
+
+def test_import_refuses_what_does_not_fit_the_model(imported, tmp_path, capsys):
+    reference, out = str(imported["reference"]), str(tmp_path / "o.pt")
+    short = write_legacy_vocab(REFERENCE_WORDS[:20], tmp_path / "short.pkl")
+    assert main(["import-checkpoint", reference, out, "--heads", "4", "--vocab", str(short)]) == 2
+    assert "has 20 words but" in capsys.readouterr().err
+    assert main(["import-checkpoint", reference, out, "--heads", "4", "--verify",
+                 str(imported["grid"]), str(imported["region"]), str(imported["captions"])]) == 2
+    assert "give the vocabulary they were decoded with (--vocab vocab.pkl)" in capsys.readouterr().err
+    assert main(["import-checkpoint", reference, out, "--heads", "4",
+                 "--grid-extractor", "synth-grid"]) == 2
+    assert "--grid-extractor synth-grid makes grid features of size" in capsys.readouterr().err
+    assert main(["import-checkpoint", reference, out, "--heads", "4",
+                 "--region-extractor", "synth-regions", "region_dim"]) == 2
+    assert "options are KEY=VALUE, got 'region_dim'" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+
+def test_serve_says_at_start_why_pictures_cannot_be_captioned(imported, tmp_path, capsys, monkeypatch):
+    import uvicorn
+
+    weights = tmp_path / "weights.npy"
+    np.save(weights, np.float32(0.5))
+    out = tmp_path / "weighted.pt"
+    assert main(["import-checkpoint", str(imported["reference"]), str(out), "--heads", "4",
+                 "--vocab", str(imported["vocab"]), "--grid-extractor", "test-weighted-grid",
+                 f"weights={weights}", "--region-extractor", "synth-regions", *SYNTH]) == 0
+    weights.unlink()
+    capsys.readouterr()
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    assert main(["serve", "--checkpoint", str(out), "--port", "0", "--device", "cpu"]) == 0
+    assert ("hin serve: warning: pictures cannot be captioned: the grid extractor "
+            "'test-weighted-grid' needs its weights file") in capsys.readouterr().err
+    assert main(["caption", str(imported["photo"]), "--checkpoint", str(out),
+                 "--extractor-weights", "depth=x.npy"]) == 2
+    assert "--extractor-weights takes grid=PATH or region=PATH, got 'depth=x.npy'" \
+        in capsys.readouterr().err

@@ -6,7 +6,13 @@ import argparse
 import dataclasses
 import sys
 
-from hin.cli.options import add_checkpoint_inputs, add_decoding_options, add_device_option, decoding, extractor_weights
+from hin.cli.options import (
+    add_checkpoint_inputs,
+    add_decoding_options,
+    add_device_option,
+    decoding,
+    extractor_weights,
+)
 from hin.errors import UsageError
 from hin.serve.settings import SERVE_THREADS, ServeSettings
 
@@ -52,6 +58,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     app = create_app(settings)
+    if app.state.service.unavailable:
+        print(f"hin serve: warning: pictures cannot be captioned: {app.state.service.unavailable}",
+              file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hin serve: warning: listening on {args.host}: anyone who can reach this machine "
               "can use the model (no authentication, no TLS)", file=sys.stderr)
