@@ -94,10 +94,12 @@ def test_training_records_its_extractors_and_layout(trained):
 
 
 def one_line(capsys, command: str) -> str:
+    """The error line a refused command ends with (progress bars may come before it)."""
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith(f"hin {command}: error: ")
-    return err
+    assert "Traceback" not in err
+    line = err.splitlines()[-1]
+    assert line.startswith(f"hin {command}: error: ")
+    return line
 
 
 def test_a_grid_file_of_another_extraction_is_refused_where_it_meets_the_model(
@@ -115,6 +117,11 @@ def test_a_grid_file_of_another_extraction_is_refused_where_it_meets_the_model(
     assert main(["explain", "--checkpoint", str(best), "--grid", str(finer), "--region", region,
                  "--ids", "1", "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
     assert "tokens 256 (trained on 64)" in one_line(capsys, "explain")
+    assert main(["data", "check", "--annotations", str(synth), "--grid", str(finer), "--region",
+                 region, "--checkpoint", str(best), "--shapes-only"]) == 2
+    assert "tokens 256 (trained on 64)" in one_line(capsys, "data")
+    assert main(["data", "check", "--annotations", str(synth), "--grid", str(synth / "grid.hdf5"),
+                 "--region", region, "--checkpoint", str(best), "--shapes-only"]) == 0
     assert main(["train", "--config", "synth_scst", "--init", str(best),
                  *tiny_overrides(synth, tmp_path / "scst", f"data.grid_features={finer}")]) == 2
     assert f"data.grid_features {finer} holds grid features of another extraction than --init" \
@@ -134,3 +141,11 @@ def test_an_ensemble_names_the_member_whose_features_differ(trained, tmp_path, c
                  "--annotations", str(synth), "--grid", str(finer), "--region",
                  str(synth / "region.hdf5"), "--device", "cpu"]) == 2
     assert f"than ensemble member 2 ({best}) was trained on" in one_line(capsys, "evaluate")
+
+
+def test_resuming_from_a_last_pt_without_training_state_is_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    save(run_dir / "last.pt", tiny_model(), CheckpointRecord(origin=TRAINED))
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert "last.pt holds no training state (it was not written by `hin train`)" \
+        in one_line(capsys, "train")
