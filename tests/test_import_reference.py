@@ -229,6 +229,12 @@ def test_import_refuses_what_does_not_fit_the_model(imported, tmp_path, capsys):
                  "--region-extractor", "synth-regions", "region_dim"]) == 2
     assert "options are KEY=VALUE, got 'region_dim'" in capsys.readouterr().err
     assert not Path(out).exists()
+    assert main(["import-checkpoint", reference, out, "--heads", "4", "--vocab",
+                 str(imported["vocab"])]) == 0
+    capsys.readouterr()
+    assert main(["caption", str(imported["photo"]), "--checkpoint", out, "--device", "cpu"]) == 2
+    assert "imported without the grid extractor its features came from: import it again with " \
+        "`hin import-checkpoint ... --grid-extractor NAME" in capsys.readouterr().err
 
 
 def test_serve_says_at_start_why_pictures_cannot_be_captioned(imported, tmp_path, capsys, monkeypatch):

@@ -27,6 +27,7 @@ from PIL import Image
 
 from hin.checkpoint import CheckpointError
 from hin.checkpoint.opening import open_for_decoding
+from hin.checkpoint.record import REFERENCE
 from hin.config import DecodingConfig
 from hin.data.familiarity import unfamiliar
 from hin.data.features import FeatureStore, pad_regions, stack_grids
@@ -167,6 +168,12 @@ class Captioner:
         if made_by == "vinvl-tsv":
             raise CheckpointError(f"{self.checkpoint} was trained on VinVL {kind} features, "
                                   f"which cannot be computed from pictures here. {VINVL_INSTEAD}")
+        if made_by is None and self.record.origin == REFERENCE:
+            raise CheckpointError(
+                f"{self.checkpoint} was imported without the {kind} extractor its features came "
+                f"from: import it again with `hin import-checkpoint ... --{kind}-extractor NAME "
+                "[KEY=VALUE ...]` (docs/evaluation.md, Caption any picture with the published "
+                f"checkpoint), or {FEATURES_INSTEAD}")
         if made_by not in EXTRACTORS:
             what = (f"{kind} features made by {made_by!r}" if made_by else
                     f"{kind} features that were not made by `hin extract` (the checkpoint "

@@ -15,6 +15,9 @@ time on a random initialisation that is thrown away.
 The reference's parameter names live only here, in `reference_name`. Imports are strict:
 the only keys that may be absent from our model are the reference's decoding-state
 buffers; anything else missing, unexpected or mis-shaped is an error naming the keys.
+
+Beside this module: `record` (what the extra entries are, typed), `opening` (checkpoints
+opened for decoding) and `verify` (an import's head count checked).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hin.config import DataConfig
 from hin.data.features import FEATURES_SUFFIX, file_attributes, open_hdf5
 from hin.errors import HINError
 
@@ -162,7 +161,3 @@ def training_features(grid: str | Path, region: str | Path
         features[kind], layouts[kind] = file_layout(path, kind)
     return features, layouts
 
-
-def recorded_max_regions(record: CheckpointRecord) -> int:
-    """The regions per image the model was trained with, or the paper's 50 when unrecorded."""
-    return record.max_regions or DataConfig.max_regions
