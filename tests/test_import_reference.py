@@ -84,15 +84,20 @@ def test_explain_and_the_paper_figure(imported, tmp_path, capsys):
 def test_evaluate_notes_that_the_reference_picked_its_checkpoint_on_test(imported, tmp_path, capsys):
     annotations = tmp_path / "coco"
     write_coco(annotations, {1: ["a man on a car", "a dog"], 2: ["a tree", "two cars"]},
-               val_images={1, 2}, split_annotations={"train": [], "val": [], "test": [1, 2, 3, 4]})
+               val_images={1, 2}, split_annotations={"train": [], "dev": [1, 2, 3, 4],
+                                                     "test": [1, 2, 3, 4]})
     assert main(["evaluate", "--checkpoint", str(imported["out"]), "--split", "test",
                  "--annotations", str(annotations), "--grid", str(imported["grid"]),
                  "--region", str(imported["region"]), "--no-spice", "--device", "cpu",
                  "--out", str(tmp_path / "eval")]) == 0
     assert REFERENCE_SELECTION_NOTE in capsys.readouterr().err
-    metrics = tmp_path / "eval" / "metrics.json"
-    if metrics.exists():        # written where Java scored the COCO table
-        assert REFERENCE_SELECTION_NOTE in json.loads(metrics.read_text())["notes"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["notes"] == [REFERENCE_SELECTION_NOTE]
+    assert metrics["checkpoints"][0]["origin"] == REFERENCE
+    assert main(["evaluate", "--checkpoint", str(imported["out"]), "--split", "val",
+                 "--annotations", str(annotations), "--grid", str(imported["grid"]),
+                 "--region", str(imported["region"]), "--no-spice", "--device", "cpu"]) == 0
+    assert "optimistic" not in capsys.readouterr().err      # chosen on test, not on val
 
 
 def test_serve_answers_with_the_imported_checkpoint(imported):
