@@ -149,3 +149,12 @@ def test_resuming_from_a_last_pt_without_training_state_is_one_line(tmp_path, ca
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert "last.pt holds no training state (it was not written by `hin train`)" \
         in one_line(capsys, "train")
+
+
+def test_array_attributes_compare_by_value():
+    from hin.checkpoint.record import feature_differences
+
+    record = CheckpointRecord(features={"region": {"extractor": "x", "classes": [1, 2, 3]}})
+    assert feature_differences(record, "region", {"classes": np.array([1, 2, 3])}, {}) == []
+    assert feature_differences(record, "region", {"classes": np.array([1, 2])}, {}) \
+        == ["classes array([1, 2]) (trained on [1, 2, 3])"]

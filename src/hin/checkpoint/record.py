@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hin.data.features import FEATURES_SUFFIX, file_attributes, open_hdf5
 from hin.errors import HINError
 
@@ -132,8 +134,15 @@ def feature_differences(record: CheckpointRecord, kind: str, attributes: Mapping
                    and layout[key] != trained_layout[key]]
     differences += [f"{key} {attributes[key]!r} (trained on {trained[key]!r})"
                     for key in sorted(set(trained) & set(attributes) - HOW_STORED)
-                    if attributes[key] != trained[key]]
+                    if not _same(attributes[key], trained[key])]
     return differences
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal attribute values, arrays (a file's) and lists (a checkpoint's) alike."""
+    if isinstance(a, (np.ndarray, list, tuple)) or isinstance(b, (np.ndarray, list, tuple)):
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    return bool(a == b)
 
 
 def require_matching_features(checkpoint: str | Path, record: CheckpointRecord,
