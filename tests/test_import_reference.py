@@ -19,7 +19,7 @@ from data_files import write_coco
 from hin.checkpoint.opening import open_checkpoint
 from hin.checkpoint.record import REFERENCE, REFERENCE_SELECTION_NOTE
 from hin.cli import main
-from hin.extract.registry import register_extractor
+from hin.extract.registry import EXTRACTORS, register_extractor
 from reference_checkpoints import (
     REFERENCE_WORDS,
     save_like_reference_training,
@@ -175,7 +175,6 @@ def test_saved_arguments_give_the_head_count(golden, tmp_path, capsys):
     assert "does not record its head count" in capsys.readouterr().err
 
 
-@register_extractor("test-weighted-grid")
 class WeightedGrid:
     """A grid extractor that needs a weights file, as VinVL's does (`weights=PATH`)."""
 
@@ -199,7 +198,16 @@ class WeightedGrid:
         return [{"features": np.full((4, 1024), self.scale, np.float32)} for _ in prepared]
 
 
-def test_recorded_extractor_weights_missing_at_run_time_say_where(imported, tmp_path, capsys):
+@pytest.fixture
+def weighted_grid():
+    """WeightedGrid registered for one test (the registry is the process's)."""
+    register_extractor("test-weighted-grid")(WeightedGrid)
+    yield
+    del EXTRACTORS["test-weighted-grid"]
+
+
+def test_recorded_extractor_weights_missing_at_run_time_say_where(imported, tmp_path, capsys,
+                                                                  weighted_grid):
     weights = tmp_path / "weights.npy"
     np.save(weights, np.float32(0.5))
     out = tmp_path / "weighted.pt"
@@ -242,7 +250,8 @@ def test_import_refuses_what_does_not_fit_the_model(imported, tmp_path, capsys):
         "`hin import-checkpoint ... --grid-extractor NAME" in capsys.readouterr().err
 
 
-def test_serve_says_at_start_why_pictures_cannot_be_captioned(imported, tmp_path, capsys, monkeypatch):
+def test_serve_says_at_start_why_pictures_cannot_be_captioned(imported, tmp_path, capsys, monkeypatch,
+                                                              weighted_grid):
     import uvicorn
 
     weights = tmp_path / "weights.npy"
