@@ -57,3 +57,61 @@ def as_if_pickled_by_numpy_1(source: Path, target: Path) -> Path:
                 data = renamed
             copy.writestr(entry, data)
     return target
+
+
+# 30 entries, as the reference's small golden model reads: <unk> <pad> <bos> <eos>, 26 words
+REFERENCE_WORDS = ["<unk>", "<pad>", "<bos>", "<eos>", "a", "dog", "cat", "on", "the", "red",
+                   "blue", "green", "man", "woman", "sitting", "table", "with", "of", "in",
+                   "street", "car", "bus", "tree", "grass", "field", "ball", "playing", "riding",
+                   "horse", "two"]
+
+
+def write_legacy_vocab(words: list[str], path: Path) -> Path:
+    """A vocabulary pickle as the reference's `common.data.vocab.Vocab` writes it (its class
+    named by that module path, `itos` and a `freqs` Counter)."""
+    import collections
+    import pickle
+    import sys
+    import types
+
+    names = ("common", "common.data", "common.data.vocab")
+    saved = {name: sys.modules.get(name) for name in names}
+    modules = {name: types.ModuleType(name) for name in names}
+    vocab_class = type("Vocab", (), {"__module__": "common.data.vocab"})
+    modules["common.data.vocab"].Vocab = vocab_class
+    legacy = vocab_class()
+    legacy.itos = list(words)
+    legacy.freqs = collections.Counter({word: 10 for word in words[4:]})
+    sys.modules.update(modules)
+    try:
+        path.write_bytes(pickle.dumps(legacy, protocol=2))
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return path
+
+
+def write_reference_outputs(golden: dict, directory: Path) -> tuple[Path, Path, Path]:
+    """The golden inputs as released feature files (ids 1 and 2) and the reference's own
+    beam-search captions of them as a COCO results file (its beam: golden["config"])."""
+    import json
+
+    import h5py
+
+    grid, region = directory / "grid.hdf5", directory / "region.hdf5"
+    with h5py.File(grid, "w") as grids, h5py.File(region, "w") as regions:
+        for index in range(golden["grid"].shape[0]):
+            grids[f"{index + 1}_features"] = golden["grid"][index].numpy()
+            regions[f"{index + 1}_features"] = golden["region"][index].numpy()
+    eos = REFERENCE_WORDS.index("<eos>")
+    captions = []
+    for index, beams in enumerate(golden["beam_seq"].tolist()):
+        best = beams[0][:beams[0].index(eos)] if eos in beams[0] else beams[0]
+        captions.append({"image_id": index + 1,
+                         "caption": " ".join(REFERENCE_WORDS[t] for t in best if t > eos)})
+    results = directory / "reference_captions.json"
+    results.write_text(json.dumps(captions))
+    return grid, region, results

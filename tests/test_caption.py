@@ -189,8 +189,8 @@ def test_vinvl_checkpoint_says_what_to_pass_instead(picture_setup, tmp_path):
     features = {"grid": read_attributes(root / "grid.h5"),
                 "region": {"extractor": "vinvl-tsv", "feature_dim": 2048}}
     checkpoint = save(tmp_path / "vinvl.pt", model, vocabulary=vocab.to_dict(), features=features)
-    with pytest.raises(CheckpointError, match=r"trained on VinVL region features, which cannot "
-                                              r"be computed from pictures here.*--vinvl-tsv"):
+    with pytest.raises(CheckpointError, match=r"trained on VinVL region features imported from "
+                                              r"VinVL's TSV files.*--extractor vinvl-x152c4"):
         hin.Captioner(checkpoint)(root / "pictures" / "12.png")
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hin.checkpoint import import_reference, load, save
+from hin.checkpoint.record import REFERENCE, CheckpointRecord
 from hin.cli import main
 from hin.config import DecodingConfig
 from hin.decoding import beam_search
@@ -33,7 +34,7 @@ def model(request, golden, tmp_path_factory):
         assert main(["import-checkpoint", str(reference), str(folder / "hin.pt"),
                      "--heads", str(heads)]) == 0
         loaded, extra = load(folder / "hin.pt")
-        assert extra == {}
+        assert CheckpointRecord.from_dict(extra).origin == REFERENCE
         return loaded
     imported = import_reference(golden["state_dicts"][0], num_heads=heads)
     if request.param == "imported":

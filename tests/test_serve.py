@@ -299,7 +299,7 @@ def test_a_checkpoint_that_cannot_caption_pictures_serves_the_page_with_the_reas
         refused = client.post("/v1/captions", content=_png(root))
         assert refused.status_code == 503
         assert "cannot caption pictures" in refused.json()["detail"]
-        assert "--vinvl-tsv" in refused.json()["detail"]
+        assert "--extractor vinvl-x152c4" in refused.json()["detail"]
 
 
 def test_the_page_and_docs_load_nothing_from_elsewhere(client):

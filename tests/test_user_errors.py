@@ -119,7 +119,7 @@ def test_evaluate_out_that_is_a_file_is_refused_before_any_work(world, tmp_path,
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a checkpoint was loaded before --out was checked")
-    monkeypatch.setattr(evaluate_module, "load", no_loading)
+    monkeypatch.setattr(evaluate_module, "open_for_decoding", no_loading)
     code = main(evaluate_args(checkpoint, data, out))
     one_line_error(capsys, code, f"--out {out} is a file", "give a directory")
     assert out.read_text() == "keep me"

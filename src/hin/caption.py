@@ -4,8 +4,9 @@
     captioner = Captioner("hin.pt")
     print(captioner("photo.jpg"))
 
-A checkpoint records which features it was trained on (`extra["features"]`: the attributes
-`hin.data.features.read_attributes` reads from the grid and region files it was trained with).
+A checkpoint records which features it was trained on (`CheckpointRecord.features`: the
+attributes `hin.data.features.read_attributes` reads from the grid and region files it was
+trained with, or the extractors `hin import-checkpoint` recorded for the authors' model).
 Pictures are turned into exactly those features by rebuilding the same extractors (from
 `hin.extract`, which knows nothing of captioning); when a checkpoint was trained on features
 that cannot be computed here (VinVL's, or files not made by `hin extract`), the Captioner says
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hin.checkpoint import CheckpointError, load, max_regions_for
+from hin.checkpoint import CheckpointError
+from hin.checkpoint.opening import open_for_decoding
+from hin.checkpoint.record import REFERENCE
 from hin.config import DecodingConfig
 from hin.data.familiarity import unfamiliar
 from hin.data.features import FeatureStore, pad_regions, stack_grids
-from hin.data.vocab import vocabulary_for
-from hin.decoding import CaptionedImage, caption, cast_for_decoding, require_decodable
+from hin.decoding import CaptionedImage, caption, cast_for_decoding
 from hin.devices import resolve_device, resolve_precision
+from hin.errors import UsageError
 from hin.extract.images import (
     ImageListing,
     PictureError,
@@ -49,11 +52,10 @@ Picture = str | Path | Image.Image
 FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
                     "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...` "
                     "(Captioner.caption_features)")
-VINVL_INSTEAD = ("VinVL region features come from VinVL's Faster R-CNN "
-                 "(microsoft/scene_graph_benchmark), which does not run here: run it on your "
-                 "pictures, import its TSV with `hin extract regions --vinvl-tsv features.tsv "
-                 "--predictions predictions.tsv --out region.h5`, make grid features with "
-                 "`hin extract grid --images DIR --out grid.h5`, then caption with "
+VINVL_INSTEAD = ("a TSV records no detector weights: extract your pictures' regions with hin's "
+                 "port of the same detector, `hin extract regions --extractor vinvl-x152c4 "
+                 "--weights vinvl_vg_x152c4.pth --images DIR --out region.h5`, their grids with "
+                 "`hin extract grid --images DIR --out grid.h5`, then caption them with "
                  "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...`")
 
 
@@ -72,17 +74,24 @@ class Captioner:
 
     def __init__(self, checkpoint: str | Path, *, vocab: str | Path | None = None,
                  device: str = "auto", decoding: DecodingConfig = DecodingConfig(),
-                 batch_size: int = 8, max_regions: int | None = None) -> None:
+                 batch_size: int = 8, max_regions: int | None = None,
+                 extractor_weights: Mapping[str, str | Path] | None = None) -> None:
         """`max_regions`: None (the default) gives the model as many regions per image as it
-        was trained with; a number overrides that, and `notes` then says so."""
+        was trained with; a number overrides that, and `notes` then says so.
+        `extractor_weights`: kind ("grid", "region") -> a weights file used instead of the one
+        the checkpoint records for that extractor."""
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
-        self.model, self.extra = load(self.checkpoint, map_location=self.device)
-        self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
-        require_decodable(self.model.config, decoding, batch_size)
+        self.opened = open_for_decoding([self.checkpoint], self.device, vocab=vocab,
+                                        max_regions=max_regions, decoding=decoding,
+                                        batch_size=batch_size)
+        member = self.opened.members[0]
+        self.model, self.record, self.sha256 = member.model, member.record, member.sha256
+        self.vocab = self.opened.vocab
         self.decoding, self.batch_size = decoding, batch_size
-        self.max_regions, note = max_regions_for(self.checkpoint, self.extra, max_regions)
-        self.notes = [note] if note else []
+        self.max_regions = self.opened.max_regions
+        self.notes = list(self.opened.notes)
+        self.extractor_weights = _weights_overrides(extractor_weights)
         self._extractors: tuple[Any, Any] | None = None
         self._decoding_models: dict[str, list[HIN]] = {}
 
@@ -142,7 +151,7 @@ class Captioner:
     def unfamiliar(self, grid: np.ndarray) -> str | None:
         """Why a picture with these grid features looks unlike this checkpoint's training
         pictures, or None (hin.data.familiarity: the rule, and what it can tell)."""
-        return unfamiliar(self.extra.get("feature_profile"), grid)
+        return unfamiliar(self.record.feature_profile, grid)
 
     def picture_entries(self, pictures: Sequence[Image.Image]) -> tuple[list[ImageEntry], list[ImageEntry]]:
         """What the recorded grid and region extractors make of each picture: `features` and,
@@ -153,6 +162,7 @@ class Captioner:
     def caption_features(self, grid_path: str | Path, region_path: str | Path,
                          image_ids: Sequence[int]) -> list[CaptionedImage]:
         """Caption precomputed features (the released HDF5 layout) of the given image ids."""
+        self.opened.require_features(grid_path, region_path)
         config = self.model.config
         store = FeatureStore(grid_path, region_path, max_regions=self.max_regions,
                              grid_dim=config.grid_dim, region_dim=config.region_dim)
@@ -198,17 +208,33 @@ class Captioner:
         return self._extractors
 
     def _extractor(self, kind: str) -> Any:
-        recorded = (self.extra.get("features") or {}).get(kind) or {}
+        recorded = dict(self.record.features.get(kind) or {})
         made_by = recorded.get("extractor")
         if made_by == "vinvl-tsv":
             raise CheckpointError(f"{self.checkpoint} was trained on VinVL {kind} features, "
-                                  f"which cannot be computed from pictures here. {VINVL_INSTEAD}")
+                                  f"imported from VinVL's TSV files; {VINVL_INSTEAD}")
+        if made_by is None and self.record.origin == REFERENCE:
+            raise CheckpointError(
+                f"{self.checkpoint} was imported without the {kind} extractor its features came "
+                f"from: import it again with `hin import-checkpoint ... --{kind}-extractor NAME "
+                "[KEY=VALUE ...]` (docs/evaluation.md, Caption any picture with the published "
+                f"checkpoint), or {FEATURES_INSTEAD}")
         if made_by not in EXTRACTORS:
             what = (f"{kind} features made by {made_by!r}" if made_by else
                     f"{kind} features that were not made by `hin extract` (the checkpoint "
                     "records no extractor for them)")
             raise CheckpointError(f"{self.checkpoint} was trained on {what}, so hin cannot "
                                   f"compute them from pictures; {FEATURES_INSTEAD}")
+        if kind in self.extractor_weights:
+            recorded["weights"] = str(self.extractor_weights[kind])
+        weights = recorded.get("weights")
+        if weights is not None and not Path(weights).is_file():
+            given = "given with --extractor-weights" if kind in self.extractor_weights else (
+                f"where {self.checkpoint} records it")
+            raise CheckpointError(
+                f"the {kind} extractor {made_by!r} needs its weights file {weights}, which is not "
+                f"there ({given}): put the file there, or point to it with "
+                f"--extractor-weights {kind}=PATH")
         extractor = shared_extractor(recorded, str(self.device), self.decoding.precision)
         expected = getattr(self.model.config, f"{kind}_dim")
         if extractor.kind != kind or extractor.feature_dim != expected:
@@ -233,6 +259,15 @@ def shared_extractor(recorded: dict[str, Any], device: str, precision: str) -> A
         extractor = extractor_from_attributes(recorded, device=device, precision=precision)
         _SHARED_EXTRACTORS[key] = extractor
     return extractor
+
+
+def _weights_overrides(given: Mapping[str, str | Path] | None) -> dict[str, Path]:
+    overrides = {kind: Path(path) for kind, path in (given or {}).items()}
+    unknown = sorted(set(overrides) - {"grid", "region"})
+    if unknown:
+        raise UsageError(f"--extractor-weights takes grid=PATH or region=PATH, not "
+                         f"{', '.join(unknown)}")
+    return overrides
 
 
 def picture_paths(sources: Sequence[str | Path]) -> list[Path]:

@@ -20,14 +20,14 @@ from typing import Any
 import torch
 
 from hin import __version__
-from hin.checkpoint import load, max_regions_for, sha256
+from hin.checkpoint.opening import DecodingCheckpoints, open_for_decoding
 from hin.config import DataConfig, DecodingConfig
 from hin.data.coco import ImageRecord, Split, load_split
 from hin.data.dataset import ImageReferences, make_loader
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
-from hin.data.vocab import Vocabulary, require_same_words, tokenize, vocabulary_for
-from hin.decoding import caption_batches, require_decodable
+from hin.data.vocab import Vocabulary, tokenize
+from hin.decoding import caption_batches
 from hin.devices import resolve_device
 from hin.errors import UsageError
 from hin.files import json_text, refuse_overwriting, write_together
@@ -140,25 +140,13 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
                   **{f"--checkpoint {path}": path for path in checkpoints}}
         for name in (CAPTIONS_FILE, METRICS_FILE):
             refuse_overwriting(out / name, inputs, "give --out a folder of its own")
-    loaded = [load(path, map_location=resolve_device(device)) for path in checkpoints]
-    models = [model for model, _ in loaded]
-    config = models[0].config
-    require_decodable(config, decoding, batch_size)
-    vocabularies = [vocabulary_for(path, extra, vocab, model.config.vocab_size)
-                    for path, (model, extra) in zip(checkpoints, loaded)]
-    for other in vocabularies[1:]:     # an ensemble averages the same words' log-probs
-        require_same_words(vocabularies[0], other, "an ensemble needs checkpoints trained "
-                           "with the same vocabulary")
-    vocabulary = vocabularies[0]
-    chosen = [max_regions_for(path, extra, max_regions)
-              for path, (_, extra) in zip(checkpoints, loaded)]
-    if len({value for value, _ in chosen}) > 1:
-        trained = ", ".join(f"{path}: {value}" for path, (value, _) in zip(checkpoints, chosen))
-        raise UsageError(f"the checkpoints were trained with different numbers of regions per "
-                         f"image ({trained}); an ensemble is given one number: choose it with "
-                         "--max-regions")
-    data = replace(data, max_regions=chosen[0][0])
-    notes = [note for _, note in chosen if note]
+    opened = open_for_decoding(checkpoints, resolve_device(device), vocab=vocab,
+                               max_regions=max_regions, decoding=decoding, batch_size=batch_size)
+    opened.require_features(data.grid_features, data.region_features)
+    models, vocabulary, config = opened.models, opened.vocab, opened.models[0].config
+    data = replace(data, max_regions=opened.max_regions)
+    selection = [note for member in opened.members for note in member.record.notes()]
+    notes = list(dict.fromkeys([*opened.notes, *(selection if split == "test" else [])]))
     store = FeatureStore(data.grid_features, data.region_features, max_regions=data.max_regions,
                          grid_dim=config.grid_dim, region_dim=config.region_dim)
     images = load_images(data, split, store)
@@ -174,8 +162,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
         results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
         files = {out / CAPTIONS_FILE: json_text(results)}
         if report is not None:
-            provenance = _provenance(checkpoints, models, split, data, decoding, batch_size,
-                                     vocabulary)
+            provenance = _provenance(opened, split, data, decoding, batch_size, notes)
             files[out / METRICS_FILE] = json_text({**report.to_dict(), "CIDEr-D": scores.cider_d,
                                                **provenance})
         # The two files describe one run: both are replaced, or (a full disk) neither; an
@@ -193,15 +180,17 @@ def _output_directory(out: Path) -> Path:
     return out
 
 
-def _provenance(checkpoints: Sequence[str | Path], models: list[Any], split: str,
-                data: DataConfig, decoding: DecodingConfig, batch_size: int,
-                vocabulary: Vocabulary) -> dict[str, Any]:
+def _provenance(opened: DecodingCheckpoints, split: str, data: DataConfig,
+                decoding: DecodingConfig, batch_size: int, notes: list[str]) -> dict[str, Any]:
+    vocabulary = opened.vocab
     return {
         "split": split,
-        "checkpoints": [{"path": str(path), "sha256": sha256(path),
-                         "config": model.config.to_dict()}
-                        for path, model in zip(checkpoints, models)],
-        "decoding": {**decoding.to_dict(), "batch_size": batch_size, "ensemble": len(models)},
+        "checkpoints": [{"path": str(member.path), "sha256": member.sha256,
+                         "origin": member.record.origin, "config": member.model.config.to_dict()}
+                        for member in opened.members],
+        "notes": notes,
+        "decoding": {**decoding.to_dict(), "batch_size": batch_size,
+                     "ensemble": len(opened.members)},
         "vocabulary": {"source": vocabulary.source, "sha256": vocabulary.digest(),
                        "size": len(vocabulary)},
         "data": {key: value for key, value in data.to_dict().items() if key != "vocabulary"},

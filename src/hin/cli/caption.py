@@ -6,11 +6,12 @@ import argparse
 import sys
 
 from hin.cli.options import (
-    VOCAB_HELP,
+    add_checkpoint_inputs,
     add_checkpoint_option,
     add_decoding_options,
     add_device_option,
     decoding,
+    extractor_weights,
     one_checkpoint,
     say_unfamiliar,
 )
@@ -31,7 +32,7 @@ def _caption(args: argparse.Namespace) -> int:
                                       "--checkpoint A --checkpoint B`)")
     captioner = Captioner(checkpoint, vocab=args.vocab, device=args.device,
                           decoding=decoding(args), batch_size=args.batch_size,
-                          max_regions=args.max_regions)
+                          max_regions=args.max_regions, extractor_weights=extractor_weights(args))
     failed: list[str] = []
     if pictures:
         done = captioner.caption_readable(pictures)
@@ -61,7 +62,7 @@ def add_caption_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", help="precomputed grid feature HDF5 (with --region and --ids)")
     p.add_argument("--region", help="precomputed region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids to caption from the files")
-    p.add_argument("--vocab", help=VOCAB_HELP)
+    add_checkpoint_inputs(p)
     p.add_argument("--max-regions", type=int,
                    help="regions per image (default: as many as the checkpoint was trained with)")
     add_decoding_options(p, num_captions=True)

@@ -27,6 +27,14 @@ def _data_check(args: argparse.Namespace) -> int:
 
     splits = load_splits(args.annotations, args.split or SPLITS)   # refused before any feature is read
     paper = HINConfig()
+    if args.checkpoint:
+        from hin.checkpoint.opening import FEATURE_FLAGS, open_checkpoint
+        from hin.checkpoint.record import require_matching_features
+
+        opened = open_checkpoint(args.checkpoint)
+        require_matching_features(args.checkpoint, opened.record,
+                                  {"grid": args.grid, "region": args.region}, FEATURE_FLAGS)
+        paper = opened.model.config
     grid_dim = args.grid_dim or read_attributes(args.grid).get("feature_dim", paper.grid_dim)
     region_dim = args.region_dim or read_attributes(args.region).get("feature_dim",
                                                                      paper.region_dim)
@@ -90,6 +98,8 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
                    f"size the file records, else {model.region_dim})")
     p.add_argument("--shapes-only", action="store_true",
                    help="check names and shapes only, skip reading values for NaN/inf")
+    p.add_argument("--checkpoint", help="also refuse feature files of another extraction than "
+                                        "this checkpoint was trained on (and expect its sizes)")
     p.set_defaults(handler=_data_check)
 
     p = actions.add_parser("vocab", help="build the vocabulary from train+val captions, "

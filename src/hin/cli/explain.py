@@ -6,10 +6,12 @@ import argparse
 import sys
 
 from hin.cli.options import (
+    add_checkpoint_inputs,
     add_checkpoint_option,
     add_decoding_options,
     add_device_option,
     decoding,
+    extractor_weights,
     one_checkpoint,
     say_unfamiliar,
 )
@@ -32,7 +34,8 @@ def _explain(args: argparse.Namespace) -> int:
         checkpoints, pictures=picture_paths(args.pictures), ids=args.ids, grid=args.grid, region=args.region,
         images=args.images, annotations=args.annotations, split=args.split, limit=args.limit,
         layer=args.layer, words=args.words, labels=args.labels, decoding=decoding(args),
-        device=args.device, batch_size=args.batch_size)
+        device=args.device, batch_size=args.batch_size, vocab=args.vocab,
+        extractor_weights=extractor_weights(args))
     layer_label = "mean over layers" if args.layer is None else f"layer {args.layer}"
     paths = write_figures(explanations, args.out, layer_label, paper=args.paper)
     for explanation, path in zip(explanations, paths):
@@ -88,6 +91,7 @@ def add_explain_command(commands: argparse._SubParsersAction) -> None:
                    help="add a strip with one small map per generated word (decoder grid "
                         "attention, or region with --words region)")
     p.add_argument("--out", default="runs/explain", help="directory for the PNGs and index.html")
+    add_checkpoint_inputs(p)
     add_decoding_options(p)
     p.add_argument("--batch-size", type=int, default=8)
     add_device_option(p)

@@ -11,8 +11,31 @@ from hin.errors import UsageError
 if TYPE_CHECKING:
     from hin.config import DecodingConfig
 
-VOCAB_HELP = ("vocabulary JSON, for checkpoints that record none (imported reference ones); "
-              "must equal a recorded one")
+VOCAB_HELP = ("vocabulary (hin's vocab.json or the reference's vocab.pkl), for checkpoints "
+              "that record none (imported without --vocab); must equal a recorded one")
+
+
+def add_checkpoint_inputs(p: argparse.ArgumentParser, *, vocab: bool = True) -> None:
+    """What a command that decodes may add to what its checkpoints record."""
+    if vocab:
+        p.add_argument("--vocab", help=VOCAB_HELP)
+    p.add_argument("--extractor-weights", action="append", default=[], metavar="KIND=PATH",
+                   help="the weights file of the checkpoint's recorded grid or region "
+                        "extractor, where it is not where the checkpoint records it "
+                        "(e.g. region=/data/vinvl_vg_x152c4.pth)")
+
+
+def extractor_weights(args: argparse.Namespace) -> dict[str, str]:
+    """--extractor-weights KIND=PATH ... -> {kind: path}."""
+    from hin.errors import UsageError
+
+    weights = {}
+    for value in args.extractor_weights:
+        kind, equals, path = value.partition("=")
+        if not equals or kind not in ("grid", "region") or not path:
+            raise UsageError(f"--extractor-weights takes grid=PATH or region=PATH, got {value!r}")
+        weights[kind] = path
+    return weights
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,15 @@ import argparse
 import dataclasses
 import sys
 
-from hin.cli.options import add_checkpoint_option, add_decoding_options, add_device_option, decoding, one_checkpoint
+from hin.cli.options import (
+    add_checkpoint_inputs,
+    add_checkpoint_option,
+    add_decoding_options,
+    add_device_option,
+    decoding,
+    extractor_weights,
+    one_checkpoint,
+)
 from hin.errors import UsageError
 from hin.serve.settings import SERVE_THREADS, ServeSettings
 
@@ -56,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         keep_uploads=args.keep_uploads, host=args.host, port=args.port,
         allow_hosts=tuple(args.allow_host), allow_origins=tuple(args.allow_origin),
         forwarded_allow_ips=tuple(args.forwarded_allow_ips), root_path=args.root_path,
+        vocab=args.vocab, extractor_weights=tuple(extractor_weights(args).items()),
         **{name: getattr(args, name) for name in LIMIT_FLAGS})
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
@@ -65,6 +74,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     app = create_app(settings)
+    if app.state.service.unavailable:
+        print(f"hin serve: warning: pictures cannot be captioned: {app.state.service.unavailable}",
+              file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"hin serve: warning: listening on {args.host}: anyone who can reach this machine "
               "can use the model (no authentication, no TLS)", file=sys.stderr)
@@ -95,6 +107,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
                                           "(batched; binds 127.0.0.1 unless told)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_checkpoint_option(p, required=True, help="hin checkpoint (.pt)")
+    add_checkpoint_inputs(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; another than loopback exposes the model to the "
                         "network, unauthenticated")

@@ -193,6 +193,17 @@ class Vocabulary:
         return cls.from_dict(values, source=str(path))
 
     @classmethod
+    def read(cls, path: str | Path) -> Vocabulary:
+        """A vocabulary file of either kind, told apart by content: hin's JSON, or the
+        reference's pickle (which starts with pickle's protocol byte)."""
+        path = Path(path)
+        is_pickle = False
+        if path.is_file():
+            with path.open("rb") as handle:
+                is_pickle = handle.read(1) == b"\x80"
+        return cls.from_legacy_pickle(path) if is_pickle else cls.load(path)
+
+    @classmethod
     def from_legacy_pickle(cls, path: str | Path) -> Vocabulary:
         """Import the torchtext-style `Vocab` pickle of the reference and M2, safely."""
         path = require_file(path, "legacy vocabulary pickle")
@@ -210,8 +221,10 @@ class Vocabulary:
         if not isinstance(legacy, _LegacyVocab) or not hasattr(legacy, "itos"):
             raise VocabularyError(f"{path} does not hold a torchtext-style Vocab (no 'itos' list)")
         freqs = getattr(legacy, "freqs", {})
-        return cls(legacy.itos, [0 if word in SPECIALS else freqs.get(word, 0)
-                                 for word in legacy.itos])
+        vocab = cls(legacy.itos, [0 if word in SPECIALS else freqs.get(word, 0)
+                                  for word in legacy.itos])
+        vocab.source = str(path)
+        return vocab
 
 
 def vocabulary_for(checkpoint: str | Path, extra: Mapping[str, Any], given: str | Path | None,
@@ -224,13 +237,14 @@ def vocabulary_for(checkpoint: str | Path, extra: Mapping[str, Any], given: str 
     if recorded is not None:
         vocab = Vocabulary.from_dict(recorded, source=f"recorded in {checkpoint}")
         if given is not None:
-            require_same_words(vocab, Vocabulary.load(given), "the recorded vocabulary is used "
+            require_same_words(vocab, Vocabulary.read(given), "the recorded vocabulary is used "
                                "by default: leave out --vocab")
     elif given is None:
         raise VocabularyError(f"{checkpoint} carries no vocabulary; pass the one it was trained "
-                              "with (--vocab vocab.json, or vocab=...)")
+                              "with (--vocab vocab.json or the reference's vocab.pkl, or "
+                              "vocab=...), or embed it with `hin import-checkpoint ... --vocab`")
     else:
-        vocab = Vocabulary.load(given)
+        vocab = Vocabulary.read(given)
     if len(vocab) != size:
         raise VocabularyError(f"the vocabulary {vocab.source} has {len(vocab)} entries but "
                               f"{checkpoint} was trained with {size}; give the vocabulary it "

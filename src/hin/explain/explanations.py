@@ -4,7 +4,7 @@ and each caption's CIDEr-D against the references."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -186,9 +186,11 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
             annotations: str | Path | None = None, split: str | None = None, limit: int | None = None,
             layer: int | None = None, words: str | None = None, labels: Sequence[str] | None = None,
             decoding: DecodingConfig = DecodingConfig(), device: str = "auto",
-            batch_size: int = 8) -> list[ImageExplanation]:
+            batch_size: int = 8, vocab: str | Path | None = None,
+            extractor_weights: Mapping[str, str | Path] | None = None) -> list[ImageExplanation]:
     """Caption and read the maps of pictures (each checkpoint re-runs its recorded extractors)
-    or of feature-file images (`ids`, or a split's first `limit`), one view per checkpoint."""
+    or of feature-file images (`ids`, or a split's first `limit`), one view per checkpoint.
+    `vocab`, `extractor_weights`: as `Captioner`'s, for every checkpoint."""
     if not checkpoints:
         raise UsageError("explain needs at least one checkpoint")
     if pictures and any(v is not None for v in (ids, grid, region, split, annotations, images)):
@@ -196,12 +198,15 @@ def explain(checkpoints: Sequence[str | Path], *, pictures: Sequence[str | Path]
                          "found by id in --images), not both")
     features = None if pictures else _feature_files(grid, region)
     labels = checkpoint_labels(checkpoints, labels)
-    captioners = [Captioner(c, device=device, decoding=decoding, batch_size=batch_size) for c in checkpoints]
+    captioners = [Captioner(c, device=device, decoding=decoding, batch_size=batch_size, vocab=vocab,
+                            extractor_weights=extractor_weights) for c in checkpoints]
     if features is None:    # pictures
         return [explanation for start in range(0, len(pictures), batch_size)
                 for explanation in _explain_pictures(captioners, labels, pictures[start:start + batch_size],
                                                      layer, words)]
     grid, region = features
+    for captioner in captioners:
+        captioner.opened.require_features(grid, region)
     chosen, references = _references(annotations, split, ids, limit)
     files = _picture_files(images, chosen)
     orientation = recorded_orientation(read_attributes(grid))    # as the file's boxes are

@@ -17,6 +17,7 @@ from hin.extract.registry import (
     PictureExtractor,
     build_extractor,
     extractor_from_attributes,
+    extractor_record,
     register_extractor,
 )
 from hin.extract.shapes import ShapeGridExtractor, ShapeRegionExtractor
@@ -27,6 +28,6 @@ from hin.extract.writer import FeatureWriter, merge_shards
 __all__ = ["EXTRACTORS", "ClipGridExtractor", "ClipPreprocessor", "DetrRegionExtractor",
            "ExtractionReport", "FeatureWriter", "ImageFile", "PictureExtractor", "Shard",
            "ShapeGridExtractor", "ShapeRegionExtractor", "VinVLExtractor", "build_extractor",
-           "choose_shard", "extract_to_file", "extractor_from_attributes", "image_id_from_name",
+           "choose_shard", "extract_to_file", "extractor_from_attributes", "extractor_record", "image_id_from_name",
            "import_vinvl", "list_images", "merge_shards", "nms_mode_report", "prepare_pictures",
            "read_attributes", "register_extractor"]

@@ -6,6 +6,7 @@ attributes. Light on purpose (no torch): extractors register as their modules ar
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -75,3 +76,39 @@ def extractor_from_attributes(recorded: dict[str, Any], device: str = "auto",
                          f"picture extractors: {sorted(EXTRACTORS)}")
     return EXTRACTORS[name].from_attributes(recorded, device=device, precision=precision)
 
+
+
+def extractor_record(kind: str, spec: Sequence[str], device: str = "cpu"
+                     ) -> tuple[dict[str, Any], int]:
+    """`NAME [KEY=VALUE ...]` (a registered extractor and its build options, e.g.
+    `vinvl-x152c4 weights=vinvl_vg_x152c4.pth nms_filter=1`) -> what a checkpoint records of
+    it, and its feature size. The extractor is built once, so the record is exactly what it
+    writes into feature files (`attributes()`), and rebuilds it later; a `weights` option is
+    kept as an absolute path."""
+    if not spec:
+        raise UsageError(f"--{kind}-extractor needs a registered extractor name")
+    name, *settings = spec
+    options: dict[str, Any] = {}
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals or not key:
+            raise UsageError(f"--{kind}-extractor {name}: options are KEY=VALUE, got {setting!r}")
+        options[key] = _option_value(value)
+    extractor = build_extractor(name, device=device, **options)
+    if extractor.kind != kind:
+        raise UsageError(f"--{kind}-extractor {name} makes {extractor.kind} features, "
+                         f"not {kind} features")
+    attributes = dict(extractor.attributes())
+    if "weights" in options:
+        attributes["weights"] = str(Path(str(options["weights"])).resolve())
+    return attributes, extractor.feature_dim
+
+
+def _option_value(text: str) -> Any:
+    """A KEY=VALUE option's value: an integer, a number, true/false, or the text itself."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)

@@ -54,8 +54,11 @@ class Training(BaseModel):
 class ModelInfo(BaseModel):
     checkpoint: str
     sha256: str
+    origin: str = Field(description="hin-trained, reference (imported from the authors' code) "
+                                    "or unknown (an older checkpoint)")
     layers: int
     d_model: int
+    heads: int
     vocabulary_size: int
     features: dict[str, FeatureSource]
     training: Training

@@ -20,7 +20,6 @@ from typing import Any
 from PIL import Image
 
 from hin.caption import Captioner
-from hin.checkpoint import sha256
 from hin.data.coco import load_split
 from hin.errors import HINError
 from hin.extract.images import IMAGE_SUFFIXES
@@ -63,15 +62,16 @@ class CaptionService:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.captioner = Captioner(settings.checkpoint, device=settings.device,
-                                   decoding=settings.decoding)
-        self.sha256 = sha256(settings.checkpoint)
+                                   decoding=settings.decoding, vocab=settings.vocab,
+                                   extractor_weights=dict(settings.extractor_weights))
+        self.model_identity = model_identity(self.captioner)
         try:
             self.captioner.extractors()
             self.unavailable: str | None = None
         except HINError as error:
             self.unavailable = str(error)
         self.demo_pictures = ([] if self.unavailable else
-                              demo_pictures(self.captioner.extra, settings.checkpoint))
+                              demo_pictures(self.captioner.record.annotations, settings.checkpoint))
         self.admission = Admission(settings.max_queue, settings.max_pixels_in_flight,
                                    settings.max_body_bytes_in_flight)
         self.pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="hin-decode")
@@ -82,21 +82,8 @@ class CaptionService:
                                       max_wait_s=settings.max_wait_ms / 1000)
 
     def identity(self) -> dict[str, Any]:
-        """The checkpoint and what it was trained on, as it records them (None: not recorded)."""
-        config, extra = self.captioner.model.config, self.captioner.extra
-        recorded = extra.get("features") or {}
-        features = {kind: {key: (recorded.get(kind) or {}).get(key)
-                           for key in ("extractor", "model")} for kind in ("grid", "region")}
-        profile = extra.get("feature_profile")
-        annotations = dataset_name(((extra.get("config") or {}).get("data") or {}).get("annotations"))
-        return {"checkpoint": Path(self.settings.checkpoint).name, "sha256": self.sha256,
-                "layers": config.num_layers, "d_model": config.d_model,
-                "vocabulary_size": config.vocab_size, "features": features,
-                "training": {"dataset": annotations,
-                             "images": profile["training_images"] if profile else None,
-                             "vocabulary_size": config.vocab_size, "extractors": features,
-                             "validation_cider_d": (extra.get("validation") or {}).get("CIDEr-D"),
-                             "familiarity_check": bool(profile)}}
+        """The checkpoint and what it was trained on (`model_identity`, made once)."""
+        return self.model_identity
 
     def check(self) -> None:
         """Refuse what this server cannot do before any work is spent on the picture."""
@@ -173,6 +160,20 @@ def preview(picture: Image.Image) -> str:
     return f"data:{media_type};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
+def model_identity(captioner: Captioner) -> dict[str, Any]:
+    """The checkpoint's identity (`OpenCheckpoint.identity`) and what it was trained on, as
+    it records them (None: not recorded): what /v1/info and every /v1/captions answer say."""
+    identity = captioner.opened.members[0].identity()
+    record, features = captioner.record, identity["features"]
+    profile = record.feature_profile
+    return {**identity, "training": {
+        "dataset": dataset_name(record.annotations),
+        "images": profile["training_images"] if profile else None,
+        "vocabulary_size": identity["vocabulary_size"], "extractors": features,
+        "validation_cider_d": (record.validation or {}).get("CIDEr-D"),
+        "familiarity_check": bool(profile)}}
+
+
 def recorded_path(recorded: str | None, checkpoint: str | Path) -> Path | None:
     """A path the checkpoint's training recorded (e.g. `data.annotations`), as it is if
     absolute, else from the checkpoint's folder or the nearest of its parents where it
@@ -189,14 +190,13 @@ def recorded_path(recorded: str | None, checkpoint: str | Path) -> Path | None:
     return None
 
 
-def demo_pictures(extra: dict[str, Any], checkpoint: str | Path,
+def demo_pictures(annotations_recorded: str | None, checkpoint: str | Path,
                   limit: int = DEMO_PICTURES) -> list[Path]:
     """Up to `limit` pictures of the test split of the data the checkpoint was trained from
     (its recorded `data.annotations`, read as training reads it: the split files hold caption
     ids, mapped to images by the annotations), found by their file names anywhere in that
     data folder; none when the annotations or pictures are not there."""
-    annotations = recorded_path(((extra.get("config") or {}).get("data") or {}).get("annotations"),
-                                checkpoint)
+    annotations = recorded_path(annotations_recorded, checkpoint)
     if annotations is None:
         return []
     try:

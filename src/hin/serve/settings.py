@@ -69,6 +69,8 @@ class ServeSettings:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 5.0
     shutdown_timeout_s: float = 5.0
+    vocab: str | Path | None = None              # for checkpoints that record none
+    extractor_weights: tuple[tuple[str, str], ...] = ()   # (kind, path): --extractor-weights
 
     def __post_init__(self) -> None:
         for name, (flag, smallest, largest) in RANGES.items():

@@ -26,9 +26,9 @@ from torch import nn
 from tqdm import tqdm
 
 from hin import checkpoint
+from hin.checkpoint.record import TRAINED, CheckpointRecord, training_features
 from hin.config import RunConfig
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, make_loader
-from hin.data.features import read_attributes
 from hin.data.vocab import Vocabulary
 from hin.devices import autocast
 from hin.errors import HINError
@@ -163,26 +163,27 @@ class Trainer:
         self.model.train()
         return distributed.broadcast_object(self.context, scores.metrics() if scores else {})
 
-    def _extra(self) -> dict[str, Any]:
-        """Stored in every checkpoint: what `hin evaluate` and `hin caption` need to use it."""
+    def _record(self, **entries: Any) -> CheckpointRecord:
+        """Stored in every checkpoint: what `hin evaluate` and `hin caption` need to use it,
+        the extractors and layout of the features it was trained on, and `entries`."""
         data = self.config.data
-        init = {"init": self.init_record} if self.init_record else {}
-        return {"config": self.config.to_dict(), "vocabulary": self.vocab.to_dict(),
-                "features": {"grid": read_attributes(data.grid_features),
-                             "region": read_attributes(data.region_features)},
-                "feature_profile": self.data.feature_profile,
-                "data_identity": self.data.identity, **init}
+        features, layout = training_features(data.grid_features, data.region_features)
+        return CheckpointRecord(origin=TRAINED, config=self.config.to_dict(),
+                                vocabulary=self.vocab.to_dict(), features=features, layout=layout,
+                                feature_profile=self.data.feature_profile, init=self.init_record,
+                                data_identity=self.data.identity,
+                                **entries)
 
     def save_last(self) -> None:
         if self.context.is_main:
-            checkpoint.save(self.run_dir / LAST, self.model, **self._extra(), training={
+            checkpoint.save(self.run_dir / LAST, self.model, self._record(training={
                 "optimizer": self.optimizer.state_dict(), "progress": asdict(self.progress),
-                "rng": capture_rng()})
+                "rng": capture_rng()}))
 
     def _save_best(self, metrics: dict[str, float]) -> None:
         if self.context.is_main:
-            checkpoint.save(self.run_dir / BEST, self.model, **self._extra(),
-                            validation=metrics, epoch=self.progress.epoch)
+            checkpoint.save(self.run_dir / BEST, self.model,
+                            self._record(validation=metrics, epoch=self.progress.epoch))
 
     # -- the loop ----------------------------------------------------------------------
 

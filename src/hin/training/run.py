@@ -28,6 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from hin import checkpoint
+from hin.checkpoint.record import CheckpointRecord, require_matching_features
 from hin.config import ConfigError, DataConfig, HINConfig, RunConfig, apply_overrides, upgrade_legacy
 from hin.data.coco import Split, load_splits
 from hin.data.dataset import CaptionPairs, ImageReferences
@@ -90,16 +91,22 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     if unused:
         say(f"note: the model comes from --init {init}; the configuration's "
             f"{', '.join(unused)} are not used")
-    if init and init_extra.get("config"):
-        config = replace(config, data=init_data(init, init_extra["config"], config.data, data_keys, say))
+    init_recorded = CheckpointRecord.from_dict(init_extra, f"--init {init}")
+    if init and init_recorded.config:
+        config = replace(config, data=init_data(init, init_recorded.config, config.data, data_keys, say))
     config = absolute_paths(config)
-    recorded = (resume_state or {}).get("vocabulary") or init_extra.get("vocabulary")
+    recorded = (resume_state or {}).get("vocabulary") or init_recorded.vocabulary
     source = resume_state.get("source", "the run") if resume_state else f"--init {init}"
     vocab = run_vocabulary(config.data.vocabulary, recorded, source, say)
     init_record = ({"path": str(init), "sha256": checkpoint.sha256(init)} if init
                    else (resume_state or {}).get("init"))
     model_config = init_model.config if init_model else replace(config.model, vocab_size=len(vocab))
     config = replace(config, model=model_config)
+    if init:
+        require_matching_features(f"--init {init}", init_recorded,
+                                  {"grid": config.data.grid_features,
+                                   "region": config.data.region_features},
+                                  {"grid": "data.grid_features", "region": "data.region_features"})
     train = config.train
     data, train_split = load_data(config, vocab, f"--init {init}" if init else source if resume_state else None,
                                   show_progress=progress and context.is_main, say=say)
@@ -374,8 +381,11 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
     refuse_if_locked(run_dir)
     read_at = last.stat()
     payload = checkpoint.read_hin(last)
-    extra = payload["extra"]
-    values, notes = upgrade_legacy(extra["config"])
+    record = CheckpointRecord.from_dict(payload["extra"], str(last))
+    if record.config is None or record.training is None:
+        raise RunDirectoryError(f"{last} holds no training state (it was not written by "
+                                "`hin train`): start a run with `hin train --config ...`")
+    values, notes = upgrade_legacy(record.config)
     saved = RunConfig.from_dict(values)
     refuse_new_identity(run_dir, saved, overrides)
     config = replace(RunConfig.from_dict(apply_overrides(values, list(overrides))),
@@ -384,9 +394,9 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = 
     if conflicts:
         raise ConfigError(f"a resumed run keeps its model: {', '.join(conflicts)} differ from "
                           f"{last}; start a new run for another model")
-    state = {"model": payload["model"], "init": extra.get("init"), "source": str(last),
-             "vocabulary": extra.get("vocabulary"), "data_identity": extra.get("data_identity"),
-             "accept_data_change": accept_data_change, **extra["training"]}
+    state = {"model": payload["model"], "init": record.init, "source": str(last),
+             "vocabulary": record.vocabulary, "data_identity": record.data_identity or None,
+             "accept_data_change": accept_data_change, **record.training}
     progress_now = Progress(**state["progress"])
     refuse_edited_config(run_dir, saved, config, list(overrides))
     refuse_new_epoch_order(run_dir, saved, config, progress_now)

@@ -4,8 +4,9 @@ Our format is one `torch.save` dict: format tag, the model config, the weights a
 extra entries a caller adds (vocabulary, training state). It is written atomically and
 read with `weights_only=True`, so loading never executes pickled code. The only objects
 beyond tensors and plain Python data that a checkpoint may hold are numpy arrays, dtypes and
-scalars: the reference's training script saves `np.random.get_state()` and numpy floats in
-its published checkpoints. A file that pickles anything else is refused, naming what it
+scalars, and an argparse namespace: the reference's training script saves
+`np.random.get_state()` and numpy floats in its published checkpoints, and training scripts
+save their arguments so. A file that pickles anything else is refused, naming what it
 pickles.
 
 Models are built on the meta device and given the loaded tensors, so loading never spends
@@ -14,10 +15,14 @@ time on a random initialisation that is thrown away.
 The reference's parameter names live only here, in `reference_name`. Imports are strict:
 the only keys that may be absent from our model are the reference's decoding-state
 buffers; anything else missing, unexpected or mis-shaped is an error naming the keys.
+
+Beside this module: `record` (what the extra entries are, typed), `opening` (checkpoints
+opened for decoding) and `verify` (an import's head count checked).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import re
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hin.checkpoint.record import CheckpointRecord
 from hin.config import DataConfig, HINConfig, upgrade_legacy
 from hin.errors import HINError, UsageError
 from hin.files import atomic_write
@@ -97,23 +103,33 @@ def _numpy_globals() -> SafeGlobals:
 
 
 NUMPY_GLOBALS = _numpy_globals()
+# what `read` allows: numpy's, and the argparse namespace a training script may save its
+# arguments in (inert: unpickling it only sets attributes)
+SAFE_GLOBALS: SafeGlobals = [*NUMPY_GLOBALS, (argparse.Namespace, "argparse.Namespace")]
 
 
 def read(path: str | Path) -> Any:
     """`torch.load` of a checkpoint file on the CPU, allowing nothing but tensors, plain
     Python data and numpy arrays/dtypes/scalars; the errors say which of "not a file",
     "pickles something we do not load" and "damaged" it is."""
+    return read_with_digest(path)[0]
+
+
+def read_with_digest(path: str | Path) -> tuple[Any, str]:
+    """`read`, and the sha256 of the very bytes it loaded: the file is read once."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file: give the file "
                               "inside it (a hin run directory holds best.pt and last.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with torch.serialization.safe_globals(NUMPY_GLOBALS):
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), digest
         except Exception as error:  # torch raises several unrelated types for unreadable files
-            refused = _refused_globals(path, error)
+            refused = _refused_globals(io.BytesIO(data), error)
             reason = _reason(error)
     if refused:
         raise CheckpointError(
@@ -125,11 +141,11 @@ def read(path: str | Path) -> Any:
         "truncated or corrupted, or not a checkpoint at all: copy or save it again")
 
 
-def _refused_globals(path: Path, error: Exception) -> list[str]:
+def _refused_globals(data: IO[bytes], error: Exception) -> list[str]:
     """The pickled classes/functions the safe loader refused: every global the pickle names
     beyond the allowlist, and the class it would have had to build (an object array's dtype)."""
     try:
-        refused = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        refused = set(torch.serialization.get_unsafe_globals_in_checkpoint(data))
     except Exception:   # not a zip checkpoint (the legacy format, or no checkpoint at all)
         refused = set()
     for named_global, built_class in re.findall(r"GLOBAL (\S+)|but got <class '([^']+)'>",
@@ -229,12 +245,15 @@ def import_reference(source: dict[str, Any] | str | Path, *, num_heads: int) -> 
                                for ref_name, ours_name in mapping.items()}).eval()
 
 
-def save(path: str | Path, model: HIN, **extra: Any) -> Path:
-    """Write config + weights (+ `extra` entries) atomically: a crash never leaves a
-    half-written file at `path`. Extra values must be what `read` loads (tensors, plain
-    Python data, numeric numpy arrays); anything else is refused before `path` is touched,
-    naming the entry, so no checkpoint is written that could not be loaded."""
+def save(path: str | Path, model: HIN, record: CheckpointRecord | None = None,
+         **extra: Any) -> Path:
+    """Write config + weights + `record` (and `extra` entries beside it) atomically: a crash
+    never leaves a half-written file at `path`. Extra values must be what `read` loads
+    (tensors, plain Python data, numeric numpy arrays); anything else is refused before
+    `path` is touched, naming the entry, so no checkpoint is written that could not be
+    loaded."""
     path = Path(path)
+    extra = {**(record.to_dict() if record is not None else {}), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "config": model.config.to_dict(), "model": model.state_dict(), "extra": extra}
@@ -261,14 +280,16 @@ def _unloadable(source: str | Path | dict[str, Any]) -> list[str]:
         readable.seek(0)
     else:
         readable = source
-    with torch.serialization.safe_globals(NUMPY_GLOBALS):
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
         return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(readable))
 
 
 def read_hin(path: str | Path) -> dict[str, Any]:
     """The raw payload of a hin checkpoint (format checked): config, weights, extra."""
-    path = Path(path)
-    payload = read(path)
+    return _hin_payload(Path(path), read(path))
+
+
+def _hin_payload(path: Path, payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         looks_reference = isinstance(payload, dict) and (
             "state_dict" in payload or any(str(k).startswith("encoder.") for k in payload))
@@ -283,22 +304,30 @@ def read_hin(path: str | Path) -> dict[str, Any]:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[HIN, dict[str, Any]]:
     """Read a hin checkpoint -> (model in eval mode, extra entries). Strict."""
-    payload = read_hin(path)
+    model, extra, _ = load_with_digest(path, map_location)
+    return model, extra
+
+
+def load_with_digest(path: str | Path, map_location: str | torch.device = "cpu"
+                     ) -> tuple[HIN, dict[str, Any], str]:
+    """`load`, and the sha256 of the bytes the model was read from (one read of the file)."""
+    raw, digest = read_with_digest(path)
+    payload = _hin_payload(Path(path), raw)
     try:
         config = HINConfig.from_dict(upgrade_legacy({"model": payload["config"]})[0]["model"])
         model = _assembled(config, payload["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not match its config: {error}") from error
-    return model.to(map_location).eval(), payload["extra"]
+    return model.to(map_location).eval(), payload["extra"], digest
 
 
-def max_regions_for(path: str | Path, extra: dict[str, Any], given: int | None = None
+def max_regions_for(path: str | Path, record: CheckpointRecord, given: int | None = None
                     ) -> tuple[int, str | None]:
     """How many regions per image the model is given: the `data.max_regions` it was trained
     with (recorded in its configuration; the paper's 50 for checkpoints that record none, such
     as imported reference ones), unless `given` overrides it. Returns the value and, when a
     given value differs from the recorded one, a note saying so."""
-    recorded = ((extra.get("config") or {}).get("data") or {}).get("max_regions")
+    recorded = record.max_regions
     if given is not None and given < 1:
         raise UsageError(f"max_regions must be at least 1, got {given}")
     if given is None:
