@@ -211,7 +211,7 @@ class Captioner:
         recorded = dict(self.record.features.get(kind) or {})
         made_by = recorded.get("extractor")
         if made_by == "vinvl-tsv":
-            raise CheckpointError(f"{self.checkpoint} was trained on VinVL {kind} features, "
+            raise CheckpointError(f"{self.checkpoint} was trained on VinVL {kind} features "
                                   f"imported from VinVL's TSV files; {VINVL_INSTEAD}")
         if made_by is None and self.record.origin == REFERENCE:
             raise CheckpointError(
