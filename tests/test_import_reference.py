@@ -82,10 +82,11 @@ def test_explain_and_the_paper_figure(imported, tmp_path, capsys):
 
 
 def test_evaluate_notes_that_the_reference_picked_its_checkpoint_on_test(imported, tmp_path, capsys):
-    annotations = tmp_path / "coco"
-    write_coco(annotations, {1: ["a man on a car", "a dog"], 2: ["a tree", "two cars"]},
-               val_images={1, 2}, split_annotations={"train": [], "dev": [1, 2, 3, 4],
-                                                     "test": [1, 2, 3, 4]})
+    annotations, as_val = tmp_path / "coco", tmp_path / "coco_val"   # splits must be disjoint
+    for folder, split in ((annotations, "test"), (as_val, "dev")):
+        write_coco(folder, {1: ["a man on a car", "a dog"], 2: ["a tree", "two cars"]},
+                   val_images={1, 2}, split_annotations={"train": [], "dev": [], "test": [],
+                                                         split: [1, 2, 3, 4]})
     assert main(["evaluate", "--checkpoint", str(imported["out"]), "--split", "test",
                  "--annotations", str(annotations), "--grid", str(imported["grid"]),
                  "--region", str(imported["region"]), "--no-spice", "--device", "cpu",
@@ -95,7 +96,7 @@ def test_evaluate_notes_that_the_reference_picked_its_checkpoint_on_test(importe
     assert metrics["notes"] == [REFERENCE_SELECTION_NOTE]
     assert metrics["checkpoints"][0]["origin"] == REFERENCE
     assert main(["evaluate", "--checkpoint", str(imported["out"]), "--split", "val",
-                 "--annotations", str(annotations), "--grid", str(imported["grid"]),
+                 "--annotations", str(as_val), "--grid", str(imported["grid"]),
                  "--region", str(imported["region"]), "--no-spice", "--device", "cpu"]) == 0
     assert "optimistic" not in capsys.readouterr().err      # chosen on test, not on val
 
