@@ -24,12 +24,14 @@ import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from hin.errors import HINError
 from hin.files import atomic_write
+from hin.metrics.coco import ptb_tokenize
+from hin.metrics.ids import ImageId
 
 MAX_ORDER = 4
 SIGMA = 6.0
@@ -203,9 +205,6 @@ def _norms(ngrams: _Ngrams, weight: np.ndarray, num_sentences: int) -> np.ndarra
     return np.sqrt(squares).reshape(num_sentences, MAX_ORDER)
 
 
-ImageId = TypeVar("ImageId", bound=Hashable)    # whatever names the images: COCO ids, file names
-
-
 def cider_d(candidates: Mapping[ImageId, str], references: Mapping[ImageId, Sequence[str]],
             df: CiderDTable | None = None) -> tuple[float, dict[ImageId, float]]:
     """CIDEr-D of tokenised `candidates` {id: caption} against `references` {id: [captions]}.
@@ -283,8 +282,6 @@ class CiderDTable:
         if not captions:
             raise CiderError("CiderDTable.from_references needs at least one reference caption")
         if not tokenized:
-            from hin.metrics.coco import ptb_tokenize
-
             captions = ptb_tokenize(captions, java)
         word_ids, lengths, words = _word_ids(captions, {})
         return cls(words, word_ids, lengths, image_ids,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from hin.errors import HINError, pip_install
 from hin.files import read_json, write_json, write_text
-from hin.metrics.cider import ImageId
+from hin.metrics.ids import ImageId
 from hin.metrics.postprocess import collapse_repeats as _collapse_repeats
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
