@@ -59,8 +59,10 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                                           "checkpoint; resumable, one process or torchrun")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML run configuration: a path, or the name of a "
-                                          "shipped one (synth_xe, synth_scst, coco_xe, coco_scst, "
-                                          "small_xe, small_scst for your own small data set)")
+                                          "shipped one (synth_xe, synth_scst; coco_xe, coco_scst: the "
+                                          "reference's recipe; coco_xe_grouped, coco_scst_large: "
+                                          "faster layouts; small_xe, small_scst for your own small "
+                                          "data set)")
     source.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--init", help="start from this hin checkpoint's weights (SCST from XE best.pt)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
