@@ -88,7 +88,7 @@ def _extract_regions(args: argparse.Namespace) -> int:
 
 
 def add_extract_commands(commands: argparse._SubParsersAction) -> None:
-    from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS, STORAGE_DTYPES
+    from hin.config import EXTRACT_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS, STORAGE_DTYPES
 
     extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
                                                   "regions) or VinVL TSV import, as HDF5")
@@ -109,11 +109,11 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
                        help="stored feature dtype: float16 (default, half the disk) or float32 "
                             "(as the reference stored its CLIP grids); the synthetic world's "
                             "extractors store float16 only")
-        p.add_argument("--orientation", default=DATASET_ORIENTATION, choices=ORIENTATIONS,
-                       help="stored (default: pixels as stored, as the reference's extraction "
-                            "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
-                            "as hin caption/explain/serve read pictures: for your own photos); "
-                            "recorded in the file")
+        p.add_argument("--orientation", default=EXTRACT_ORIENTATION, choices=ORIENTATIONS,
+                       help="exif: upright by the EXIF tag, as hin caption/explain/serve read "
+                            "pictures (for your own photos); stored: pixels as stored, as the "
+                            "reference's extraction and COCO's annotators saw them (to remake "
+                            "the released COCO features); recorded in the file")
         p.add_argument("--shard", metavar="K/N",
                        help="extract only shard K of N of the pictures (sorted by id) into "
                             "OUT.shard-K-of-N.h5, joined later by `hin extract merge OUT`; "
