@@ -21,7 +21,8 @@ from hin.devices import cpu_model
 from hin.errors import DISTRIBUTION, pip_install
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = ["coco_scst", "coco_scst_large", "coco_xe", "coco_xe_grouped", "small_scst", "small_xe", "synth_scst", "synth_xe"]
+SHIPPED = ["coco_scst", "coco_scst_large", "coco_xe", "coco_xe_grouped", "small_scst", "small_xe",
+           "synth_scst", "synth_xe"]
 
 
 def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
