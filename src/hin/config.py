@@ -243,6 +243,11 @@ STORAGE_DTYPES = ("float16", "float32")
 ORIENTATIONS = ("exif", "stored")
 DATASET_ORIENTATION = "stored"
 EXTRACT_ORIENTATION = "exif"
+# `hin explain --paper`: how the paper's figure marks words and draws maps, and its default
+# printed width (a two-column figure in the common conference styles), hin.explain.paper.
+PAPER_MARKINGS = ("paper", "diff")
+PAPER_MAP_STYLES = ("contour", "tint")
+TWO_COLUMN_INCHES = 7.16
 
 
 def check_precision(name: str, choices: tuple[str, ...] = PRECISIONS,

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from hin.cli.options import add_device_option
+from hin.cli.options import HelpFormatter, add_device_option
 from hin.errors import UsageError
 
 if TYPE_CHECKING:
@@ -16,14 +16,14 @@ if TYPE_CHECKING:
 EXTRACTOR_HELP = "a registered {kind} extractor: {names} (default %(default)s)"
 
 
-class RegistryHelp(argparse.HelpFormatter):
+class RegistryHelp(HelpFormatter):
     """Fills `--extractor`'s help from the registry when help is shown, not when the parser is
     built: the registry fills as `hin.extract` imports its extractors (and torch), which every
     other command must not wait for."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.dest != "extractor":
-            return action.help
+            return super()._get_help_string(action)
         from hin.extract import EXTRACTORS
 
         kind = EXTRACTORS[action.default].kind
@@ -95,19 +95,19 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
     actions = extract.add_subparsers(dest="extract_command", required=True, metavar="ACTION")
 
     def add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
-        p.add_argument("--batch-size", type=int, default=batch_size)
+        p.add_argument("--batch-size", type=int, default=batch_size, help="pictures per forward pass")
         p.add_argument("--chunk-size", type=int, default=512,
                        help="images per atomically written part (a kill loses at most one)")
         p.add_argument("--workers", type=int, default=2, help="picture decoding processes")
         add_device_option(p)
         p.add_argument("--precision", default="fp32", choices=EXTRACTION_PRECISIONS,
-                       help="fp32 (default: exact, the reference's arithmetic for the released "
-                            "CLIP grids), bf16 autocast (fast on CUDA and on CPUs with "
+                       help="fp32 (default: exact, the arithmetic the released features "
+                            "were computed in), bf16 autocast (fast on CUDA and on CPUs with "
                             "avx512_bf16/AMX), fp16 weights (CUDA only, fast, not the "
                             "reference's), or auto (bf16 where the device runs it fast)")
         p.add_argument("--store-as", choices=STORAGE_DTYPES,
                        help="stored feature dtype: float16 (default, half the disk) or float32 "
-                            "(as the reference stored its CLIP grids); the synthetic world's "
+                            "(every bit the arithmetic gave); the synthetic world's "
                             "extractors store float16 only")
         p.add_argument("--orientation", default=EXTRACT_ORIENTATION, choices=ORIENTATIONS,
                        help="exif: upright by the EXIF tag, as hin caption/explain/serve read "
