@@ -20,7 +20,7 @@ function describeTraining(training) {
     .map(([kind, e]) => `${kind} ${e.extractor || "unknown"}`).join(", ");
   parts.push(`features: ${extractors}`);
   if (training.validation_cider_d !== null) {
-    parts.push(`validation CIDEr-D ${(100 * training.validation_cider_d).toFixed(1)}`);
+    parts.push(`validation CIDEr-D ${training.validation_cider_d.toFixed(1)}`);
   }
   return "What it knows: " + parts.join("; ") + ". It describes pictures only in the terms of " +
     "that world" + (training.familiarity_check ? " and says so when a picture looks unlike it." : ".");
