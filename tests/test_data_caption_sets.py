@@ -5,7 +5,9 @@ and pictures by file name, train a step and are evaluated."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import h5py
 import pytest
 
 from data_files import FIXTURES, GRID_DIM, REGION_DIM, write_features
@@ -13,6 +15,7 @@ from hin.cli import main
 from hin.data.coco import load_splits
 from hin.data.errors import DataError
 from hin.files import read_json
+from hin.synth import IMAGES_DIR, generate
 
 CAPTIONS = FIXTURES / "captions"
 FLICKR = ["dataset_flickr8k.json", "dataset_flickr30k.json"]
@@ -112,3 +115,27 @@ def test_flickr_and_nocaps_train_a_step_and_evaluate(tmp_path, name, capsys):
                  "--workers", "0", "--no-spice", "--out", str(tmp_path / "nocaps_eval")]) == 0
     scored = read_json(tmp_path / "nocaps_eval" / "metrics.json", "")
     assert scored["num_images"] == 3 and "CIDEr" in scored["scores"]
+
+
+def test_flickr_pictures_get_their_ids_from_the_caption_file(tmp_path, capsys):
+    """Flickr8k names hold no id (`1000268201_693b08cb0e.jpg`): `--ids-from` gives each picture
+    its `imgid`, so the features match the captions."""
+    world = tmp_path / "world"
+    generate(world, train=4, val=1, test=1, min_freq=1, progress=False)
+    pictures = tmp_path / "Flicker8k_Dataset"
+    pictures.mkdir()
+    content = read_json(CAPTIONS / "dataset_flickr8k.json", "fixture")
+    drawn = sorted((world / IMAGES_DIR).iterdir())
+    for image, source in zip(content["images"], drawn):
+        shutil.copyfile(source, pictures / image["filename"])
+    out = tmp_path / "grid.h5"
+    command = ["extract", "grid", "--extractor", "synth-grid", "--images", str(pictures), "--out", str(out),
+               "--workers", "0"]
+    assert main(command) == 2
+    assert "cannot read an image id from '1000268201_693b08cb0e'" in capsys.readouterr().err
+    assert main([*command, "--ids-from", str(CAPTIONS / "dataset_flickr8k.json")]) == 0
+    with h5py.File(out) as features:
+        assert {int(name.split("_")[0]) for name in features} == {0, 1, 2, 3}
+    shutil.copyfile(drawn[0], pictures / "stray.jpg")
+    assert main([*command, "--ids-from", str(CAPTIONS / "dataset_flickr8k.json")]) == 2
+    assert "1 picture(s) are not named in" in capsys.readouterr().err

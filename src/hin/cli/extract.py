@@ -36,7 +36,7 @@ def _extract_pictures(build: Callable[[], PictureExtractor], args: argparse.Name
     from hin.extract import choose_shard, extract_to_file, list_images
     from hin.extract.images import max_pixels
 
-    files = list_images(args.images)
+    files = list_images(args.images, ids_from=args.ids_from)
     shard = choose_shard(args.shard)
     max_pixels()
     report = extract_to_file(build(), files, args.out, batch_size=args.batch_size,
@@ -114,6 +114,10 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
                             "pictures (for your own photos); stored: pixels as stored, as the "
                             "reference's extraction and COCO's annotators saw them (to remake "
                             "the released COCO features); recorded in the file")
+        p.add_argument("--ids-from", metavar="ANNOTATIONS",
+                       help="take each picture's image id from this caption file, by file name "
+                            "(Karpathy's dataset_flickr8k/30k.json: imgid; nocaps: id), not "
+                            "from the file name's digits")
         p.add_argument("--shard", metavar="K/N",
                        help="extract only shard K of N of the pictures (sorted by id) into "
                             "OUT.shard-K-of-N.h5, joined later by `hin extract merge OUT`; "

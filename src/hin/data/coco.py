@@ -93,6 +93,26 @@ def load_splits(source: str | Path, names: Sequence[str] = SPLITS) -> dict[str, 
         f"or Karpathy's dataset_coco.json")
 
 
+class SplitUnavailable(DataError):
+    """A split the caption file does not hold (nocaps' validation file holds only val)."""
+
+
+def image_file_names(source: str | Path) -> dict[str, int]:
+    """Picture file name -> image id over every split `source` holds: how pictures whose names
+    hold no id (Flickr's) get the ids of their captions. A name given two ids is an error."""
+    try:
+        splits = load_splits(source)
+    except SplitUnavailable:
+        splits = load_splits(source, [NOCAPS_SPLIT])
+    ids: dict[str, int] = {}
+    for split in splits.values():
+        for record in split.images.values():
+            if ids.setdefault(record.file_name, record.image_id) != record.image_id:
+                raise DataError(f"{source}: picture {record.file_name} has two image ids "
+                                f"({ids[record.file_name]} and {record.image_id}); fix the file")
+    return ids
+
+
 def load_split(source: str | Path, name: str) -> Split:
     return load_splits(source, [name])[name]
 
@@ -219,7 +239,7 @@ def _load_json_file(path: Path, names: Sequence[str]) -> dict[str, Split]:
         return _load_karpathy_json(path, names, content)
     entries = flickr_entries(path, content) if kind == KARPATHY_FLICKR else nocaps_entries(path, content)
     if kind == NOCAPS and set(names) - {NOCAPS_SPLIT}:
-        raise DataError(f"{path} is nocaps' validation file: it holds the {NOCAPS_SPLIT} split "
+        raise SplitUnavailable(f"{path} is nocaps' validation file: it holds the {NOCAPS_SPLIT} split "
                         f"only ({len(entries)} images), for evaluation (`--split {NOCAPS_SPLIT}`); "
                         f"asked for {', '.join(name for name in names if name != NOCAPS_SPLIT)}. "
                         "Train on COCO or Flickr")

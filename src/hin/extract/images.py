@@ -76,9 +76,12 @@ class ImageFile:
     path: Path
 
 
-def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
+def list_images(source: str | Path | Sequence[str | Path],
+                ids_from: str | Path | None = None) -> list[ImageFile]:
     """A directory (its pictures, by name), a text file (one path per line, relative paths
-    from the file's folder) or a list of paths -> pictures sorted by id, ids checked unique."""
+    from the file's folder) or a list of paths -> pictures sorted by id, ids checked unique.
+    Ids come from the file names, or with `ids_from` from that caption file, by file name
+    (Flickr's `1000268201_693b08cb0e.jpg` holds no id; its `imgid` is the id)."""
     if isinstance(source, (str, Path)):
         source = Path(source)
         if source.is_dir():
@@ -92,7 +95,18 @@ def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
                                  "text file listing one picture path per line, or pictures")
     else:
         paths = [Path(p) for p in source]
-    return _named(paths)
+    return _named(paths) if ids_from is None else _named_by(paths, Path(ids_from))
+
+
+def _named_by(paths: Sequence[Path], annotations: Path) -> list[ImageFile]:
+    from hin.data.coco import image_file_names
+
+    ids = image_file_names(annotations)
+    unknown = [path.name for path in paths if path.name not in ids]
+    if unknown:
+        raise ImageListError(f"{len(unknown)} picture(s) are not named in {annotations} (first: "
+                             f"{', '.join(unknown[:5])}); give a folder or list of its pictures only")
+    return sorted((ImageFile(ids[path.name], path) for path in paths), key=lambda file: file.image_id)
 
 
 def folder_pictures(folder: Path) -> list[Path]:
