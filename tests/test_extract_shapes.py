@@ -185,7 +185,7 @@ def test_explain_a_picture_drawn_with_pil(synth_checkpoint, tmp_path, capsys):
     assert main(["explain", str(drawn), "--checkpoint", str(synth_checkpoint), "--compare",
                  str(other), "--words", "--max-len", "4", "--device", "cpu",
                  "--out", str(out)]) == 0
-    assert "wrote 1 figures" in capsys.readouterr().out
+    assert "wrote 1 figure and" in capsys.readouterr().out      # one figure, not "1 figures"
     [figure] = sorted(out.glob("*.png"))
     with Image.open(figure) as image:
         pixels = np.asarray(image.convert("RGB"))
