@@ -7,7 +7,9 @@ Conventions (CONTRIBUTING.md, "Documentation"): commands live in fenced ```bash 
 4-space indented lines starting with `hin`; `[--opt VALUE]` marks an optional flag in a
 synopsis; a ```bash block right after a `<!-- runnable -->` line is run by
 `test_runnable_blocks_run_as_written` in a folder holding the demo's layout (`data/synth`,
-`runs/demo/xe/best.pt`, `runs/demo/scst/best.pt`).
+`runs/demo/xe/best.pt`, `runs/demo/scst/best.pt`) and a miniature of the authors' released
+COCO folder under its released names (`data/coco`, tests/coco_miniature.py) for
+docs/reproduce.md.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from coco_miniature import coco_miniature
 from hin.checkpoint import save
 from hin.cli import build_parser
 from hin.config import HINConfig
@@ -194,6 +197,7 @@ def demo_layout(root: Path) -> None:
 @pytest.mark.slow
 def test_runnable_blocks_run_as_written(tmp_path):
     demo_layout(tmp_path)
+    coco_miniature(tmp_path)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     ran = []
     for command in (c for c in ALL if c.runnable):
@@ -206,7 +210,7 @@ def test_runnable_blocks_run_as_written(tmp_path):
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         ran.append(arguments[0])
-    assert {"caption", "explain", "evaluate"} <= set(ran)
+    assert {"caption", "explain", "evaluate", "train", "import-checkpoint"} <= set(ran)
 
 
 def test_the_model_in_python_runs_as_written(tmp_path, monkeypatch, capsys):

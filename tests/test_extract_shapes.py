@@ -138,9 +138,10 @@ def test_extract_commands_write_the_files_the_generator_writes(tmp_path, capsys)
                  "--out", str(tmp_path / "region.h5"), "--workers", "0"]) == 0
     assert "wrote 10 images" in capsys.readouterr().out
     for name, written in (("grid.hdf5", "grid.h5"), ("region.hdf5", "region.h5")):
-        # the generator draws its pictures upright; extraction records how it read them
+        # the generator draws its pictures upright; extraction records how it read them: by
+        # default upright by EXIF, as captioning reads pictures
         assert read_attributes(tmp_path / written) == {**read_attributes(data / name),
-                                                       "orientation": "stored"}
+                                                       "orientation": "exif"}
         with h5py.File(data / name) as expected, h5py.File(tmp_path / written) as extracted:
             assert set(expected) == set(extracted)
             for key in expected:
@@ -184,7 +185,7 @@ def test_explain_a_picture_drawn_with_pil(synth_checkpoint, tmp_path, capsys):
     assert main(["explain", str(drawn), "--checkpoint", str(synth_checkpoint), "--compare",
                  str(other), "--words", "--max-len", "4", "--device", "cpu",
                  "--out", str(out)]) == 0
-    assert "wrote 1 figures" in capsys.readouterr().out
+    assert "wrote 1 figure and" in capsys.readouterr().out      # one figure, not "1 figures"
     [figure] = sorted(out.glob("*.png"))
     with Image.open(figure) as image:
         pixels = np.asarray(image.convert("RGB"))

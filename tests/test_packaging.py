@@ -21,7 +21,8 @@ from hin.devices import cpu_model
 from hin.errors import DISTRIBUTION, pip_install
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = ["coco_scst", "coco_xe", "small_scst", "small_xe", "synth_scst", "synth_xe"]
+SHIPPED = ["coco_scst", "coco_scst_large", "coco_xe", "coco_xe_grouped", "small_scst", "small_xe",
+           "synth_scst", "synth_xe"]
 
 
 def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
@@ -33,8 +34,8 @@ def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert RunConfig.load("synth_scst").train.stage == "scst"
     (tmp_path / "synth_xe.yaml").write_text("train:\n  epochs: 3\n")   # a path wins over a name
     assert RunConfig.load("synth_xe.yaml").train.epochs == 3
-    with pytest.raises(ConfigError, match="mine.yaml does not exist.*shipped config: coco_scst, "
-                                          "coco_xe, small_scst, small_xe, synth_scst, synth_xe"):
+    with pytest.raises(ConfigError, match="mine.yaml does not exist.*shipped config: coco_scst, coco_scst_large, "
+                                          "coco_xe, coco_xe_grouped, small_scst, small_xe, synth_scst, synth_xe"):
         find_config("mine.yaml")
     with pytest.raises(ConfigError, match="elsewhere/synth_xe.yaml does not exist"):
         find_config("elsewhere/synth_xe.yaml")                      # a path is never renamed

@@ -378,7 +378,7 @@ def test_the_answer_says_what_the_model_knows_and_flags_a_picture_unlike_its_tra
                         "extractors": {"grid": {"extractor": "clip-grid",
                                                 "model": str(root / "clip")},
                                        "region": {"extractor": "detr", "model": str(root / "detr")}},
-                        "validation_cider_d": 1.25, "familiarity_check": True}
+                        "validation_cider_d": 125.0, "familiarity_check": True}   # x100
     familiar = client.post("/v1/captions", content=_png(root)).json()
     assert familiar["unfamiliar"] is None
     buffer = io.BytesIO()

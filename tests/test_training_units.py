@@ -182,7 +182,8 @@ def test_grouped_captions_give_the_loss_of_their_pairs_and_padding_rows_add_noth
     torch.testing.assert_close(grouped_grad, paired_grad, atol=tolerance, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["synth_xe", "synth_scst", "coco_xe", "coco_scst"])
+@pytest.mark.parametrize("name", ["synth_xe", "synth_scst", "coco_xe", "coco_scst", "coco_xe_grouped",
+                                  "coco_scst_large"])
 def test_bundled_configs_load(name):
     config = RunConfig.load(CONFIGS / f"{name}.yaml")
     assert config.train.stage == name.split("_")[1]

@@ -237,10 +237,17 @@ EXTRACTION_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 # every bit the arithmetic gave, as the reference's grids were stored.
 STORAGE_DTYPES = ("float16", "float32")
 # How pictures are turned upright (hin.extract.images.as_rgb): `exif` applies the EXIF
-# orientation tag (user pictures: caption, explain, serve); `stored` reads pixels as stored,
-# as the reference's extraction did, `hin extract`'s default.
+# orientation tag, as caption, explain and serve read pictures, and so `hin extract`'s default
+# (features of one's own photos must be what captioning them later sees); `stored` reads pixels
+# as stored, as the reference's extraction of COCO did: the rule of files that record none.
 ORIENTATIONS = ("exif", "stored")
 DATASET_ORIENTATION = "stored"
+EXTRACT_ORIENTATION = "exif"
+# `hin explain --paper`: how the paper's figure marks words and draws maps, and its default
+# printed width (a two-column figure in the common conference styles), hin.explain.paper.
+PAPER_MARKINGS = ("paper", "diff")
+PAPER_MAP_STYLES = ("contour", "tint")
+TWO_COLUMN_INCHES = 7.16
 
 
 def check_precision(name: str, choices: tuple[str, ...] = PRECISIONS,

@@ -17,6 +17,7 @@ from hin.cli.data import add_data_commands
 from hin.cli.evaluate import add_evaluate_command, add_score_command
 from hin.cli.explain import add_explain_command
 from hin.cli.extract import add_extract_commands
+from hin.cli.options import Parser
 from hin.cli.serve import add_serve_command
 from hin.cli.train import add_demo_command, add_plot_command, add_train_command
 from hin.errors import HINError, Interrupted
@@ -38,7 +39,7 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hin", description="HIN image captioning: data, training, evaluation, feature "
                                 "extraction and captioning. `hin COMMAND --help` for details.")
     parser.add_argument("--version", action=_Version, help="print hin's version, torch's and the "

@@ -66,7 +66,7 @@ def add_caption_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-regions", type=int,
                    help="regions per image (default: as many as the checkpoint was trained with)")
     add_decoding_options(p, num_captions=True)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="pictures captioned at once")
     add_device_option(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(handler=_caption)

@@ -77,7 +77,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
 
     p = actions.add_parser("synth", help="write the synthetic captioning dataset (COCO formats)")
     p.add_argument("--out", required=True, help="directory to write (e.g. data/synth)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes drawn and their captions")
     p.add_argument("--train", type=int, default=2000, help="training images")
     p.add_argument("--val", type=int, default=250, help="validation images")
     p.add_argument("--test", type=int, default=250, help="test images")
@@ -107,6 +107,7 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="vocabulary JSON file to write")
     p.add_argument("--annotations", default=defaults.annotations,
                    help="annotation directory or dataset_coco.json")
-    p.add_argument("--min-freq", type=int, default=5)
+    p.add_argument("--min-freq", type=int, default=5,
+                   help="keep words seen at least this often in the train + val captions")
     p.add_argument("--legacy", help="import this legacy vocabulary pickle instead (read safely)")
     p.set_defaults(handler=_data_vocab)

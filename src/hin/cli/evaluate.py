@@ -81,7 +81,7 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
                    help="Karpathy val/test, or every image of the grid feature file (no "
                         "references: captions.json only, e.g. for the COCO server)")
     add_decoding_options(p)
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=50, help="images decoded at once")
     p.add_argument("--out", default="runs/evaluate", help="directory for the two JSON files")
     p.add_argument("--annotations", default=data.annotations,
                    help="annotation directory (COCO json + Karpathy .npy) or dataset_coco.json")

@@ -21,6 +21,7 @@ from hin.errors import UsageError
 def _explain(args: argparse.Namespace) -> int:
     from hin.caption import picture_paths
     from hin.explain import PAPER_FILE, explain, write_figures
+    from hin.explain.paper import PaperStyle
 
     checkpoints = one_checkpoint(args, "give the others with --compare (one column each)") + (
         args.compare or [])
@@ -37,13 +38,14 @@ def _explain(args: argparse.Namespace) -> int:
         device=args.device, batch_size=args.batch_size, vocab=args.vocab,
         extractor_weights=extractor_weights(args))
     layer_label = "mean over layers" if args.layer is None else f"layer {args.layer}"
-    paths = write_figures(explanations, args.out, layer_label, paper=args.paper)
+    style = PaperStyle(width_in=args.width_in, marking=args.marking, map_style=args.map_style)
+    paths = write_figures(explanations, args.out, layer_label, paper=args.paper, paper_style=style)
     for explanation, path in zip(explanations, paths):
         scores = [f"{v.label}: {v.caption}" + ("" if v.cider is None else f" (CIDEr-D x100 {100 * v.cider:.1f})")
                   for v in explanation.views]
         print(f"{path}  {explanation.name}: " + " | ".join(scores))
     paper = f", {args.out}/{PAPER_FILE}.png and .pdf" if args.paper else ""
-    print(f"wrote {len(paths)} figures{paper} and {args.out}/index.html")
+    print(f"wrote {len(paths)} figure{'' if len(paths) == 1 else 's'}{paper} and {args.out}/index.html")
     for explanation in explanations:
         for note in explanation.notes:
             if note != explanation.unfamiliar:      # say_unfamiliar says those
@@ -62,6 +64,8 @@ def _layer(value: str) -> int | None:
 
 
 def add_explain_command(commands: argparse._SubParsersAction) -> None:
+    from hin.config import PAPER_MAP_STYLES, PAPER_MARKINGS, TWO_COLUMN_INCHES
+
     p = commands.add_parser("explain", help="figures of where the model looks (attention maps) "
                                             "beside its captions, and an index.html")
     p.add_argument("pictures", nargs="*", help="picture files or folders of them (the checkpoint's "
@@ -74,8 +78,18 @@ def add_explain_command(commands: argparse._SubParsersAction) -> None:
                    help="column titles, one per checkpoint (default: the checkpoints' folder names)")
     p.add_argument("--paper", action="store_true",
                    help="also draw all images as one table in the paper's layout (Fig. 6: image | "
-                        "grid maps | region maps | captions, differing words in red) to "
-                        "OUT/paper_figure.png and .pdf; needs two checkpoints")
+                        "grid maps | region maps | captions, marked words in red) to "
+                        "OUT/paper_figure.png and .pdf; needs two checkpoints (baseline, then ours)")
+    p.add_argument("--width-in", type=float, default=TWO_COLUMN_INCHES,
+                   help="--paper: printed width in inches; the text is 7 pt at that width "
+                        "(a one-column figure: about 3.5)")
+    p.add_argument("--marking", choices=PAPER_MARKINGS, default="paper",
+                   help="--paper: red words. paper: content words of the second model's caption "
+                        "that occur in a reference and not in the first's (stop words never); "
+                        "diff: every word of each caption that the other lacks")
+    p.add_argument("--map-style", choices=PAPER_MAP_STYLES, default="contour",
+                   help="--paper: contour outlines the maps over the picture in its true "
+                        "colours; tint colours the picture as the single-image figures do")
     p.add_argument("--grid", help="grid feature HDF5 (with --region, and --ids or --split)")
     p.add_argument("--region", help="region feature HDF5")
     p.add_argument("--ids", type=int, nargs="+", help="image ids from the feature files")
@@ -93,7 +107,7 @@ def add_explain_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/explain", help="directory for the PNGs and index.html")
     add_checkpoint_inputs(p)
     add_decoding_options(p)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images explained at once")
     add_device_option(p)
     p.set_defaults(handler=_explain)
 

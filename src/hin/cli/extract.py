@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from hin.cli.options import add_device_option
+from hin.cli.options import HelpFormatter, add_device_option
 from hin.errors import UsageError
 
 if TYPE_CHECKING:
@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 EXTRACTOR_HELP = "a registered {kind} extractor: {names} (default %(default)s)"
 
 
-class RegistryHelp(argparse.HelpFormatter):
+class RegistryHelp(HelpFormatter):
     """Fills `--extractor`'s help from the registry when help is shown, not when the parser is
     built: the registry fills as `hin.extract` imports its extractors (and torch), which every
     other command must not wait for."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.dest != "extractor":
-            return action.help
+            return super()._get_help_string(action)
         from hin.extract import EXTRACTORS
 
         kind = EXTRACTORS[action.default].kind
@@ -37,7 +37,7 @@ def _extract_pictures(build: Callable[[], PictureExtractor], args: argparse.Name
     from hin.extract import choose_shard, extract_to_file
     from hin.extract.images import find_images, max_pixels
 
-    listing = find_images(args.images)
+    listing = find_images(args.images, ids_from=args.ids_from)
     files = listing.files
     skipped = listing.skipped_note()
     if skipped:
@@ -120,21 +120,21 @@ def _extract_regions(args: argparse.Namespace) -> int:
 
 
 def add_extract_commands(commands: argparse._SubParsersAction) -> None:
-    from hin.config import DATASET_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS, STORAGE_DTYPES
+    from hin.config import EXTRACT_ORIENTATION, EXTRACTION_PRECISIONS, ORIENTATIONS, STORAGE_DTYPES
 
     extract = commands.add_parser("extract", help="features from pictures (CLIP grid, DETR "
                                                   "regions) or VinVL TSV import, as HDF5")
     actions = extract.add_subparsers(dest="extract_command", required=True, metavar="ACTION")
 
     def add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
-        p.add_argument("--batch-size", type=int, default=batch_size)
+        p.add_argument("--batch-size", type=int, default=batch_size, help="pictures per forward pass")
         p.add_argument("--chunk-size", type=int, default=512,
                        help="images per atomically written part (a kill loses at most one)")
         p.add_argument("--workers", type=int, default=2, help="picture decoding processes")
         add_device_option(p)
         p.add_argument("--precision", default="fp32", choices=EXTRACTION_PRECISIONS,
-                       help="fp32 (default: exact, the reference's arithmetic for the released "
-                            "CLIP grids), bf16 autocast (fast on CUDA and on CPUs with "
+                       help="fp32 (default: exact, the arithmetic the released features "
+                            "were computed in), bf16 autocast (fast on CUDA and on CPUs with "
                             "avx512_bf16/AMX), fp16 weights (CUDA only, fast, not the "
                             "reference's), or auto (bf16 where the device runs it fast)")
         p.add_argument("--store-as", choices=STORAGE_DTYPES,
@@ -142,11 +142,15 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
                             "(as the reference stored its CLIP grids; vinvl-x152c4's default, "
                             "as VinVL released them); the synthetic world's extractors store "
                             "float16 only")
-        p.add_argument("--orientation", default=DATASET_ORIENTATION, choices=ORIENTATIONS,
-                       help="stored (default: pixels as stored, as the reference's extraction "
-                            "and COCO's annotators saw them) or exif (upright by the EXIF tag, "
-                            "as hin caption/explain/serve read pictures: for your own photos); "
-                            "recorded in the file")
+        p.add_argument("--orientation", default=EXTRACT_ORIENTATION, choices=ORIENTATIONS,
+                       help="exif: upright by the EXIF tag, as hin caption/explain/serve read "
+                            "pictures (for your own photos); stored: pixels as stored, as the "
+                            "reference's extraction and COCO's annotators saw them (to remake "
+                            "the released COCO features); recorded in the file")
+        p.add_argument("--ids-from", metavar="ANNOTATIONS",
+                       help="take each picture's image id from this caption file, by file name "
+                            "(Karpathy's dataset_flickr8k/30k.json: imgid; nocaps: id), not "
+                            "from the file name's digits")
         p.add_argument("--force", action="store_true",
                        help="discard what OUT holds and extract every picture again (a re-run "
                             "otherwise resumes, and refuses pictures changed since their "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hin.errors import UsageError
 
@@ -36,6 +36,36 @@ def extractor_weights(args: argparse.Namespace) -> dict[str, str]:
             raise UsageError(f"--extractor-weights takes grid=PATH or region=PATH, got {value!r}")
         weights[kind] = path
     return weights
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every command's help shows each option's default, unless its text already speaks of one
+    or there is none to show (None, False, a list left empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or any(default is none for none in (None, False, argparse.SUPPRESS))
+                or default == []
+                or "default" in text.lower() or "%(default)" in text):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """hin's parsers: every one uses HelpFormatter (a subcommand passing its own formatter
+    class keeps it), and an unknown option after a subcommand is reported with that
+    subcommand's usage, not the top-level one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self.prog != "hin":
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:

@@ -136,7 +136,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
                    help="CPU threads for inference (torch.set_num_threads; the default is the "
                         "fastest measured: see docs/serving.md)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
-                                                           "info", "debug"])
+                                                           "info", "debug"],
+                   help="how much the web server (uvicorn) logs: each request at info")
     add_decoding_options(p, num_captions=True)
     p.set_defaults(handler=_serve)
 

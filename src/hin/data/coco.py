@@ -4,7 +4,8 @@ Two sources give the same in-memory result, a `Split` per name (image id -> file
 reference captions):
 - a directory with COCO's `captions_train2014.json` / `captions_val2014.json` and the split
   annotation-id arrays `coco_{train,restval,dev,test}_ids.npy` (train = train + restval);
-- Karpathy's `dataset_coco.json` (train = train + restval).
+- Karpathy's `dataset_coco.json` (train = train + restval);
+- Karpathy's Flickr8k/Flickr30k files and nocaps' validation file (hin.data.caption_sets).
 
 This module must never guess: ids missing from the annotations, duplicated ids and empty
 captions are errors naming the file, the count and the first ids.
@@ -20,6 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hin.data.caption_sets import (
+    KARPATHY_COCO,
+    KARPATHY_FLICKR,
+    NOCAPS,
+    NOCAPS_SPLIT,
+    flickr_entries,
+    json_format,
+    nocaps_entries,
+)
 from hin.data.errors import DataError, first_ids
 from hin.files import read_json, require_file
 
@@ -77,11 +87,31 @@ def load_splits(source: str | Path, names: Sequence[str] = SPLITS) -> dict[str, 
     if source.is_dir():
         return _load_coco_directory(source, names)
     if source.is_file() and source.suffix == ".json":
-        return _load_karpathy_json(source, names)
+        return _load_json_file(source, names)
     raise FileNotFoundError(
         f"annotations {source} not found: give a directory holding {' and '.join(CAPTION_FILES)} "
         f"with the Karpathy split files coco_{{train,restval,dev,test}}_ids.npy, "
         f"or Karpathy's dataset_coco.json")
+
+
+class SplitUnavailable(DataError):
+    """A split the caption file does not hold (nocaps' validation file holds only val)."""
+
+
+def image_file_names(source: str | Path) -> dict[str, int]:
+    """Picture file name -> image id over every split `source` holds: how pictures whose names
+    hold no id (Flickr's) get the ids of their captions. A name given two ids is an error."""
+    try:
+        splits = load_splits(source)
+    except SplitUnavailable:
+        splits = load_splits(source, [NOCAPS_SPLIT])
+    ids: dict[str, int] = {}
+    for split in splits.values():
+        for record in split.images.values():
+            if ids.setdefault(record.file_name, record.image_id) != record.image_id:
+                raise DataError(f"{source}: picture {record.file_name} has two image ids "
+                                f"({ids[record.file_name]} and {record.image_id}); fix the file")
+    return ids
 
 
 def load_split(source: str | Path, name: str) -> Split:
@@ -228,8 +258,32 @@ def _load_coco_directory(directory: Path, names: Sequence[str]) -> dict[str, Spl
     return splits
 
 
-def _load_karpathy_json(path: Path, names: Sequence[str]) -> dict[str, Split]:
+def _load_json_file(path: Path, names: Sequence[str]) -> dict[str, Split]:
+    """Karpathy's dataset_coco.json here; his Flickr files and nocaps' validation file through
+    hin.data.caption_sets, into the same splits."""
     content = read_json(path, "annotation file", error=DataError)
+    kind = json_format(path, content)
+    if kind == KARPATHY_COCO:
+        return _load_karpathy_json(path, names, content)
+    entries = flickr_entries(path, content) if kind == KARPATHY_FLICKR else nocaps_entries(path, content)
+    if kind == NOCAPS and set(names) - {NOCAPS_SPLIT}:
+        raise SplitUnavailable(f"{path} is nocaps' validation file: it holds the {NOCAPS_SPLIT} split "
+                        f"only ({len(entries)} images), for evaluation (`--split {NOCAPS_SPLIT}`); "
+                        f"asked for {', '.join(name for name in names if name != NOCAPS_SPLIT)}. "
+                        "Train on COCO or Flickr")
+    splits = {}
+    for name in names:
+        chosen = [entry for entry in entries if entry.part in SPLIT_PARTS[name]]
+        _fail_if_any(_duplicates(entry.image_id for entry in chosen), f"{path} (split {name})",
+                     "image ids are listed more than once", "each image may belong to one split once")
+        splits[name] = Split(name, {entry.image_id: ImageRecord(entry.image_id, entry.file_name,
+                                                                entry.captions)
+                                    for entry in sorted(chosen, key=lambda e: e.image_id)},
+                             str(path))
+    return splits
+
+
+def _load_karpathy_json(path: Path, names: Sequence[str], content: object) -> dict[str, Split]:
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
         raise DataError(f"{path} is not Karpathy's dataset_coco.json (needs an 'images' list)")
     for number, image in enumerate(content["images"]):

@@ -95,12 +95,39 @@ def overlay_colormap() -> Any:
     return ListedColormap(colours, name=f"{MAP_COLORMAP}_overlay")
 
 
-def _overlay(axes: Any, heat: np.ndarray, extent: tuple[float, float, float, float]) -> None:
-    """`heat` over the picture, each map scaled from its lowest weight (clear) to its peak: a
-    nearly uniform map still shows where it looks most."""
+CONTOUR_LEVELS = (0.5, 0.75, 0.9)   # of a map's range, drawn thicker as they rise
+CONTOUR_UPSAMPLE = 8                # grid cells are repeated so that outlines follow cell edges
+
+
+def _overlay(axes: Any, heat: np.ndarray, extent: tuple[float, float, float, float],
+             style: str = "tint") -> None:
+    """`heat` over the picture, each map scaled from its lowest weight to its peak: a nearly
+    uniform map still shows where it looks most. `tint` colours the picture (clear where the
+    model does not look); `contour` outlines the map at CONTOUR_LEVELS in black on white and
+    leaves the picture's colours true."""
     low, high = float(heat.min()), float(heat.max())
+    if style == "contour":
+        _contours(axes, heat, extent, low, high)
+        return
     axes.imshow(heat, cmap=overlay_colormap(), vmin=low, vmax=high if high > low else low + 1.0,
                 interpolation="nearest", extent=extent)
+
+
+def _contours(axes: Any, heat: np.ndarray, extent: tuple[float, float, float, float],
+              low: float, high: float) -> None:
+    from matplotlib import patheffects
+
+    if high <= low:
+        return
+    if max(heat.shape) < HEAT_SIDE // 4:
+        heat = np.kron(heat, np.ones((CONTOUR_UPSAMPLE, CONTOUR_UPSAMPLE)))
+    left, right, bottom, top = extent            # one cell of `low` around the map closes
+    step_x, step_y = (right - left) / heat.shape[1], (bottom - top) / heat.shape[0]   # its outlines
+    heat = np.pad(heat, 1, constant_values=low)
+    levels = [low + level * (high - low) for level in CONTOUR_LEVELS]
+    lines = axes.contour(heat, levels=levels, colors="black", linewidths=[0.5, 0.8, 1.2], origin="upper",
+                         extent=(left - step_x, right + step_x, bottom + step_y, top - step_y))
+    lines.set(path_effects=[patheffects.withStroke(linewidth=2.0, foreground="white")])
 
 
 def _outlined(axes: Any, x: float, y: float, text: str, **style: Any) -> None:
@@ -115,18 +142,21 @@ def _box(axes: Any, box: np.ndarray, linewidth: float = 1.4) -> None:
     from matplotlib.patches import Rectangle
 
     x1, y1, x2, y2 = box
-    axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=BOX_COLOUR, linewidth=linewidth))
+    axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=BOX_COLOUR, linewidth=linewidth,
+                             zorder=3))
 
 
-def draw_grid(axes: Any, explanation: ImageExplanation, view: ModelView, weights: np.ndarray) -> str | None:
-    """Grid attention as upsampled cells over the picture; -> what could not be placed, if anything."""
+def draw_grid(axes: Any, explanation: ImageExplanation, view: ModelView, weights: np.ndarray,
+              style: str = "tint") -> str | None:
+    """Grid attention as upsampled cells over the picture (`style`: see _overlay); -> what could
+    not be placed, if anything."""
     geometry = view.geometry
     no_ticks(axes)
     peak = float(weights.max()) or 1.0
     placement = geometry.grid_placement
     if placement is not None and (extent := draw_canvas(axes, explanation, geometry)) is not None:
         (rows, cols), (x1, y1, x2, y2) = placement
-        _overlay(axes, weights.reshape(rows, cols), (x1, x2, y2, y1))
+        _overlay(axes, weights.reshape(rows, cols), (x1, x2, y2, y1), style)
         if weights.max() > 0:
             _box(axes, geometry.cell_boxes()[int(np.argmax(weights))])
         axes.set_xlim(extent[0], extent[1])
@@ -142,8 +172,9 @@ def draw_grid(axes: Any, explanation: ImageExplanation, view: ModelView, weights
 
 
 def draw_regions(axes: Any, explanation: ImageExplanation, view: ModelView, weights: np.ndarray,
-                  outline: int = 3) -> str | None:
-    """Region attention painted over the boxes (the `outline` strongest outlined); without
+                  outline: int = 3, style: str = "tint", numbers: bool = True) -> str | None:
+    """Region attention painted over the boxes (the `outline` strongest outlined, with their
+    weights written in them when `numbers`; `style`: see _overlay); without
     boxes, a bar per region slot. -> what could not be placed, if anything."""
     geometry = view.geometry
     boxes = geometry.boxes
@@ -162,13 +193,14 @@ def draw_regions(axes: Any, explanation: ImageExplanation, view: ModelView, weig
     no_ticks(axes)
     extent = _canvas(axes, explanation, size)
     heat = region_heat(weights, boxes[:len(weights)], size)
-    _overlay(axes, heat, extent)
+    _overlay(axes, heat, extent, style)
     for index in np.argsort(-weights, kind="stable")[:outline]:
         if weights[index] <= 0:
             break
         _box(axes, boxes[index])
         x1, y1 = boxes[index][:2]
-        _outlined(axes, x1 + 2, y1 + 2, f"{weights[index]:.2f}", fontsize=7, va="top", fontweight="bold")
+        if numbers:
+            _outlined(axes, x1 + 2, y1 + 2, f"{weights[index]:.2f}", fontsize=7, va="top", fontweight="bold")
     axes.set_xlim(extent[0], extent[1])
     axes.set_ylim(extent[2], extent[3])
     return None

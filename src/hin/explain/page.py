@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hin.explain.explanations import ImageExplanation
 from hin.explain.figures import DPI, load_pyplot, render
-from hin.explain.paper import write_paper_figure
+from hin.explain.paper import PAPER_STYLE, PaperStyle, write_paper_figure
 from hin.files import atomic_write, write_text
 
 INDEX_FILE = "index.html"
@@ -24,9 +24,11 @@ def figure_name(explanation: ImageExplanation, index: int) -> str:
 
 
 def write_figures(explanations: Sequence[ImageExplanation], out: str | Path,
-                  layer_label: str = "mean over layers", paper: bool = False) -> list[Path]:
+                  layer_label: str = "mean over layers", paper: bool = False,
+                  paper_style: PaperStyle = PAPER_STYLE) -> list[Path]:
     """One PNG per image in `out`, and `out/index.html` listing them (sortable by CIDEr-D);
-    with `paper`, also the paper-layout figure of them all, linked from the index."""
+    with `paper`, also the paper-layout figure of them all (set by `paper_style`), shown at the
+    top of the index."""
     pyplot = load_pyplot()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -38,7 +40,7 @@ def write_figures(explanations: Sequence[ImageExplanation], out: str | Path,
             figure.savefig(file, format="png", dpi=DPI)
         pyplot.close(figure)
         paths.append(path)
-    paper_figures = write_paper_figure(explanations, out, layer_label) if paper else ()
+    paper_figures = write_paper_figure(explanations, out, layer_label, paper_style) if paper else ()
     write_index(explanations, paths, out / INDEX_FILE, paper_figures)
     return paths
 
@@ -68,7 +70,9 @@ def write_index(explanations: Sequence[ImageExplanation], figures: Sequence[Path
             cells.append(f"<td data-sort='{score}'>{score or '–'}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     paper_link = "" if not paper else (
-        "<p><b>All pictures in the paper's layout (Fig. 6):</b> " + " · ".join(
+        "<h2>All pictures in the paper's layout (Fig. 6)</h2>\n"
+        f"<p><a href='{escape(paper[0].name)}'><img class='paper' src='{escape(paper[0].name)}' "
+        "alt='the paper-layout figure'></a></p>\n<p>Files: " + " · ".join(
             f"<a href='{escape(p.name)}'>{escape(p.name)}</a>" for p in paper) + "</p>\n")
     page = string.Template(resources.files("hin.explain").joinpath(INDEX_TEMPLATE).read_text(encoding="utf-8"))
     return write_text(path, page.substitute(count=len(rows), paper_link=paper_link, header="".join(header),

@@ -104,15 +104,19 @@ class ImageListing:
                 f"({', '.join(sorted(IMAGE_SUFFIXES))}): {names}{more}")
 
 
-def list_images(source: str | Path | Sequence[str | Path]) -> list[ImageFile]:
+def list_images(source: str | Path | Sequence[str | Path],
+                ids_from: str | Path | None = None) -> list[ImageFile]:
     """`find_images`' pictures, sorted by id."""
-    return find_images(source).files
+    return find_images(source, ids_from).files
 
 
-def find_images(source: str | Path | Sequence[str | Path]) -> ImageListing:
+def find_images(source: str | Path | Sequence[str | Path],
+                ids_from: str | Path | None = None) -> ImageListing:
     """A directory (its pictures, by name), a file (a picture, or a UTF-8 text file listing one
     picture path per line, relative paths from the file's folder, `#` comment lines ignored;
-    told apart by content) or a list of paths -> pictures sorted by id, ids checked unique."""
+    told apart by content) or a list of paths -> pictures sorted by id, ids checked unique.
+    Ids come from the file names, or with `ids_from` from that caption file, by file name
+    (Flickr's `1000268201_693b08cb0e.jpg` holds no id; its `imgid` is the id)."""
     skipped: list[Path] = []
     if isinstance(source, (str, Path)):
         source = Path(source)
@@ -125,7 +129,19 @@ def find_images(source: str | Path | Sequence[str | Path]) -> ImageListing:
                                  "text file listing one picture path per line, or pictures")
     else:
         paths = [Path(p) for p in source]
-    return ImageListing(_named(paths), skipped)
+    named = _named(paths) if ids_from is None else _named_by(paths, Path(ids_from))
+    return ImageListing(named, skipped)
+
+
+def _named_by(paths: Sequence[Path], annotations: Path) -> list[ImageFile]:
+    from hin.data.coco import image_file_names
+
+    ids = image_file_names(annotations)
+    unknown = [path.name for path in paths if path.name not in ids]
+    if unknown:
+        raise ImageListError(f"{len(unknown)} picture(s) are not named in {annotations} (first: "
+                             f"{', '.join(unknown[:5])}); give a folder or list of its pictures only")
+    return sorted((ImageFile(ids[path.name], path) for path in paths), key=lambda file: file.image_id)
 
 
 def folder_listing(folder: Path) -> tuple[list[Path], list[Path]]:

@@ -45,8 +45,8 @@ class Training(BaseModel):
     images: int | None = Field(description="training images (the check's record)")
     vocabulary_size: int
     extractors: dict[str, FeatureSource]
-    validation_cider_d: float | None = Field(description="CIDEr-D on the validation split "
-                                                         "when this checkpoint was saved")
+    validation_cider_d: float | None = Field(description="CIDEr-D x100 on the validation split "
+                                                         "when this checkpoint was saved (e.g. 353.4)")
     familiarity_check: bool = Field(description="whether pictures are checked against the "
                                                 "training pictures' features")
 

@@ -170,7 +170,7 @@ def model_identity(captioner: Captioner) -> dict[str, Any]:
         "dataset": dataset_name(record.annotations),
         "images": profile["training_images"] if profile else None,
         "vocabulary_size": identity["vocabulary_size"], "extractors": features,
-        "validation_cider_d": (record.validation or {}).get("CIDEr-D"),
+        "validation_cider_d": _times_100((record.validation or {}).get("CIDEr-D")),
         "familiarity_check": bool(profile)}}
 
 
@@ -210,3 +210,8 @@ def demo_pictures(annotations_recorded: str | None, checkpoint: str | Path,
         if path.suffix.lower() in IMAGE_SUFFIXES and path.name in wanted and path.is_file():
             found.setdefault(wanted[path.name], path)
     return [found[image_id] for image_id in sorted(found)[:limit]]
+
+
+def _times_100(score: float | None) -> float | None:
+    """A score as every report of hin prints it: x100, one decimal (CIDEr-D 3.534 -> 353.4)."""
+    return None if score is None else round(100 * float(score), 1)

@@ -39,7 +39,7 @@ function describe(model) {
                  fact(training.images === null ? "not recorded" : number(training.images), "pictures"),
                  fact(`${number(training.vocabulary_size)} words`, "vocabulary")];
   if (training.validation_cider_d !== null) {
-    facts.push(fact((100 * training.validation_cider_d).toFixed(1), "validation CIDEr-D"));
+    facts.push(fact(training.validation_cider_d.toFixed(1), "validation CIDEr-D"));
   }
   $("facts").replaceChildren(...facts);
   $("facts").hidden = false;
