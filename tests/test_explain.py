@@ -202,7 +202,7 @@ def test_explain_images_looks_only_at_the_pictures_it_needs(corner_data, tmp_pat
         Image.new("RGB", (8, 8)).save(folder / name)
     out = tmp_path / "figures"
     assert main(figure_arguments(root, grid, region, folder, "--ids", "11", "--out", str(out))) == 0
-    assert "wrote 1 figures" in capsys.readouterr().out
+    assert "wrote 1 figure " in capsys.readouterr().out
     Image.new("RGB", (8, 8)).save(folder / "11.png")
     assert main(figure_arguments(root, grid, region, folder, "--ids", "11", "--out", str(out))) == 2
     assert f"{folder / 'COCO_val2014_000000000011.png'} and {folder / '11.png'} both give image id 11" \

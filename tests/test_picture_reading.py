@@ -319,7 +319,7 @@ def test_explain_compare_extracts_each_picture_once_for_checkpoints_of_the_same_
                             calls.append(kind) or extract(self, prepared))
     assert main(["explain", str(root / "pictures" / "12.png"), "--checkpoint", str(ckpt),
                  "--compare", str(other), "--out", str(tmp_path / "figures")]) == 0
-    assert "wrote 1 figures" in capsys.readouterr().out
+    assert "wrote 1 figure " in capsys.readouterr().out
     assert sorted(calls) == ["grid", "region"]
 
 

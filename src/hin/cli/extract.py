@@ -126,7 +126,7 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
                                                   "regions) or VinVL TSV import, as HDF5")
     actions = extract.add_subparsers(dest="extract_command", required=True, metavar="ACTION")
 
-    def add_run_options(p: argparse.ArgumentParser, batch_size: int) -> None:
+    def add_run_options(p: argparse.ArgumentParser, batch_size: int, float32_use: str) -> None:
         p.add_argument("--batch-size", type=int, default=batch_size, help="pictures per forward pass")
         p.add_argument("--chunk-size", type=int, default=512,
                        help="images per atomically written part (a kill loses at most one)")
@@ -139,8 +139,7 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
                             "reference's), or auto (bf16 where the device runs it fast)")
         p.add_argument("--store-as", choices=STORAGE_DTYPES,
                        help="stored feature dtype: float16 (default, half the disk) or float32 "
-                            "(as the reference stored its CLIP grids; vinvl-x152c4's default, "
-                            "as VinVL released them); the synthetic world's extractors store "
+                            f"({float32_use}); the synthetic world's extractors store "
                             "float16 only")
         p.add_argument("--orientation", default=EXTRACT_ORIENTATION, choices=ORIENTATIONS,
                        help="exif: upright by the EXIF tag, as hin caption/explain/serve read "
@@ -169,7 +168,7 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--extractor", default="clip-grid", help=EXTRACTOR_HELP)
     p.add_argument("--model", help="CLIP checkpoint: hub name (from the HF cache) or local "
                                    "folder (default openai/clip-vit-large-patch14)")
-    add_run_options(p, batch_size=32)
+    add_run_options(p, batch_size=32, float32_use="as the reference stored its CLIP grids")
     p.set_defaults(handler=_extract_grid)
 
     p = actions.add_parser("regions", formatter_class=RegistryHelp, help="region features: import VinVL TSV, or detect "
@@ -195,7 +194,8 @@ def add_extract_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--attributes", action="store_true",
                    help="vinvl-x152c4: also run the attribute head (<id>_attr_labels, "
                         "<id>_attr_scores [n, 16])")
-    add_run_options(p, batch_size=8)
+    add_run_options(p, batch_size=8,
+                    float32_use="vinvl-x152c4's default, as VinVL released its features")
     p.set_defaults(handler=_extract_regions)
 
     p = actions.add_parser("nms-mode", help="tell which VinVL post-processing mode (nms_filter "

@@ -104,8 +104,7 @@ def _listen(host: str, port: int):
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("serve", help="a page and an HTTP API that caption pictures "
-                                          "(batched; binds 127.0.0.1 unless told)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                          "(batched; binds 127.0.0.1 unless told)")
     add_checkpoint_option(p, required=True, help="hin checkpoint (.pt)")
     add_checkpoint_inputs(p)
     p.add_argument("--host", default="127.0.0.1",
