@@ -37,6 +37,7 @@ from hin.extract.images import (
     read_picture,
 )
 from hin.extract.registry import ImageEntry, PictureExtractor
+from hin.extract.resize import PictureShapeError
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureFileError, FeatureWriter, discard_features
 from hin.files import write_text
@@ -67,9 +68,12 @@ class _PreparedPictures(Dataset):
         file = self.files[index]
         try:
             read = read_picture(file.path, orientation=self.orientation)
+            prepared = self.preprocess(read.rgb)
+        except PictureShapeError as error:
+            return file, None, str(error.named(str(file.path))), None
         except PictureError as error:
             return file, None, str(error), None
-        return file, self.preprocess(read.rgb), None, read.note
+        return file, prepared, None, read.note
 
 
 def _as_list(batch: list) -> list:
