@@ -17,7 +17,6 @@ from PIL import Image
 from extract_models import write_picture_checkpoint, write_tiny_clip, write_tiny_detr
 from hin.cli import main
 from hin.extract import build_extractor, prepare_pictures
-from hin.extract.images import PictureError
 from hin.extract.resize import PictureShapeError
 
 pytest.importorskip("transformers")

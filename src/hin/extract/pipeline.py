@@ -6,10 +6,11 @@ of prepared pictures into one `{suffix: array}` entry per image (`features`, `gl
 `boxes`, ...). This module batches, shows images/s, skips the ids the output already holds
 (re-running resumes), writes a chunk at a time through `FeatureWriter` (a kill loses at most
 one chunk, see writer.py) and lists pictures that fail to decode, or that the extractor
-cannot resize (resize.py), in a report while the run goes on. It must never write a substitute entry for a picture it could not read. With a
-`Shard` it extracts only that shard's block of the pictures, into the shard's own file
-(shards.py). Pictures are read by hin's reading rule (images.as_rgb) with the `orientation`
-chosen for the run, which the file records (`hin_orientation`). Extractors compute in the
+cannot resize (resize.py), in a report while the run goes on. It must never write a
+substitute entry for a picture it could not read. With a `Shard` it extracts only that
+shard's block of the pictures, into the shard's own file (shards.py). Pictures are read by
+hin's reading rule (images.as_rgb) with the `orientation` chosen for the run, which the file
+records (`hin_orientation`). Extractors compute in the
 `precision` chosen for the run (hf.py: fp32, bf16 autocast, fp16 weights on CUDA) and store their results
 in the dtype they are given (`storage_dtype`), whatever the arithmetic.
 """
