@@ -86,7 +86,8 @@ def test_pictures_the_resize_rule_cannot_shrink_are_refused_by_size():
     """Short side round(1000 / 1999) = 1 px, long side 1999 (the original's rule, which
     breaks its own 1000 px cap here); from 2000:1 the short side would be 0."""
     assert prepare(Image.new("RGB", (1999, 1))).pixels.shape == (1, 1999, 3)
-    with pytest.raises(PictureError, match="2000x1 picture is too elongated"):
+    with pytest.raises(PictureError, match="the picture is 2000x1 pixels: after resizing for VinVL its short "
+                       "side would be 0 pixels; crop it or pad it to less than 2,000:1"):
         prepare(Image.new("RGB", (2000, 1)))
 
 

@@ -44,11 +44,12 @@ from hin.extract.images import (
     folder_listing,
     read_picture,
 )
-from hin.extract.pipeline import prepare_pictures
 from hin.extract.registry import EXTRACTORS, ImageEntry, extractor_from_attributes
+from hin.extract.resize import PictureShapeError
 from hin.model import HIN
 
 Picture = str | Path | Image.Image
+Prepared = tuple[Any, Any]       # a picture as its grid and its region extractor prepare it
 FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
                     "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...` "
                     "(Captioner.caption_features)")
@@ -120,11 +121,12 @@ class Captioner:
 
     def _caption(self, pictures: Sequence[Picture], keep_going: bool) -> CaptionedPictures:
         done = CaptionedPictures()
-        batch: list[tuple[str, Image.Image]] = []
+        batch: list[tuple[str, Prepared]] = []
         for index, picture in enumerate(pictures):
             name = _name(picture, index)
             try:
                 read = read_user_picture(picture)
+                prepared = self.prepare_picture(read.rgb, name)
             except PictureError as error:
                 if not keep_going:
                     raise
@@ -132,7 +134,7 @@ class Captioner:
                 continue
             if read.note:
                 done.notes.append(f"{name}: {read.note}")
-            batch.append((name, read.rgb))
+            batch.append((name, prepared))
             if len(batch) == self.batch_size:
                 done.results += self._caption_read(batch)
                 batch = []
@@ -140,9 +142,9 @@ class Captioner:
             done.results += self._caption_read(batch)
         return done
 
-    def _caption_read(self, batch: Sequence[tuple[str, Image.Image]]) -> list[CaptionedImage]:
+    def _caption_read(self, batch: Sequence[tuple[str, Prepared]]) -> list[CaptionedImage]:
         names = [name for name, _ in batch]
-        grid_entries, region_entries = self.picture_entries([picture for _, picture in batch])
+        grid_entries, region_entries = self.prepared_entries([prepared for _, prepared in batch])
         captioned = self.caption_arrays(names, [e["features"] for e in grid_entries],
                                         [e["features"] for e in region_entries])
         return [replace(result, unfamiliar=self.unfamiliar(entry["features"]))
@@ -153,11 +155,29 @@ class Captioner:
         pictures, or None (hin.data.familiarity: the rule, and what it can tell)."""
         return unfamiliar(self.record.feature_profile, grid)
 
-    def picture_entries(self, pictures: Sequence[Image.Image]) -> tuple[list[ImageEntry], list[ImageEntry]]:
+    def picture_entries(self, pictures: Sequence[Image.Image],
+                        names: Sequence[str] | None = None) -> tuple[list[ImageEntry], list[ImageEntry]]:
         """What the recorded grid and region extractors make of each picture: `features` and,
-        where the extractor provides them, `size`, `crop`, `boxes`, ..."""
+        where the extractor provides them, `size`, `crop`, `boxes`, ... A picture an extractor
+        cannot resize is refused by `names` (PictureShapeError)."""
+        names = names or [f"picture {index + 1}" for index in range(len(pictures))]
+        return self.prepared_entries([self.prepare_picture(picture, name)
+                                      for picture, name in zip(pictures, names)])
+
+    def prepare_picture(self, picture: Image.Image, name: str) -> Prepared:
+        """The picture as the grid and region extractors read it; one they cannot resize
+        (hin.extract.resize) is refused naming it."""
         grid_extractor, region_extractor = self.extractors()
-        return prepare_pictures(grid_extractor, pictures), prepare_pictures(region_extractor, pictures)
+        try:
+            return grid_extractor.preprocess(picture), region_extractor.preprocess(picture)
+        except PictureShapeError as error:
+            raise error.named(name) from None
+
+    def prepared_entries(self, prepared: Sequence[Prepared]) -> tuple[list[ImageEntry], list[ImageEntry]]:
+        """`prepare_picture`'s results -> the grid and region entries of each picture."""
+        grid_extractor, region_extractor = self.extractors()
+        return (grid_extractor([grid for grid, _ in prepared]),
+                region_extractor([region for _, region in prepared]))
 
     def caption_features(self, grid_path: str | Path, region_path: str | Path,
                          image_ids: Sequence[int]) -> list[CaptionedImage]:

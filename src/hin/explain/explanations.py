@@ -255,7 +255,7 @@ def _explain_pictures(captioners: list[Captioner], labels: list[str], paths: Seq
     for captioner, label in zip(captioners, labels):
         shared = tuple(map(id, captioner.extractors()))     # the same for the same features
         if shared not in extracted:
-            extracted[shared] = captioner.picture_entries(loaded)
+            extracted[shared] = captioner.picture_entries(loaded, [str(p) for p in paths])
         grid_entries, region_entries = extracted[shared]
         unfamiliar = unfamiliar or [captioner.unfamiliar(g["features"]) for g in grid_entries]
         geometries = [picture_geometry(captioner, str(path), g, r)

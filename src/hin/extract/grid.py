@@ -39,8 +39,9 @@ from hin.extract.hf import (
     storage_dtype,
     transformers_module,
 )
-from hin.extract.images import ClipPreprocessor
+from hin.extract.images import ClipPreprocessor, max_pixels
 from hin.extract.registry import ImageEntry, register_extractor
+from hin.extract.resize import Resize, check_resized
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
@@ -55,7 +56,9 @@ class ClipPicture:
 
 @dataclass(frozen=True)
 class ClipPicturePreprocessor:
-    """CLIP's preparation, keeping where the prepared square lies on the picture (picklable)."""
+    """CLIP's preparation, keeping where the prepared square lies on the picture (picklable).
+    The short side becomes `size` before the crop, so a long picture's long side grows with
+    its ratio: one resized past hin's pixel limit is refused first (`hin.extract.resize`)."""
 
     prepare: ClipPreprocessor
 
@@ -64,6 +67,9 @@ class ClipPicturePreprocessor:
         return self.prepare.size
 
     def __call__(self, picture: Image.Image) -> ClipPicture:
+        width, height = self.prepare.resized_shape(picture.width, picture.height)
+        check_resized(Resize("CLIP", picture.width, picture.height, width, height,
+                             max_pixels() // self.size ** 2))
         return ClipPicture(self.prepare(picture), picture.height, picture.width,
                            self.prepare.crop_box(picture.width, picture.height))
 

@@ -426,7 +426,7 @@ class ClipPreprocessor:
         width, height = self.resized_shape(*picture.size)
         resized = picture.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
         left, top = self.crop_offset(*picture.size)
-        cropped = np.asarray(resized, dtype=np.float32)[top:top + self.size, left:left + self.size]
-        scaled = cropped / np.float32(255.0)
+        cropped = np.asarray(resized)[top:top + self.size, left:left + self.size]
+        scaled = cropped.astype(np.float32) / np.float32(255.0)
         normalised = (scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(normalised.transpose(2, 0, 1))

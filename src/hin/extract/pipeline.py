@@ -5,11 +5,12 @@ picture -> array step that runs in DataLoader workers, and `__call__`, which tur
 of prepared pictures into one `{suffix: array}` entry per image (`features`, `global`,
 `boxes`, ...). This module batches, shows images/s, skips the ids the output already holds
 (re-running resumes), writes a chunk at a time through `FeatureWriter` (a kill loses at most
-one chunk, see writer.py) and lists pictures that fail to decode in a report while the run
-goes on. It must never write a substitute entry for a picture it could not read. With a
-`Shard` it extracts only that shard's block of the pictures, into the shard's own file
-(shards.py). Pictures are read by hin's reading rule (images.as_rgb) with the `orientation`
-chosen for the run, which the file records (`hin_orientation`). Extractors compute in the
+one chunk, see writer.py) and lists pictures that fail to decode, or that the extractor
+cannot resize (resize.py), in a report while the run goes on. It must never write a
+substitute entry for a picture it could not read. With a `Shard` it extracts only that
+shard's block of the pictures, into the shard's own file (shards.py). Pictures are read by
+hin's reading rule (images.as_rgb) with the `orientation` chosen for the run, which the file
+records (`hin_orientation`). Extractors compute in the
 `precision` chosen for the run (hf.py: fp32, bf16 autocast, fp16 weights on CUDA) and store their results
 in the dtype they are given (`storage_dtype`), whatever the arithmetic.
 """
@@ -37,6 +38,7 @@ from hin.extract.images import (
     read_picture,
 )
 from hin.extract.registry import ImageEntry, PictureExtractor
+from hin.extract.resize import PictureShapeError
 from hin.extract.shards import Shard, fingerprint
 from hin.extract.writer import FeatureFileError, FeatureWriter, discard_features
 from hin.files import write_text
@@ -67,9 +69,12 @@ class _PreparedPictures(Dataset):
         file = self.files[index]
         try:
             read = read_picture(file.path, orientation=self.orientation)
+            prepared = self.preprocess(read.rgb)
+        except PictureShapeError as error:
+            return file, None, str(error.named(str(file.path))), None
         except PictureError as error:
             return file, None, str(error), None
-        return file, self.preprocess(read.rgb), None, read.note
+        return file, prepared, None, read.note
 
 
 def _as_list(batch: list) -> list:

@@ -37,6 +37,7 @@ from hin.extract.hf import (
     transformers_module,
 )
 from hin.extract.registry import ImageEntry, register_extractor
+from hin.extract.resize import Resize, check_resized
 
 DEFAULT_DETR = "facebook/detr-resnet-50"
 DEFAULT_DETR_REVISION = "no_timm"
@@ -51,11 +52,21 @@ class DetrPicture:
 
 @dataclass(frozen=True)
 class DetrPreprocessor:
-    """Picklable wrapper of the checkpoint's own (PIL/NumPy) DETR image processor."""
+    """Picklable wrapper of the checkpoint's own (PIL/NumPy) DETR image processor. With its
+    usual size rule (short side to `shortest_edge`, long side at most `longest_edge`), a
+    picture of `2 x longest_edge`:1 or more would shrink to 0 pixels across and is refused
+    first (`hin.extract.resize`), with the processor's own arithmetic."""
 
     processor: Any
 
     def __call__(self, picture: Image.Image) -> DetrPicture:
+        size = self.processor.size
+        if size.shortest_edge:
+            from transformers.image_transforms import get_size_with_aspect_ratio
+            longest = size.longest_edge or size.shortest_edge
+            height, width = get_size_with_aspect_ratio((picture.height, picture.width),
+                                                       size.shortest_edge, longest)
+            check_resized(Resize("DETR", picture.width, picture.height, width, height, 2 * longest))
         pixels = self.processor(images=picture, return_tensors="np",
                                 do_pad=False)["pixel_values"][0]
         return DetrPicture(pixels.astype(np.float32), picture.height, picture.width)

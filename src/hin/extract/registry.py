@@ -32,7 +32,8 @@ class PictureExtractor(Protocol):
 
     @property
     def preprocess(self) -> Callable[[Image.Image], Any]:
-        """Picture -> what `__call__` batches; picklable, as it runs in loader workers."""
+        """Picture -> what `__call__` batches; picklable, as it runs in loader workers. A
+        picture its resize cannot take is refused by `hin.extract.resize.check_resized`."""
 
     @classmethod
     def from_attributes(cls, recorded: dict[str, Any], device: str = "auto",

@@ -80,7 +80,8 @@ CAPTION_ERRORS: dict[int | str, dict[str, Any]] = {status: {**ERROR, "descriptio
     (408, "the body did not arrive within --body-timeout"),
     (413, "upload over --max-upload-mb"),
     (415, "a url-encoded form, or a body with a Content-Encoding"),
-    (422, "an option out of range, or a sampling option without sample"),
+    (422, "an option out of range, a sampling option without sample, or a picture too long "
+          "or tall for the extractors' resize"),
     (429, "--max-queue requests in progress (Retry-After)"),
     (503, "the pixel budget --max-pixels-in-flight or the body budget --max-body-mb-in-flight "
           "is in use (Retry-After), or the checkpoint cannot caption pictures"))}

@@ -23,6 +23,7 @@ from hin.caption import Captioner
 from hin.data.coco import load_split
 from hin.errors import HINError
 from hin.extract.images import IMAGE_SUFFIXES
+from hin.extract.resize import PictureShapeError
 from hin.files import atomic_write
 from hin.serve.admission import Admission
 from hin.serve.batching import DynamicBatcher
@@ -97,10 +98,13 @@ class CaptionService:
         def work() -> Prepared:
             read = decode_picture(data)
             self.keep(data, read.format)
-            grid_extractor, region_extractor = self.captioner.extractors()
             picture = read.rgb
+            try:
+                grid, region = self.captioner.prepare_picture(picture, "the upload")
+            except PictureShapeError as error:
+                raise RequestError(422, str(error)) from error
             return Prepared(picture.width, picture.height, read.format, read.frames, preview(picture),
-                            grid_extractor.preprocess(picture), region_extractor.preprocess(picture))
+                            grid, region)
 
         job = self.pool.submit(work)
         job.add_done_callback(lambda _: self.admission.release(pixels))

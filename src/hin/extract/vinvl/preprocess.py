@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hin.extract.images import PictureError
+from hin.extract.resize import Resize, check_resized
 
 MIN_SIZE = 600
 MAX_SIZE = 1000
@@ -49,12 +49,10 @@ class VinVLPicture:
 def prepare(picture: Image.Image) -> VinVLPicture:
     """Any picture -> the resized RGB pixels the detector reads (picklable, for workers).
     A picture so elongated that the rule gives a side of 0 pixels (2000:1 or more; the
-    original fails on it) is refused, and an extraction run lists it and goes on."""
+    original fails on it) is refused by `hin.extract.resize`'s rule."""
     picture = picture.convert("RGB")
     height, width = resized_size(picture.width, picture.height)
-    if min(height, width) < 1:
-        raise PictureError(f"a {picture.width}x{picture.height} picture is too elongated for "
-                           f"VinVL's resize rule (it would become {width}x{height} pixels)")
+    check_resized(Resize("VinVL", picture.width, picture.height, width, height, 2 * MAX_SIZE))
     resized = picture if (width, height) == picture.size else picture.resize(
         (width, height), Image.Resampling.BILINEAR)
     return VinVLPicture(np.asarray(resized, dtype=np.uint8).copy(), picture.height,
