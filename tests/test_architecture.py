@@ -19,8 +19,8 @@ SRC = REPO / "src"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__", "cli", "serve"),                                                 # entry points
     ("evaluate", "caption", "explain", "training", "extract", "demo", "grounding", "synth"),  # jobs
-    ("decoding", "checkpoint", "data", "metrics", "devices"),                     # their parts
-    ("strategies",),                                           # decoding's per-step rules
+    ("decoding",),                                             # features -> captions
+    ("checkpoint", "data", "metrics", "devices"),                                 # their parts
     ("model",),
     ("config",),
     ("hin", "errors", "files", "locks", "processes"),                             # foundation
@@ -121,8 +121,8 @@ def test_contributing_draws_the_same_layers():
 def test_an_upward_a_lazy_and_a_circular_import_are_each_caught(tmp_path):
     files = {"hin/__init__.py": "from hin.config import HINConfig\n",
              "hin/config.py": "",
-             "hin/decoding.py": "from hin import checkpoint\n",
-             "hin/checkpoint.py": "from . import decoding\n",
+             "hin/metrics.py": "from hin import checkpoint\n",
+             "hin/checkpoint.py": "from . import metrics\n",
              "hin/model/__init__.py": "",
              "hin/model/hin.py": "def f():\n    from ..data import vocab\n",
              "hin/data/__init__.py": "", "hin/data/vocab.py": "import hin.model\n",
@@ -133,5 +133,5 @@ def test_an_upward_a_lazy_and_a_circular_import_are_each_caught(tmp_path):
     assert violations(tmp_path) == [
         "hin/errors.py:1: hin.errors -> hin.config (upward: config is above errors)",
         "hin/model/hin.py:2: hin.model.hin -> hin.data.vocab (upward: data is above model)",
-        "hin/checkpoint.py:1: hin.checkpoint -> hin.decoding and "
-        "hin/decoding.py:1: hin.decoding -> hin.checkpoint (a cycle within one layer)"]
+        "hin/checkpoint.py:1: hin.checkpoint -> hin.metrics and "
+        "hin/metrics.py:1: hin.metrics -> hin.checkpoint (a cycle within one layer)"]

@@ -24,7 +24,7 @@ from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary, VocabularyError
-from hin.decoding import beam_search
+from hin.decoding import decode
 from hin.devices import resolve_precision
 from hin.extract import (
     image_id_from_name,
@@ -96,7 +96,7 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
                          region_dim=REGION_DIM)
     grid = torch.from_numpy(np.stack([store[i][0] for i in ids])).float()
     region = torch.from_numpy(np.stack([store[i][1] for i in ids])).float()
-    sequences, logprobs = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=20,
+    sequences, logprobs = decode(model, grid, region, DecodingConfig(beam_size=3, max_len=20,
                                                                             num_captions=2))
     assert [entry["image"] for entry in printed] == [str(i) for i in ids]
     for entry, hypotheses, scores in zip(printed, sequences, logprobs.sum(-1)):
@@ -110,12 +110,16 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
 def test_captioner_decodes_bf16_with_one_cast_copy_and_keeps_its_fp32_model(synth_checkpoint):
     checkpoint, _ = synth_checkpoint
     captioner = hin.Captioner(checkpoint, device="cpu", decoding=DecodingConfig(precision="bf16"))
-    (cast,) = captioner.decoding_models("bf16")
+    picture = captioner.batch([np.ones((4, captioner.model.config.grid_dim), np.float32)],
+                              [np.ones((3, captioner.model.config.region_dim), np.float32)])
+    captioner.caption_batch(*picture, ["a"])
+    (cast,) = captioner.ensemble.cast("bf16")
     assert cast.dtype == torch.bfloat16 and captioner.model.dtype == torch.float32
-    assert captioner.decoding_models("bf16") == [cast]                # cast once, then kept
-    assert captioner.decoding_models("fp32") == [captioner.model]
+    captioner.caption_batch(*picture, ["a"])
+    assert captioner.ensemble.cast("bf16")[0] is cast                 # cast once, then kept
+    assert captioner.ensemble.cast("fp32") == (captioner.model,)
     auto = resolve_precision("auto", torch.device("cpu"))
-    assert captioner.decoding_models("auto") is captioner.decoding_models(auto)
+    assert captioner.ensemble.cast("auto") is captioner.ensemble.cast(auto)
 
 
 def test_caption_refuses_a_vocab_that_differs_from_the_recorded_one(synth_checkpoint, tmp_path,

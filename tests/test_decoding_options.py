@@ -9,17 +9,17 @@ import math
 import pytest
 import torch
 
+import hin.decoding
 from conftest import tiny_features, tiny_model
 from hin.config import ConfigError, DecodingConfig
-from hin.decoding import beam_search
+from hin.decoding.search import restrict
 from hin.errors import UsageError
-from hin.strategies import restrict
 
 EOS, PAD = 3, 1
 
 
 def decode(model, grid, region, **settings):
-    return beam_search(model, grid, region, DecodingConfig(**settings))
+    return hin.decoding.decode(model, grid, region, DecodingConfig(**settings))
 
 
 def words_of(ids):

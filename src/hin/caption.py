@@ -29,12 +29,11 @@ from hin.config import DecodingConfig
 from hin.data.familiarity import unfamiliar
 from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
-from hin.decoding import CaptionedImage, caption, cast_for_decoding, require_decodable
-from hin.devices import resolve_device, resolve_precision
+from hin.decoding import CaptionedImage, Ensemble, caption
+from hin.devices import resolve_device
 from hin.extract.images import as_rgb, folder_pictures, load_rgb
 from hin.extract.pipeline import prepare_pictures
 from hin.extract.registry import EXTRACTORS, ImageEntry, extractor_from_attributes
-from hin.model import HIN
 
 Picture = str | Path | Image.Image
 FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
@@ -60,20 +59,12 @@ class Captioner:
         self.device = resolve_device(device)
         self.model, self.extra = load(self.checkpoint, map_location=self.device)
         self.vocab = vocabulary_for(self.checkpoint, self.extra, vocab, self.model.config.vocab_size)
-        require_decodable(self.model.config, decoding, batch_size)
+        self.ensemble = Ensemble(self.model)     # its cast copies are kept for every request
+        self.ensemble.check(decoding, batch_size)
         self.decoding, self.batch_size = decoding, batch_size
         self.max_regions, note = max_regions_for(self.checkpoint, self.extra, max_regions)
         self.notes = [note] if note else []
         self._extractors: tuple[Any, Any] | None = None
-        self._decoding_models: dict[str, list[HIN]] = {}
-
-    def decoding_models(self, precision: str) -> list[HIN]:
-        """The model as `precision` decodes it (`hin.decoding.cast_for_decoding`), cast on
-        first use and kept: a server answers many requests with the same copy."""
-        precision = resolve_precision(precision, self.device)     # auto and bf16: one copy
-        if precision not in self._decoding_models:
-            self._decoding_models[precision] = cast_for_decoding(self.model, precision)
-        return self._decoding_models[precision]
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
         """Caption one picture or several (paths or PIL images)."""
@@ -131,8 +122,7 @@ class Captioner:
         """A batch as `batch` makes it -> each image's captions (`hin.decoding.caption`), with
         this captioner's settings or `decoding`."""
         decoding = decoding or self.decoding
-        return caption(self.decoding_models(decoding.precision), grid, region, self.vocab,
-                       decoding, names)
+        return caption(self.ensemble, grid, region, self.vocab, decoding, names)
 
     def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
               names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from hin.data.dataset import ImageReferences, make_loader
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary, require_same_words, tokenize, vocabulary_for
-from hin.decoding import caption_batches, require_decodable
+from hin.decoding import Ensemble, caption_batches
 from hin.devices import resolve_device
 from hin.errors import UsageError
 from hin.files import json_text, refuse_overwriting, write_together
@@ -62,7 +62,7 @@ def tokenised_references(images: Split) -> dict[int, list[str]]:
             for image_id, image in images.images.items() if image.captions}
 
 
-def score_split(models: Sequence[HIN], dataset: ImageReferences, vocab: Vocabulary,
+def score_split(models: Sequence[HIN] | Ensemble, dataset: ImageReferences, vocab: Vocabulary,
                 decoding: DecodingConfig, *, batch_size: int, num_workers: int = 0,
                 java: str | None = None, spice: bool = False, progress: bool = True,
                 share: tuple[int, int] = (0, 1),
@@ -143,7 +143,8 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     loaded = [load(path, map_location=resolve_device(device)) for path in checkpoints]
     models = [model for model, _ in loaded]
     config = models[0].config
-    require_decodable(config, decoding, batch_size)
+    ensemble = Ensemble(models)      # the settings checked and the models cast here, once
+    ensemble.prepare(decoding, batch_size)
     vocabularies = [vocabulary_for(path, extra, vocab, model.config.vocab_size)
                     for path, (model, extra) in zip(checkpoints, loaded)]
     for other in vocabularies[1:]:     # an ensemble averages the same words' log-probs
@@ -164,7 +165,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     images = load_images(data, split, store)
     dataset = ImageReferences(images, store)
     java = find_java() if any(image.captions for image in images.images.values()) else None
-    scores = score_split(models, dataset, vocabulary, decoding, batch_size=batch_size,
+    scores = score_split(ensemble, dataset, vocabulary, decoding, batch_size=batch_size,
                          num_workers=data.num_workers, java=java, spice=spice, progress=progress)
     if scores is None:      # only a rank other than 0 of `share` gets None; this is rank 0 of 1
         raise RuntimeError("score_split returned no scores to the only process")
