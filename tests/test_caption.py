@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import hin
 from extract_models import tiny_hin_config, write_picture_checkpoint, write_pictures
@@ -26,6 +27,7 @@ from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary, VocabularyError
 from hin.decoding import decode
 from hin.devices import resolve_precision
+from hin.errors import HINError
 from hin.extract import (
     image_id_from_name,
     read_attributes,
@@ -250,3 +252,22 @@ def test_caption_cli_samples_reproducibly_by_seed_and_refuses_bad_options_in_one
         assert main(["caption", *features, *flags]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_captioner_takes_pixels_as_numpy_arrays_and_refuses_bytes_by_name(picture_setup):
+    checkpoint, root, _, _ = picture_setup
+    captioner = hin.Captioner(checkpoint)
+    path = root / "pictures" / "12.png"
+    with Image.open(path) as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    assert captioner(pixels)[0].captions == captioner(path)[0].captions
+    with pytest.raises(HINError, match=r"pictures must be .* got bytes \(open encoded bytes first"):
+        captioner(path.read_bytes())
+    with pytest.raises(HINError, match="a picture given as a numpy array must hold uint8 pixels"):
+        captioner(pixels.astype(np.float32))
+    with pytest.raises(HINError, match="each picture must be a path, a PIL image or a numpy array"):
+        captioner([path, 12])
+    with pytest.raises(HINError, match="names gives 1 names for 2 images"):
+        captioner.caption_batch(*captioner.batch([np.ones((4, captioner.model.config.grid_dim))] * 2,
+                                                 [np.ones((3, captioner.model.config.region_dim))] * 2),
+                                ["one"])

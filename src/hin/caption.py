@@ -31,11 +31,12 @@ from hin.data.features import FeatureStore, pad_regions, stack_grids
 from hin.data.vocab import vocabulary_for
 from hin.decoding import CaptionedImage, Ensemble, caption
 from hin.devices import resolve_device
+from hin.errors import UsageError
 from hin.extract.images import as_rgb, folder_pictures, load_rgb
 from hin.extract.pipeline import prepare_pictures
 from hin.extract.registry import EXTRACTORS, ImageEntry, extractor_from_attributes
 
-Picture = str | Path | Image.Image
+Picture = str | Path | Image.Image | np.ndarray
 FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
                     "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...` "
                     "(Captioner.caption_features)")
@@ -67,9 +68,14 @@ class Captioner:
         self._extractors: tuple[Any, Any] | None = None
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
-        """Caption one picture or several (paths or PIL images)."""
-        if isinstance(pictures, (str, Path, Image.Image)):
+        """Caption one picture or several (paths, PIL images or numpy arrays of pixels)."""
+        if isinstance(pictures, (str, Path, Image.Image, np.ndarray)):
             pictures = [pictures]
+        if isinstance(pictures, (bytes, bytearray)) or not isinstance(pictures, Sequence):
+            raise UsageError(f"pictures must be a path, a PIL image, a numpy array of pixels or a "
+                             f"list of them, got {type(pictures).__name__}"
+                             + (" (open encoded bytes first: PIL.Image.open(io.BytesIO(data)))"
+                                if isinstance(pictures, (bytes, bytearray)) else ""))
         return self.caption_pictures(pictures)
 
     def caption_pictures(self, pictures: Sequence[Picture]) -> list[CaptionedImage]:
@@ -173,8 +179,21 @@ def picture_paths(sources: Sequence[str | Path]) -> list[Path]:
 
 
 def load_picture(picture: Picture) -> Image.Image:
-    """A user's picture (a file, or a picture already decoded) read by hin's reading rule."""
-    return as_rgb(picture) if isinstance(picture, Image.Image) else load_rgb(picture)
+    """A user's picture (a file, a picture already decoded, or its pixels as a numpy array
+    [height, width] or [height, width, 3 or 4] of uint8) read by hin's reading rule."""
+    if isinstance(picture, np.ndarray):
+        if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or \
+                (picture.ndim == 3 and picture.shape[-1] not in (3, 4)):
+            raise UsageError("a picture given as a numpy array must hold uint8 pixels [height, "
+                             f"width] or [height, width, 3 or 4], got {picture.dtype} "
+                             f"{list(picture.shape)}")
+        return as_rgb(Image.fromarray(picture))
+    if isinstance(picture, Image.Image):
+        return as_rgb(picture)
+    if not isinstance(picture, (str, Path)):
+        raise UsageError(f"each picture must be a path, a PIL image or a numpy array of pixels, "
+                         f"got {type(picture).__name__}")
+    return load_rgb(picture)
 
 
 def _name(picture: Picture, index: int) -> str:
