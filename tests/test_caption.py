@@ -241,14 +241,14 @@ def test_caption_cli_samples_reproducibly_by_seed_and_refuses_bad_options_in_one
                 "--region", str(root / "region.hdf5"), "--ids", "100001", "100002", "--json"]
     sampled = []
     for seed in ("3", "3", "4"):
-        assert main(["caption", *features, "--sample", "--top-k", "4", "--temperature", "1.5",
+        assert main(["caption", *features, "--sample", "--num-captions", "4", "--temperature", "1.5",
                      "--seed", seed]) == 0
         sampled.append(json.loads(capsys.readouterr().out))
     assert sampled[0] == sampled[1] != sampled[2]
     assert [len(entry["captions"]) for entry in sampled[0]] == [4, 4]
-    for flags, words in ((["--top-p", "2"], "top_p must be in (0, 1]"),
-                         (["--diversity-groups", "2"], "must divide the beam size (5)"),
-                         (["--min-len", "20"], "min_len (20) must be below max_len (20)")):
+    for flags, words in ((["--top-p", "2"], "--top-p must be in (0, 1]"),
+                         (["--diversity-groups", "2"], "--diversity-groups (2) must divide the beam size (5)"),
+                         (["--min-len", "20"], "--min-len (20) must be below --max-len (20)")):
         assert main(["caption", *features, *flags]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and words in err

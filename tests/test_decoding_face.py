@@ -126,7 +126,7 @@ def test_names_and_words_that_do_not_fit_are_refused_by_name():
     grid, region = tiny_features()
     with pytest.raises(HINError, match="names gives 3 names for 2 images"):
         caption(model, grid, region, vocabulary(), SETTINGS, names=["a", "b", "c"])
-    with pytest.raises(HINError, match="names must be a list of texts"):
+    with pytest.raises(HINError, match="names must be a list with one name per image, got str"):
         caption(model, grid, region, vocabulary(), SETTINGS, names="ab")
     with pytest.raises(HINError, match=r"words: a vocabulary of 25 words .* for a model of 20"):
         caption(model, grid, region, vocabulary(25), SETTINGS)

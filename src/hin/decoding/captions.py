@@ -81,17 +81,17 @@ def check_words(words: object, config: HINConfig) -> None:
                          "vocabulary the model was trained with")
 
 
-def check_names(names: Sequence[str] | None, batch: int) -> list[str]:
-    """One name per image (default: its position, `#1`, `#2`, ...)."""
+def check_names(names: Sequence[object] | None, batch: int) -> list[str]:
+    """One name per image as text (image ids become their digits; default: the image's
+    position, `#1`, `#2`, ...)."""
     if names is None:
         return [f"#{i + 1}" for i in range(batch)]
-    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) \
-            or not all(isinstance(name, str) for name in names):
-        raise UsageError(f"names must be a list of texts, one per image, got {type(names).__name__}")
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise UsageError(f"names must be a list with one name per image, got {type(names).__name__}")
     if len(names) != batch:
         raise UsageError(f"names gives {len(names)} names for {batch} images: give one per image "
                          "(or none)")
-    return list(names)
+    return [str(name) for name in names]
 
 
 def hypothesis_ids(tokens: Sequence[int], eos_id: int) -> tuple[int, ...]:

@@ -21,7 +21,6 @@ from hin.errors import MissingExtraError, pip_install
 from hin.serve.explanations import map_colours
 from hin.serve.guard import HostAndOriginGuard
 from hin.serve.inputs import (
-    OPTIONS,
     RequestError,
     check_declared_size,
     declared_pixels,
@@ -29,7 +28,7 @@ from hin.serve.inputs import (
     read_upload,
     too_large,
 )
-from hin.serve.schema import CaptionsAnswer, ErrorAnswer, Health, Info
+from hin.serve.schema import CaptionsAnswer, ErrorAnswer, Health, Info, captions_openapi
 from hin.serve.service import CaptionService
 from hin.serve.settings import MAX_BEAM_SIZE, ServeSettings
 
@@ -46,19 +45,6 @@ except ImportError as missing:
 
 STATIC = Path(__file__).parent / "static"
 
-CAPTIONS_OPENAPI = {
-    "parameters": [{"name": name, "in": "query", "required": False, "description": meaning,
-                    "schema": {"type": "boolean" if name == "explain" else "integer"}}
-                   for name, meaning in OPTIONS.items()],
-    "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary"},
-                           **{name: {"type": "string", "description": meaning}
-                              for name, meaning in OPTIONS.items()}}}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}}}},
-}
 ERROR = {"model": ErrorAnswer}
 CAPTION_ERRORS: dict[int | str, dict[str, Any]] = {status: {**ERROR, "description": meaning} for status, meaning in (
     (400, "not a picture, truncated, too many pixels, empty body, a malformed, unknown or "
@@ -134,14 +120,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
              response_class=FileResponse, responses={
                  200: {"description": "the picture file as stored",
                        "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
-                 404: {**ERROR, "description": "no demo picture with this index"}})
+                 404: {**ERROR, "description": "no demo picture with this index"},
+                 422: {**ERROR, "description": "the index is not a whole number"}})
     async def demo_picture(index: int) -> FileResponse:
         if not 0 <= index < len(service.demo_pictures):
             raise RequestError(404, f"no demo picture {index}; there are "
                                     f"{len(service.demo_pictures)} (see /v1/info)")
         return FileResponse(service.demo_pictures[index])
 
-    @app.post("/v1/captions", summary="Caption one picture", openapi_extra=CAPTIONS_OPENAPI,
+    @app.post("/v1/captions", summary="Caption one picture", openapi_extra=captions_openapi(),
               response_model=CaptionsAnswer, response_model_exclude_unset=True,
               responses=CAPTION_ERRORS)
     async def captions(request: Request) -> CaptionsAnswer:
