@@ -34,7 +34,9 @@ def as_features(name: str, features: object, dim: int) -> Tensor:
                          f"(config.{name}_dim={dim}), got shape {list(features.shape)}")
     if not features.is_floating_point():
         features = features.float()
-    finite = torch.isfinite(features).flatten(1).all(dim=1)
+    # One sum is the cheap test (NaN and infinities carry through it); only a non-finite sum,
+    # which huge finite values could also give, is looked at value by value.
+    finite = torch.isfinite(features.sum()) or torch.isfinite(features).flatten(1).all(dim=1)
     if not bool(finite.all()):
         first = int((~finite).nonzero()[0])
         raise UsageError(f"{name} features of image {first} (position in the batch, from 0) hold "
