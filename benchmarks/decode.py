@@ -3,7 +3,7 @@
 are printed), per precision, and how often bf16 finds the same best caption as fp32 (on
 random weights, whose next-word distributions are nearly flat: the hardest case for
 agreement; the trained demo model's figure is in benchmarks/README.md). bf16 casts the
-weights once, before the timing (`hin.decoding.cast_for_decoding`), as a loaded model does.
+weights once, before the timing (`hin.decoding.Ensemble.cast`), as a loaded model does.
 
 Reference implementation on the 2-core dev machine: beam 5, length 20, batch 10: 12.9 s
 (0.78 img/s); batch 50: ~0.7 img/s.
@@ -27,7 +27,7 @@ from common import (
     timed,
 )
 from hin.config import DecodingConfig
-from hin.decoding import beam_search, cast_for_decoding
+from hin.decoding import Ensemble, decode
 
 REFERENCE_IMAGES_PER_SECOND = 0.78
 
@@ -47,12 +47,13 @@ def main() -> None:
             settings = DecodingConfig(beam_size=args.beam, max_len=args.max_len,
                                       precision=precision)
             start = time.perf_counter()
-            models = cast_for_decoding(model, precision)
+            models = Ensemble(model)
+            models.cast(precision)
             cast_seconds = time.perf_counter() - start
             reset_peak(device)
 
             def run() -> None:
-                best[precision] = beam_search(models, grid, region, settings)[0][:, 0]
+                best[precision] = decode(models, grid, region, settings)[0][:, 0]
 
             median, fastest, cpu = timed(run, device, args.repeats)
             versus = (f"  {batch / median / REFERENCE_IMAGES_PER_SECOND:5.1f}x the reference"
@@ -60,7 +61,7 @@ def main() -> None:
             print(f"batch {batch:4d} {precision}: {median:7.3f} s (min {fastest:.3f}, CPU {cpu:.3f} s)  "
                   f"{batch / median:8.2f} img/s  steps decoded {best[precision].shape[-1]}/"
                   f"{args.max_len}  peak {peak_memory_gib(device)}{versus}"
-                  + (f"  (weights cast once before: {cast_seconds:.2f} s)" if models[0] is not model
+                  + (f"  (weights cast once before: {cast_seconds:.2f} s)" if models.cast(precision)[0] is not model
                      else ""))
         if len(best) == 2:
             same = sum(torch.equal(a, b) for a, b in zip(best["fp32"], best["bf16"]))

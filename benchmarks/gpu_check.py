@@ -49,7 +49,7 @@ from common import peak_memory_gib, reset_peak, timed  # noqa: E402
 from hin import checkpoint, synth  # noqa: E402
 from hin.config import DecodingConfig, HINConfig, RunConfig  # noqa: E402
 from hin.data import vocab as vocab_module  # noqa: E402
-from hin.decoding import beam_search, cast_for_decoding  # noqa: E402
+from hin.decoding import Ensemble, decode  # noqa: E402
 from hin.devices import autocast, resolve_device  # noqa: E402
 from hin.extract.shapes import GRID_DIM, REGION_DIM  # noqa: E402
 from hin.files import write_json, write_text  # noqa: E402
@@ -222,10 +222,10 @@ def beam_rows(device: torch.device, sizes: Sizes, precisions: list[str]) -> list
         for precision in precisions:
             steps = []
             settings = DecodingConfig(beam_size=5, max_len=20, precision=precision)
-            models = cast_for_decoding(model, precision)     # as hin decodes: cast once
+            models = Ensemble(model)     # as hin decodes: cast once, kept
 
             def run() -> None:
-                ids, _ = beam_search(models, grid, region, settings)
+                ids, _ = decode(models, grid, region, settings)
                 steps.append(ids.shape[-1])
 
             row = measured_row("beam search", f"batch {batch}, beam 5, {precision}", run, device,
@@ -242,8 +242,8 @@ def same_beams_rows(device: torch.device) -> list[Row]:
     grid, region = golden["grid"].float(), golden["region"].float()
     settings = DecodingConfig(beam_size=reference["beam_size"], max_len=reference["beam_max_len"],
                               num_captions=3)
-    on_cpu, _ = beam_search(model, grid, region, settings)
-    on_device, _ = beam_search(model.to(device), grid.to(device), region.to(device), settings)
+    on_cpu, _ = decode(model, grid, region, settings)
+    on_device, _ = decode(model.to(device), grid.to(device), region.to(device), settings)
 
     def up_to_eos(ids: torch.Tensor) -> list[list[list[int]]]:
         return [[beam[:beam.index(reference["eos_idx"]) + 1] if reference["eos_idx"] in beam

@@ -30,7 +30,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("jobs, floor 2", ("caption", "synth", "training")),
     ("jobs, floor 1", ("evaluate", "extract")),
     ("their parts", ("decoding", "checkpoint", "data", "metrics", "devices")),
-    ("strategies", ("strategies",)),                     # decoding's per-step rules
     ("model", ("model",)),
     ("config", ("config",)),
     ("foundation", ("hin", "errors", "files", "locks", "processes")),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import hin
 from extract_models import tiny_hin_config, write_picture_checkpoint, write_pictures
@@ -24,8 +25,9 @@ from hin.data.coco import load_split
 from hin.data.dataset import CaptionPairs, make_loader
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary, VocabularyError
-from hin.decoding import beam_search
+from hin.decoding import decode
 from hin.devices import resolve_precision
+from hin.errors import HINError
 from hin.extract import (
     image_id_from_name,
     read_attributes,
@@ -96,7 +98,7 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
                          region_dim=REGION_DIM)
     grid = torch.from_numpy(np.stack([store[i][0] for i in ids])).float()
     region = torch.from_numpy(np.stack([store[i][1] for i in ids])).float()
-    sequences, logprobs = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=20,
+    sequences, logprobs = decode(model, grid, region, DecodingConfig(beam_size=3, max_len=20,
                                                                             num_captions=2))
     assert [entry["image"] for entry in printed] == [str(i) for i in ids]
     for entry, hypotheses, scores in zip(printed, sequences, logprobs.sum(-1)):
@@ -110,12 +112,16 @@ def test_caption_precomputed_features_equals_beam_search(synth_checkpoint, capsy
 def test_captioner_decodes_bf16_with_one_cast_copy_and_keeps_its_fp32_model(synth_checkpoint):
     checkpoint, _ = synth_checkpoint
     captioner = hin.Captioner(checkpoint, device="cpu", decoding=DecodingConfig(precision="bf16"))
-    (cast,) = captioner.decoding_models("bf16")
+    picture = captioner.batch([np.ones((4, captioner.model.config.grid_dim), np.float32)],
+                              [np.ones((3, captioner.model.config.region_dim), np.float32)])
+    captioner.caption_batch(*picture, ["a"])
+    (cast,) = captioner.ensemble.cast("bf16")
     assert cast.dtype == torch.bfloat16 and captioner.model.dtype == torch.float32
-    assert captioner.decoding_models("bf16") == [cast]                # cast once, then kept
-    assert captioner.decoding_models("fp32") == [captioner.model]
+    captioner.caption_batch(*picture, ["a"])
+    assert captioner.ensemble.cast("bf16")[0] is cast                 # cast once, then kept
+    assert captioner.ensemble.cast("fp32") == (captioner.model,)
     auto = resolve_precision("auto", torch.device("cpu"))
-    assert captioner.decoding_models("auto") is captioner.decoding_models(auto)
+    assert captioner.ensemble.cast("auto") is captioner.ensemble.cast(auto)
 
 
 def test_caption_refuses_a_vocab_that_differs_from_the_recorded_one(synth_checkpoint, tmp_path,
@@ -250,14 +256,33 @@ def test_caption_cli_samples_reproducibly_by_seed_and_refuses_bad_options_in_one
                 "--region", str(root / "region.hdf5"), "--ids", "100001", "100002", "--json"]
     sampled = []
     for seed in ("3", "3", "4"):
-        assert main(["caption", *features, "--sample", "--top-k", "4", "--temperature", "1.5",
+        assert main(["caption", *features, "--sample", "--num-captions", "4", "--temperature", "1.5",
                      "--seed", seed]) == 0
         sampled.append(json.loads(capsys.readouterr().out))
     assert sampled[0] == sampled[1] != sampled[2]
     assert [len(entry["captions"]) for entry in sampled[0]] == [4, 4]
-    for flags, words in ((["--top-p", "2"], "top_p must be in (0, 1]"),
-                         (["--diversity-groups", "2"], "must divide the beam size (5)"),
-                         (["--min-len", "20"], "min_len (20) must be below max_len (20)")):
+    for flags, words in ((["--top-p", "2"], "--top-p must be in (0, 1]"),
+                         (["--diversity-groups", "2"], "--diversity-groups (2) must divide the beam size (5)"),
+                         (["--min-len", "20"], "--min-len (20) must be below --max-len (20)")):
         assert main(["caption", *features, *flags]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_captioner_takes_pixels_as_numpy_arrays_and_refuses_bytes_by_name(picture_setup):
+    checkpoint, root, _, _ = picture_setup
+    captioner = hin.Captioner(checkpoint)
+    path = root / "pictures" / "12.png"
+    with Image.open(path) as picture:
+        pixels = np.asarray(picture.convert("RGB"))
+    assert captioner(pixels)[0].captions == captioner(path)[0].captions
+    with pytest.raises(HINError, match=r"pictures must be .* got bytes \(open encoded bytes first"):
+        captioner(path.read_bytes())
+    with pytest.raises(HINError, match="a picture given as a numpy array must hold uint8 pixels"):
+        captioner(pixels.astype(np.float32))
+    with pytest.raises(HINError, match="each picture must be a path, a PIL image or a numpy array"):
+        captioner([path, 12])
+    with pytest.raises(HINError, match="names gives 1 names for 2 images"):
+        captioner.caption_batch(*captioner.batch([np.ones((4, captioner.model.config.grid_dim))] * 2,
+                                                 [np.ones((3, captioner.model.config.region_dim))] * 2),
+                                ["one"])

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_features, tiny_model
 from hin.checkpoint import import_reference, load, save
 from hin.config import DecodingConfig
-from hin.decoding import beam_search
+from hin.decoding import decode
 from hin.devices import autocast
 from hin.training.xe import next_token_nll
 
@@ -21,8 +21,8 @@ def test_fp32_beams_on_cuda_equal_cpu_beams_and_the_reference(golden):
     grid, region = golden["grid"].float(), golden["region"].float()
     settings = DecodingConfig(beam_size=golden["config"]["beam_size"],
                               max_len=golden["config"]["beam_max_len"], num_captions=3)
-    on_cpu, cpu_logprobs = beam_search(model, grid, region, settings)
-    on_cuda, cuda_logprobs = beam_search(model.to(CUDA), grid.to(CUDA), region.to(CUDA), settings)
+    on_cpu, cpu_logprobs = decode(model, grid, region, settings)
+    on_cuda, cuda_logprobs = decode(model.to(CUDA), grid.to(CUDA), region.to(CUDA), settings)
     assert on_cuda.device.type == "cuda"
     assert torch.equal(on_cuda.cpu(), on_cpu)
     torch.testing.assert_close(cuda_logprobs.cpu(), cpu_logprobs, atol=1e-4, rtol=0)

@@ -9,17 +9,17 @@ import math
 import pytest
 import torch
 
+import hin.decoding
 from conftest import tiny_features, tiny_model
 from hin.config import ConfigError, DecodingConfig
-from hin.decoding import beam_search
+from hin.decoding.search import restrict
 from hin.errors import UsageError
-from hin.strategies import restrict
 
 EOS, PAD = 3, 1
 
 
 def decode(model, grid, region, **settings):
-    return beam_search(model, grid, region, DecodingConfig(**settings))
+    return hin.decoding.decode(model, grid, region, DecodingConfig(**settings))
 
 
 def words_of(ids):
@@ -175,8 +175,8 @@ def test_restrict_bans_eos_before_min_len_and_words_completing_a_seen_ngram():
     (dict(top_p=0.0), "top_p must be in"), (dict(top_p=1.5), "top_p must be in"),
     (dict(temperature=0.0), "temperature must be a number above 0"),
     (dict(beam_size=5, diversity_groups=2), "must divide the beam size"),
-    (dict(beam_size=4, diversity_groups=2, num_captions=3), "cannot exceed diversity_groups"),
-    (dict(min_len=20, max_len=20), "min_len .20. must be below max_len"),
+    (dict(beam_size=4, diversity_groups=2, num_captions=3), "cannot exceed DecodingConfig.diversity_groups"),
+    (dict(min_len=20, max_len=20), r"min_len \(20\) must be below DecodingConfig.max_len"),
     (dict(no_repeat_ngram=-1), "no_repeat_ngram must be a non-negative integer"),
     (dict(top_k=-2), "top_k must be a non-negative integer"),
     (dict(seed=-1), "seed must be an integer from 0"), (dict(seed=True), "seed must be"),

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from conftest import tiny_features, tiny_model
 from hin.checkpoint import import_reference
 from hin.config import DecodingConfig
-from hin.decoding import beam_search
+from hin.decoding import decode
 from hin.errors import UsageError
 from hin.explain import attention_maps
 from hin.model import AttentionTrace
@@ -180,7 +180,7 @@ def test_maps_leave_outputs_and_decoding_unchanged():
     grid, region = padded_features()
     tokens = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 9, 3, 1], [2, 4, 3, 1, 1]])
     settings = DecodingConfig(beam_size=3, max_len=8, num_captions=2)
-    before_ids, before_logprobs = beam_search(model, grid, region, settings)
+    before_ids, before_logprobs = decode(model, grid, region, settings)
     with torch.no_grad():
         plain = model.decode(tokens, model.encode(grid, region))
         trace = AttentionTrace()
@@ -188,7 +188,7 @@ def test_maps_leave_outputs_and_decoding_unchanged():
     assert torch.equal(plain, traced)
     assert len(trace.encoder_grid) == len(trace.decoder_gate) == model.config.num_layers
     attention_maps(model, grid, region, tokens)
-    after_ids, after_logprobs = beam_search(model, grid, region, settings)
+    after_ids, after_logprobs = decode(model, grid, region, settings)
     assert torch.equal(before_ids, after_ids) and torch.equal(before_logprobs, after_logprobs)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 

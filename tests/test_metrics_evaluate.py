@@ -17,7 +17,7 @@ from hin.data.coco import load_split
 from hin.data.dataset import ImageReferences, collate
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary
-from hin.decoding import beam_search
+from hin.decoding import decode
 from hin.evaluate import evaluate
 from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.metrics import collapse_repeats
@@ -66,7 +66,7 @@ def test_hin_evaluate_ensemble_end_to_end(world, capsys):
                          region_dim=REGION_DIM)
     batch = collate([ImageReferences(split, store)[i]
                      for i in range(len(split.images))])
-    sequences, _ = beam_search(models, batch.grid, batch.region,
+    sequences, _ = decode(models, batch.grid, batch.region,
                                DecodingConfig(beam_size=3, max_len=8))
     expected = [{"image_id": i, "caption": collapse_repeats(vocab.decode(ids))}
                 for i, ids in sorted(zip(batch.image_ids, sequences[:, 0].tolist()))]

@@ -11,7 +11,7 @@ from hin.checkpoint import import_reference, load, save
 from hin.checkpoint.record import REFERENCE, CheckpointRecord
 from hin.cli import main
 from hin.config import DecodingConfig
-from hin.decoding import beam_search
+from hin.decoding import decode
 from reference_checkpoints import as_if_pickled_by_numpy_1, save_like_reference_training
 
 ATOL = 1e-4
@@ -83,7 +83,7 @@ def test_beam_search(model, golden, out_size):
     cfg = golden["config"]
     settings = DecodingConfig(beam_size=cfg["beam_size"], max_len=cfg["beam_max_len"],
                               num_captions=out_size)
-    seqs, logprobs = beam_search(model, *features(golden), settings)
+    seqs, logprobs = decode(model, *features(golden), settings)
     expected_seq = golden["beam_seq"] if out_size == 3 else golden["beam1_seq"][:, None]
     expected_lp = golden["beam_logprobs"] if out_size == 3 else golden["beam1_logprobs"][:, None]
     assert seqs.shape[:2] == (2, out_size)

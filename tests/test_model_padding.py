@@ -9,7 +9,7 @@ import torch
 
 from conftest import tiny_features, tiny_model
 from hin.config import DecodingConfig
-from hin.decoding import beam_search, beam_search_steps
+from hin.decoding import decode, search
 
 PAD, EOS = 1, 3
 
@@ -52,10 +52,10 @@ def test_beams_with_pad_before_eos_equal_teacher_forced_rescoring():
     model = model_that_emits_pad()
     grid, region = (f.double() for f in tiny_features(batch=4, config=model.config))
     settings = DecodingConfig(beam_size=3, max_len=10, num_captions=3)
-    cached, cached_logprobs = beam_search(model, grid, region, settings)
+    cached, cached_logprobs = decode(model, grid, region, settings)
     with torch.no_grad():
         rescorer = TeacherForcedRescorer(model, model.encode(grid, region))
-        forced, forced_logprobs = beam_search_steps(rescorer, 4, model.config, grid.device,
+        forced, forced_logprobs = search(rescorer, 4, model.config, grid.device,
                                                     settings)
     assert torch.equal(cached, forced)
     torch.testing.assert_close(cached_logprobs, forced_logprobs, atol=1e-9, rtol=0)

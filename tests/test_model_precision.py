@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_features, tiny_model
 from hin.config import DecodingConfig
-from hin.decoding import beam_search, cast_for_decoding
+from hin.decoding import Ensemble, decode
 from hin.devices import autocast
 from hin.model.layers import FUSED_MIN_SCORES, Attention, mask_to_bias
 
@@ -61,10 +61,12 @@ def test_bf16_weights_decode_in_bfloat16_with_float32_logprobs_close_to_fp32():
     grid, region = tiny_features()
     region[1, 3:] = 0                                # padded regions
     tokens = torch.tensor([[[2, 5, PAD, 7, 8]] * 2, [[2, 4, 11, 4, 13]] * 2])
-    (cast,) = cast_for_decoding(model, "bf16")
+    ensemble = Ensemble(model)
+    (cast,) = ensemble.cast("bf16")
     assert all(p.dtype == torch.bfloat16 for p in cast.parameters())
     assert all(p.dtype == torch.float32 for p in model.parameters())   # the caller's model kept
-    assert cast_for_decoding(cast, "bf16") == [cast]                   # cast once, not again
+    assert ensemble.cast("bf16")[0] is cast                              # cast once, then kept
+    assert Ensemble(cast).cast("bf16") == (cast,)                      # a bf16 model is not cast again
     with torch.inference_mode():
         exact = model.decode(tokens, model.encode(grid, region))
         enc = cast.encode(grid, region)
@@ -83,8 +85,8 @@ def test_bf16_weights_beam_search_finds_nearly_the_fp32_captions():
     log-probabilities within bf16's rounding."""
     model = tiny_model()
     grid, region = tiny_features(batch=8)
-    fp32 = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=8))
-    bf16 = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=8, precision="bf16"))
+    fp32 = decode(model, grid, region, DecodingConfig(beam_size=3, max_len=8))
+    bf16 = decode(model, grid, region, DecodingConfig(beam_size=3, max_len=8, precision="bf16"))
     agree = sum(torch.equal(a, b) for a, b in zip(fp32[0][:, 0], bf16[0][:, 0]))
     assert agree >= 7
     torch.testing.assert_close(bf16[1].sum(-1), fp32[1].sum(-1), atol=0.1, rtol=0)
@@ -95,8 +97,8 @@ def test_search_runs_in_the_asked_precision(precision):
     model = tiny_model()
     grid, region = tiny_features(batch=3)
     settings = DecodingConfig(beam_size=3, max_len=8, num_captions=2, precision=precision)
-    ids, logprobs = beam_search(model, grid, region, settings)
-    plain_ids, plain_logprobs = beam_search(model, grid, region,
+    ids, logprobs = decode(model, grid, region, settings)
+    plain_ids, plain_logprobs = decode(model, grid, region,
                                             DecodingConfig(beam_size=3, max_len=8, num_captions=2))
     assert ids.shape[:2] == (3, 2) and logprobs.dtype == torch.float32
     if precision == "fp32":

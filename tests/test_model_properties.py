@@ -5,7 +5,7 @@ import torch
 
 from conftest import tiny_config, tiny_features, tiny_model
 from hin.config import ConfigError, DecodingConfig, HINConfig
-from hin.decoding import beam_search
+from hin.decoding import decode
 from hin.model import HIN
 
 
@@ -18,7 +18,7 @@ def test_any_depth_builds_and_runs(layers):
     assert enc.region.shape == (2, layers * 6, 32)
     logprobs = model.decode(torch.tensor([[2, 5, 6, 3]] * 2), enc)
     assert logprobs.shape == (2, 4, 20) and torch.isfinite(logprobs).all()
-    seqs, _ = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=6, num_captions=2))
+    seqs, _ = decode(model, grid, region, DecodingConfig(beam_size=3, max_len=6, num_captions=2))
     assert seqs.shape[:2] == (2, 2) and seqs.shape[2] <= 6
 
 
@@ -101,15 +101,15 @@ def test_cached_steps_equal_teacher_forcing_at_every_step(with_pad):
 def test_ensemble_of_two_copies_equals_the_model():
     model = tiny_model()
     grid, region = tiny_features(batch=3)
-    single = beam_search(model, grid, region, DecodingConfig(beam_size=4, max_len=8, num_captions=4))
-    double = beam_search([model, model], grid, region, DecodingConfig(beam_size=4, max_len=8, num_captions=4))
+    single = decode(model, grid, region, DecodingConfig(beam_size=4, max_len=8, num_captions=4))
+    double = decode([model, model], grid, region, DecodingConfig(beam_size=4, max_len=8, num_captions=4))
     assert torch.equal(single[0], double[0])
     torch.testing.assert_close(single[1], double[1], atol=1e-6, rtol=0)
 
 
 def test_ensemble_members_must_share_vocabulary():
     with pytest.raises(ValueError, match="vocab_size"):
-        beam_search([tiny_model(), tiny_model(vocab_size=21)], *tiny_features())
+        decode([tiny_model(), tiny_model(vocab_size=21)], *tiny_features())
 
 
 def test_beam_outputs_are_sorted_and_padded_after_eos():
@@ -118,7 +118,7 @@ def test_beam_outputs_are_sorted_and_padded_after_eos():
     with torch.no_grad():   # make <eos> likely so beams finish at different lengths
         model.decoder.head.weight[eos] += 0.5 * model.decoder.head.weight.norm(dim=1).mean()
     grid, region = tiny_features(batch=4)
-    seqs, logprobs = beam_search(model, grid, region, DecodingConfig(beam_size=3, max_len=12, num_captions=3))
+    seqs, logprobs = decode(model, grid, region, DecodingConfig(beam_size=3, max_len=12, num_captions=3))
     totals = logprobs.sum(-1)
     assert torch.all(totals[:, :-1] >= totals[:, 1:])
     finished = 0
@@ -136,7 +136,7 @@ def test_beam_outputs_are_sorted_and_padded_after_eos():
 def test_greedy_is_beam_one():
     model = tiny_model()
     grid, region = tiny_features()
-    ids, logprobs = (out[:, 0] for out in beam_search(model, grid, region,
+    ids, logprobs = (out[:, 0] for out in decode(model, grid, region,
                                                       DecodingConfig(beam_size=1, max_len=7)))
     assert ids.shape == logprobs.shape and ids.shape[0] == 2
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_features, tiny_model
 from hin.config import ConfigError, DecodingConfig, TrainConfig
-from hin.decoding import beam_search, beam_search_encoded, teacher_forcing_inputs
+from hin.decoding import decode, decode_encoded, teacher_forcing_inputs
 from hin.training.scst import (
     SelfCritical,
     baselines,
@@ -63,7 +63,7 @@ def test_fast_path_equals_the_loss_of_the_search_log_probs_and_has_gradients():
     model = tiny_model().train()         # dropout 0: train and eval passes agree exactly
     grid, region = tiny_features(batch=3)
     beam_size, max_len = 4, 7
-    beams, search_logprobs = beam_search(model, grid, region, DecodingConfig(
+    beams, search_logprobs = decode(model, grid, region, DecodingConfig(
         beam_size=beam_size, max_len=max_len, num_captions=beam_size))
     rewards = torch.arange(3 * beam_size, dtype=torch.float32).view(3, beam_size).sin()
     seen = []
@@ -113,7 +113,7 @@ def test_the_images_are_encoded_once_and_the_search_reads_that_encoding():
     torch.manual_seed(0)
     loss, _ = self_critical_loss(beam_critic(model, 3, 6), grid, region, reward)
     assert len(encodings) == 1 and encodings[0].grid.requires_grad
-    searched_again, _ = beam_search_encoded(model.eval(), encodings[0].detach(),
+    searched_again, _ = decode_encoded(model.eval(), encodings[0].detach(),
                                             DecodingConfig(beam_size=3, max_len=6, num_captions=3))
     assert torch.equal(seen[0], searched_again)
     loss.backward()

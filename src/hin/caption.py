@@ -33,8 +33,8 @@ from hin.checkpoint.record import REFERENCE
 from hin.config import DecodingConfig
 from hin.data.familiarity import unfamiliar
 from hin.data.features import FeatureStore, pad_regions, stack_grids
-from hin.decoding import CaptionedImage, caption, cast_for_decoding
-from hin.devices import resolve_device, resolve_precision
+from hin.decoding import CaptionedImage, Ensemble, caption
+from hin.devices import resolve_device
 from hin.errors import UsageError
 from hin.extract.images import (
     ImageListing,
@@ -46,9 +46,8 @@ from hin.extract.images import (
 )
 from hin.extract.registry import EXTRACTORS, ImageEntry, extractor_from_attributes
 from hin.extract.resize import PictureShapeError
-from hin.model import HIN
 
-Picture = str | Path | Image.Image
+Picture = str | Path | Image.Image | np.ndarray
 Prepared = tuple[Any, Any]       # a picture as its grid and its region extractor prepare it
 FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
                     "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...` "
@@ -84,30 +83,27 @@ class Captioner:
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
         self.opened = open_for_decoding([self.checkpoint], self.device, vocab=vocab,
-                                        max_regions=max_regions, decoding=decoding,
-                                        batch_size=batch_size)
+                                        max_regions=max_regions)
         member = self.opened.members[0]
         self.model, self.record, self.sha256 = member.model, member.record, member.sha256
         self.vocab = self.opened.vocab
+        self.ensemble = Ensemble(self.model)     # its cast copies are kept for every request
+        self.ensemble.check(decoding, batch_size)
         self.decoding, self.batch_size = decoding, batch_size
         self.max_regions = self.opened.max_regions
         self.notes = list(self.opened.notes)
         self.extractor_weights = _weights_overrides(extractor_weights)
         self._extractors: tuple[Any, Any] | None = None
-        self._decoding_models: dict[str, list[HIN]] = {}
-
-    def decoding_models(self, precision: str) -> list[HIN]:
-        """The model as `precision` decodes it (`hin.decoding.cast_for_decoding`), cast on
-        first use and kept: a server answers many requests with the same copy."""
-        precision = resolve_precision(precision, self.device)     # auto and bf16: one copy
-        if precision not in self._decoding_models:
-            self._decoding_models[precision] = cast_for_decoding(self.model, precision)
-        return self._decoding_models[precision]
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
-        """Caption one picture or several (paths or PIL images)."""
-        if isinstance(pictures, (str, Path, Image.Image)):
+        """Caption one picture or several (paths, PIL images or numpy arrays of pixels)."""
+        if isinstance(pictures, (str, Path, Image.Image, np.ndarray)):
             pictures = [pictures]
+        if isinstance(pictures, (bytes, bytearray)) or not isinstance(pictures, Sequence):
+            raise UsageError(f"pictures must be a path, a PIL image, a numpy array of pixels or a "
+                             f"list of them, got {type(pictures).__name__}"
+                             + (" (open encoded bytes first: PIL.Image.open(io.BytesIO(data)))"
+                                if isinstance(pictures, (bytes, bytearray)) else ""))
         return self.caption_pictures(pictures)
 
     def caption_pictures(self, pictures: Sequence[Picture]) -> list[CaptionedImage]:
@@ -207,8 +203,7 @@ class Captioner:
         """A batch as `batch` makes it -> each image's captions (`hin.decoding.caption`), with
         this captioner's settings or `decoding`."""
         decoding = decoding or self.decoding
-        return caption(self.decoding_models(decoding.precision), grid, region, self.vocab,
-                       decoding, names)
+        return caption(self.ensemble, grid, region, self.vocab, decoding, names)
 
     def batch(self, grids: Sequence[np.ndarray], regions: Sequence[np.ndarray],
               names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,16 +308,27 @@ def picture_listing(sources: Sequence[str | Path]) -> tuple[list[Path], list[str
 
 
 def load_picture(picture: Picture) -> Image.Image:
-    """A user's picture (a file, or a picture already decoded) read by hin's reading rule."""
+    """A user's picture (a file, a picture already decoded, or its pixels as a numpy array
+    [height, width] or [height, width, 3 or 4] of uint8) read by hin's reading rule."""
     return read_user_picture(picture).rgb
 
 
 def read_user_picture(picture: Picture) -> ReadPicture:
-    """A file by `hin.extract.images.read_picture`; a picture already decoded by its rule's
-    last step (`as_rgb`): whoever opened it chose its format."""
+    """A file by `hin.extract.images.read_picture`; a picture already decoded (a PIL image, or
+    uint8 pixels) by its rule's last step (`as_rgb`): whoever opened it chose its format."""
+    if isinstance(picture, np.ndarray):
+        if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or \
+                (picture.ndim == 3 and picture.shape[-1] not in (3, 4)):
+            raise UsageError("a picture given as a numpy array must hold uint8 pixels [height, "
+                             f"width] or [height, width, 3 or 4], got {picture.dtype} "
+                             f"{list(picture.shape)}")
+        return ReadPicture(as_rgb(Image.fromarray(picture)), "pixels", 1)
     if isinstance(picture, Image.Image):
         return ReadPicture(as_rgb(picture), str(picture.format or "unknown"),
                            int(getattr(picture, "n_frames", 1)))
+    if not isinstance(picture, (str, Path)):
+        raise UsageError(f"each picture must be a path, a PIL image or a numpy array of pixels, "
+                         f"got {type(picture).__name__}")
     return read_picture(picture)
 
 

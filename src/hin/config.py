@@ -264,89 +264,127 @@ def require_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{type(config).__name__}.{name} must be one of {choices}, got {value!r}")
 
 
+class SettingError(ConfigError):
+    """A decoding setting that cannot be used. The message names settings as `{field}` (and
+    their values as `{field_value}`), so that each surface names them as its users wrote
+    them: `naming` renders it with flags for `hin`, option names for HTTP; `str()` says
+    `DecodingConfig.field` (the Python API)."""
+
+    def __init__(self, template: str, config: Any) -> None:
+        self.template = template
+        self.values = {f.name: getattr(config, f.name) for f in fields(config)}
+        super().__init__(self.naming(lambda name: f"DecodingConfig.{name}"))
+
+    def naming(self, name_of: Any) -> str:
+        """The message with each setting named `name_of(field)`."""
+        return self.template.format(**{name: name_of(name) for name in self.values},
+                                    **{f"{name}_value": value for name, value in self.values.items()})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one decoding setting is offered to people: the one table every surface reads. The
+    `hin` flags (hin.cli.options), `hin serve`'s HTTP options (hin.serve.inputs) and its
+    OpenAPI schema (hin.serve.schema) are made from it, and DecodingConfig checks its values
+    by it. `help` names other settings as `{field}`; each surface names them its own way."""
+
+    help: str
+    mode: str = "both"                 # what it applies to: search, sampling or both
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None         # an exclusive minimum
+    choices: tuple[str, ...] = ()
+    flag: str = ""                     # the flag, when it is not --field-name
+    aliases: tuple[str, ...] = ()      # more flags with the same meaning
+    deprecated: tuple[str, ...] = ()   # flags accepted this release with a note, then gone
+    http: bool = True                  # an option of hin serve's POST /v1/captions
+    metavar: str | None = None
+    example: Any = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"a decoding setting's mode is one of {MODES}, got {self.mode!r}")
+
+    def flags(self, name: str) -> list[str]:
+        return [self.flag or "--" + name.replace("_", "-"), *self.aliases]
+
+
+MODES = ("search", "sampling", "both")
+
+
+def _setting(default: Any, help: str, **described: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"setting": Setting(help, **described)})
+
+
 @dataclass(frozen=True)
 class DecodingConfig:
     """Every setting of caption decoding, built once and handed to whoever decodes
-    (`Captioner`, `hin evaluate`, validation during training, the server).
+    (`Captioner`, `hin evaluate`, validation during training, the server); each field's
+    `Setting` (its help, range and mode) is the one table of what people may set.
 
-    `num_captions` hypotheses are returned per image, best first (at most `beam_size`).
-    `collapse_repeats` turns "a a dog" into "a dog" before captions are shown or scored, as
-    the reference's evaluation did. `precision`: `fp32` is the exact reference path; `bf16`
-    decodes with the weights cast to bfloat16 once (`hin.decoding.cast_for_decoding`); `auto`
-    picks bf16 where the device runs it fast.
-
-    How words are chosen (hin.strategies; every default keeps the reference's rule):
-    `length_penalty` alpha ranks hypotheses by score / length^alpha (0: by score); `min_len`
-    words at least before <eos>; `no_repeat_ngram` n: no n-gram twice in a caption (0: off).
-    `sample` draws `num_captions` captions instead of searching (the beam size is then
-    unused), from the distribution sharpened by `temperature` and cut to the `top_k` most
-    probable words (0: all) and the smallest set holding `top_p` of the mass; a `seed` makes
-    the draws repeatable. `diversity_groups` G splits the beam into G groups, each penalised
-    by `diversity_strength` for words earlier groups chose at the same step; one caption
-    per group is returned.
+    `precision` `bf16` decodes with the weights cast to bfloat16 once
+    (`hin.decoding.Ensemble.cast`). Every default keeps the reference's rule; how words are
+    chosen under each setting is hin.decoding.search's.
     """
 
-    beam_size: int = 5
-    max_len: int = 20
-    num_captions: int = 1
-    collapse_repeats: bool = True
-    precision: str = "fp32"
-    length_penalty: float = 0.0
-    min_len: int = 0
-    no_repeat_ngram: int = 0
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    diversity_groups: int = 1
-    diversity_strength: float = 0.5
+    beam_size: int = _setting(5, "hypotheses kept at each step (paper: 5)", mode="search",
+                              minimum=1, aliases=("--beam",), example=5)
+    max_len: int = _setting(20, "maximum caption length in words (paper: 20)", minimum=1,
+                            http=False)
+    num_captions: int = _setting(
+        1, "captions per picture, best first (beam search: at most {beam_size}, or "
+           "{diversity_groups} with diverse groups)", minimum=1, deprecated=("--top-k",),
+        example=3)
+    collapse_repeats: bool = _setting(
+        True, 'immediately repeated words collapsed before captions are shown or scored ("a '
+              'a dog" -> "a dog"), as the reference\'s evaluation did', flag="--keep-repeats",
+        http=False)
+    precision: str = _setting("fp32", "fp32 (exact reference arithmetic), bf16 (the weights "
+                                      "cast to bfloat16 once), or auto (bf16 where the device "
+                                      "runs it fast)", choices=PRECISIONS, http=False)
+    length_penalty: float = _setting(
+        0.0, "rank captions by log-prob / length^ALPHA (0, the reference: by log-prob)",
+        metavar="ALPHA", example=0.6)
+    min_len: int = _setting(0, "words at least before a caption may end", minimum=0, example=5)
+    no_repeat_ngram: int = _setting(0, "no N words twice in a caption in the same order (0: off)",
+                                    minimum=0, metavar="N", example=2)
+    sample: bool = _setting(False, "draw captions from the model's distribution instead of "
+                                   "searching ({beam_size} is then unused)", mode="sampling")
+    temperature: float = _setting(1.0, "above 0; below 1 sharpens the distribution",
+                                  mode="sampling", above=0, example=0.7)
+    top_k: int = _setting(0, "draw from the K most probable words only (0: all)", mode="sampling",
+                          minimum=0, flag="--sample-top-k", metavar="K", example=10)
+    top_p: float = _setting(1.0, "draw from the most probable words holding P of the mass, in "
+                                 "(0, 1]", mode="sampling", above=0, maximum=1, metavar="P", example=0.9)
+    seed: int | None = _setting(None, "the same seed gives the same captions", mode="sampling",
+                                minimum=0, maximum=MAX_SEED - 1, example=7)
+    diversity_groups: int = _setting(
+        1, "G diverse groups of beams (G divides {beam_size}), one caption each",
+        mode="search", minimum=1, metavar="G", example=3)
+    diversity_strength: float = _setting(
+        0.5, "diverse groups: the penalty for a word an earlier group chose at the same step",
+        mode="search", minimum=0, metavar="LAMBDA", example=2.0)
 
     def __post_init__(self) -> None:
-        require_positive_ints(self, "beam_size", "max_len", "num_captions", "diversity_groups")
-        require_non_negative_ints(self, "min_len", "no_repeat_ngram", "top_k")
-        for name in ("sample", "collapse_repeats"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"DecodingConfig.{name} must be true or false, "
-                                  f"got {getattr(self, name)!r}")
-        self._check_search()
-        self._check_sampling()
-        check_precision(self.precision, what="DecodingConfig.precision")
-
-    def _check_search(self) -> None:
+        for name, setting in decoding_settings().items():
+            _check_setting(self, name, setting)
         if self.min_len >= self.max_len:
-            raise ConfigError(f"DecodingConfig.min_len ({self.min_len}) must be below max_len "
-                              f"({self.max_len}), so that a caption can end")
-        if not _finite_number(self.length_penalty):
-            raise ConfigError("DecodingConfig.length_penalty must be a number, got "
-                              f"{self.length_penalty!r}")
+            raise SettingError("{min_len} ({min_len_value}) must be below {max_len} "
+                               "({max_len_value}), so that a caption can end", self)
         if self.beam_size % self.diversity_groups:
-            raise ConfigError(f"DecodingConfig.diversity_groups ({self.diversity_groups}) must "
-                              f"divide the beam size ({self.beam_size})")
-        if not _finite_number(self.diversity_strength) or self.diversity_strength < 0:
-            raise ConfigError("DecodingConfig.diversity_strength must be a number >= 0, got "
-                              f"{self.diversity_strength!r}")
-        if self.sample:
-            return
-        kept, what = ((self.beam_size, "the beam size") if self.diversity_groups == 1 else
-                      (self.diversity_groups, "diversity_groups (one caption per group)"))
-        if self.num_captions > kept:
-            raise ConfigError(f"DecodingConfig.num_captions ({self.num_captions}) cannot exceed "
-                              f"{what} ({kept}): beam search keeps that many hypotheses")
-
-    def _check_sampling(self) -> None:
-        if not _finite_number(self.temperature) or self.temperature <= 0:
-            raise ConfigError("DecodingConfig.temperature must be a number above 0, got "
-                              f"{self.temperature!r}")
-        if not _finite_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ConfigError(f"DecodingConfig.top_p must be in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
-                                      or not 0 <= self.seed < MAX_SEED):
-            raise ConfigError(f"DecodingConfig.seed must be an integer from 0 to {MAX_SEED - 1} "
-                              f"(or unset), got {self.seed!r}")
+            raise SettingError("{diversity_groups} ({diversity_groups_value}) must divide the "
+                               "beam size ({beam_size_value}): give {beam_size} a multiple of it",
+                               self)
         if self.sample and self.diversity_groups > 1:
-            raise ConfigError("DecodingConfig: sampling has no beam to split; give "
-                              "diversity_groups 1 with sample")
+            raise SettingError("sampling has no beam to split: give {diversity_groups} 1 with "
+                               "{sample}", self)
+        if not self.sample and self.num_captions > self.beam_size:
+            raise SettingError("{num_captions} ({num_captions_value}) cannot exceed {beam_size} "
+                               "({beam_size_value}): beam search keeps that many hypotheses", self)
+        if not self.sample and self.num_captions > self.diversity_groups > 1:
+            raise SettingError("{num_captions} ({num_captions_value}) cannot exceed "
+                               "{diversity_groups} ({diversity_groups_value}): one caption per "
+                               "group", self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -354,6 +392,54 @@ class DecodingConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DecodingConfig:
         return from_dict(cls, values)
+
+
+def decoding_settings() -> dict[str, Setting]:
+    """DecodingConfig's table: each field's `Setting`, in field order."""
+    return {f.name: f.metadata["setting"] for f in fields(DecodingConfig)}
+
+
+def setting_type(name: str) -> type:
+    """The Python type of a decoding setting's values: int, float, bool or str."""
+    hint = typing.get_type_hints(DecodingConfig)[name]
+    kinds: tuple[type, ...] = typing.get_args(hint) or (hint,)
+    return next(kind for kind in kinds if kind is not type(None))
+
+
+def describe_range(setting: Setting, kind: type) -> str:
+    """`a positive integer`, `a number above 0`, `in (0, 1]`, ...: what a setting accepts."""
+    if kind is bool:
+        return "true or false"
+    if setting.choices:
+        return f"one of {', '.join(setting.choices)}"
+    if kind is int:
+        if setting.maximum is not None:
+            return f"an integer from {setting.minimum} to {setting.maximum}"
+        return "a positive integer" if setting.minimum == 1 else "a non-negative integer"
+    if setting.above is not None:
+        return (f"in ({setting.above:g}, {setting.maximum:g}]" if setting.maximum is not None
+                else f"a number above {setting.above:g}")
+    return "a number" if setting.minimum is None else f"a number >= {setting.minimum:g}"
+
+
+def _check_setting(config: DecodingConfig, name: str, setting: Setting) -> None:
+    value, kind = getattr(config, name), setting_type(name)
+    if value is None and DecodingConfig.__dataclass_fields__[name].default is None:
+        return      # unset where unset is the default (the seed)
+    if kind is bool:
+        good = isinstance(value, bool)
+    elif kind is str:
+        good = value in setting.choices
+    else:
+        good = (isinstance(value, int) if kind is int else _finite_number(value)) \
+            and not isinstance(value, bool) \
+            and (setting.minimum is None or value >= setting.minimum) \
+            and (setting.maximum is None or value <= setting.maximum) \
+            and (setting.above is None or value > setting.above)
+    if not good:
+        unset = " (or unset)" if DecodingConfig.__dataclass_fields__[name].default is None else ""
+        raise SettingError(f"{{{name}}} must be {describe_range(setting, kind)}{unset}, got "
+                           f"{{{name}_value!r}}", config)
 
 
 @dataclass(frozen=True)

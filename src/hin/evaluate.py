@@ -27,7 +27,7 @@ from hin.data.dataset import ImageReferences, make_loader
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary, tokenize
-from hin.decoding import caption_batches
+from hin.decoding import Ensemble, caption_batches
 from hin.devices import resolve_device
 from hin.errors import UsageError
 from hin.files import json_text, refuse_overwriting, write_together
@@ -62,7 +62,7 @@ def tokenised_references(images: Split) -> dict[int, list[str]]:
             for image_id, image in images.images.items() if image.captions}
 
 
-def score_split(models: Sequence[HIN], dataset: ImageReferences, vocab: Vocabulary,
+def score_split(models: Sequence[HIN] | Ensemble, dataset: ImageReferences, vocab: Vocabulary,
                 decoding: DecodingConfig, *, batch_size: int, num_workers: int = 0,
                 java: str | None = None, spice: bool = False, progress: bool = True,
                 share: tuple[int, int] = (0, 1),
@@ -141,9 +141,11 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
         for name in (CAPTIONS_FILE, METRICS_FILE):
             refuse_overwriting(out / name, inputs, "give --out a folder of its own")
     opened = open_for_decoding(checkpoints, resolve_device(device), vocab=vocab,
-                               max_regions=max_regions, decoding=decoding, batch_size=batch_size)
+                               max_regions=max_regions)
     opened.require_features(data.grid_features, data.region_features)
     models, vocabulary, config = opened.models, opened.vocab, opened.models[0].config
+    ensemble = Ensemble(models)      # the settings checked and the models cast here, once
+    ensemble.prepare(decoding, batch_size)
     data = replace(data, max_regions=opened.max_regions)
     selection = [note for member in opened.members for note in member.record.notes()]
     notes = list(dict.fromkeys([*opened.notes, *(selection if split == "test" else [])]))
@@ -152,7 +154,7 @@ def evaluate(checkpoints: Sequence[str | Path], split: str, data: DataConfig, *,
     images = load_images(data, split, store)
     dataset = ImageReferences(images, store)
     java = find_java() if any(image.captions for image in images.images.values()) else None
-    scores = score_split(models, dataset, vocabulary, decoding, batch_size=batch_size,
+    scores = score_split(ensemble, dataset, vocabulary, decoding, batch_size=batch_size,
                          num_workers=data.num_workers, java=java, spice=spice, progress=progress)
     if scores is None:      # only a rank other than 0 of `share` gets None; this is rank 0 of 1
         raise RuntimeError("score_split returned no scores to the only process")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hin.errors import UsageError
@@ -72,63 +73,73 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:1")
 
 
+class _Typed(argparse.Action):
+    """Stores a decoding flag's value and remembers the flag as typed (`--beam` or
+    `--beam-size`), so that an error names what the user wrote; a deprecated flag prints
+    its note once."""
+
+    def __init__(self, option_strings: list[str], dest: str, note: str = "", **kwargs: Any) -> None:
+        self.note = note
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        typed = dict(getattr(namespace, "typed_flags", {}))
+        typed[self.dest] = option_string
+        namespace.typed_flags = typed
+        if self.note:
+            print(f"hin: {option_string} {self.note}", file=sys.stderr)
+
+
 def add_decoding_options(p: argparse.ArgumentParser, *, num_captions: bool = False) -> None:
-    """The decoding flags every command that captions takes (hin.config.DecodingConfig)."""
-    from hin.config import PRECISIONS, DecodingConfig
+    """The decoding flags every command that captions takes, made from DecodingConfig's table
+    (hin.config.Setting): flag names are field names (`--num-captions`), plus the aliases
+    and this release's deprecated flags the table lists."""
+    from hin.config import DecodingConfig, decoding_settings, setting_type
 
     defaults = DecodingConfig()
-    p.add_argument("--beam", type=int, default=defaults.beam_size, help="beam size (paper: 5)")
-    p.add_argument("--max-len", type=int, default=defaults.max_len,
-                   help="maximum caption length (paper: 20)")
-    if num_captions:
-        p.add_argument("--top-k", type=int, default=defaults.num_captions,
-                       help="captions per picture, best first")
-    p.add_argument("--keep-repeats", action="store_true",
-                   help='do not collapse immediately repeated words ("a a dog" -> "a dog")')
-    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
-                   help="fp32 (exact reference arithmetic), bf16 (the weights cast to bfloat16 "
-                        "once), or auto (bf16 where the device runs it fast)")
-    choice = p.add_argument_group("how words are chosen (docs/evaluation.md, Decoding options)")
-    choice.add_argument("--length-penalty", type=float, default=defaults.length_penalty,
-                        metavar="ALPHA", help="rank captions by log-prob / length^ALPHA "
-                                              "(0, the reference: by log-prob)")
-    choice.add_argument("--min-len", type=int, default=defaults.min_len,
-                        help="words at least before a caption may end")
-    choice.add_argument("--no-repeat-ngram", type=int, default=defaults.no_repeat_ngram,
-                        metavar="N", help="no N words twice in a caption in the same order "
-                                          "(0: off)")
-    choice.add_argument("--diversity-groups", type=int, default=defaults.diversity_groups,
-                        metavar="G", help="diverse beam search: G groups of beams (G divides "
-                                          "--beam), one caption each")
-    choice.add_argument("--diversity-strength", type=float, default=defaults.diversity_strength,
-                        metavar="LAMBDA", help="diverse beam search: the penalty for a word an "
-                                               "earlier group chose at the same step")
-    choice.add_argument("--sample", action="store_true",
-                        help="draw captions from the model's distribution instead of beam "
-                             "search (--beam is then unused)")
-    choice.add_argument("--temperature", type=float, default=defaults.temperature,
-                        help="sampling: above 0; below 1 sharpens the distribution")
-    choice.add_argument("--sample-top-k", type=int, default=defaults.top_k, metavar="K",
-                        help="sampling: from the K most probable words only (0: all)")
-    choice.add_argument("--top-p", type=float, default=defaults.top_p, metavar="P",
-                        help="sampling: from the most probable words holding P of the mass, "
-                             "in (0, 1]")
-    choice.add_argument("--seed", type=int, default=defaults.seed,
-                        help="sampling: the same seed gives the same captions")
+    group = p.add_argument_group("decoding (docs/evaluation.md, Decoding options)")
+    for name, setting in decoding_settings().items():
+        if name == "num_captions" and not num_captions:
+            continue
+        kind, default = setting_type(name), getattr(defaults, name)
+        help_text = setting_help(setting.help, lambda other: decoding_settings()[other].flags(other)[0])
+        if setting.mode != "both":
+            help_text = f"{'sampling' if setting.mode == 'sampling' else 'beam search'}: {help_text}"
+        if kind is bool:     # a switch turns the default over: --sample, --keep-repeats
+            group.add_argument(*setting.flags(name), dest=name, action=_Typed, nargs=0,
+                               const=not default, default=default,
+                               help=help_text if not default else f"turns off: {help_text}")
+        else:
+            group.add_argument(*setting.flags(name), dest=name, action=_Typed, type=kind,
+                               default=default, choices=setting.choices or None,
+                               metavar=setting.metavar, help=f"{help_text} (default {default})")
+        for flag in setting.deprecated:
+            group.add_argument(flag, dest=name, action=_Typed, type=kind, help=argparse.SUPPRESS,
+                               note=f"is deprecated and will change its meaning in the next "
+                                    f"release: use {setting.flags(name)[0]}")
+
+
+def setting_help(text: str, name_of: Callable[[str], str]) -> str:
+    """A Setting's help with the settings it names (`{field}`) named `name_of(field)`."""
+    from hin.config import decoding_settings
+
+    return text.format(**{name: name_of(name) for name in decoding_settings()})
 
 
 def decoding(args: argparse.Namespace) -> DecodingConfig:
-    from hin.config import DecodingConfig
+    """The DecodingConfig the decoding flags give; a refusal names the flags as typed."""
+    from hin.config import DecodingConfig, SettingError, decoding_settings
+    from hin.errors import UsageError
 
-    return DecodingConfig(beam_size=args.beam, max_len=args.max_len,
-                          num_captions=getattr(args, "top_k", 1),
-                          collapse_repeats=not args.keep_repeats, precision=args.precision,
-                          length_penalty=args.length_penalty, min_len=args.min_len,
-                          no_repeat_ngram=args.no_repeat_ngram,
-                          diversity_groups=args.diversity_groups,
-                          diversity_strength=args.diversity_strength, sample=args.sample,
-                          temperature=args.temperature, top_k=args.sample_top_k,
-                          top_p=args.top_p, seed=args.seed)
+    typed = getattr(args, "typed_flags", {})
+    try:
+        return DecodingConfig(**{name: getattr(args, name) for name in decoding_settings()
+                                 if hasattr(args, name)})
+    except SettingError as error:
+        raise UsageError(error.naming(
+            lambda name: typed.get(name) or decoding_settings()[name].flags(name)[0])) from error
 
 
 def say_unfamiliar(command: str, notes: list) -> None:

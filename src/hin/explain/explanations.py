@@ -62,16 +62,6 @@ class ImageExplanation:
 
 
 
-def generated_words(captioner: Captioner, tokens: Sequence[int]) -> list[int]:
-    """The ids a hypothesis produced before <eos> (what the per-word maps are shown for)."""
-    ids = []
-    for token in tokens:
-        if token in (captioner.vocab.eos_id, captioner.vocab.pad_id):
-            break
-        ids.append(int(token))
-    return ids
-
-
 def picture_geometry(captioner: Captioner, name: str, grid_entry: ImageEntry,
                      region_entry: ImageEntry) -> ImageGeometry:
     """Where a picture's maps lie on it, from what its captioner's extractors returned for it:
@@ -92,7 +82,7 @@ def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: S
         raise UsageError(f"words must be one of {WORD_SOURCES}, got {words!r}")
     grid, region = captioner.batch(grids, regions)
     best = [result.captions[0] for result in captioner.caption_batch(grid, region, [label] * len(grids))]
-    produced = [generated_words(captioner, caption.ids) for caption in best]
+    produced = [caption.ids for caption in best]     # hin.decoding.hypothesis_ids: the one rule
     vocab = captioner.vocab
     maps = attention_maps(captioner.model, grid, region,
                           teacher_forcing_inputs(produced, vocab.bos_id, vocab.pad_id))
@@ -108,7 +98,7 @@ def explain_arrays(captioner: Captioner, grids: Sequence[np.ndarray], regions: S
             word_maps = decoder[i, :len(word_ids)] if words == "grid" else decoder[i, :len(word_ids), :real]
         views.append(ModelView(
             label=label, caption=best[i].text,
-            words=tuple(captioner.vocab.words[t] for t in word_ids),
+            words=best[i].words,
             grid_map=grid_maps[i], region_map=region_maps[i, :real], geometry=geometries[i],
             word_maps=word_maps, word_source=words or "grid"))
     return views

@@ -9,7 +9,7 @@ Self-attention runs per hypothesis and can be extended one step at a time from a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -106,31 +106,39 @@ class DecoderLayer(nn.Module):
             region_cross_grid=self.region_cross_grid.project_kv(grid).contiguous(),
         )
 
-    def forward(self, x: Tensor, keep: Tensor, self_kv: KeyValue, self_bias: Tensor | None,
+    def forward(self, x: Tensor, keep: Tensor | None, self_kv: KeyValue, self_bias: Tensor | None,
                 memory: LayerMemory, region_bias: Tensor, trace: AttentionTrace | None = None) -> Tensor:
-        """x [B, K, T, d] new tokens; keep [B, K, T, 1] (0 at padding); self_kv: keys/values
+        """x [B, K, T, d] new tokens; keep [B, K, T, 1] (0 at padding; None: no padding, as
+        in most decoding steps, where multiplying by ones is skipped); self_kv: keys/values
         of all visible tokens per hypothesis [B·K, h, t, d_k]; self_bias [B·K, 1, T, t].
         A `trace` receives the direct grid/region attention and the fusion gate z."""
         batch, hyps, steps, d = x.shape
         s = self.self_att.attend(x.reshape(batch * hyps, steps, d), self_kv, self_bias)
         s = s.reshape(batch, hyps * steps, d)     # an image's tokens query its memory together
-        keep = keep.reshape(batch, hyps * steps, 1)
-        s = s * keep
-        g = self.grid_att.attend(s, memory.grid,
-                                 probabilities=None if trace is None else trace.decoder_grid) * keep
-        r = self.region_att.attend(s, memory.region, region_bias,
-                                   probabilities=None if trace is None else trace.decoder_region) * keep
-        gc = self.grid_cross_region.attend(g, memory.grid_cross_region, region_bias) * keep
-        rc = self.region_cross_grid.attend(r, memory.region_cross_grid) * keep
-        direct = self.pick_direct(s, g, r) * keep
-        crossed = self.pick_crossed(s, gc, rc) * keep
+        kept = _zero_padding(None if keep is None else keep.reshape(batch, hyps * steps, 1))
+        s = kept(s)
+        g = kept(self.grid_att.attend(s, memory.grid,
+                                      probabilities=None if trace is None else trace.decoder_grid))
+        r = kept(self.region_att.attend(s, memory.region, region_bias,
+                                        probabilities=None if trace is None else trace.decoder_region))
+        gc = kept(self.grid_cross_region.attend(g, memory.grid_cross_region, region_bias))
+        rc = kept(self.region_cross_grid.attend(r, memory.region_cross_grid))
+        direct = kept(self.pick_direct(s, g, r))
+        crossed = kept(self.pick_crossed(s, gc, rc))
         z = torch.sigmoid(self.gate(s + direct + crossed))
         if trace is not None:
             trace.decoder_gate.append(z.float())
         fused = self.proj_direct(direct) * z + self.proj_crossed(crossed) * (1 - z)
-        y = self.norm(s + self.dropout(fused)) * keep
-        out: Tensor = self.ff(y) * keep
+        y = kept(self.norm(s + self.dropout(fused)))
+        out = kept(self.ff(y))
         return out.reshape(batch, hyps, steps, d)
+
+
+def _zero_padding(keep: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """x -> x with the padding positions' outputs zeroed (`keep` 0 there; None: no padding)."""
+    if keep is None:
+        return lambda x: x
+    return lambda x: x * keep
 
 
 class Decoder(nn.Module):
@@ -211,7 +219,7 @@ class Decoder(nn.Module):
                     else new_hidden.new_zeros(batch * hyps, 1, 1, cache.length))
             hidden = torch.cat((past, new_hidden), dim=-1)
         self_bias = None if hidden is None else mask_to_bias(hidden, x.dtype)
-        keep = keep[..., None, None].to(x.dtype)
+        kept = None if hidden is None else keep[..., None, None].to(x.dtype)   # None: no <pad>
         self_kv = []
         for i, (layer, memory) in enumerate(zip(self.bgaf_layers, cache.memory)):
             kv = layer.self_att.project_kv(x.reshape(batch * hyps, 1, -1))
@@ -220,6 +228,6 @@ class Decoder(nn.Module):
                 kv = KeyValue(torch.cat((earlier.key, kv.key), dim=2),
                               torch.cat((earlier.value, kv.value), dim=2))
             self_kv.append(kv)
-            x = layer(x, keep, kv, self_bias, memory, cache.region_bias)
+            x = layer(x, kept, kv, self_bias, memory, cache.region_bias)
         logprobs = self._logprobs(x[:, :, 0])
         return logprobs, DecoderCache(cache.memory, cache.region_bias, self_kv, hidden, length)

@@ -29,18 +29,18 @@ from hin.serve.envelope import Envelope
 from hin.serve.explanations import map_colours
 from hin.serve.guard import HostAndOriginGuard
 from hin.serve.inputs import (
-    OPTIONS,
     Options,
     RequestError,
     check_declared_size,
     declared_pixels,
+    decoding_options,
     parse_options,
     read_upload,
     too_large,
 )
 from hin.serve.monitoring import CONTENT_TYPE, ServerMetrics
 from hin.serve.proxy import ProxyHeaders
-from hin.serve.schema import CaptionsAnswer, ErrorAnswer, Health, Info, Readiness
+from hin.serve.schema import CaptionsAnswer, ErrorAnswer, Health, Info, Readiness, captions_openapi
 from hin.serve.service import CaptionService
 from hin.serve.settings import MAX_BEAM_SIZE, ServeSettings
 
@@ -57,21 +57,9 @@ except ImportError as missing:
                             f"{pip_install('serve')}") from missing
 
 STATIC = Path(__file__).parent / "static"
-SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")   # options that only sampling uses
+SAMPLING_ONLY = tuple(name for name, setting in decoding_options().items()   # only sampling uses them
+                      if setting.mode == "sampling" and name != "sample")
 
-CAPTIONS_OPENAPI = {
-    "parameters": [{"name": name, "in": "query", "required": False, "description": meaning,
-                    "schema": {"type": "boolean" if name == "explain" else "integer"}}
-                   for name, meaning in OPTIONS.items()],
-    "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary"},
-                           **{name: {"type": "string", "description": meaning}
-                              for name, meaning in OPTIONS.items()}}}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}}}},
-}
 ERROR = {"model": ErrorAnswer}
 CAPTION_ERRORS: dict[int | str, dict[str, Any]] = {status: {**ERROR, "description": meaning} for status, meaning in (
     (400, "not a picture, truncated, too many pixels, empty body, a malformed, unknown or "
@@ -204,7 +192,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                                     "this server has no demo pictures")
         return FileResponse(service.demo_pictures[int(index)])
 
-    @app.post("/v1/captions", summary="Caption one picture", openapi_extra=CAPTIONS_OPENAPI,
+    @app.post("/v1/captions", summary="Caption one picture", openapi_extra=captions_openapi(),
               response_model=CaptionsAnswer, response_model_exclude_unset=True,
               responses=CAPTION_ERRORS)
     async def captions(request: Request) -> CaptionsAnswer:

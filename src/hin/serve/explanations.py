@@ -42,7 +42,7 @@ def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor,
                   region_entries: Sequence[ImageEntry]) -> list[dict[str, Any]]:
     """Maps of each picture's best caption (`best`: its word ids, `Caption.ids`)."""
     from hin.explain import attention_maps
-    from hin.explain.explanations import generated_words, picture_geometry
+    from hin.explain.explanations import picture_geometry
 
     vocab = captioner.vocab
     maps = attention_maps(captioner.model, grid, region,
@@ -50,7 +50,7 @@ def explain_batch(captioner: Any, grid: torch.Tensor, region: torch.Tensor,
     decoder_grid, decoder_region, decoder_gate = maps.decoder_maps()
     explanations = []
     for b, (grid_entry, region_entry) in enumerate(zip(grid_entries, region_entries)):
-        words = [vocab.words[token] for token in generated_words(captioner, best[b])]
+        words = [vocab.words[token] for token in best[b]]
         regions = min(len(region_entry["features"]), captioner.max_regions)
         geometry = picture_geometry(captioner, "upload", grid_entry, region_entry)
         explanations.append({

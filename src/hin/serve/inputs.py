@@ -8,34 +8,47 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hin.config import MAX_SEED, ConfigError, DecodingConfig
+from hin.config import DecodingConfig, Setting, SettingError, decoding_settings, setting_type
 from hin.errors import HINError
 from hin.extract.images import PictureError, ReadPicture, picture_size, read_picture
 from hin.serve.settings import MAX_BEAM_SIZE
 
-OPTIONS = {"beam_size": f"beam size, 1 to {MAX_BEAM_SIZE}",
-           "num_captions": f"captions to return, best first, 1 to the beam size (sampling: 1 to "
-                           f"{MAX_BEAM_SIZE})",
-           "explain": "true to add the attention maps of the best caption (a bare `explain` "
-                      "is true)",
-           "length_penalty": "rank captions by log-prob / length^alpha (0: by log-prob)",
-           "min_len": "words at least before the caption may end",
-           "no_repeat_ngram": "n: no n words repeated in a caption in the same order (0: off)",
-           "sample": "true to draw captions from the model's distribution instead of beam "
-                     "search (a bare `sample` is true)",
-           "temperature": "sampling: above 0; below 1 sharpens the distribution",
-           "top_k": "sampling: draw from the k most probable words only (0: all)",
-           "top_p": "sampling: draw from the most probable words holding this share of the "
-                    "mass, in (0, 1]",
-           "seed": f"sampling: the same seed gives the same captions, 0 to {MAX_SEED - 1}",
-           "diversity_groups": "diverse beam search: split the beam into this many groups, one "
-                               "caption each (it must divide the beam size)",
-           "diversity_strength": "diverse beam search: the penalty for a word an earlier group "
-                                 "chose at the same step, 0 or more"}
+
+def _http_help(name: str, setting: Setting) -> str:
+    text = setting.help.format(**{other: other for other in decoding_settings()})
+    return f"{'sampling' if setting.mode == 'sampling' else 'beam search'}: {text}" \
+        if setting.mode != "both" else text
+
+
+# What this server allows beyond DecodingConfig's own ranges, from the settings chosen so far.
+SERVER_MAXIMUM: dict[str, Callable[[dict[str, Any], DecodingConfig], int]] = {
+    "beam_size": lambda chosen, defaults: MAX_BEAM_SIZE,
+    "num_captions": lambda chosen, defaults: MAX_BEAM_SIZE if chosen["sample"] else chosen["beam_size"],
+    "min_len": lambda chosen, defaults: defaults.max_len - 1,
+    "no_repeat_ngram": lambda chosen, defaults: defaults.max_len,
+    "diversity_groups": lambda chosen, defaults: chosen["beam_size"],
+}
+LARGEST_COUNT = 10**9      # a whole-number option without a maximum of its own
+EXPLAIN = "true to add the attention maps of the best caption (a bare `explain` is true)"
+
+
+def decoding_options() -> dict[str, Setting]:
+    """DecodingConfig's settings a request may change (hin.config.Setting.http), in table
+    order, read from the table at each use."""
+    return {name: setting for name, setting in decoding_settings().items() if setting.http}
+
+
+def option_help() -> dict[str, str]:
+    """Every option a request may carry, with what it means."""
+    return {**{name: _http_help(name, setting) for name, setting in decoding_options().items()},
+            "explain": EXPLAIN}
+
+
+OPTIONS = option_help()
 # A bare `?explain` (or an empty form field) means true, as a flag on a command line does.
 TRUE, FALSE = {"", "1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 MAX_PARTS = 1 + len(OPTIONS)   # a form holds one file and at most the options: more are refused
@@ -172,33 +185,32 @@ def parse_options(query: Sequence[tuple[str, str]], fields: Mapping[str, str],
             raise RequestError(400, f"option {name!r} is given twice; give each option once, "
                                     "in the query or in the form")
         given[name] = value
-    unknown = sorted(set(given) - set(OPTIONS))
+    known = option_help()
+    unknown = sorted(set(given) - set(known))
     if unknown:
         named = ", ".join(repr(name[:40]) for name in unknown[:NAMED_UNKNOWN])
         more = f" and {len(unknown) - NAMED_UNKNOWN} more" if len(unknown) > NAMED_UNKNOWN else ""
-        known = "; ".join(f"{name}: {meaning}" for name, meaning in OPTIONS.items())
-        raise RequestError(400, f"unknown option(s) {named}{more}; the options are {known}")
-    sample = _flag(given, "sample", defaults.sample)
-    beam_size = _integer(given, "beam_size", defaults.beam_size, 1, MAX_BEAM_SIZE)
-    most = MAX_BEAM_SIZE if sample else beam_size
-    changed: dict[str, Any] = {
-        "beam_size": beam_size, "sample": sample,
-        "num_captions": _integer(given, "num_captions", min(defaults.num_captions, most), 1, most),
-        "min_len": _integer(given, "min_len", defaults.min_len, 0, defaults.max_len - 1),
-        "no_repeat_ngram": _integer(given, "no_repeat_ngram", defaults.no_repeat_ngram, 0,
-                                    defaults.max_len),
-        "top_k": _integer(given, "top_k", defaults.top_k, 0, 10**9),
-        "diversity_groups": _integer(given, "diversity_groups", defaults.diversity_groups, 1,
-                                     beam_size)}
-    if "seed" in given:
-        changed["seed"] = _integer(given, "seed", 0, 0, MAX_SEED - 1)
-    for name in ("length_penalty", "temperature", "top_p", "diversity_strength"):
-        if name in given:
+        listed = "; ".join(f"{name}: {meaning}" for name, meaning in known.items())
+        raise RequestError(400, f"unknown option(s) {named}{more}; the options are {listed}")
+    table = decoding_options()
+    changed: dict[str, Any] = {name: _flag(given, name, getattr(defaults, name))
+                               for name in table if setting_type(name) is bool}
+    for name, setting in table.items():
+        kind = setting_type(name)
+        if kind is int:
+            least = int(setting.minimum if setting.minimum is not None else 0)
+            most = (SERVER_MAXIMUM[name](changed, defaults) if name in SERVER_MAXIMUM
+                    else int(setting.maximum) if setting.maximum is not None else LARGEST_COUNT)
+            default = getattr(defaults, name)
+            if name in given or default is not None:
+                changed[name] = _integer(given, name, least if default is None else min(default, most),
+                                         least, most)
+        elif kind is float and name in given:
             changed[name] = _decimal(given, name)
     try:
         decoding = dataclasses.replace(defaults, **changed)
-    except ConfigError as error:
-        raise RequestError(422, str(error)) from error
+    except SettingError as error:
+        raise RequestError(422, error.naming(str)) from error
     return Options(decoding, _flag(given, "explain", False))
 
 

@@ -1,8 +1,57 @@
-"""The API's answers as typed models, so /openapi.json (and /docs) show every field."""
+"""The API's answers as typed models, so /openapi.json (and /docs) show every field, and the
+request options' schema; both decoding parts are made from DecodingConfig's table
+(hin.config.Setting), as the options' parsing is (hin.serve.inputs)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, create_model
+
+from hin import config
+from hin.config import Setting, decoding_settings, setting_type
+from hin.serve.inputs import EXPLAIN, decoding_options, option_help
+from hin.serve.settings import MAX_BEAM_SIZE
+
+JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
+
+
+def option_schema(name: str, setting: Setting) -> dict[str, Any]:
+    """The JSON schema of one decoding setting: type, range, default, description, example."""
+    kind, default = setting_type(name), getattr(config.DecodingConfig(), name)
+    schema: dict[str, Any] = {"type": JSON_TYPES[kind], "description": option_help()[name]}
+    if default is not None:
+        schema["default"] = default
+    if setting.minimum is not None:
+        schema["minimum"] = setting.minimum
+    if setting.above is not None:
+        schema["exclusiveMinimum"] = setting.above
+    if setting.maximum is not None:
+        schema["maximum"] = setting.maximum
+    if name == "beam_size":
+        schema["maximum"] = MAX_BEAM_SIZE      # this server's own limit (hin.serve.inputs)
+    if setting.choices:
+        schema["enum"] = list(setting.choices)
+    if setting.example is not None:
+        schema["examples"] = [setting.example]
+    return schema
+
+
+def captions_openapi() -> dict[str, Any]:
+    """POST /v1/captions' parameters and body: the options in the query or the form."""
+    options = {**{name: option_schema(name, setting) for name, setting in decoding_options().items()},
+               "explain": {"type": "boolean", "default": False, "description": EXPLAIN}}
+    return {
+        "parameters": [{"name": name, "in": "query", "required": False,
+                        "description": schema["description"], "schema": schema}
+                       for name, schema in options.items()],
+        "requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}, **options}}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}}}},
+    }
 
 
 class ErrorAnswer(BaseModel):
@@ -15,22 +64,24 @@ class CaptionItem(BaseModel):
                                         "(captions rank by it / length^length_penalty)")
 
 
-class Decoding(BaseModel):
-    beam_size: int
-    max_len: int
-    num_captions: int
-    collapse_repeats: bool
-    precision: str
-    length_penalty: float
-    min_len: int
-    no_repeat_ngram: int
-    sample: bool
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int | None
-    diversity_groups: int
-    diversity_strength: float
+def _decoding_fields() -> dict[str, Any]:
+    """DecodingConfig's fields as pydantic fields: type, description, example."""
+    described = {}
+    for name, setting in decoding_settings().items():
+        kind: Any = setting_type(name)
+        if getattr(config.DecodingConfig(), name) is None:
+            kind = kind | None
+        described[name] = (kind, Field(description=setting.help.format(
+            **{other: other for other in decoding_settings()}),
+            examples=None if setting.example is None else [setting.example]))
+    return described
+
+
+if TYPE_CHECKING:
+    Decoding = BaseModel          # its fields are made at run time, from the table
+else:
+    Decoding = create_model("Decoding", __doc__="The decoding settings the captions were made "
+                            "with (hin.config.DecodingConfig).", **_decoding_fields())
 
 
 class FeatureSource(BaseModel):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from hin.config import DecodingConfig, TrainConfig
-from hin.decoding import beam_search_encoded, teacher_forcing_inputs
+from hin.decoding import decode_encoded, teacher_forcing_inputs
 from hin.devices import autocast
 from hin.model import HIN, EncoderOutput
 
@@ -72,7 +72,7 @@ class SelfCritical(nn.Module):
         """The captions [B, K, T] on `enc`, without gradients or decoder dropout."""
         was_training = self.model.training
         self.model.eval()
-        found, _ = beam_search_encoded(self.model, enc.detach(), self.settings)
+        found, _ = decode_encoded(self.model, enc.detach(), self.settings)
         self.model.train(was_training)
         return found.clone()   # an ordinary tensor: inference tensors cannot enter autograd
 
