@@ -31,7 +31,7 @@ CHECKPOINT_HEADS = 8
 SCENES = ["a man riding a horse on a beach", "a dog sitting on a red couch",
           "two people playing frisbee in a park", "a plate of food on a table",
           "a white bus driving down a street", "a cat sitting next to a window"]
-SPLIT_IMAGES = {"train": range(100, 108), "restval": range(108, 110), "dev": range(200, 202),
+SPLIT_IMAGES = {"train": range(100, 103), "restval": range(103, 104), "dev": range(200, 202),
                 "test": range(300, 302)}
 SERVER_IMAGES = range(900, 902)      # COCO's test2014 images: features, no captions
 

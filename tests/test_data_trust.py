@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -123,11 +122,11 @@ def test_finite_but_huge_features_fail_the_check_and_the_loader(synth, capsys):
 def test_a_caption_whose_score_is_not_a_number_is_an_error_naming_the_image():
     model = HIN(HINConfig(vocab_size=12, num_layers=1, d_model=16, num_heads=2, d_ff=32,
                           grid_dim=6, region_dim=5)).eval()
-    words = SimpleNamespace(eos_id=3, decode=lambda ids: " ".join(map(str, ids)))
+    words = Vocabulary(["<unk>", "<pad>", "<bos>", "<eos>", *(f"w{i}" for i in range(8))], [0] * 12)
     grid, region = torch.rand(2, 4, 6), torch.rand(2, 3, 5)
     settings = DecodingConfig(beam_size=2, max_len=5)
     assert len(caption(model, grid, region, words, settings, names=["a", "b"])) == 2
-    grid[1, 0, 0] = math.nan   # what features beyond the arithmetic give
+    grid[1, 0, 0] = 1e30   # finite, but beyond what the model's arithmetic holds
     with pytest.raises(HINError, match=r"^image b: decoding gave a score that is not a number "
                                        r"\(nan\), so its caption means nothing: its features"):
         caption(model, grid, region, words, settings, names=["a", "b"])

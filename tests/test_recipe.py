@@ -5,6 +5,7 @@ vocabulary -> small_xe -> small_scst -> captioning a new picture with the checkp
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -48,12 +49,12 @@ def test_own_pictures_and_captions_recipe(tmp_path, capsys, monkeypatch):
             "train.val_full_metrics=false", "train.validation.beam_size=2", "train.validation.max_len=8",
             "train.device=cpu", "train.tensorboard=false"]
     assert main(["train", "--config", "small_xe", *tiny, "train.batch_size=5"]) == 0
-    assert "best checkpoint: runs/small_xe/best.pt" in capsys.readouterr().out
+    assert f"best checkpoint: {Path('runs/small_xe/best.pt').resolve()}\n" in capsys.readouterr().out
     scst = [key for key in tiny if not key.startswith(("model.", "data."))]
     assert main(["train", "--config", "small_scst", "--init", "runs/small_xe/best.pt", *scst,
                  "train.batch_size=2"]) == 0
     best = "runs/small_scst/best.pt"
-    assert f"best checkpoint: {best}" in capsys.readouterr().out
+    assert f"best checkpoint: {Path(best).resolve()}\n" in capsys.readouterr().out
 
     # The checkpoint reruns the extractors its features came from: captioning the picture file
     # gives exactly what captioning its features, extracted by hand, gives.
