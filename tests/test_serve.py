@@ -619,7 +619,8 @@ def test_a_client_trickling_its_body_cannot_hold_up_shutdown(served):
         began = time.monotonic()
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-        assert time.monotonic() - began < 1 + 5     # the shutdown limit, plus a margin
+        # far below the 600 s the trickler could hold a body open, with room for a loaded machine
+        assert time.monotonic() - began < 30
         stuck.close()
 
 
