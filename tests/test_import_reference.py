@@ -207,14 +207,20 @@ def weighted_grid():
     del EXTRACTORS["test-weighted-grid"]
 
 
-def test_recorded_extractor_weights_missing_at_run_time_say_where(imported, tmp_path, capsys,
-                                                                  weighted_grid):
+def _import_with_weighted_grid(imported, tmp_path):
+    """The reference checkpoint imported with a grid extractor that records a weights file."""
     weights = tmp_path / "weights.npy"
     np.save(weights, np.float32(0.5))
     out = tmp_path / "weighted.pt"
     assert main(["import-checkpoint", str(imported["reference"]), str(out), "--heads", "4",
                  "--vocab", str(imported["vocab"]), "--grid-extractor", "test-weighted-grid",
                  f"weights={weights}", "--region-extractor", "synth-regions", *SYNTH]) == 0
+    return out, weights
+
+
+def test_recorded_extractor_weights_missing_at_run_time_say_where(imported, tmp_path, capsys,
+                                                                  weighted_grid):
+    out, weights = _import_with_weighted_grid(imported, tmp_path)
     assert open_checkpoint(out).record.features["grid"]["weights"] == str(weights.resolve())
     capsys.readouterr()
     moved = shutil.move(weights, tmp_path / "elsewhere.npy")
@@ -255,12 +261,7 @@ def test_serve_says_at_start_why_pictures_cannot_be_captioned(imported, tmp_path
                                                               weighted_grid):
     import uvicorn
 
-    weights = tmp_path / "weights.npy"
-    np.save(weights, np.float32(0.5))
-    out = tmp_path / "weighted.pt"
-    assert main(["import-checkpoint", str(imported["reference"]), str(out), "--heads", "4",
-                 "--vocab", str(imported["vocab"]), "--grid-extractor", "test-weighted-grid",
-                 f"weights={weights}", "--region-extractor", "synth-regions", *SYNTH]) == 0
+    out, weights = _import_with_weighted_grid(imported, tmp_path)
     weights.unlink()
     capsys.readouterr()
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
