@@ -123,10 +123,10 @@ class Captioner:
             try:
                 read = read_user_picture(picture)
                 prepared = self.prepare_picture(read.rgb, name)
-            except PictureError as error:
+            except (PictureError, UsageError) as error:    # unreadable, or not a picture at all
                 if not keep_going:
                     raise
-                done.failed.append(str(error))
+                done.failed.append(f"{name}: {error}" if isinstance(error, UsageError) else str(error))
                 continue
             if read.note:
                 done.notes.append(f"{name}: {read.note}")
@@ -333,6 +333,8 @@ def read_user_picture(picture: Picture) -> ReadPicture:
 
 
 def _name(picture: Picture, index: int) -> str:
+    if isinstance(picture, np.ndarray):
+        return f"picture {index + 1}"
     if isinstance(picture, Image.Image):
         return getattr(picture, "filename", "") or f"picture {index + 1}"
     return str(picture)

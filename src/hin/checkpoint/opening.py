@@ -19,9 +19,7 @@ import torch
 
 from hin.checkpoint import load_with_digest, max_regions_for
 from hin.checkpoint.record import FEATURE_KINDS, CheckpointRecord, require_matching_features
-from hin.config import DecodingConfig
 from hin.data.vocab import Vocabulary, require_same_words, vocabulary_for
-from hin.decoding import require_decodable
 from hin.errors import UsageError
 from hin.model import HIN
 
@@ -80,18 +78,15 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Ope
 
 
 def open_for_decoding(paths: Sequence[str | Path], device: str | torch.device, *,
-                      vocab: str | Path | None = None, max_regions: int | None = None,
-                      decoding: DecodingConfig | None = None,
-                      batch_size: int = 1) -> DecodingCheckpoints:
-    """Open `paths` (one checkpoint, or an ensemble) for decoding with `decoding` (checked
-    against the first model: an ensemble shares its vocabulary). `vocab`: a vocabulary file
-    (JSON, or the reference's pickle) for checkpoints that record none; `max_regions`:
-    overrides the number of regions per image the checkpoints were trained with."""
+                      vocab: str | Path | None = None,
+                      max_regions: int | None = None) -> DecodingCheckpoints:
+    """Open `paths` (one checkpoint, or an ensemble: one vocabulary) for decoding; the decoding
+    settings are checked where decoding starts (`hin.decoding.Ensemble.prepare`). `vocab`: a
+    vocabulary file (JSON, or the reference's pickle) for checkpoints that record none;
+    `max_regions`: overrides the number of regions per image the checkpoints were trained with."""
     if not paths:
         raise UsageError("give at least one checkpoint")
     members = tuple(open_checkpoint(path, device) for path in paths)
-    if decoding is not None:
-        require_decodable(members[0].model.config, decoding, batch_size)
     vocabularies = [vocabulary_for(m.path, m.record.to_dict(), vocab, m.model.config.vocab_size)
                     for m in members]
     for other in vocabularies[1:]:     # an ensemble averages the same words' log-probs

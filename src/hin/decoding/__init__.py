@@ -118,7 +118,7 @@ def _refuse_nonfinite(logprobs: Tensor, names: Sequence[str], models: Sequence[H
     scores = logprobs.sum(-1)
     if bool(scores.isfinite().all()):
         return
-    row = int((~scores.isfinite()).any(-1).nonzero()[0, 0])
+    row, column = (int(index) for index in (~scores.isfinite()).nonzero()[0])
     if any(not bool(torch.isfinite(weights).all()) for model in models for weights in model.parameters()):
         cause = ("the model's weights are not all finite (its training diverged: train it "
                  "again with a lower train.lr)")
@@ -126,7 +126,7 @@ def _refuse_nonfinite(logprobs: Tensor, names: Sequence[str], models: Sequence[H
         cause = ("its features are damaged or far outside what the model was trained on (check "
                  "them with `hin data check`, or extract them again)")
     raise HINError(f"image {names[row]}: decoding gave a score that is not a number "
-                   f"({float(scores[row, 0])}), so its caption means nothing: {cause}")
+                   f"({float(scores[row, column])}), so its caption means nothing: {cause}")
 
 
 def caption_batches(models: Models, batches: Iterable[Any], words: Words,

@@ -54,7 +54,7 @@ class Ensemble:
                                  "vocabulary and its special tokens")
         self.models = tuple(models)
         self._cast: dict[str, tuple[HIN, ...]] = {}
-        self._checked: set[DecodingConfig] = set()
+        self._checked: set[tuple[int, int]] = set()    # what require_decodable reads
 
     @property
     def config(self) -> HINConfig:
@@ -80,10 +80,12 @@ class Ensemble:
         return self._cast[resolved]
 
     def check(self, settings: DecodingConfig, batch_size: int = 1) -> None:
-        """`require_decodable` for the members (which share its fields), once per settings."""
-        if settings not in self._checked or batch_size < 1:
+        """`require_decodable` for the members (which share its fields), once per beam size and
+        length: a server's sampled requests, each with its own seed, add nothing to remember."""
+        key = (settings.beam_size, settings.max_len)
+        if key not in self._checked or batch_size < 1:
             require_decodable(self.config, settings, batch_size)
-            self._checked.add(settings)
+            self._checked.add(key)
 
     def prepare(self, settings: DecodingConfig, batch_size: int = 1) -> tuple[HIN, ...]:
         """The entry of decoding: `settings` checked, the models cast to their precision."""
