@@ -282,20 +282,13 @@ def test_captioner_takes_pixels_as_numpy_arrays_and_refuses_bytes_by_name(pictur
         captioner(pixels.astype(np.float32))
     with pytest.raises(HINError, match="each picture must be a path, a PIL image or a numpy array"):
         captioner([path, 12])
-    with pytest.raises(HINError, match="names gives 1 names for 2 images"):
-        captioner.caption_batch(*captioner.batch([np.ones((4, captioner.model.config.grid_dim))] * 2,
-                                                 [np.ones((3, captioner.model.config.region_dim))] * 2),
-                                ["one"])
-
-
-def test_caption_readable_lists_what_is_not_a_picture_and_names_arrays_by_position(picture_setup):
-    checkpoint, root, _, _ = picture_setup
-    captioner = hin.Captioner(checkpoint)
-    path = root / "pictures" / "12.png"
-    with Image.open(path) as picture:
-        pixels = np.asarray(picture.convert("RGB"))
+    # a listing captions what it can and says why the rest cannot be read (arrays by position)
     done = captioner.caption_readable([pixels, pixels.astype(np.float32), 12, path])
     assert [result.source for result in done.results] == ["picture 1", str(path)]
     assert len(done.failed) == 2
     assert done.failed[0].startswith("picture 2: a picture given as a numpy array must hold uint8")
     assert done.failed[1].startswith("12: each picture must be a path")
+    with pytest.raises(HINError, match="names gives 1 names for 2 images"):
+        captioner.caption_batch(*captioner.batch([np.ones((4, captioner.model.config.grid_dim))] * 2,
+                                                 [np.ones((3, captioner.model.config.region_dim))] * 2),
+                                ["one"])
