@@ -258,6 +258,9 @@ def test_forwarded_allow_ips_must_be_addresses(served, capsys):
     assert main(["serve", "--checkpoint", str(served[0]), "--forwarded-allow-ips",
                  "proxy.local"]) == 2
     assert "--forwarded-allow-ips" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(served[0]), "--forwarded-allow-ips",
+                 "10.0.0.1/8"]) == 2
+    assert "--forwarded-allow-ips: 10.0.0.1/8 has host bits set" in capsys.readouterr().err
 
 
 def test_help_shows_the_defaults(capsys):

@@ -27,9 +27,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def trusted_networks(entries: Iterable[str]) -> tuple[bool, tuple[Network, ...]]:
     """`--forwarded-allow-ips` values (comma-separated or repeated) -> (any, networks); a
-    value that is not an address or network raises ValueError naming it."""
+    value that is not an address or network raises ValueError naming it. A network with host
+    bits set (10.0.0.1/8) is refused, not widened: which proxies are believed is written out."""
     names = [name.strip() for entry in entries for name in entry.split(",") if name.strip()]
-    networks = tuple(ipaddress.ip_network(name, strict=False) for name in names if name != "*")
+    networks = tuple(ipaddress.ip_network(name) for name in names if name != "*")
     return "*" in names, networks
 
 
