@@ -269,18 +269,20 @@ def test_caption_cli_samples_reproducibly_by_seed_and_refuses_bad_options_in_one
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and words in err
 
 
-def test_captioner_takes_pixels_as_numpy_arrays_and_refuses_bytes_by_name(picture_setup):
+def test_captioner_takes_pixels_and_bytes_by_the_reading_rule_and_refuses_the_rest_by_name(picture_setup):
     checkpoint, root, _, _ = picture_setup
     captioner = hin.Captioner(checkpoint)
     path = root / "pictures" / "12.png"
     with Image.open(path) as picture:
         pixels = np.asarray(picture.convert("RGB"))
     assert captioner(pixels)[0].captions == captioner(path)[0].captions
-    with pytest.raises(HINError, match=r"pictures must be .* got bytes \(open encoded bytes first"):
-        captioner(path.read_bytes())
+    assert captioner(path.read_bytes())[0].captions == captioner(path)[0].captions
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"      # bytes read by hin's formats only
+    with pytest.raises(HINError, match=r"picture 1: its format is EPS/PostScript, which hin does not read"):
+        captioner(eps)
     with pytest.raises(HINError, match="a picture given as a numpy array must hold uint8 pixels"):
         captioner(pixels.astype(np.float32))
-    with pytest.raises(HINError, match="each picture must be a path, a PIL image or a numpy array"):
+    with pytest.raises(HINError, match="each picture must be a path, a file's bytes, a PIL image or a numpy array"):
         captioner([path, 12])
     # a listing captions what it can and says why the rest cannot be read (arrays by position)
     done = captioner.caption_readable([pixels, pixels.astype(np.float32), 12, path])

@@ -47,7 +47,7 @@ from hin.extract.images import (
 from hin.extract.registry import EXTRACTORS, ImageEntry, extractor_from_attributes
 from hin.extract.resize import PictureShapeError
 
-Picture = str | Path | Image.Image | np.ndarray
+Picture = str | Path | bytes | Image.Image | np.ndarray
 Prepared = tuple[Any, Any]       # a picture as its grid and its region extractor prepare it
 FEATURES_INSTEAD = ("extract the features it was trained with yourself and caption them with "
                     "`hin caption --checkpoint CKPT --grid grid.h5 --region region.h5 --ids ...` "
@@ -96,15 +96,14 @@ class Captioner:
         self._extractors: tuple[Any, Any] | None = None
 
     def __call__(self, pictures: Picture | Sequence[Picture]) -> list[CaptionedImage]:
-        """Caption one picture or several (paths, PIL images or numpy arrays of pixels)."""
-        if isinstance(pictures, (str, Path, Image.Image, np.ndarray)):
-            pictures = [pictures]
-        if isinstance(pictures, (bytes, bytearray)) or not isinstance(pictures, Sequence):
-            raise UsageError(f"pictures must be a path, a PIL image, a numpy array of pixels or a "
-                             f"list of them, got {type(pictures).__name__}"
-                             + (" (open encoded bytes first: PIL.Image.open(io.BytesIO(data)))"
-                                if isinstance(pictures, (bytes, bytearray)) else ""))
-        return self.caption_pictures(pictures)
+        """Caption one picture or several (paths, a file's encoded bytes, PIL images or numpy
+        arrays of pixels)."""
+        if isinstance(pictures, (str, Path, bytes, Image.Image, np.ndarray)):
+            return self.caption_pictures([pictures])
+        if isinstance(pictures, (list, tuple)):
+            return self.caption_pictures(pictures)
+        raise UsageError(f"pictures must be a path, a file's bytes, a PIL image, a numpy array of "
+                         f"pixels or a list of them, got {type(pictures).__name__}")
 
     def caption_pictures(self, pictures: Sequence[Picture]) -> list[CaptionedImage]:
         """Captions in order; the first picture that cannot be read stops it (PictureError),
@@ -121,7 +120,7 @@ class Captioner:
         for index, picture in enumerate(pictures):
             name = _name(picture, index)
             try:
-                read = read_user_picture(picture)
+                read = read_user_picture(picture, name)
                 prepared = self.prepare_picture(read.rgb, name)
             except (PictureError, UsageError) as error:    # unreadable, or not a picture at all
                 if not keep_going:
@@ -313,9 +312,10 @@ def load_picture(picture: Picture) -> Image.Image:
     return read_user_picture(picture).rgb
 
 
-def read_user_picture(picture: Picture) -> ReadPicture:
-    """A file by `hin.extract.images.read_picture`; a picture already decoded (a PIL image, or
-    uint8 pixels) by its rule's last step (`as_rgb`): whoever opened it chose its format."""
+def read_user_picture(picture: Picture, name: str | None = None) -> ReadPicture:
+    """A file or its encoded bytes by `hin.extract.images.read_picture` (its formats only); a
+    picture already decoded (a PIL image, or uint8 pixels) by its rule's last step (`as_rgb`):
+    whoever opened it chose its format. `name` names bytes in messages."""
     if isinstance(picture, np.ndarray):
         if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or \
                 (picture.ndim == 3 and picture.shape[-1] not in (3, 4)):
@@ -326,14 +326,16 @@ def read_user_picture(picture: Picture) -> ReadPicture:
     if isinstance(picture, Image.Image):
         return ReadPicture(as_rgb(picture), str(picture.format or "unknown"),
                            int(getattr(picture, "n_frames", 1)))
+    if isinstance(picture, bytes):
+        return read_picture(picture, name=name)
     if not isinstance(picture, (str, Path)):
-        raise UsageError(f"each picture must be a path, a PIL image or a numpy array of pixels, "
-                         f"got {type(picture).__name__}")
+        raise UsageError(f"each picture must be a path, a file's bytes, a PIL image or a numpy "
+                         f"array of pixels, got {type(picture).__name__}")
     return read_picture(picture)
 
 
 def _name(picture: Picture, index: int) -> str:
-    if isinstance(picture, np.ndarray):
+    if isinstance(picture, (bytes, np.ndarray)):
         return f"picture {index + 1}"
     if isinstance(picture, Image.Image):
         return getattr(picture, "filename", "") or f"picture {index + 1}"
