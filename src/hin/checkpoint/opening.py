@@ -87,7 +87,7 @@ def open_for_decoding(paths: Sequence[str | Path], device: str | torch.device, *
     if not paths:
         raise UsageError("give at least one checkpoint")
     members = tuple(open_checkpoint(path, device) for path in paths)
-    vocabularies = [vocabulary_for(m.path, m.record.to_dict(), vocab, m.model.config.vocab_size)
+    vocabularies = [vocabulary_for(m.path, {"vocabulary": m.record.vocabulary}, vocab, m.model.config.vocab_size)
                     for m in members]
     for other in vocabularies[1:]:     # an ensemble averages the same words' log-probs
         require_same_words(vocabularies[0], other, "an ensemble needs checkpoints trained "

@@ -17,7 +17,7 @@ from hin.cli.data import add_data_commands
 from hin.cli.evaluate import add_evaluate_command, add_score_command
 from hin.cli.explain import add_explain_command
 from hin.cli.extract import add_extract_commands
-from hin.cli.options import Parser
+from hin.cli.options import Parser, late_overrides
 from hin.cli.serve import add_serve_command
 from hin.cli.train import add_demo_command, add_plot_command, add_train_command
 from hin.errors import HINError, Interrupted
@@ -63,8 +63,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     positionals only before the first option that follows them."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and (not hasattr(args, "overrides")
-                  or any("=" not in text or text.startswith("-") for text in extra)):
+    if extra and not late_overrides(args, extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]

@@ -35,7 +35,8 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
     features, layout = _extractors(args, config)
     if args.verify and vocab is not None:
         grid, region, captions = args.verify
-        check = check_heads(lambda count: import_reference(payload, num_heads=count), config,
+        check = check_heads(lambda count: model if count == heads else import_reference(payload, num_heads=count),
+                            config,
                             vocab, grid, region, reference_captions(captions), args.verify_beam)
         print(require_heads(check, args.reference))
         heads_from = f"{heads_from}, verified against the reference's captions"
@@ -44,7 +45,6 @@ def _import_checkpoint(args: argparse.Namespace) -> int:
         layout=layout, source={"file": str(args.reference), "sha256": digest, "heads": heads,
                                "heads_from": heads_from})
     save(args.out, model, record)
-    recorded = ", ".join(f"{kind}: {values['extractor']}" for kind, values in features.items())
     words = ("its words embedded" if vocab else
              "no words: commands that decode need --vocab, or import again with --vocab")
     recorded = "".join(f"; {kind} extractor {values['extractor']}" for kind, values in features.items())

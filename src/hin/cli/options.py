@@ -64,12 +64,12 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         parsed, extras = super().parse_known_args(args, namespace)
-        if extras and self.prog != "hin" and not _late_overrides(parsed, extras):
+        if extras and self.prog != "hin" and not late_overrides(parsed, extras):
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
 
 
-def _late_overrides(parsed: argparse.Namespace, extras: list[str]) -> bool:
+def late_overrides(parsed: argparse.Namespace, extras: list[str]) -> bool:
     """`key=value` overrides after an option (`hin train --init CKPT train.max_steps=2`) of a
     command that takes overrides: `hin.cli.parse` adds them to the others."""
     return hasattr(parsed, "overrides") and all(

@@ -151,9 +151,20 @@ def settings_of(config_class: type[DecodingConfig]) -> dict[str, Setting]:
     return {f.name: f.metadata["setting"] for f in fields(config_class)}
 
 
+_TYPE_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(config_class: type[DecodingConfig]) -> dict[str, Any]:
+    """A class's resolved field types, resolved once: every DecodingConfig built (one or two a
+    served request) checks each field's type."""
+    if config_class not in _TYPE_HINTS:
+        _TYPE_HINTS[config_class] = typing.get_type_hints(config_class)
+    return _TYPE_HINTS[config_class]
+
+
 def type_of(config_class: type[DecodingConfig], name: str) -> type:
     """The Python type of a decoding setting's values: int, float, bool or str."""
-    hint = typing.get_type_hints(config_class)[name]
+    hint = _type_hints(config_class)[name]
     kinds: tuple[type, ...] = typing.get_args(hint) or (hint,)
     return next(kind for kind in kinds if kind is not type(None))
 
