@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -265,3 +266,13 @@ def write_yaml(path: str | Path, value: Any) -> Path:
     import yaml
 
     return write_text(path, yaml.safe_dump(value, sort_keys=False))
+
+
+def sha256(path: str | Path) -> str:
+    """Hex digest of a file's bytes: how runs and reports name the checkpoints and data files
+    they used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -38,6 +38,7 @@ from hin.checkpoint.record import CheckpointRecord
 from hin.config import DataConfig, HINConfig, upgrade_legacy
 from hin.errors import HINError, UsageError
 from hin.files import atomic_write
+from hin.files import sha256 as sha256  # checkpoint.sha256: the name runs and reports use
 from hin.model import HIN
 
 FORMAT = "hin-checkpoint"
@@ -161,15 +162,6 @@ def _reason(error: Exception) -> str:
     useful = [line for line in lines
               if line and "weights_only" not in line and not line.startswith(boilerplate)]
     return f"{type(error).__name__}: {useful[0] if useful else 'no details'}"
-
-
-def sha256(path: str | Path) -> str:
-    """Hex digest of a file's bytes: how runs and reports name the checkpoints they used."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _assembled(config: HINConfig, state: dict[str, Tensor]) -> HIN:

@@ -363,8 +363,11 @@ def _exponent_counts(array: np.ndarray) -> tuple[int, int]:
         return int(array.size - np.count_nonzero(finite)), int(huge)
     unsigned, mask, limit = layout
     bits = np.ascontiguousarray(array).view(unsigned) & unsigned(mask)
+    at_or_above = int(np.count_nonzero(bits >= unsigned(limit)))   # NaN/inf are among them
+    if at_or_above == 0:            # the usual case: one pass over the entry
+        return 0, 0
     nonfinite = int(np.count_nonzero(bits == unsigned(mask)))
-    return nonfinite, int(np.count_nonzero(bits >= unsigned(limit))) - nonfinite
+    return nonfinite, at_or_above - nonfinite
 
 
 def _value_problem(array: np.ndarray) -> str | None:

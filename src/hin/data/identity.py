@@ -21,17 +21,9 @@ import numpy as np
 
 from hin.data.coco import CAPTION_FILES, SPLIT_ID_FILES, Split
 from hin.data.features import feature_ids, feature_key, file_attributes, open_hdf5
+from hin.files import sha256
 
 SAMPLED_ENTRIES = 16
-_CHUNK = 1 << 20
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def annotation_files(source: str | Path) -> list[Path]:
@@ -75,7 +67,7 @@ def data_identity(annotations: str | Path, grid: str | Path, region: str | Path,
     """The identity of a run's data (see the module docstring), as a plain dict."""
     files: dict[str, dict[str, Any]] = {
         f"annotations {path.name}": {"path": str(path), "size": path.stat().st_size,
-                                     "sha256": file_digest(path)}
+                                     "sha256": sha256(path)}
         for path in annotation_files(annotations)}
     files["grid features"] = feature_identity(grid)
     files["region features"] = feature_identity(region)

@@ -185,14 +185,14 @@ def parse_options(query: Sequence[tuple[str, str]], fields: Mapping[str, str],
             raise RequestError(400, f"option {name!r} is given twice; give each option once, "
                                     "in the query or in the form")
         given[name] = value
-    known = option_help()
-    unknown = sorted(set(given) - set(known))
+    table = decoding_options()
+    unknown = sorted(set(given) - {*table, "explain"})
     if unknown:
+        known = option_help()           # its help texts are formatted only for the message
         named = ", ".join(repr(name[:40]) for name in unknown[:NAMED_UNKNOWN])
         more = f" and {len(unknown) - NAMED_UNKNOWN} more" if len(unknown) > NAMED_UNKNOWN else ""
         listed = "; ".join(f"{name}: {meaning}" for name, meaning in known.items())
         raise RequestError(400, f"unknown option(s) {named}{more}; the options are {listed}")
-    table = decoding_options()
     changed: dict[str, Any] = {name: _flag(given, name, getattr(defaults, name))
                                for name in table if setting_type(name) is bool}
     for name, setting in table.items():

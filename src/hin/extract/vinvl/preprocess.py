@@ -50,9 +50,9 @@ def prepare(picture: Image.Image) -> VinVLPicture:
     """Any picture -> the resized RGB pixels the detector reads (picklable, for workers).
     A picture so elongated that the rule gives a side of 0 pixels (2000:1 or more; the
     original fails on it) is refused by `hin.extract.resize`'s rule."""
-    picture = picture.convert("RGB")
     height, width = resized_size(picture.width, picture.height)
     check_resized(Resize("VinVL", picture.width, picture.height, width, height, 2 * MAX_SIZE))
+    picture = picture if picture.mode == "RGB" else picture.convert("RGB")   # read pictures are RGB
     resized = picture if (width, height) == picture.size else picture.resize(
         (width, height), Image.Resampling.BILINEAR)
     return VinVLPicture(np.asarray(resized, dtype=np.uint8).copy(), picture.height,
