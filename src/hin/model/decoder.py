@@ -26,6 +26,7 @@ from hin.model.layers import (
     FeedForward,
     KeyValue,
     PickAttention,
+    attention,
     mask_to_bias,
 )
 
@@ -51,11 +52,40 @@ class LayerMemory:
     region_cross_grid: KeyValue   # over G_i
 
 
+Projection = tuple[Tensor, Tensor]
+"""A linear map as (weight [out, in], bias [out]), applied with F.linear."""
+
+
+def _concatenated(*layers: nn.Linear) -> Projection:
+    return torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers])
+
+
+@dataclass
+class FusedProjections:
+    """A BGAF layer's projections grouped by the tensor they read, each group one matrix
+    product: the tokens' self-attention q/k/v; the four queries of s (grid, region, both
+    picks); from g its cross query and the direct pick's key/value, likewise from r; the
+    crossed pick's key/value of gc and rc together; and the keys/values of the grid and of
+    the region memory. 5 products per step instead of 13, 2 per level instead of 8, each
+    wider: a bfloat16 product's fixed cost per call is what a decoding step's few rows pay
+    most (benchmarks/README.md). Built from the weights when used (`DecoderLayer.fused`): a training step's gradients flow through
+    the concatenation, and a decoding cache keeps its own for the whole search."""
+
+    tokens: Projection
+    context: Projection
+    grid: Projection
+    region: Projection
+    crossed: Projection
+    grid_memory: Projection
+    region_memory: Projection
+
+
 @dataclass
 class DecoderCache:
     """Everything incremental decoding carries from one step to the next.
 
-    memory and region_bias are per image ([B, ...]) and never reordered; self_kv holds each
+    memory, region_bias and fused (each layer's `FusedProjections`) are per image or per
+    layer and never reordered; self_kv holds each
     layer's self-attention keys/values per hypothesis ([B·K, h, t, d_k]; empty before the
     first step); `hidden` marks the <pad> inputs among them ([B·K, 1, 1, t], True = hidden
     from later positions; None while there was none); `length` is t.
@@ -66,6 +96,7 @@ class DecoderCache:
     self_kv: list[KeyValue]
     hidden: Tensor | None
     length: int
+    fused: list[FusedProjections]
 
     def reorder(self, source: Tensor) -> DecoderCache:
         """Keep hypotheses `source` [B, K_new] (indices into the current K per image)."""
@@ -75,7 +106,7 @@ class DecoderCache:
         self_kv = [KeyValue(kv.key.index_select(0, flat), kv.value.index_select(0, flat))
                    for kv in self.self_kv]
         hidden = None if self.hidden is None else self.hidden.index_select(0, flat)
-        return DecoderCache(self.memory, self.region_bias, self_kv, hidden, self.length)
+        return DecoderCache(self.memory, self.region_bias, self_kv, hidden, self.length, self.fused)
 
 
 class DecoderLayer(nn.Module):
@@ -98,40 +129,83 @@ class DecoderLayer(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.ff = FeedForward(d, config.d_ff, p)
 
-    def project_memory(self, grid: Tensor, region: Tensor) -> LayerMemory:
+    def project_memory(self, grid: Tensor, region: Tensor, fused: FusedProjections) -> LayerMemory:
+        """The keys/values of the four attentions over this level (grid [B, Ng, d], region
+        [B, Nr, d]), laid out [B, h, N, d_k] in memory: read at every decoding step, never
+        copied again."""
+        d = grid.shape[-1]
+
+        def split(att: Attention, key: Tensor, value: Tensor) -> KeyValue:
+            return KeyValue(att.split_heads(key).contiguous(), att.split_heads(value).contiguous())
+
+        grid_key, grid_value, rcg_key, rcg_value = torch.split(F.linear(grid, *fused.grid_memory), d, dim=-1)
+        region_key, region_value, gcr_key, gcr_value = torch.split(F.linear(region, *fused.region_memory),
+                                                                   d, dim=-1)
         return LayerMemory(
-            grid=self.grid_att.project_kv(grid).contiguous(),
-            region=self.region_att.project_kv(region).contiguous(),
-            grid_cross_region=self.grid_cross_region.project_kv(region).contiguous(),
-            region_cross_grid=self.region_cross_grid.project_kv(grid).contiguous(),
+            grid=split(self.grid_att, grid_key, grid_value),
+            region=split(self.region_att, region_key, region_value),
+            grid_cross_region=split(self.grid_cross_region, gcr_key, gcr_value),
+            region_cross_grid=split(self.region_cross_grid, rcg_key, rcg_value),
         )
 
-    def forward(self, x: Tensor, keep: Tensor | None, self_kv: KeyValue, self_bias: Tensor | None,
-                memory: LayerMemory, region_bias: Tensor, trace: AttentionTrace | None = None) -> Tensor:
+    def fused(self) -> FusedProjections:
+        return FusedProjections(
+            tokens=_concatenated(self.self_att.q_proj, self.self_att.k_proj, self.self_att.v_proj),
+            context=_concatenated(self.grid_att.q_proj, self.region_att.q_proj,
+                                  self.pick_direct.q_proj, self.pick_crossed.q_proj),
+            grid=_concatenated(self.grid_cross_region.q_proj, self.pick_direct.k_proj,
+                               self.pick_direct.v_proj),
+            region=_concatenated(self.region_cross_grid.q_proj, self.pick_direct.k_proj,
+                                 self.pick_direct.v_proj),
+            crossed=_concatenated(self.pick_crossed.k_proj, self.pick_crossed.v_proj),
+            grid_memory=_concatenated(self.grid_att.k_proj, self.grid_att.v_proj,
+                                      self.region_cross_grid.k_proj, self.region_cross_grid.v_proj),
+            region_memory=_concatenated(self.region_att.k_proj, self.region_att.v_proj,
+                                        self.grid_cross_region.k_proj, self.grid_cross_region.v_proj),
+        )
+
+    def forward(self, x: Tensor, keep: Tensor | None, past: KeyValue | None, self_bias: Tensor | None,
+                memory: LayerMemory, region_bias: Tensor, fused: FusedProjections,
+                trace: AttentionTrace | None = None) -> tuple[Tensor, KeyValue]:
         """x [B, K, T, d] new tokens; keep [B, K, T, 1] (0 at padding; None: no padding, as
-        in most decoding steps, where multiplying by ones is skipped); self_kv: keys/values
-        of all visible tokens per hypothesis [B·K, h, t, d_k]; self_bias [B·K, 1, T, t].
-        A `trace` receives the direct grid/region attention and the fusion gate z."""
+        in most decoding steps, where multiplying by ones is skipped); past: self-attention
+        keys/values of the earlier tokens per hypothesis [B·K, h, t, d_k] (None: none);
+        self_bias [B·K, 1, T, t + T]. -> (output [B, K, T, d], the keys/values of all t + T
+        tokens). A `trace` receives the direct grid/region attention and the fusion gate z."""
         batch, hyps, steps, d = x.shape
-        s = self.self_att.attend(x.reshape(batch * hyps, steps, d), self_kv, self_bias)
+        tokens = x.reshape(batch * hyps, steps, d)
+        q, k, v = torch.split(F.linear(tokens, *fused.tokens), d, dim=-1)
+        heads = self.self_att.split_heads
+        kv = KeyValue(heads(k), heads(v))
+        if past is not None:
+            kv = KeyValue(torch.cat((past.key, kv.key), dim=2), torch.cat((past.value, kv.value), dim=2))
+        s = self.self_att.finish(tokens, attention(heads(q), kv, self_bias))
         s = s.reshape(batch, hyps * steps, d)     # an image's tokens query its memory together
         kept = _zero_padding(None if keep is None else keep.reshape(batch, hyps * steps, 1))
         s = kept(s)
-        g = kept(self.grid_att.attend(s, memory.grid,
-                                      probabilities=None if trace is None else trace.decoder_grid))
-        r = kept(self.region_att.attend(s, memory.region, region_bias,
-                                        probabilities=None if trace is None else trace.decoder_region))
-        gc = kept(self.grid_cross_region.attend(g, memory.grid_cross_region, region_bias))
-        rc = kept(self.region_cross_grid.attend(r, memory.region_cross_grid))
-        direct = kept(self.pick_direct(s, g, r))
-        crossed = kept(self.pick_crossed(s, gc, rc))
+        q_grid, q_region, q_direct, q_crossed = torch.split(F.linear(s, *fused.context), d, dim=-1)
+        g = kept(self.grid_att.finish(s, attention(
+            heads(q_grid), memory.grid, probabilities=None if trace is None else trace.decoder_grid)))
+        r = kept(self.region_att.finish(s, attention(
+            heads(q_region), memory.region, region_bias,
+            probabilities=None if trace is None else trace.decoder_region)))
+        q_gc, k_g, v_g = torch.split(F.linear(g, *fused.grid), d, dim=-1)
+        q_rc, k_r, v_r = torch.split(F.linear(r, *fused.region), d, dim=-1)
+        gc = kept(self.grid_cross_region.finish(g, attention(heads(q_gc), memory.grid_cross_region,
+                                                             region_bias)))
+        rc = kept(self.region_cross_grid.finish(r, attention(heads(q_rc), memory.region_cross_grid)))
+        crossed_kv = F.linear(torch.stack((gc, rc)), *fused.crossed)
+        k_gc, v_gc = torch.split(crossed_kv[0], d, dim=-1)
+        k_rc, v_rc = torch.split(crossed_kv[1], d, dim=-1)
+        direct = kept(self.pick_direct.combine(s, q_direct, (k_g, v_g), (k_r, v_r)))
+        crossed = kept(self.pick_crossed.combine(s, q_crossed, (k_gc, v_gc), (k_rc, v_rc)))
         z = torch.sigmoid(self.gate(s + direct + crossed))
         if trace is not None:
             trace.decoder_gate.append(z.float())
-        fused = self.proj_direct(direct) * z + self.proj_crossed(crossed) * (1 - z)
-        y = kept(self.norm(s + self.dropout(fused)))
+        fused_out = self.proj_direct(direct) * z + self.proj_crossed(crossed) * (1 - z)
+        y = kept(self.norm(s + self.dropout(fused_out)))
         out = kept(self.ff(y))
-        return out.reshape(batch, hyps, steps, d)
+        return out.reshape(batch, hyps, steps, d), kv
 
 
 def _zero_padding(keep: Tensor | None) -> Callable[[Tensor], Tensor]:
@@ -169,8 +243,9 @@ class Decoder(nn.Module):
 
     def init_cache(self, enc: EncoderOutput) -> DecoderCache:
         """Project each level's memory once; start with empty self-attention state."""
-        memory = [layer.project_memory(*enc.level(i)) for i, layer in enumerate(self.bgaf_layers)]
-        return DecoderCache(memory, enc.region_bias, [], None, 0)
+        fused = [layer.fused() for layer in self.bgaf_layers]
+        memory = [layer.project_memory(*enc.level(i), fused[i]) for i, layer in enumerate(self.bgaf_layers)]
+        return DecoderCache(memory, enc.region_bias, [], None, 0, fused)
 
     def _embed(self, tokens: Tensor, positions: Tensor, length: int) -> Tensor:
         if length > self.config.max_positions:
@@ -195,9 +270,9 @@ class Decoder(nn.Module):
         keep = keep[..., None].to(x.dtype)
         region_bias = enc.region_bias
         for i, layer in enumerate(self.bgaf_layers):
-            memory = layer.project_memory(*enc.level(i))
-            self_kv = layer.self_att.project_kv(x.reshape(batch * hyps, steps, -1))
-            x = layer(x, keep, self_kv, self_bias, memory, region_bias, trace)
+            fused = layer.fused()
+            memory = layer.project_memory(*enc.level(i), fused)
+            x, _ = layer(x, keep, None, self_bias, memory, region_bias, fused, trace)
         return self._logprobs(x)
 
     def step(self, tokens: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
@@ -222,12 +297,8 @@ class Decoder(nn.Module):
         kept = None if hidden is None else keep[..., None, None].to(x.dtype)   # None: no <pad>
         self_kv = []
         for i, (layer, memory) in enumerate(zip(self.bgaf_layers, cache.memory)):
-            kv = layer.self_att.project_kv(x.reshape(batch * hyps, 1, -1))
-            if cache.self_kv:
-                earlier = cache.self_kv[i]
-                kv = KeyValue(torch.cat((earlier.key, kv.key), dim=2),
-                              torch.cat((earlier.value, kv.value), dim=2))
+            x, kv = layer(x, kept, cache.self_kv[i] if cache.self_kv else None, self_bias, memory,
+                          cache.region_bias, cache.fused[i])
             self_kv.append(kv)
-            x = layer(x, kept, kv, self_bias, memory, cache.region_bias)
         logprobs = self._logprobs(x[:, :, 0])
-        return logprobs, DecoderCache(cache.memory, cache.region_bias, self_kv, hidden, length)
+        return logprobs, DecoderCache(cache.memory, cache.region_bias, self_kv, hidden, length, cache.fused)

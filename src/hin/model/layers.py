@@ -99,30 +99,27 @@ class Attention(_HeadProjections):
         super().__init__(d_model, num_heads, dropout)
         self.residual = residual
 
-    def _split_heads(self, x: Tensor) -> Tensor:
-        """[B, N, d] -> [B, h, N, d_k]"""
-        return torch.unflatten(x, -1, (self.num_heads, self.head_dim)).transpose(1, 2)
-
     def project_kv(self, key: Tensor, value: Tensor | None = None) -> KeyValue:
         """Project keys/values [B, N, d] once; `value` defaults to `key` (self/cross attention
         over one memory, the only use in HIN)."""
         value = key if value is None else value
-        return KeyValue(self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value)))
+        return KeyValue(self.split_heads(self.k_proj(key)), self.split_heads(self.v_proj(value)))
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """[B, N, d] -> [B, h, N, d_k]"""
+        return torch.unflatten(x, -1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def attend(self, query: Tensor, kv: KeyValue, bias: Tensor | None = None,
                probabilities: list[Tensor] | None = None) -> Tensor:
         """query [B, Q, d] over projected `kv`; `bias` broadcasts to [B, h, Q, N] (additive).
         With a `probabilities` list (the explain path), the attention probabilities
         [B, h, Q, N] are appended to it; the output is computed the same way either way."""
-        q = self._split_heads(self.q_proj(query))
-        fused_is_faster = (not torch.is_grad_enabled()
-                           and q.shape[-2] * kv.key.shape[-2] >= FUSED_MIN_SCORES)
-        if q.dtype == torch.float32 or fused_is_faster:
-            heads = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=bias)
-        else:
-            heads = _low_precision_attention(q, kv, bias)
-        if probabilities is not None:
-            probabilities.append(attention_probabilities(q, kv.key, bias))
+        return self.finish(query, attention(self.split_heads(self.q_proj(query)), kv, bias, probabilities))
+
+    def finish(self, query: Tensor, heads: Tensor) -> Tensor:
+        """The attended values of each head [B, h, Q, d_k] -> output projection, dropout,
+        residual (if any) and LayerNorm: the rest of `attend` once its query was projected
+        (the decoder projects several queries that read one tensor in one product)."""
         out = self.dropout(self.out_proj(heads.transpose(1, 2).flatten(-2)))
         normed: Tensor = self.norm(query + out if self.residual else out)
         return normed
@@ -130,6 +127,22 @@ class Attention(_HeadProjections):
     def forward(self, query: Tensor, memory: Tensor, bias: Tensor | None = None,
                 probabilities: list[Tensor] | None = None) -> Tensor:
         return self.attend(query, self.project_kv(memory), bias, probabilities)
+
+
+def attention(q: Tensor, kv: KeyValue, bias: Tensor | None = None,
+              probabilities: list[Tensor] | None = None) -> Tensor:
+    """The attended values of each head: q [B, h, Q, d_k] over `kv` -> [B, h, Q, d_k];
+    `bias` broadcasts to [B, h, Q, N]. With a `probabilities` list (the explain path), the
+    attention probabilities [B, h, Q, N] are appended to it."""
+    fused_is_faster = (not torch.is_grad_enabled()
+                       and q.shape[-2] * kv.key.shape[-2] >= FUSED_MIN_SCORES)
+    if q.dtype == torch.float32 or fused_is_faster:
+        heads = F.scaled_dot_product_attention(q, kv.key, kv.value, attn_mask=bias)
+    else:
+        heads = _low_precision_attention(q, kv, bias)
+    if probabilities is not None:
+        probabilities.append(attention_probabilities(q, kv.key, bias))
+    return heads
 
 
 def _low_precision_attention(q: Tensor, kv: KeyValue, bias: Tensor | None) -> Tensor:
@@ -170,13 +183,21 @@ class PickAttention(_HeadProjections):
 
     def forward(self, query: Tensor, first: Tensor, second: Tensor) -> Tensor:
         """query, first, second: [..., d] -> [..., d]"""
+        return self.combine(query, self.q_proj(query), (self.k_proj(first), self.v_proj(first)),
+                            (self.k_proj(second), self.v_proj(second)))
+
+    def combine(self, query: Tensor, q: Tensor, first: tuple[Tensor, Tensor],
+                second: tuple[Tensor, Tensor]) -> Tensor:
+        """`forward` from the projections already made: q of the query and (key, value) of
+        each candidate, each [..., d] (the decoder makes them together with other
+        projections that read the same tensor)."""
         heads = (self.num_heads, self.head_dim)
-        candidates = torch.stack((first, second), dim=-2)                    # [..., 2, d]
-        q = self.q_proj(query).unflatten(-1, heads)                          # [..., h, d_k]
-        k = self.k_proj(candidates).unflatten(-1, heads)                     # [..., 2, h, d_k]
-        v = self.v_proj(candidates).unflatten(-1, heads)
-        scores = torch.einsum("...hd,...chd->...hc", q, k) / math.sqrt(self.head_dim)
-        weights = scores.float().softmax(dim=-1).to(v.dtype)   # float32 under autocast too
-        out = torch.einsum("...hc,...chd->...hd", weights, v).flatten(-2)
+        k = torch.unflatten(torch.stack((first[0], second[0]), dim=-2), -1, heads)   # [..., 2, h, d_k]
+        v = torch.unflatten(torch.stack((first[1], second[1]), dim=-2), -1, heads)
+        # Products and sums over d_k, not einsum: as a matrix product each token's two scores
+        # are a batch of 1 x 2 products, whose per-call cost dominated a decoding step in bf16.
+        scores = (torch.unflatten(q, -1, heads)[..., None, :, :] * k).sum(dim=-1) / math.sqrt(self.head_dim)
+        weights = scores.float().softmax(dim=-2).to(v.dtype)   # [..., 2, h]; float32 under autocast too
+        out = (weights[..., None] * v).sum(dim=-3).flatten(-2)
         normed: Tensor = self.norm(query + self.dropout(self.out_proj(out)))
         return normed
