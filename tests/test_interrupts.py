@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 PICTURES = 16
 HELD_AFTER = 2
 HELD_EXTRACTION = textwrap.dedent("""
-    import itertools, os, signal, sys
+    import itertools, os, pathlib, signal, sys
     import numpy as np
     from hin.cli import main
     from hin.extract import register_extractor
@@ -40,7 +40,8 @@ HELD_EXTRACTION = textwrap.dedent("""
     def prepare(picture):
         return np.zeros(300_000, np.float32)   # 1.2 MB: more than a pipe holds
 
-    HELD_AFTER = int(os.environ.get("HELD_AFTER", -1))
+    HELD = os.environ.get("HELD")      # a file to make once held
+    HELD_AFTER = int(os.environ.get("HELD_AFTER", 0))
     batches = itertools.count()
 
     @register_extractor("held-test")
@@ -51,7 +52,8 @@ HELD_EXTRACTION = textwrap.dedent("""
         def attributes(self):
             return {"extractor": "held-test", "feature_dim": 2}
         def __call__(self, prepared):
-            if next(batches) == HELD_AFTER:    # the workers fill the pipe meanwhile
+            if HELD and next(batches) == HELD_AFTER:   # the workers fill the pipe meanwhile
+                pathlib.Path(HELD).touch()
                 while True:
                     signal.pause()             # until a signal stops the run
             return [{"features": np.ones((1, 2), np.float16)} for _ in prepared]
@@ -63,8 +65,8 @@ HELD_EXTRACTION = textwrap.dedent("""
 @pytest.fixture
 def held_run(tmp_path):
     """A function starting `hin extract grid` with two workers on 16 pictures, one a batch,
-    that writes HELD_AFTER of them and then, if `held`, waits for a signal to stop it;
-    returns (process, output path)."""
+    that writes HELD_AFTER of them and then, if `held`, makes the file `held` beside the
+    output and waits for a signal to stop it; returns (that function, output path)."""
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     for image_id in range(1, PICTURES + 1):
@@ -80,7 +82,8 @@ def held_run(tmp_path):
              "--images", str(pictures), "--out", str(out), "--workers", "2", "--batch-size", "1",
              "--chunk-size", "1", "--device", "cpu"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**env, "HELD_AFTER": str(HELD_AFTER)} if held else env,
+            env={**env, "HELD": str(held_sign(out)), "HELD_AFTER": str(HELD_AFTER)} if held
+            else env,
             preexec_fn=ctrl_c_reaches_it)
     return start, out
 
@@ -111,14 +114,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def held_sign(out: Path) -> Path:
+    return out.with_name("held")
+
+
 def held_workers(process, out: Path) -> list[int]:
     """The worker pids, once the run is held after writing its parts."""
-    parts = out.with_name(out.name + ".parts")
-
-    def written() -> bool:
+    def held() -> bool:
         assert process.poll() is None, process.communicate()
-        return len(list(parts.glob("part-*.h5"))) == HELD_AFTER
-    wait_until(written, f"{HELD_AFTER} parts in {parts}")
+        return held_sign(out).exists()
+    wait_until(held, f"the run to be held ({held_sign(out)})")
     workers = children(process.pid)
     assert len(workers) == 2, workers
     return workers
