@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
-import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from waiting import wait_until
 
 
 def free_port() -> int:
@@ -19,19 +22,30 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_until_healthy(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"hin serve exited with {server.returncode}: "
-                                 f"{server.stderr.read().decode()}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"hin serve did not answer {url}/healthz within {seconds} s")
+def _healthy(url: str, server: subprocess.Popen) -> bool:
+    if server.poll() is not None:
+        raise AssertionError(f"hin serve exited with {server.returncode}: "
+                             f"{server.stderr.read().decode()}")
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def metric(url: str, name: str) -> float | None:
+    """The value of metric `name` (a line `name VALUE`) at URL/metrics; None while the
+    server refuses the request with a 503 (at its --max-connections)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=20) as answer:
+            text = answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        if refused.code == 503:
+            return None
+        raise
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found, f"no metric {name} in {url}/metrics:\n{text}"
+    return float(found[1])
 
 
 @contextmanager
@@ -46,7 +60,8 @@ def running_server(checkpoint: Path, *flags: str, cwd: Path | None = None):
         cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(url, process)
+        wait_until(lambda: _healthy(url, process), f"hin serve to answer {url}/healthz",
+                   seconds=120)
         yield url, process
     finally:
         if process.poll() is None:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,28 +25,37 @@ from hin.errors import Interrupted
 from hin.extract import FeatureWriter, Shard, merge_shards
 from hin.extract import writer as writer_module
 from hin.files import OutOfSpaceError
+from waiting import DEADLINE_S, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 PICTURES = 16
-SLOW_EXTRACTION = textwrap.dedent("""
-    import sys, time
+HELD_AFTER = 2
+HELD_EXTRACTION = textwrap.dedent("""
+    import itertools, os, pathlib, signal, sys
     import numpy as np
     from hin.cli import main
     from hin.extract import register_extractor
 
-    def slow_prepare(picture):
-        time.sleep(0.25)
+    def prepare(picture):
         return np.zeros(300_000, np.float32)   # 1.2 MB: more than a pipe holds
 
-    @register_extractor("slow-test")
-    class Slow:
-        kind, feature_dim, preprocess = "grid", 2, staticmethod(slow_prepare)
+    HELD = os.environ.get("HELD")      # a file to make once held
+    HELD_AFTER = int(os.environ.get("HELD_AFTER", 0))
+    batches = itertools.count()
+
+    @register_extractor("held-test")
+    class Held:
+        kind, feature_dim, preprocess = "grid", 2, staticmethod(prepare)
         def __init__(self, **options):
             pass
         def attributes(self):
-            return {"extractor": "slow-test", "feature_dim": 2}
+            return {"extractor": "held-test", "feature_dim": 2}
         def __call__(self, prepared):
+            if HELD and next(batches) == HELD_AFTER:   # the workers fill the pipe meanwhile
+                pathlib.Path(HELD).touch()
+                while True:
+                    signal.pause()             # until a signal stops the run
             return [{"features": np.ones((1, 2), np.float16)} for _ in prepared]
 
     sys.exit(main(sys.argv[1:]))
@@ -55,24 +63,27 @@ SLOW_EXTRACTION = textwrap.dedent("""
 
 
 @pytest.fixture
-def slow_run(tmp_path):
-    """A function starting `hin extract grid` with a slow extractor and two workers on 16
-    pictures; returns (process, output path)."""
+def held_run(tmp_path):
+    """A function starting `hin extract grid` with two workers on 16 pictures, one a batch,
+    that writes HELD_AFTER of them and then, if `held`, makes the file `held` beside the
+    output and waits for a signal to stop it; returns (that function, output path)."""
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     for image_id in range(1, PICTURES + 1):
         Image.new("RGB", (8, 8), (image_id, 0, 0)).save(pictures / f"{image_id}.png")
-    script = tmp_path / "slow_extract.py"
-    script.write_text(SLOW_EXTRACTION)
+    script = tmp_path / "held_extract.py"
+    script.write_text(HELD_EXTRACTION)
     out = tmp_path / "grid.h5"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
 
-    def start():
+    def start(held: bool = True):
         return subprocess.Popen(
-            [sys.executable, str(script), "extract", "grid", "--extractor", "slow-test",
+            [sys.executable, str(script), "extract", "grid", "--extractor", "held-test",
              "--images", str(pictures), "--out", str(out), "--workers", "2", "--batch-size", "1",
              "--chunk-size", "1", "--device", "cpu"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**env, "HELD": str(held_sign(out)), "HELD_AFTER": str(HELD_AFTER)} if held
+            else env,
             preexec_fn=ctrl_c_reaches_it)
     return start, out
 
@@ -103,54 +114,54 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for(condition, seconds: float = 60.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+def held_sign(out: Path) -> Path:
+    return out.with_name("held")
 
 
-def started_workers(process, out: Path) -> list[int]:
-    """The worker pids, once the run has written its first part."""
-    parts = out.with_name(out.name + ".parts")
-    assert wait_for(lambda: any(parts.glob("part-*.h5"))), process.communicate()
+def held_workers(process, out: Path) -> list[int]:
+    """The worker pids, once the run is held after writing its parts."""
+    def held() -> bool:
+        assert process.poll() is None, process.communicate()
+        return held_sign(out).exists()
+    wait_until(held, f"the run to be held ({held_sign(out)})")
     workers = children(process.pid)
     assert len(workers) == 2, workers
     return workers
 
 
-def test_kill_9_during_extract_leaves_no_worker_running(slow_run):
-    start, out = slow_run
+def gone(pids: list[int]) -> bool:
+    return not any(alive(pid) for pid in pids)
+
+
+def test_kill_9_during_extract_leaves_no_worker_running(held_run):
+    start, out = held_run
     process = start()
-    workers = started_workers(process, out)
+    workers = held_workers(process, out)
     process.kill()
     process.wait()
     try:
-        assert wait_for(lambda: not any(alive(pid) for pid in workers), 10), \
-            [pid for pid in workers if alive(pid)]
+        wait_until(lambda: gone(workers), f"workers {workers} to end with their parent")
     finally:
         for pid in filter(alive, workers):     # a failing run must not leave them behind
             os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_ctrl_c_during_extract_says_where_and_a_rerun_resumes(slow_run, stop):
-    start, out = slow_run
+def test_sigterm_or_ctrl_c_during_extract_says_where_and_a_rerun_resumes(held_run, stop):
+    start, out = held_run
     process = start()
-    workers = started_workers(process, out)
+    workers = held_workers(process, out)
     process.send_signal(stop)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=DEADLINE_S)
     assert process.returncode == 130, err
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
     assert line.startswith("hin extract: interrupted after ")
     assert "run the same command again to resume" in line
-    assert wait_for(lambda: not any(alive(pid) for pid in workers), 10)
+    wait_until(lambda: gone(workers), f"workers {workers} to end")
     done = int(line.split("; ")[1].split(" images are kept")[0])
-    assert done >= 1
-    resumed = start()
+    assert done == HELD_AFTER
+    resumed = start(held=False)
     output, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert f"skipped {done} already present; the file holds {PICTURES} images" in output
@@ -320,15 +331,16 @@ def test_caption_takes_a_folder_of_pictures_like_extract(tmp_path, capsys):
     assert code == 2 and f"{empty} holds no pictures" in err
 
 
-SLOW_SCORE = textwrap.dedent("""
-    import sys, time
+HELD_SCORE = textwrap.dedent("""
+    import signal, sys
     from hin.cli import main
     from hin.metrics import coco
 
-    def slow_tokenize(*args, **kwargs):     # the METEOR JVM is running meanwhile
+    def held_tokenize(*args, **kwargs):     # the METEOR JVM is running meanwhile
         print("tokenizing", flush=True)
-        time.sleep(60)
-    coco.ptb_tokenize = slow_tokenize
+        while True:
+            signal.pause()                  # until a signal stops the run
+    coco.ptb_tokenize = held_tokenize
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -347,8 +359,8 @@ def test_sigterm_or_ctrl_c_while_scoring_ends_the_java_process_too(tmp_path, sto
         "annotations": [{"id": 1, "image_id": 1, "caption": "a dog"}]}))
     results = tmp_path / "results.json"
     results.write_text(json.dumps([{"image_id": 1, "caption": "a dog"}]))
-    script = tmp_path / "slow_score.py"
-    script.write_text(SLOW_SCORE)
+    script = tmp_path / "held_score.py"
+    script.write_text(HELD_SCORE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen([sys.executable, str(script), "score", "--results", str(results),
                                 "--annotations", str(annotations), "--no-spice"],
@@ -358,11 +370,11 @@ def test_sigterm_or_ctrl_c_while_scoring_ends_the_java_process_too(tmp_path, sto
     java = children(process.pid)
     assert len(java) == 1, java
     process.send_signal(stop)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=DEADLINE_S)
     assert process.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "hin score: interrupted"
     try:
-        assert wait_for(lambda: not alive(java[0]), 10)
+        wait_until(lambda: gone(java), f"Java {java} to end")
     finally:
         if alive(java[0]):
             os.kill(java[0], signal.SIGKILL)

@@ -20,6 +20,7 @@ from hin.cli import main
 from hin.config import DecodingConfig
 from hin.serve import ServeSettings, create_app
 from hin.serve.inputs import MAX_PARTS
+from waiting import DEADLINE_S
 
 pytest.importorskip("transformers")
 pytest.importorskip("fastapi")
@@ -292,17 +293,21 @@ def test_a_body_being_read_holds_its_place_in_the_queue(served):
     app = create_app(ServeSettings(checkpoint, decoding=DEFAULTS, device="cpu", max_queue=1,
                                    allow_hosts=("hin",)))
 
-    async def trickle():
-        yield png[:10]
-        await asyncio.sleep(2)
-        yield png[10:]
-
     async def both():
+        first_read, rest = asyncio.Event(), asyncio.Event()
+
+        async def trickle():
+            yield png[:10]
+            first_read.set()        # the app asks for more: it has taken its place
+            await rest.wait()
+            yield png[10:]
+
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://hin") as client:
             slow = asyncio.create_task(client.post("/v1/captions", content=trickle()))
-            await asyncio.sleep(0.5)
+            await asyncio.wait_for(first_read.wait(), DEADLINE_S)
             second = await client.post("/v1/captions", content=png)
+            rest.set()
             return second, await slow
 
     second, slow = asyncio.run(both())

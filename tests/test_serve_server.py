@@ -2,26 +2,30 @@
 connections are bounded (the next is refused, memory stays within a stated bound), idle
 and slow-header connections are closed, malformed requests get JSON, a client that drops
 mid-upload is one log line, requests cut at shutdown get a JSON 503, SIGTERM and SIGHUP
-exit 0, and start-up prints the address really bound (--port 0)."""
+exit 0, and start-up prints the address really bound (--port 0). What a test waits for it
+reads from the server (its /metrics, its log, its sockets' queues), never a fixed time."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import re
 import resource
+import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from extract_models import write_picture_checkpoint
+from serving import metric
+from waiting import wait_until
 
 pytest.importorskip("transformers")
 pytest.importorskip("fastapi")
@@ -55,6 +59,30 @@ class Running:
 
     def errors(self) -> str:
         return self.log.read_text()
+
+    def metric(self, name: str) -> float | None:
+        return metric(f"http://127.0.0.1:{self.port}", name)
+
+    def counts_only_the_asking_connection(self) -> bool:
+        """No connection is open besides the one asking /metrics (connections a client
+        closed are gone once the server has read their end)."""
+        return self.metric("hin_open_connections") == 1
+
+    def unread_bytes(self) -> int:
+        """Bytes sent to the server that it has not read yet: its connections' receive queues
+        and the clients' send queues (/proc/net/tcp; a listening socket's queues are its
+        backlog, not bytes, and are left out)."""
+        unread = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            _, local, remote, state, queues = line.split()[:5]
+            if state != "01":                                   # not ESTABLISHED
+                continue
+            sent, received = (int(size, 16) for size in queues.split(":"))
+            if int(local.rsplit(":", 1)[1], 16) == self.port:
+                unread += received
+            elif int(remote.rsplit(":", 1)[1], 16) == self.port:
+                unread += sent
+        return unread
 
 
 @contextmanager
@@ -134,7 +162,9 @@ def test_bodies_in_flight_are_bounded_and_memory_with_them(checkpoint_and_png, t
                                    Content_Length=str(4 * MIB)))
             client.sendall(b"x" * (7 * MIB // 2))
             slow.append(client)
-        time.sleep(1)
+        wait_until(lambda: server.metric("hin_body_bytes_in_flight") == 16 * MIB
+                   and server.unread_bytes() == 0,
+                   "the four uploads to hold the budget and the server to have read their bytes")
         status, headers, body = server.exchange(request(
             "POST", "/v1/captions", png, Content_Type="image/png"))
         assert status == 503 and headers["retry-after"] == "1"
@@ -158,39 +188,68 @@ def test_bodies_in_flight_are_bounded_and_memory_with_them(checkpoint_and_png, t
 
 @pytest.fixture(scope="module")
 def guarded(checkpoint_and_png, tmp_path_factory):
+    """A header timeout far beyond any test's wait, so connections stay open until a test
+    closes them; the header timeout's own test has its own server."""
     checkpoint, _ = checkpoint_and_png
     log = tmp_path_factory.mktemp("guarded") / "log"
-    with started(checkpoint, log, "--max-connections", "6", "--header-timeout", "1.5",
-                 "--idle-timeout", "1", "--forwarded-allow-ips", "127.0.0.1",
+    with started(checkpoint, log, "--max-connections", "6", "--header-timeout", "600",
+                 "--idle-timeout", "0.2", "--forwarded-allow-ips", "127.0.0.1",
                  "--allow-host", "hin.example", "--root-path", "/hin") as server:
         yield server
 
 
-def test_connections_are_capped_and_idle_or_slow_heads_are_closed(guarded):
+def test_connections_are_capped(guarded):
+    """With six connections open a seventh is answered 503 and closed. No wait between them:
+    the server takes connections in the order they were made, so when the seventh comes
+    the six are counted."""
+    wait_until(guarded.counts_only_the_asking_connection, "connections of earlier tests to go")
     idle = [guarded.connect() for _ in range(6)]
-    time.sleep(0.5)
     status, headers, body = parse(read_all(guarded.connect()))
     assert status == 503 and "--max-connections" in json.loads(body)["detail"]
     assert headers["x-content-type-options"] == "nosniff"
-    began = time.monotonic()
     for client in idle:
-        assert read_all(client) == b""            # closed by the server, no answer
         client.close()
-    assert time.monotonic() - began < 1.5 + 3
-    with guarded.connect() as dripping:
-        for part in (b"GET /healthz HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n", b"X-A: 1\r\n",
-                     b"X-B: 2\r\n"):
-            dripping.sendall(part)
-            time.sleep(0.6)
-        status, _, body = parse(read_all(dripping))
-    assert status == 408 and "--header-timeout" in json.loads(body)["detail"]
+    wait_until(guarded.counts_only_the_asking_connection, "the six closed connections to go")
+    assert "Traceback" not in guarded.errors()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(guarded):
+    """--idle-timeout 0.2 closes it; the header timeout, which would close it too, is 600 s,
+    far past the socket's 20 s deadline."""
     with guarded.connect() as kept:
         kept.sendall(request("GET", "/healthz", Connection="keep-alive"))
         assert read_one(kept).startswith(b"HTTP/1.1 200")
-        time.sleep(1.5)
-        assert read_all(kept) == b""              # closed after --idle-timeout
+        assert read_all(kept) == b""              # closed, nothing more said
     assert guarded.exchange(request("GET", "/healthz"))[0] == 200
-    assert "Traceback" not in guarded.errors()
+
+
+def _answer_or_one_more_header(client: socket.socket, numbers: itertools.count) -> bytes | None:
+    """The server's whole answer once it has begun; until then one more header line a call."""
+    if select.select([client], [], [], 0)[0]:
+        return read_all(client)
+    client.sendall(b"X-Drip-%d: 1\r\n" % next(numbers))
+    return None
+
+
+def test_a_silent_or_dripping_head_is_closed_after_the_header_timeout(checkpoint_and_png,
+                                                                      tmp_path):
+    """A connection that says nothing is closed without an answer. One that keeps sending
+    header lines, each well within --header-timeout of the last, but never ends its head
+    is answered 408: the timeout runs from the connection's start, not from its last byte."""
+    checkpoint, _ = checkpoint_and_png
+    with started(checkpoint, tmp_path / "log", "--header-timeout", "0.5",
+                 "--log-level", "warning") as server:
+        with server.connect() as silent:
+            assert read_all(silent) == b""        # closed by the server, no answer
+        with server.connect() as dripping:
+            dripping.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            numbers = itertools.count()
+            answer = wait_until(lambda: _answer_or_one_more_header(dripping, numbers),
+                                "an answer to a head that never ends")
+        status, _, body = parse(answer)
+        assert status == 408 and "--header-timeout" in json.loads(body)["detail"]
+        assert server.exchange(request("GET", "/healthz"))[0] == 200
+    assert "Traceback" not in server.errors()
 
 
 def test_malformed_requests_get_json_and_ambiguous_framing_is_refused(guarded):
@@ -215,10 +274,8 @@ def test_old_probes_without_host_and_head_requests_are_answered(guarded):
 
 def test_metrics_count_the_open_connections(guarded):
     with guarded.connect(), guarded.connect():
-        time.sleep(0.3)
-        status, _, body = guarded.exchange(request("GET", "/metrics"))
-    assert status == 200
-    assert float(re.search(rb"^hin_open_connections (\S+)$", body, re.M)[1]) >= 3
+        wait_until(lambda: (guarded.metric("hin_open_connections") or 0) >= 3,
+                   "the two open connections and the asking one to be counted")
 
 
 def test_a_tls_proxy_under_a_prefix_forwards_the_pages_post(guarded, checkpoint_and_png):
@@ -242,15 +299,20 @@ def test_sigterm_drains_cuts_late_requests_with_json_503_and_exits_0(checkpoint_
     checkpoint, png = checkpoint_and_png
     with started(checkpoint, tmp_path / "log", "--body-timeout", "600", "--shutdown-timeout",
                  "1") as server:
+        def in_progress() -> float | None:
+            return server.metric("hin_requests_in_progress")
+
         with server.connect() as dropped:          # goes away mid-upload
             dropped.sendall(request("POST", "/v1/captions", b"", Content_Type="image/png",
                                     Content_Length="100000") + b"x" * 1000)
-            time.sleep(0.5)
-        time.sleep(0.5)
+            wait_until(lambda: in_progress() == 1, "the upload to be in progress")
+        wait_until(lambda: "went away before its body arrived" in server.errors(),
+                   "the server to log the upload that went away")
+        assert in_progress() == 0
         stuck = server.connect()
         stuck.sendall(request("POST", "/v1/captions", b"", Content_Type="image/png",
                               Content_Length="100000") + b"x")
-        time.sleep(0.5)
+        wait_until(lambda: in_progress() == 1, "the stuck upload to be in progress")
         server.process.send_signal(signal.SIGTERM)
         status, headers, body = parse(read_all(stuck))
         stuck.close()
