@@ -7,6 +7,7 @@ from conftest import tiny_config, tiny_features, tiny_model
 from hin.config import ConfigError, DecodingConfig, HINConfig
 from hin.decoding import decode
 from hin.model import HIN
+from hin.model.layers import Attention, mask_to_bias
 
 
 @pytest.mark.parametrize("layers", [1, 2, 4, 6])
@@ -194,3 +195,23 @@ def test_paper_size_parameter_count():
     with torch.device("meta"):
         model = HIN(HINConfig())
     assert model.num_parameters() == 79_316_486   # the paper's 79.3M
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_shared_token_asks_like_attention_over_projected_keys(padded):
+    """`Attention.ask` (the global tokens' shortcut: keys and values never projected) gives
+    what attention over the projected memory gives, probabilities included."""
+    torch.manual_seed(0)
+    attention = Attention(32, 4, 0.0, residual=False).eval()
+    for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
+        torch.nn.init.normal_(proj.bias)          # nonzero biases: the shortcut must carry them
+    token, memory = torch.randn(1, 1, 32), torch.randn(3, 7, 32)
+    mask = torch.zeros(3, 1, 1, 7, dtype=torch.bool)
+    if padded:
+        mask[1, ..., 4:] = True
+    bias = mask_to_bias(mask)
+    asked, expected = [], []
+    out = attention.ask(token, memory, bias, probabilities=asked)
+    reference = attention(token.expand(3, -1, -1), memory, bias, probabilities=expected)
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(asked[0], expected[0], atol=1e-6, rtol=1e-5)

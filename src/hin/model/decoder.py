@@ -68,8 +68,9 @@ class FusedProjections:
     crossed pick's key/value of gc and rc together; and the keys/values of the grid and of
     the region memory. 5 products per step instead of 13, 2 per level instead of 8, each
     wider: a bfloat16 product's fixed cost per call is what a decoding step's few rows pay
-    most (benchmarks/README.md). Built from the weights when used (`DecoderLayer.fused`): a training step's gradients flow through
-    the concatenation, and a decoding cache keeps its own for the whole search."""
+    most (benchmarks/README.md). Built from the weights when used (`DecoderLayer.fused`): a
+    training step's gradients flow through the concatenation, and a decoding cache keeps
+    its own for the whole search."""
 
     tokens: Projection
     context: Projection

@@ -128,6 +128,27 @@ class Attention(_HeadProjections):
                 probabilities: list[Tensor] | None = None) -> Tensor:
         return self.attend(query, self.project_kv(memory), bias, probabilities)
 
+    def ask(self, token: Tensor, memory: Tensor, bias: Tensor | None = None,
+            probabilities: list[Tensor] | None = None) -> Tensor:
+        """`forward` for one query that every image shares (a learned token [1, 1, d]) over
+        memory [B, N, d] -> [B, 1, d], without projecting the memory's keys and values: a
+        head's score of x_n is q·(W_k x_n + b_k) = (W_kᵀ q)·x_n plus a constant that softmax
+        ignores, and its output Σ p_n (W_v x_n + b_v) = W_v (Σ p_n x_n) + b_v. Two products
+        of one row per head instead of two of every memory row (CTFA's global tokens)."""
+        heads, head_dim = self.num_heads, self.head_dim
+        q = self.q_proj(token).reshape(heads, 1, head_dim)
+        asked = (q @ self.k_proj.weight.reshape(heads, head_dim, -1)).squeeze(1)       # [h, d]
+        scores = (memory @ asked.T.to(memory.dtype)).transpose(1, 2).float() / math.sqrt(head_dim)
+        if bias is not None:
+            scores = scores + bias.float().squeeze(1)                                    # [B, h, N]
+        weights = scores.softmax(dim=-1)
+        if probabilities is not None:
+            probabilities.append(weights[:, :, None])
+        mixed = weights.to(memory.dtype) @ memory                                        # [B, h, d]
+        values = torch.einsum("bhd,hkd->bhk", mixed, self.v_proj.weight.reshape(heads, head_dim, -1))
+        values = values + self.v_proj.bias.reshape(heads, head_dim)
+        return self.finish(token.expand(memory.shape[0], -1, -1), values[:, :, None])
+
 
 def attention(q: Tensor, kv: KeyValue, bias: Tensor | None = None,
               probabilities: list[Tensor] | None = None) -> Tensor:
