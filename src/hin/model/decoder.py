@@ -150,6 +150,7 @@ class DecoderLayer(nn.Module):
         )
 
     def fused(self) -> FusedProjections:
+        """This layer's projections grouped by what they read, from its weights as they are."""
         return FusedProjections(
             tokens=_concatenated(self.self_att.q_proj, self.self_att.k_proj, self.self_att.v_proj),
             context=_concatenated(self.grid_att.q_proj, self.region_att.q_proj,
