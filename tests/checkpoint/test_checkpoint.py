@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_features, tiny_model
+from helpers.reference_checkpoints import save_like_reference_training
+from helpers.tiny import tiny_features, tiny_model
 from hin.checkpoint import CheckpointError, import_reference, load, read, reference_name, save
 from hin.cli import main
 from hin.files import OutOfSpaceError
 from hin.model import HIN
-from reference_checkpoints import save_like_reference_training
 
 
 def reference_state(golden):

@@ -15,17 +15,17 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from data_files import write_coco
-from hin.checkpoint.opening import open_checkpoint
-from hin.checkpoint.record import REFERENCE, REFERENCE_SELECTION_NOTE
-from hin.cli import main
-from hin.extract.registry import EXTRACTORS, register_extractor
-from reference_checkpoints import (
+from helpers.data_files import write_coco
+from helpers.reference_checkpoints import (
     REFERENCE_WORDS,
     save_like_reference_training,
     write_legacy_vocab,
     write_reference_outputs,
 )
+from hin.checkpoint.opening import open_checkpoint
+from hin.checkpoint.record import REFERENCE, REFERENCE_SELECTION_NOTE
+from hin.cli import main
+from hin.extract.registry import EXTRACTORS, register_extractor
 
 # the golden model reads 16 x 16 = 256 grid tokens of 1024 values and regions of 2048
 SYNTH = ["grid_dim=1024", "region_dim=2048", "grid_side=16", "canvas=128"]

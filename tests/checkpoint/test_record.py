@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import hin.checkpoint
-from conftest import tiny_model
+from helpers.tiny import tiny_model
+from helpers.training_runs import TRAIN_IMAGES, tiny_overrides
 from hin.checkpoint import save
 from hin.checkpoint.opening import open_checkpoint, open_for_decoding
 from hin.checkpoint.record import (
@@ -25,7 +26,6 @@ from hin.checkpoint.record import (
 from hin.cli import main
 from hin.data.vocab import Vocabulary
 from hin.synth import generate
-from training_runs import TRAIN_IMAGES, tiny_overrides
 
 
 def test_the_record_round_trips_and_older_files_still_read():

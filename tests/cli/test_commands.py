@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import hin.metrics
+from helpers.paths import SRC
 from hin.cli import main
 from hin.files import atomic_write
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 PRINTS = """
 import sys
 import hin.cli.caption as command

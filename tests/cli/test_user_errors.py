@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FIXTURES
+from helpers.paths import FIXTURES
+from helpers.training_runs import tiny_overrides
 from hin import evaluate as evaluate_module
 from hin.caption import Captioner
 from hin.checkpoint import save
@@ -27,7 +28,6 @@ from hin.extract.images import MAX_PIXELS_ENV, PictureError, load_rgb, max_pixel
 from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.model import HIN
 from hin.synth import generate
-from training_runs import tiny_overrides
 
 FIXTURES_PKL = "vocab_m2_legacy.pkl"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 import hin.config
-from extract_models import write_picture_annotations, write_picture_checkpoint
+from helpers.extract_models import write_picture_annotations, write_picture_checkpoint
 from hin.cli import main
 from hin.cli.options import add_decoding_options, decoding
 from hin.config import DecodingConfig, SettingError, _setting

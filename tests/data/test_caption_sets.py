@@ -10,7 +10,8 @@ import shutil
 import h5py
 import pytest
 
-from data_files import FIXTURES, GRID_DIM, REGION_DIM, write_features
+from helpers.data_files import GRID_DIM, REGION_DIM, write_features
+from helpers.paths import FIXTURES
 from hin.cli import main
 from hin.data.coco import load_splits
 from hin.data.errors import DataError

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from data_files import FIXTURES, write_coco
+from helpers.data_files import write_coco
+from helpers.paths import FIXTURES
 from hin.data.coco import load_split, load_splits
 from hin.data.errors import DataError
 

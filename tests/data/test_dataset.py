@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_files import GRID_DIM, GRID_TOKENS, REGION_DIM, write_features
+from helpers.data_files import GRID_DIM, GRID_TOKENS, REGION_DIM, write_features
 from hin.data.coco import ImageRecord, Split
 from hin.data.dataset import Batch, CaptionPairs, ImageReferences, Sample, collate, make_loader
 from hin.data.errors import DataError

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract_models import write_picture_checkpoint
+from helpers.extract_models import write_picture_checkpoint
 from hin.cli import main
 from hin.data.familiarity import MARGIN, feature_profile, run_note, unfamiliar
 

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from data_files import GRID_DIM, GRID_TOKENS, REGION_DIM, write_features
+from helpers.data_files import GRID_DIM, GRID_TOKENS, REGION_DIM, write_features
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore, nonfinite_count
 

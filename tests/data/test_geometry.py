@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from data_files import write_features
+from helpers.data_files import write_features
 from hin.data.errors import DataError
 from hin.data.features import FeatureStore
 

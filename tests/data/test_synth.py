@@ -28,13 +28,13 @@ SIZES = {"train": 40, "val": 10, "test": 10}
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
+def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     return out, generate(out, seed=7, progress=False, **SIZES)
 
 
-def test_same_seed_gives_identical_files_and_another_seed_does_not(synth, tmp_path):
-    out, _ = synth
+def test_same_seed_gives_identical_files_and_another_seed_does_not(generated, tmp_path):
+    out, _ = generated
     generate(tmp_path / "again", seed=7, progress=False, **SIZES)
     for name in OUTPUT_FILES:
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
@@ -47,8 +47,8 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(synth, tmp_pa
         (tmp_path / "other" / "captions_train2014.json").read_bytes()
 
 
-def test_files_load_through_the_real_readers(synth):
-    out, manifest = synth
+def test_files_load_through_the_real_readers(generated):
+    out, manifest = generated
     splits = load_splits(out)
     assert {name: len(split.images) for name, split in splits.items()} == SIZES
     assert all(len(image.captions) == CAPTIONS_PER_IMAGE
@@ -67,8 +67,8 @@ def test_files_load_through_the_real_readers(synth):
     assert (batch.tokens[:, 0] == vocab.bos_id).all()
 
 
-def test_region_entries_follow_the_released_layout_and_the_scenes(synth):
-    out, _ = synth
+def test_region_entries_follow_the_released_layout_and_the_scenes(generated):
+    out, _ = generated
     scenes = json.loads((out / SCENES_FILE).read_text())
     with h5py.File(out / REGION_FILE) as regions, h5py.File(out / GRID_FILE) as grid:
         assert grid.attrs["hin_extractor"] == "synth-grid" and grid.attrs["hin_grid_rows"] == 8
@@ -88,8 +88,8 @@ def test_region_entries_follow_the_released_layout_and_the_scenes(synth):
             assert (sides[large] >= 19).all() and (sides[~large] <= 16).all()
 
 
-def test_captions_are_varied_and_the_manifest_says_so(synth):
-    out, manifest = synth
+def test_captions_are_varied_and_the_manifest_says_so(generated):
+    out, manifest = generated
     assert json.loads((out / "manifest.json").read_text()) == manifest
     train = manifest["splits"]["train"]
     assert train["images"] == 40 and train["captions"] == 200
@@ -98,8 +98,8 @@ def test_captions_are_varied_and_the_manifest_says_so(synth):
     assert "| train | 40 | 200 |" in (out / "README.md").read_text()
 
 
-def test_refuses_to_overwrite_without_force(synth):
-    out, _ = synth
+def test_refuses_to_overwrite_without_force(generated):
+    out, _ = generated
     with pytest.raises(DataError, match="already holds captions_train2014.json.*--force"):
         generate(out, seed=7, progress=False, **SIZES)
 

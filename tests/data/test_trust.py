@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_files import write_coco, write_features
+from helpers.data_files import write_coco, write_features
 from hin.cli import main
 from hin.config import DecodingConfig, HINConfig
 from hin.data.coco import load_splits
@@ -89,7 +89,7 @@ def test_huge_values_are_counted_exactly_at_the_limit(dtype):
 
 
 @pytest.fixture
-def synth(tmp_path):
+def small_synth(tmp_path):
     out = tmp_path / "synth"
     generate(out, seed=0, train=4, val=2, test=2, min_freq=1, progress=False)
     return out
@@ -104,16 +104,16 @@ def scale_entry(path, image_id, factor):
     assert np.isfinite(values).all()
 
 
-def test_finite_but_huge_features_fail_the_check_and_the_loader(synth, capsys):
-    image_id = load_splits(synth, ["test"])["test"].image_ids[0]
-    scale_entry(synth / "grid.hdf5", image_id, 1e20)
-    code = main(["data", "check", "--annotations", str(synth), "--grid", str(synth / "grid.hdf5"),
-                 "--region", str(synth / "region.hdf5"), "--split", "test"])
+def test_finite_but_huge_features_fail_the_check_and_the_loader(small_synth, capsys):
+    image_id = load_splits(small_synth, ["test"])["test"].image_ids[0]
+    scale_entry(small_synth / "grid.hdf5", image_id, 1e20)
+    code = main(["data", "check", "--annotations", str(small_synth), "--grid", str(small_synth / "grid.hdf5"),
+                 "--region", str(small_synth / "region.hdf5"), "--split", "test"])
     out = capsys.readouterr().out
     assert code == 1
     assert re.search(rf"grid\.hdf5: image {image_id}: features hold \d+ values of magnitude "
                      r"16384 or more \(largest \d.*e\+\d+\)", out)
-    store = FeatureStore(synth / "grid.hdf5", synth / "region.hdf5", grid_dim=GRID_DIM,
+    store = FeatureStore(small_synth / "grid.hdf5", small_synth / "region.hdf5", grid_dim=GRID_DIM,
                          region_dim=REGION_DIM)
     with pytest.raises(DataError, match=rf"image {image_id}: features hold \d+ values of magnitude"):
         store[image_id]

@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from data_files import FIXTURES
+from helpers.paths import FIXTURES
 from hin.data.vocab import Vocabulary, VocabularyError, tokenize, vocabulary_for
 
 LEGACY = FIXTURES / "vocab_m2_legacy.pkl"

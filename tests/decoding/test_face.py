@@ -11,7 +11,7 @@ import torch
 
 import hin
 import hin.decoding.ensemble
-from conftest import tiny_features, tiny_model
+from helpers.tiny import tiny_features, tiny_model
 from hin.config import DecodingConfig
 from hin.data.vocab import Vocabulary
 from hin.decoding import (

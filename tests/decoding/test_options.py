@@ -1,7 +1,7 @@
 """The decoding options (DecodingConfig: length penalty, min_len, no_repeat_ngram, sampling,
 diverse beam search) do what they say on untrained models whose captions repeat words and
 end early. Their defaults (alpha 0, no min_len, ...) keep the reference's rule: that is
-test_model_golden.py's beam search, decoded through the same code."""
+model/test_golden.py's beam search, decoded through the same code."""
 
 import dataclasses
 import math
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hin.decoding
-from conftest import tiny_features, tiny_model
+from helpers.tiny import tiny_features, tiny_model
 from hin.config import ConfigError, DecodingConfig
 from hin.decoding.search import restrict
 from hin.errors import UsageError

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_features, tiny_model
+from helpers.tiny import tiny_features, tiny_model
 from hin.checkpoint import import_reference
 from hin.config import DecodingConfig
 from hin.decoding import decode
@@ -21,7 +21,7 @@ from hin.explain import attention_maps
 from hin.model import AttentionTrace
 
 TOLERANCE = 1e-5
-GOLDEN_TOLERANCE = 1e-4    # ours vs the reference's recorded outputs (test_model_golden.py)
+GOLDEN_TOLERANCE = 1e-4    # ours vs the reference's recorded outputs (model/test_golden.py)
 
 
 def reference_attention(state, prefix, query, memory, heads, hidden=None):

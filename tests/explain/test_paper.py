@@ -12,19 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.corner_world import corner_picture, corner_view, figure_arguments, tiny_checkpoint
 from hin.cli import main
 from hin.errors import UsageError
 from hin.explain import ImageExplanation
 from hin.explain.figures import BOX_COLOUR, render
 from hin.explain.paper import PaperStyle, differing_words, paper_marks, render_paper, write_paper_figure
-from test_explain import corner_picture, corner_view, figure_arguments, make_corner_data, tiny_checkpoint
 
 matplotlib = pytest.importorskip("matplotlib")
-
-
-@pytest.fixture(scope="module")
-def corner_data(tmp_path_factory):
-    return make_corner_data(tmp_path_factory.mktemp("corner"))
 
 
 def two_models(name, baseline, ours, cider=(0.5, 1.25)):

@@ -2,7 +2,7 @@
 torchvision 0.9's Resize(224, bicubic) / CenterCrop(224) / ToTensor / Normalize (as OpenAI's
 CLIP composes them) and OpenAI's CLIP VisionTransformer in fp32, with the reference's forward
 (ln_post on every token; grid = tokens 1:, global = ln_post(class) @ proj). Both are vendored
-as test fixtures with their licences (tests/vendored_*.py); nothing is downloaded."""
+as test fixtures with their licences (tests/helpers/vendored_*.py); nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from extract_models import write_pictures
+from helpers.extract_models import write_pictures
+from helpers.vendored_openai_clip import VisionTransformer
+from helpers.vendored_torchvision_0_9 import InterpolationMode, center_crop, normalize, resize, to_tensor
 from hin.extract import build_extractor, extract_to_file, list_images
 from hin.extract.images import CLIP_MEAN, CLIP_STD, ClipPreprocessor
-from vendored_openai_clip import VisionTransformer
-from vendored_torchvision_0_9 import InterpolationMode, center_crop, normalize, resize, to_tensor
 
 transformers = pytest.importorskip("transformers")
 

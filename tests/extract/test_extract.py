@@ -8,14 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from extract_models import (
+from helpers.extract_models import (
     CLIP_HIDDEN,
     CLIP_PROJECTION,
     CLIP_TOKENS,
     DETR_D_MODEL,
     DETR_QUERIES,
     write_pictures,
-    write_tiny_clip,
     write_tiny_detr,
 )
 from hin.cli import main
@@ -39,18 +38,8 @@ PICTURES = {"COCO_val2014_000000391895.jpg": (40, 60), "COCO_val2014_00000000004
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
-
-
-@pytest.fixture(scope="module")
 def detr_dir(tmp_path_factory):
     return write_tiny_detr(tmp_path_factory.mktemp("detr"))
-
-
-@pytest.fixture
-def pictures(tmp_path):
-    return write_pictures(tmp_path / "pictures", PICTURES)
 
 
 def test_image_ids_come_from_coco_names_or_numeric_stems():

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from extract_models import write_picture_checkpoint, write_tiny_clip, write_tiny_detr
+from helpers.extract_models import write_picture_checkpoint, write_tiny_clip, write_tiny_detr
+from helpers.paths import FIXTURES
 from hin.cli import main
 from hin.extract import build_extractor, prepare_pictures
 from hin.extract.resize import PictureShapeError
 
 pytest.importorskip("transformers")
 
-VINVL_WEIGHTS = Path(__file__).parent / "fixtures" / "vinvl" / "vinvl_x152c4_small.pth"
+VINVL_WEIGHTS = FIXTURES / "vinvl" / "vinvl_x152c4_small.pth"
 LONG, TALL = (10000, 10), (10, 10000)
 PICTURES = {"COCO_val2014_000000000011.png": (40, 60), "12.png": (50, 30)}
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image
 
-from extract_models import write_picture_checkpoint
+from helpers.extract_models import write_picture_checkpoint
 from hin.cli import main
 from hin.extract.images import ImageListError, PictureError, find_images, read_picture
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from extract_models import CLIP_IMAGE, write_tiny_clip
+from helpers.extract_models import CLIP_IMAGE, write_tiny_clip
 from hin.caption import load_picture
 from hin.cli import main
 from hin.data.features import read_attributes

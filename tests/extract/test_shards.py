@@ -9,7 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from extract_models import CLIP_HIDDEN, DETR_D_MODEL, DETR_QUERIES, write_pictures, write_tiny_clip, write_tiny_detr
+from helpers.extract_models import (
+    CLIP_HIDDEN,
+    DETR_D_MODEL,
+    DETR_QUERIES,
+    write_tiny_detr,
+)
 from hin.cli import main
 from hin.config import ConfigError
 from hin.devices import resolve_precision
@@ -34,16 +39,6 @@ pytest.importorskip("transformers")
 
 PICTURES = {f"COCO_val2014_{image_id:012d}.jpg": (30 + image_id, 40) for image_id in (3, 8, 21, 34, 55)}
 ATTRIBUTES = {"extractor": "test", "feature_dim": 2}
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
-
-
-@pytest.fixture
-def pictures(tmp_path):
-    return write_pictures(tmp_path / "pictures", PICTURES)
 
 
 def extract(clip_dir, pictures, out, *more):

@@ -1,6 +1,6 @@
 """A COCO-shaped miniature of the authors' released data folder, under the released names.
 
-docs/reproduce.md's runnable blocks run against it (tests/test_docs.py): `data/coco/` holds
+docs/reproduce.md's runnable blocks run against it (tests/project/test_docs.py): `data/coco/` holds
 `annotations/` (COCO 2014 caption files and the Karpathy split id arrays), the CLIP ViT-L/14
 grid file `COCO2014_ViT-L-14.hdf5` ([256, 1024] per image), the VinVL region file
 `COCO2014_VinVL.hdf5` ([n, 2048] with boxes, size and class probabilities), their twins for
@@ -18,11 +18,12 @@ import h5py
 import numpy as np
 import torch
 
-from data_files import FIXTURES, write_coco
+from helpers.data_files import write_coco
+from helpers.paths import FIXTURES
+from helpers.reference_checkpoints import save_like_reference_training
 from hin.checkpoint import reference_name
 from hin.config import HINConfig
 from hin.model import HIN
-from reference_checkpoints import save_like_reference_training
 
 GRID_FILE, REGION_FILE = "COCO2014_ViT-L-14.hdf5", "COCO2014_VinVL.hdf5"
 TEST_GRID_FILE, TEST_REGION_FILE = "COCO2014_ViT-L-14_test.hdf5", "COCO2014_VinVL_TEST.hdf5"

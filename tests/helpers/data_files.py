@@ -8,7 +8,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-FIXTURES = Path(__file__).parent / "fixtures"
 GRID_TOKENS, GRID_DIM, REGION_DIM = 4, 6, 5
 
 

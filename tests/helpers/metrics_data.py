@@ -4,9 +4,10 @@ and deterministic references built from them (not real COCO references)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-FIXTURE = Path(__file__).parent / "fixtures" / "captions_val2014_fakecap_results.json"
+from helpers.paths import FIXTURES
+
+FIXTURE = FIXTURES / "captions_val2014_fakecap_results.json"
 
 
 def fixture_captions() -> dict[int, str]:

@@ -39,7 +39,7 @@ def running_server(checkpoint: Path, *flags: str, cwd: Path | None = None):
     """-> (url, process) of `hin serve --checkpoint CHECKPOINT FLAGS`, stopped afterwards."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+        [str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
         [sys.executable, "-m", "hin", "serve", "--checkpoint", str(checkpoint), "--port",
          str(port), "--device", "cpu", "--log-level", "warning", *flags],

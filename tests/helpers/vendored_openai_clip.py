@@ -24,7 +24,7 @@ reference's feature extraction ran, vendored under the MIT licence above so that
 suite can compare hin's clip-grid extractor (transformers' CLIP) with it. The classes are
 kept as released; the ResNet tower and the text side are left out. `VisionTransformer.forward`
 is CLIP's own (the class embedding only); the reference's grid forward is written in
-tests/test_clip_fidelity.py. Never import this from src/.
+tests/extract/test_clip_fidelity.py. Never import this from src/.
 """
 
 from collections import OrderedDict

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
+from helpers.metrics_data import built_references, fixture_captions
 from hin.metrics import CiderDTable, CiderError, cider_d
-from metrics_data import built_references, fixture_captions
 
 
 def _direct_cider_d(candidate: str, references: list[str], df: Counter, num_documents: int

@@ -13,6 +13,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from helpers.metrics_data import built_references, fixture_captions
 from hin.cli import main
 from hin.metrics import (
     CORENLP_ENV,
@@ -26,7 +27,6 @@ from hin.metrics import (
     read_coco_results,
     score_captions,
 )
-from metrics_data import built_references, fixture_captions
 
 
 def test_collapse_repeats():

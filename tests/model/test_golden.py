@@ -7,12 +7,12 @@ beam sequences identical up to and including <eos>.
 import pytest
 import torch
 
+from helpers.reference_checkpoints import as_if_pickled_by_numpy_1, save_like_reference_training
 from hin.checkpoint import import_reference, load, save
 from hin.checkpoint.record import REFERENCE, CheckpointRecord
 from hin.cli import main
 from hin.config import DecodingConfig
 from hin.decoding import decode
-from reference_checkpoints import as_if_pickled_by_numpy_1, save_like_reference_training
 
 ATOL = 1e-4
 

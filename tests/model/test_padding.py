@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from conftest import tiny_features, tiny_model
+from helpers.tiny import tiny_features, tiny_model
 from hin.config import DecodingConfig
 from hin.decoding import decode, search
 

@@ -5,7 +5,7 @@ padding masks still hold, and it stays near fp32; fp32 is left untouched by eith
 import pytest
 import torch
 
-from conftest import tiny_features, tiny_model
+from helpers.tiny import tiny_features, tiny_model
 from hin.config import DecodingConfig
 from hin.decoding import Ensemble, decode
 from hin.devices import autocast

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_features, tiny_model
+from helpers.tiny import tiny_config, tiny_features, tiny_model
 from hin.config import ConfigError, DecodingConfig, HINConfig
 from hin.decoding import decode
 from hin.model import HIN

@@ -17,8 +17,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SRC = REPO / "src"
+from helpers.paths import REPO, SRC
 
 # Top to bottom, one layer a line (name, parts); CONTRIBUTING.md draws the same lines.
 # `hin` is the package's own names (`hin.__version__`).
@@ -34,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("config", ("config",)),
     ("foundation", ("hin", "errors", "files", "locks", "processes")),
 )
+
 JOBS = "jobs"       # the layers whose names start so are the jobs' floors
 
 Edges = Mapping[str, Mapping[str, str]]     # importer -> {imported: "file:line: a -> b"}

@@ -8,7 +8,7 @@ Conventions (CONTRIBUTING.md, "Documentation"): commands live in fenced ```bash 
 synopsis; a ```bash block right after a `<!-- runnable -->` line is run by
 `test_runnable_blocks_run_as_written` in a folder holding the demo's layout (`data/synth`,
 `runs/demo/xe/best.pt`, `runs/demo/scst/best.pt`) and a miniature of the authors' released
-COCO folder under its released names (`data/coco`, tests/coco_miniature.py) for
+COCO folder under its released names (`data/coco`, tests/helpers/coco_miniature.py) for
 docs/reproduce.md.
 """
 
@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from coco_miniature import coco_miniature
+from helpers.coco_miniature import coco_miniature
+from helpers.paths import REPO
 from hin.checkpoint import save
 from hin.cli import build_parser
 from hin.config import HINConfig
@@ -35,7 +36,6 @@ from hin.files import read_json
 from hin.model import HIN
 from hin.synth import GRID_FILE, REGION_FILE, generate
 
-REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "benchmarks" / "README.md",
         *sorted((REPO / "docs").glob("*.md"))]
 RUNNABLE = "<!-- runnable -->"

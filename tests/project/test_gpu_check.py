@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.paths import REPO
 from hin.data.vocab import tokenize
 from hin.synth import describe, random_scene
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 ABSENT = ("spacy", "pycocoevalcap", "pytest")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 

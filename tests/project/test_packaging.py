@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import hin
+from helpers.paths import REPO
 from hin.cli import build_parser
 from hin.config import ConfigError, RunConfig, find_config, packaged_config_names
 from hin.devices import cpu_model
 from hin.errors import DISTRIBUTION, pip_install
 
-REPO = Path(__file__).resolve().parent.parent
 SHIPPED = ["coco_scst", "coco_scst_large", "coco_xe", "coco_xe_grouped", "small_scst", "small_xe",
            "synth_scst", "synth_xe"]
 

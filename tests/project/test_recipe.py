@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from extract_models import CLIP_HIDDEN, DETR_D_MODEL, write_pictures, write_tiny_clip, write_tiny_detr
+from helpers.extract_models import CLIP_HIDDEN, DETR_D_MODEL, write_pictures, write_tiny_clip, write_tiny_detr
 from hin.cli import main
 
 pytest.importorskip("transformers")

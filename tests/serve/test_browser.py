@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract_models import TAUGHT_CAPTION, write_picture_annotations, write_picture_checkpoint
-from serving import running_server
+from helpers.extract_models import TAUGHT_CAPTION, write_picture_annotations, write_picture_checkpoint
+from helpers.serving import running_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PICTURES = {"21.png": (48, 64), "22.png": (40, 40)}

@@ -2,7 +2,7 @@
 headers believed only from --forwarded-allow-ips, --root-path, security headers, request
 ids, the access log, /metrics, /readyz, the body budget, strict paths and the refusals
 that say how to fix a request. The real server's connection handling is
-test_serve_server.py."""
+test_server.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from extract_models import write_picture_annotations, write_picture_checkpoint
+from helpers.extract_models import write_picture_annotations, write_picture_checkpoint
 from hin.cli import main
 from hin.config import DecodingConfig
 from hin.serve import ServeSettings, create_app
@@ -27,8 +27,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 PICTURES = {"11.png": (40, 60), "12.png": (50, 30)}
 DEFAULTS = DecodingConfig(beam_size=3, num_captions=1)
-STATIC = Path(__file__).parents[1] / "src" / "hin" / "serve" / "static"
-DOCS = Path(__file__).parents[1] / "docs" / "serving.md"
+STATIC = Path(__file__).parents[2] / "src" / "hin" / "serve" / "static"
+DOCS = Path(__file__).parents[2] / "docs" / "serving.md"
 
 
 @pytest.fixture(scope="module")

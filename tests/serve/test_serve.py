@@ -2,7 +2,7 @@
 only with equal settings, every bad request gets a 4xx JSON answer and the server goes on,
 a checkpoint that cannot caption pictures still serves its page, nothing is loaded from
 elsewhere. The model is a tiny random HIN whose recorded extractors (tiny CLIP and DETR)
-run on pictures; the real-browser test is test_serve_browser.py."""
+run on pictures; the real-browser test is test_browser.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 import hin
-from extract_models import write_picture_annotations, write_picture_checkpoint
+from helpers.extract_models import write_picture_annotations, write_picture_checkpoint
+from helpers.serving import running_server
 from hin.checkpoint import save
 from hin.cli import main
 from hin.config import DecodingConfig
@@ -31,7 +32,6 @@ from hin.serve import ServeSettings, create_app
 from hin.serve.batching import DynamicBatcher
 from hin.serve.inputs import MAX_PARTS, OPTIONS
 from hin.serve.service import dataset_name
-from serving import running_server
 
 pytest.importorskip("transformers")
 pytest.importorskip("fastapi")

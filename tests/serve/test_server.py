@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from extract_models import write_picture_checkpoint
+from helpers.extract_models import write_picture_checkpoint
 
 pytest.importorskip("transformers")
 pytest.importorskip("fastapi")
 
 MIB = 2**20
-SRC = Path(__file__).parents[1] / "src"
+SRC = Path(__file__).parents[2] / "src"
 
 
 @pytest.fixture(scope="module")

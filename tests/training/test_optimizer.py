@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from conftest import tiny_model
+from helpers.tiny import tiny_model
 from hin.training.optimizer import adam, load_state
 
 BETAS = (0.9, 0.98)

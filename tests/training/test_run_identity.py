@@ -16,21 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers.training_runs import TRAIN_IMAGES, tiny_overrides
 from hin import checkpoint
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
 from hin.data.errors import DataError
-from hin.synth import generate
 from hin.training import loop, rundir
 from hin.training.runlog import read_log
-from training_runs import TRAIN_IMAGES, tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, seed=0, train=TRAIN_IMAGES, val=10, test=10, min_freq=1, progress=False)
-    return out
 
 
 def train(synth: Path, run_dir: Path, *extra: str, config: str = "synth_xe") -> int:

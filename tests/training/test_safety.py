@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+from helpers.paths import SRC
+from helpers.training_runs import TRAIN_IMAGES, tiny_overrides
 from hin import checkpoint
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
@@ -26,20 +28,9 @@ from hin.data.features import FeatureStore
 from hin.data.vocab import Vocabulary
 from hin.extract.shapes import GRID_DIM, REGION_DIM
 from hin.locks import LOCK_FILE
-from hin.synth import generate
 from hin.training import loop, rundir
 from hin.training.plot import current_history
 from hin.training.runlog import LOG_FILE, read_log
-from training_runs import TRAIN_IMAGES, tiny_overrides
-
-SRC = Path(__file__).resolve().parent.parent / "src"
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, seed=0, train=TRAIN_IMAGES, val=10, test=10, min_freq=1, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from conftest import tiny_features, tiny_model
+from helpers.tiny import tiny_features, tiny_model
 from hin.config import ConfigError, DecodingConfig, TrainConfig
 from hin.decoding import decode, decode_encoded, teacher_forcing_inputs
 from hin.training.scst import (

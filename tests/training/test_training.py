@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+from helpers.training_runs import BATCHES_PER_EPOCH, ddp_worker, tiny_overrides
 from hin import checkpoint
 from hin.cli import main
 from hin.config import RunConfig
@@ -27,20 +28,11 @@ from hin.data.coco import load_split
 from hin.data.vocab import Vocabulary
 from hin.evaluate import evaluate
 from hin.model import HIN
-from hin.synth import generate
 from hin.training import loop, run, rundir
 from hin.training.loop import TrainingError, TrainingInterrupted
 from hin.training.run import resume, start
 from hin.training.rundir import RunDirectoryError
 from hin.training.runlog import LOG_FILE
-from training_runs import BATCHES_PER_EPOCH, TRAIN_IMAGES, ddp_worker, tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, seed=0, train=TRAIN_IMAGES, val=10, test=10, min_freq=1, progress=False)
-    return out
 
 
 def config(synth: Path, run_dir: Path, *extra: str) -> RunConfig:

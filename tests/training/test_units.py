@@ -4,13 +4,13 @@ hand-computed example, the per-rank data order, RNG capture, and the run configu
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_features, tiny_model
+from helpers.paths import SRC
+from helpers.tiny import tiny_features, tiny_model
 from hin.cli import main
 from hin.config import ConfigError, RunConfig
 from hin.decoding import teacher_forcing_inputs
@@ -21,7 +21,7 @@ from hin.training.scst import scst_loss, sequence_mask
 from hin.training.state import capture_rng, restore_rng
 from hin.training.xe import next_token_nll
 
-CONFIGS = Path(__file__).resolve().parent.parent / "src" / "hin" / "configs"
+CONFIGS = SRC / "hin" / "configs"
 
 
 def test_xe_schedule_warms_up_then_decays_by_epoch():

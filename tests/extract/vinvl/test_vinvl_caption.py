@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from extract_models import CLIP_HIDDEN, tiny_hin_config, write_tiny_clip
+from helpers.extract_models import CLIP_HIDDEN, tiny_hin_config, write_tiny_clip
+from helpers.paths import FIXTURES
 from hin.checkpoint import save
 from hin.cli import main
 from hin.data.vocab import Vocabulary
@@ -21,7 +21,7 @@ from hin.model import HIN
 
 pytest.importorskip("transformers")
 
-FIXTURES = Path(__file__).parent / "fixtures" / "vinvl"
+VINVL = FIXTURES / "vinvl"
 VINVL_DIM = 64                      # the fixture model's C5 width
 
 
@@ -30,13 +30,13 @@ def test_caption_a_picture_with_vinvl_regions_equals_captioning_its_extracted_fi
     pictures = tmp_path / "pictures"
     pictures.mkdir()
     picture = pictures / "COCO_val2014_000000000003.png"
-    shutil.copy(FIXTURES / "pic3_1203x301.png", picture)
+    shutil.copy(VINVL / "pic3_1203x301.png", picture)
     run = ["--images", str(pictures), "--workers", "0", "--device", "cpu"]
     assert main(["extract", "grid", *run, "--out", str(tmp_path / "grid.h5"),
                  "--model", str(write_tiny_clip(tmp_path / "clip"))]) == 0
     assert main(["extract", "regions", *run, "--out", str(tmp_path / "region.h5"),
                  "--extractor", "vinvl-x152c4",
-                 "--weights", str(FIXTURES / "vinvl_x152c4_small.pth")]) == 0
+                 "--weights", str(VINVL / "vinvl_x152c4_small.pth")]) == 0
     capsys.readouterr()
     vocab = Vocabulary.from_counts({"a": 9, "red": 8, "dog": 7, "on": 6, "grass": 5}, min_freq=1)
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.paths import FIXTURES
 from hin.cli import main
 from hin.errors import UsageError
 from hin.extract import build_extractor, extractor_from_attributes, nms_mode_report, prepare_pictures
@@ -21,22 +22,22 @@ from hin.extract.vinvl.backbone import FrozenBatchNorm2d
 from hin.extract.vinvl.loading import load_detector
 from hin.extract.vinvl.preprocess import prepare
 
-FIXTURES = Path(__file__).parent / "fixtures" / "vinvl"
-WEIGHTS = FIXTURES / "vinvl_x152c4_small.pth"
+VINVL = FIXTURES / "vinvl"
+WEIGHTS = VINVL / "vinvl_x152c4_small.pth"
 PICTURE = "pic3_1203x301"          # the smallest network input of the three
 NAME = "vinvl-x152c4"
 
 
 @pytest.fixture(scope="module")
-def golden():
-    return torch.load(FIXTURES / f"{PICTURE}.pt", weights_only=True)
+def vinvl_golden():
+    return torch.load(VINVL / f"{PICTURE}.pt", weights_only=True)
 
 
 @pytest.fixture
-def pictures(tmp_path):
+def picture_folder(tmp_path):
     folder = tmp_path / "pictures"
     folder.mkdir()
-    shutil.copy(FIXTURES / f"{PICTURE}.png", folder / "COCO_val2014_000000000003.png")
+    shutil.copy(VINVL / f"{PICTURE}.png", folder / "COCO_val2014_000000000003.png")
     return folder
 
 
@@ -52,12 +53,12 @@ def _matches(entry: dict, golden: dict, mode: int) -> None:
     assert entry["features"].dtype == np.float32 and entry["boxes"].dtype == np.float32
 
 
-def test_extractor_gives_the_originals_detections_and_rebuilds_from_its_attributes(golden):
+def test_extractor_gives_the_originals_detections_and_rebuilds_from_its_attributes(vinvl_golden):
     extractor = build_extractor(NAME, weights=str(WEIGHTS), device="cpu")
     assert (extractor.kind, extractor.feature_dim) == ("region", 64)
-    picture = Image.open(FIXTURES / f"{PICTURE}.png")
+    picture = Image.open(VINVL / f"{PICTURE}.png")
     [entry] = prepare_pictures(extractor, [picture])
-    _matches(entry, golden, 1)
+    _matches(entry, vinvl_golden, 1)
     recorded = extractor.attributes()
     assert recorded["extractor"] == NAME and recorded["nms_filter"] == 1
     assert recorded["weights"] == str(WEIGHTS.resolve())
@@ -65,8 +66,8 @@ def test_extractor_gives_the_originals_detections_and_rebuilds_from_its_attribut
                                         device="cpu")
     assert rebuilt.attributes() == {**recorded, "nms_filter": 2, "oscar_rows": 1}
     [entry] = rebuilt([rebuilt.preprocess(picture)])
-    _matches(entry, golden, 2)
-    np.testing.assert_allclose(entry["oscar"], golden["nms2.oscar_rows"].numpy(), atol=2e-3,
+    _matches(entry, vinvl_golden, 2)
+    np.testing.assert_allclose(entry["oscar"], vinvl_golden["nms2.oscar_rows"].numpy(), atol=2e-3,
                                rtol=0)
 
 
@@ -91,18 +92,18 @@ def test_pictures_the_resize_rule_cannot_shrink_are_refused_by_size():
         prepare(Image.new("RGB", (2000, 1)))
 
 
-def test_bf16_runs_and_leaves_fp32_untouched(golden):
+def test_bf16_runs_and_leaves_fp32_untouched(vinvl_golden):
     detector = load_detector(WEIGHTS)
-    picture = prepare(Image.open(FIXTURES / f"{PICTURE}.png"))
+    picture = prepare(Image.open(VINVL / f"{PICTURE}.png"))
     fast = detector.detect(picture.pixels, picture.height, picture.width, bf16=True)
     assert fast.features.dtype == torch.float32 and torch.isfinite(fast.features).all()
     assert 10 <= len(fast.kept.scores) <= 100
     exact = detector.detect(picture.pixels, picture.height, picture.width)
-    assert torch.equal(exact.kept.proposal_idx, golden["nms1.proposal_idx"])
-    torch.testing.assert_close(exact.features, golden["nms1.features"], atol=2e-3, rtol=0)
+    assert torch.equal(exact.kept.proposal_idx, vinvl_golden["nms1.proposal_idx"])
+    torch.testing.assert_close(exact.features, vinvl_golden["nms1.features"], atol=2e-3, rtol=0)
 
 
-def test_bn_folded_for_bf16_computes_the_same_function(golden):
+def test_bn_folded_for_bf16_computes_the_same_function(vinvl_golden):
     """prepare_bf16 folds each frozen BN into its convolution: in float32 arithmetic the
     folded model still computes the original's maps, up to rounding (folded weights and
     another summation order: ~1e-2 on res4 values up to 62, which near NMS margins of 1e-4
@@ -110,10 +111,10 @@ def test_bn_folded_for_bf16_computes_the_same_function(golden):
     detector = load_detector(WEIGHTS)
     detector.prepare_bf16()
     assert not any(isinstance(module, FrozenBatchNorm2d) for module in detector.modules())
-    picture = prepare(Image.open(FIXTURES / f"{PICTURE}.png"))
+    picture = prepare(Image.open(VINVL / f"{PICTURE}.png"))
     folded = detector.score(picture.pixels, picture.height, picture.width)
-    torch.testing.assert_close(folded.res4, golden["res4"], atol=2e-2, rtol=0)
-    torch.testing.assert_close(folded.rpn.logits, golden["rpn_objectness_logits"], atol=5e-3,
+    torch.testing.assert_close(folded.res4, vinvl_golden["res4"], atol=2e-2, rtol=0)
+    torch.testing.assert_close(folded.rpn.logits, vinvl_golden["rpn_objectness_logits"], atol=5e-3,
                                rtol=0)
     fast = detector.detect(picture.pixels, picture.height, picture.width, bf16=True)
     assert torch.isfinite(fast.features).all() and 10 <= len(fast.kept.scores) <= 100
@@ -125,20 +126,20 @@ def test_bf16_extractor_folds_its_model_and_records_the_arithmetic():
     assert extractor.attributes()["compute_dtype"] == "bfloat16"
     assert not any(isinstance(module, FrozenBatchNorm2d)
                    for module in extractor.model.modules())
-    [entry] = prepare_pictures(extractor, [Image.open(FIXTURES / f"{PICTURE}.png")])
+    [entry] = prepare_pictures(extractor, [Image.open(VINVL / f"{PICTURE}.png")])
     assert entry["features"].dtype == np.float16 and np.isfinite(entry["features"]).all()
     assert len(entry["features"]) == len(entry["boxes"]) == len(entry["labels"]) >= 10
 
 
-def test_cli_writes_the_released_layout_resumably_and_tells_the_mode(pictures, tmp_path, golden,
+def test_cli_writes_the_released_layout_resumably_and_tells_the_mode(picture_folder, tmp_path, vinvl_golden,
                                                                      capsys):
     out = tmp_path / "regions.h5"
-    command = ["extract", "regions", "--images", str(pictures), "--out", str(out),
+    command = ["extract", "regions", "--images", str(picture_folder), "--out", str(out),
                "--extractor", NAME, "--weights", str(WEIGHTS), "--nms-filter", "2",
                "--oscar-rows", "--workers", "0", "--device", "cpu"]
     assert main(command) == 0
     assert "wrote 1 images" in capsys.readouterr().out
-    count = int(golden["nms2.num_detections"])
+    count = int(vinvl_golden["nms2.num_detections"])
     with h5py.File(out) as handle:
         shapes = {name: (handle[name].shape, handle[name].dtype.name) for name in handle}
         assert handle.attrs["hin_nms_filter"] == 2
@@ -152,8 +153,8 @@ def test_cli_writes_the_released_layout_resumably_and_tells_the_mode(pictures, t
     assert "made with nms_filter 2" in capsys.readouterr().out
 
 
-def test_cli_vinvl_flags_need_the_vinvl_extractor_and_its_weights(pictures, tmp_path, capsys):
-    base = ["extract", "regions", "--images", str(pictures), "--out", str(tmp_path / "r.h5")]
+def test_cli_vinvl_flags_need_the_vinvl_extractor_and_its_weights(picture_folder, tmp_path, capsys):
+    base = ["extract", "regions", "--images", str(picture_folder), "--out", str(tmp_path / "r.h5")]
     assert main([*base, "--nms-filter", "2"]) == 2
     assert "--nms-filter set the vinvl-x152c4 extractor" in capsys.readouterr().err
     assert main([*base, "--extractor", NAME, "--weights", str(WEIGHTS), "--threshold", "0.5"]) == 2
@@ -173,7 +174,7 @@ def _region_file(path: Path, golden_files: list[dict], mode: int) -> Path:
 
 
 def test_nms_mode_is_told_from_the_boxes(tmp_path):
-    goldens = [torch.load(path, weights_only=True) for path in sorted(FIXTURES.glob("pic*.pt"))]
+    goldens = [torch.load(path, weights_only=True) for path in sorted(VINVL.glob("pic*.pt"))]
     one = nms_mode_report(_region_file(tmp_path / "one.h5", goldens, 1))
     two = nms_mode_report(_region_file(tmp_path / "two.h5", goldens, 2))
     assert "3 of 3 images" in one and "made with nms_filter 1" in one

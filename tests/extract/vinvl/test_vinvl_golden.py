@@ -7,21 +7,21 @@ features and logits 2e-3; res4 and ROIAlign 5e-3."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from helpers.paths import FIXTURES
 from hin.data.features import pad_regions
 from hin.extract.vinvl.loading import load_detector
 from hin.extract.vinvl.ops import roi_align
 from hin.extract.vinvl.postprocess import ATTRIBUTE_THRESHOLD
 from hin.extract.vinvl.preprocess import network_input, prepare, resized_size
 
-FIXTURES = Path(__file__).parent / "fixtures" / "vinvl"
-WEIGHTS = FIXTURES / "vinvl_x152c4_small.pth"
+VINVL = FIXTURES / "vinvl"
+WEIGHTS = VINVL / "vinvl_x152c4_small.pth"
 PICTURES = ["pic1_640x480", "pic2_377x500", "pic3_1203x301"]
 BOXES, PROBS, FEATURES, MAPS = 1e-2, 1e-4, 2e-3, 5e-3
 HIN_REGIONS = 50
@@ -43,8 +43,8 @@ def runs(detector):
     """Each picture's golden tensors, prepared picture and forward pass (computed once)."""
     out = {}
     for name in PICTURES:
-        golden = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
-        picture = prepare(Image.open(FIXTURES / f"{name}.png"))
+        golden = torch.load(VINVL / f"{name}.pt", weights_only=True)
+        picture = prepare(Image.open(VINVL / f"{name}.png"))
         out[name] = (golden, picture, detector.score(picture.pixels, picture.height,
                                                      picture.width))
     return out
@@ -161,8 +161,8 @@ def test_attributes(runs, selected, name, mode):
 def test_the_cuda_path_gives_the_originals_detections(name):
     """On a GPU (its own convolution kernels, TF32 off in fp32), with the same tolerances."""
     detector = load_detector(WEIGHTS, "cuda")
-    golden = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
-    picture = prepare(Image.open(FIXTURES / f"{name}.png"))
+    golden = torch.load(VINVL / f"{name}.pt", weights_only=True)
+    picture = prepare(Image.open(VINVL / f"{name}.png"))
     scored = detector.score(picture.pixels, picture.height, picture.width)
     close(scored.res4.cpu(), golden["res4"], MAPS)
     assert torch.equal(scored.rpn.keep.cpu(), golden["rpn_nms_keep"])

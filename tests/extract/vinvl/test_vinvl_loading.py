@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.paths import FIXTURES
 from hin.errors import HINError
 from hin.extract.vinvl.backbone import VinVLShape
 from hin.extract.vinvl.loading import (
@@ -18,8 +19,8 @@ from hin.extract.vinvl.loading import (
     load_detector,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "vinvl"
-WEIGHTS = FIXTURES / "vinvl_x152c4_small.pth"
+VINVL = FIXTURES / "vinvl"
+WEIGHTS = VINVL / "vinvl_x152c4_small.pth"
 ALIAS = "attribute.feature_extractor."
 BOX = "roi_heads.box.feature_extractor."
 
@@ -30,7 +31,7 @@ def published():
 
 
 def test_full_size_model_has_the_published_keys_and_shapes_in_order():
-    listed = json.loads((FIXTURES / "vinvl_vg_x152c4_full_keys.json").read_text())
+    listed = json.loads((VINVL / "vinvl_vg_x152c4_full_keys.json").read_text())
     model = build_on_meta(VinVLShape())
     state = model.state_dict()
     assert [(key, list(value.shape)) for key, value in state.items()] == [
