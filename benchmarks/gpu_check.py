@@ -18,7 +18,7 @@ equal bit for bit to an uninterrupted one. Exit status 0 when every check passes
 
 Without spaCy, the synthetic captions (lower-case words, spaces and commas) are tokenised by
 splitting words from punctuation, which is what spaCy gives for them
-(tests/test_gpu_check.py checks it); the report says which tokenizer ran.
+(tests/project/test_gpu_check.py checks it); the report says which tokenizer ran.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from types import SimpleNamespace
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CUDA_TEST_FILES = ("test_cuda.py", "test_vinvl_golden.py")   # test files with cuda-marked tests
+CUDA_TEST_FILES = ("test_cuda.py", "extract/vinvl/test_vinvl_golden.py")   # under tests/: files with cuda tests
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import peak_memory_gib, reset_peak, timed  # noqa: E402

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import hin
-from extract_models import tiny_hin_config, write_picture_checkpoint, write_pictures
+from helpers.extract_models import tiny_hin_config, write_picture_checkpoint, write_pictures
 from hin.checkpoint import CheckpointError, load, save
 from hin.cli import main
 from hin.config import DecodingConfig

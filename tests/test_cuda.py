@@ -5,7 +5,7 @@ loaded onto the GPU."""
 import pytest
 import torch
 
-from conftest import tiny_features, tiny_model
+from helpers.tiny import tiny_features, tiny_model
 from hin.checkpoint import import_reference, load, save
 from hin.config import DecodingConfig
 from hin.decoding import decode

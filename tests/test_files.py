@@ -7,13 +7,13 @@ import ast
 import errno
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
+from helpers.paths import SRC
 from hin.files import OutOfSpaceError, append_line, atomic_write, complete_lines, write_text, write_together
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "hin"
+HIN = SRC / "hin"
 SAVERS = {"savefig", "save", "savez", "savez_compressed", "tofile"}
 
 
@@ -64,8 +64,8 @@ def _raw_writes(tree: ast.AST) -> list[tuple[int, str]]:
 
 def test_every_file_hin_writes_goes_through_the_atomic_helpers():
     """HDF5 feature files are the one exception (their writer keeps its own temporary parts)."""
-    raw = {f"{path.relative_to(SRC)}:{line}": call
-           for path in sorted(SRC.rglob("*.py")) if path.name != "files.py"
+    raw = {f"{path.relative_to(HIN)}:{line}": call
+           for path in sorted(HIN.rglob("*.py")) if path.name != "files.py"
            for line, call in _raw_writes(ast.parse(path.read_text(encoding="utf-8")))}
     assert raw == {}
 

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.waiting import DEADLINE_S, wait_until
 from hin.cli import main
 from hin.errors import Interrupted
 from hin.extract import FeatureWriter, Shard, merge_shards
 from hin.extract import writer as writer_module
 from hin.files import OutOfSpaceError
-from waiting import DEADLINE_S, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

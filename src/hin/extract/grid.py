@@ -3,7 +3,7 @@
 Per image, from transformers' CLIP vision tower (ViT-L/14 at 224 px by default), exactly the
 reference's recipe (its extraction ran OpenAI's CLIP `VisionTransformer` in fp32, applied
 `ln_post` to every token, kept tokens 1: as the grid and projected `ln_post(class token)`;
-tests/test_clip_fidelity.py checks this against OpenAI's code):
+tests/extract/test_clip_fidelity.py checks this against OpenAI's code):
 - `features` [256, 1024]: the last layer's patch tokens (class token dropped) after the
   post-layer-norm. In transformers, `last_hidden_state` is taken *before* `post_layernorm`
   and `pooler_output` is `post_layernorm(class token)`, so the norm is applied here;
