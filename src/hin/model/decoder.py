@@ -139,9 +139,12 @@ class DecoderLayer(nn.Module):
         def split(att: Attention, key: Tensor, value: Tensor) -> KeyValue:
             return KeyValue(att.split_heads(key).contiguous(), att.split_heads(value).contiguous())
 
-        grid_key, grid_value, rcg_key, rcg_value = torch.split(F.linear(grid, *fused.grid_memory), d, dim=-1)
-        region_key, region_value, gcr_key, gcr_value = torch.split(F.linear(region, *fused.region_memory),
-                                                                   d, dim=-1)
+        # One level of the encoder output is a strided view: as [B·N, d] rows it is one matrix
+        # product (as [B, N, d] PyTorch copies the weights once per image for a batched one).
+        grid_key, grid_value, rcg_key, rcg_value = torch.split(
+            F.linear(grid.reshape(-1, d), *fused.grid_memory).reshape(*grid.shape[:-1], -1), d, dim=-1)
+        region_key, region_value, gcr_key, gcr_value = torch.split(
+            F.linear(region.reshape(-1, d), *fused.region_memory).reshape(*region.shape[:-1], -1), d, dim=-1)
         return LayerMemory(
             grid=split(self.grid_att, grid_key, grid_value),
             region=split(self.region_att, region_key, region_value),
