@@ -57,7 +57,12 @@ def main() -> None:
 
     device, model = paper_size_model(args.device)
     model.eval()
-    reference = reference_impl.reference_model(models_of, model) if models_of else None
+    reference = None
+    if models_of is not None:
+        try:
+            reference = reference_impl.reference_model(models_of, model)
+        except reference_impl.ReferenceUnavailable as error:
+            sys.exit(f"decode.py: --reference {args.reference}: {error}")
     print(f"device: {describe(device)}; model: {model.num_parameters() / 1e6:.1f}M parameters; "
           f"beam {args.beam}, max length {args.max_len}, {args.grid_tokens} grid tokens, "
           f"{args.regions} regions; median (min) of {args.repeats}")
