@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from torch import nn
+
+from conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -74,3 +78,17 @@ def test_decode_refuses_a_wrong_directory_in_one_line_before_building_anything(t
     assert len(lines) == 1
     assert "--reference" in lines[0] and "no such directory" in lines[0]
     assert "Timing the reference in the same run" in lines[0]
+
+
+def test_a_model_that_does_not_take_hins_weights_is_refused():
+    class Other(nn.Module):
+        def __init__(self, bos, encoder, decoder):
+            super().__init__()
+            self.encoder, self.decoder = encoder, decoder
+
+    stand_in = SimpleNamespace(build_encoder=lambda *args, **kwargs: nn.Linear(2, 2),
+                               build_decoder=lambda *args, **kwargs: nn.Linear(2, 2),
+                               Transformer=Other)
+    with pytest.raises(reference_impl.ReferenceUnavailable,
+                       match=r"does not take hin's weights: missing \['encoder.weight'"):
+        reference_impl.reference_model(stand_in, tiny_model())
