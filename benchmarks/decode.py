@@ -69,7 +69,7 @@ def main() -> None:
     eos = model.config.eos_id
     for batch in args.batch_sizes:
         grid, region = random_features(batch, args, model.config, device)
-        reference_seconds = reference_cpu = None
+        reference_seconds = reference_fastest = reference_cpu = None
         if reference is not None:
             reference_best: list[torch.Tensor] = []
 
@@ -77,8 +77,9 @@ def main() -> None:
                 reference_best[:] = [reference_impl.beam_search(reference, grid, region, args.beam,
                                                                 args.max_len, eos)]
 
-            reference_seconds, fastest, reference_cpu = timed(run_reference, device, args.repeats)
-            print(f"batch {batch:4d} reference fp32: {reference_seconds:7.3f} s (min {fastest:.3f}, "
+            reference_seconds, reference_fastest, reference_cpu = timed(run_reference, device,
+                                                                        args.repeats)
+            print(f"batch {batch:4d} reference fp32: {reference_seconds:7.3f} s (min {reference_fastest:.3f}, "
                   f"CPU {reference_cpu:.3f} s)  {batch / reference_seconds:8.2f} img/s  steps decoded "
                   f"{reference_best[0].shape[-1]}/{args.max_len}")
         best: dict[str, torch.Tensor] = {}
@@ -95,9 +96,10 @@ def main() -> None:
                 best[precision] = decode(models, grid, region, settings)[0][:, 0]
 
             median, fastest, cpu = timed(run, device, args.repeats)
-            if reference_seconds is not None and reference_cpu is not None:
+            if reference_seconds and reference_fastest and reference_cpu:
                 versus = (f"  {reference_seconds / median:5.1f}x the reference timed in this run "
-                          f"(CPU seconds: {reference_cpu / cpu:.1f}x)")
+                          f"(fastest runs: {reference_fastest / fastest:.1f}x, "
+                          f"CPU seconds: {reference_cpu / cpu:.1f}x)")
             elif device.type == "cpu":
                 versus = (f"  {batch / median / REFERENCE_IMAGES_PER_SECOND:5.1f}x the reference "
                           f"({REFERENCE_MACHINE})")
