@@ -9,7 +9,16 @@ import torch
 
 from helpers.reference_checkpoints import save_like_reference_training
 from helpers.tiny import tiny_features, tiny_model
-from hin.checkpoint import CheckpointError, import_reference, load, read, reference_name, save
+from hin.checkpoint import (
+    REFERENCE_STATE_BUFFERS,
+    CheckpointError,
+    import_reference,
+    load,
+    read,
+    reference_name,
+    reference_state_dict,
+    save,
+)
 from hin.cli import main
 from hin.files import OutOfSpaceError
 from hin.model import HIN
@@ -26,6 +35,23 @@ def test_reference_names_cover_every_parameter(golden):
     assert "decoder.layers.1.lnorm2.weight" in names
     assert "decoder.layers.0.self_cross_enc.layer_norm.weight" in names
     assert "decoder.pos_emb.weight" in names
+
+
+def test_reference_state_dict_gives_back_the_reference_weights(golden):
+    """hin -> reference names is the exact inverse of the import: every weight of the
+    reference's state_dict comes back under its own name, only the decoding buffers absent."""
+    state = reference_state(golden)
+    exported = reference_state_dict(import_reference(state, num_heads=4))
+    weights = {k: v for k, v in state.items() if k.rpartition(".")[2] not in REFERENCE_STATE_BUFFERS}
+    assert exported.keys() == weights.keys()
+    assert all(torch.equal(exported[k], weights[k]) for k in weights)
+
+
+def test_reference_state_dict_round_trips_a_hin_model():
+    model = tiny_model()
+    again = import_reference(reference_state_dict(model), num_heads=model.config.num_heads)
+    for (name, a), (other, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert name == other and torch.equal(a, b)
 
 
 def test_import_accepts_wrapped_dict_and_path(golden, tmp_path):

@@ -78,6 +78,13 @@ def reference_name(name: str) -> str:
     return ".".join(translated)
 
 
+def reference_state_dict(model: HIN) -> dict[str, Tensor]:
+    """`model`'s weights under the reference implementation's names: what its
+    `load_state_dict` takes (all but the decoding-state buffers, which hold no weights), so
+    the reference can be run on exactly hin's weights. The inverse of `import_reference`."""
+    return {reference_name(name): tensor for name, tensor in model.state_dict().items()}
+
+
 class CheckpointError(HINError, ValueError):
     """A checkpoint that cannot be used, with what is wrong and how to fix it."""
 
