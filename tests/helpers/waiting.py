@@ -1,7 +1,7 @@
 """The one way a test waits for something it cannot be told about by an event: it looks at
 the condition itself, again and again, and fails naming what it waited for when a generous
 deadline passes. The deadline only turns a hang into a failure; it says nothing about speed,
-so no test sleeps a fixed time or reads the clock (tests/test_waits.py checks that)."""
+so no test sleeps a fixed time or reads the clock (tests/project/test_waits.py checks that)."""
 
 from __future__ import annotations
 
