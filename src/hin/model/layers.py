@@ -132,13 +132,18 @@ class Attention(_HeadProjections):
             probabilities: list[Tensor] | None = None) -> Tensor:
         """`forward` for one query that every image shares (a learned token [1, 1, d]) over
         memory [B, N, d] -> [B, 1, d], without projecting the memory's keys and values: a
-        head's score of x_n is q·(W_k x_n + b_k) = (W_kᵀ q)·x_n plus a constant that softmax
-        ignores, and its output Σ p_n (W_v x_n + b_v) = W_v (Σ p_n x_n) + b_v. Two products
-        of one row per head instead of two of every memory row (CTFA's global tokens)."""
+        head's score of x_n is q·(W_k x_n + b_k) = (W_kᵀ q)·x_n + q·b_k, and its output
+        Σ p_n (W_v x_n + b_v) = W_v (Σ p_n x_n) + b_v. Two products of one row per head
+        instead of two of every memory row (CTFA's global tokens). The constant q·b_k, which
+        softmax ignores, is still added: it keeps b_k in the graph as in `forward` (its
+        gradient is then what `forward` gives it, and distributed training expects every
+        parameter to take part)."""
         heads, head_dim = self.num_heads, self.head_dim
         q = self.q_proj(token).reshape(heads, 1, head_dim)
         asked = (q @ self.k_proj.weight.reshape(heads, head_dim, -1)).squeeze(1)       # [h, d]
-        scores = (memory @ asked.T.to(memory.dtype)).transpose(1, 2).float() / math.sqrt(head_dim)
+        constant = (q.squeeze(1) * self.k_proj.bias.reshape(heads, head_dim)).sum(dim=-1)   # [h]
+        scores = ((memory @ asked.T.to(memory.dtype)).float() + constant.float())
+        scores = scores.transpose(1, 2) / math.sqrt(head_dim)
         if bias is not None:
             scores = scores + bias.float().squeeze(1)                                    # [B, h, N]
         weights = scores.softmax(dim=-1)
