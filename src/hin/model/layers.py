@@ -220,8 +220,8 @@ class PickAttention(_HeadProjections):
         heads = (self.num_heads, self.head_dim)
         k = torch.unflatten(torch.stack((first[0], second[0]), dim=-2), -1, heads)   # [..., 2, h, d_k]
         v = torch.unflatten(torch.stack((first[1], second[1]), dim=-2), -1, heads)
-        # Products and sums over d_k, not einsum: as a matrix product each token's two scores
-        # are a batch of 1 x 2 products, whose per-call cost dominated a decoding step in bf16.
+        # Products and sums over d_k, not einsum: as matrix products a token's two scores are
+        # a batch of 1 x 2 products, slow per call in bfloat16 on a CPU (benchmarks/README.md).
         scores = (torch.unflatten(q, -1, heads)[..., None, :, :] * k).sum(dim=-1) / math.sqrt(self.head_dim)
         weights = scores.float().softmax(dim=-2).to(v.dtype)   # [..., 2, h]; float32 under autocast too
         out = (weights[..., None] * v).sum(dim=-3).flatten(-2)
