@@ -199,8 +199,9 @@ def test_paper_size_parameter_count():
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_a_shared_token_asks_like_attention_over_projected_keys(padded):
-    """`Attention.ask` (the global tokens' shortcut: keys and values never projected) gives
-    what attention over the projected memory gives, probabilities included."""
+    """`Attention.shared_query` (the global tokens' shortcut: keys and values never projected) gives
+    what attention over the projected memory gives: outputs, probabilities and every
+    parameter's gradient (k_proj.bias included, which the scores' softmax ignores)."""
     torch.manual_seed(0)
     attention = Attention(32, 4, 0.0, residual=False).eval()
     for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
@@ -211,7 +212,11 @@ def test_a_shared_token_asks_like_attention_over_projected_keys(padded):
         mask[1, ..., 4:] = True
     bias = mask_to_bias(mask)
     asked, expected = [], []
-    out = attention.ask(token, memory, bias, probabilities=asked)
+    out = attention.shared_query(token, memory, bias, probabilities=asked)
+    grads = torch.autograd.grad(out.square().sum(), list(attention.parameters()))
     reference = attention(token.expand(3, -1, -1), memory, bias, probabilities=expected)
+    expected_grads = torch.autograd.grad(reference.square().sum(), list(attention.parameters()))
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(asked[0], expected[0], atol=1e-6, rtol=1e-5)
+    for (name, _), grad, expected_grad in zip(attention.named_parameters(), grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-4, msg=name)

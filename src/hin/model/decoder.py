@@ -26,7 +26,7 @@ from hin.model.layers import (
     FeedForward,
     KeyValue,
     PickAttention,
-    attention,
+    attend_heads,
     mask_to_bias,
 )
 
@@ -61,22 +61,22 @@ def _concatenated(*layers: nn.Linear) -> Projection:
 
 
 @dataclass
-class FusedProjections:
+class ProjectionGroups:
     """A BGAF layer's projections grouped by the tensor they read, each group one matrix
     product: the tokens' self-attention q/k/v; the four queries of s (grid, region, both
     picks); from g its cross query and the direct pick's key/value, likewise from r; the
     crossed pick's key/value of gc and rc together; and the keys/values of the grid and of
-    the region memory. 5 products per step instead of 13, 2 per level instead of 8, each
-    wider: a bfloat16 product's fixed cost per call is what a decoding step's few rows pay
-    most (benchmarks/README.md). Built from the weights when used (`DecoderLayer.fused`): a
-    training step's gradients flow through the concatenation, and a decoding cache keeps
-    its own for the whole search."""
+    the region memory. 5 products per step instead of 13, 2 per level instead of 8: fewer,
+    wider products run faster on a decoding step's few rows (benchmarks/README.md). Built
+    from the weights when used (`DecoderLayer.projection_groups`): a training step's
+    gradients flow through the concatenation, and a decoding cache keeps its own groups for
+    the whole search."""
 
     tokens: Projection
     context: Projection
-    grid: Projection
-    region: Projection
-    crossed: Projection
+    from_g: Projection
+    from_r: Projection
+    from_crossed: Projection
     grid_memory: Projection
     region_memory: Projection
 
@@ -85,7 +85,7 @@ class FusedProjections:
 class DecoderCache:
     """Everything incremental decoding carries from one step to the next.
 
-    memory, region_bias and fused (each layer's `FusedProjections`) are per image or per
+    memory, region_bias and groups (each layer's `ProjectionGroups`) are per image or per
     layer and never reordered; self_kv holds each
     layer's self-attention keys/values per hypothesis ([B·K, h, t, d_k]; empty before the
     first step); `hidden` marks the <pad> inputs among them ([B·K, 1, 1, t], True = hidden
@@ -97,7 +97,7 @@ class DecoderCache:
     self_kv: list[KeyValue]
     hidden: Tensor | None
     length: int
-    fused: list[FusedProjections]
+    groups: list[ProjectionGroups]
 
     def reorder(self, source: Tensor) -> DecoderCache:
         """Keep hypotheses `source` [B, K_new] (indices into the current K per image)."""
@@ -107,7 +107,7 @@ class DecoderCache:
         self_kv = [KeyValue(kv.key.index_select(0, flat), kv.value.index_select(0, flat))
                    for kv in self.self_kv]
         hidden = None if self.hidden is None else self.hidden.index_select(0, flat)
-        return DecoderCache(self.memory, self.region_bias, self_kv, hidden, self.length, self.fused)
+        return DecoderCache(self.memory, self.region_bias, self_kv, hidden, self.length, self.groups)
 
 
 class DecoderLayer(nn.Module):
@@ -130,21 +130,21 @@ class DecoderLayer(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.ff = FeedForward(d, config.d_ff, p)
 
-    def project_memory(self, grid: Tensor, region: Tensor, fused: FusedProjections) -> LayerMemory:
+    def project_memory(self, grid: Tensor, region: Tensor, groups: ProjectionGroups) -> LayerMemory:
         """The keys/values of the four attentions over this level (grid [B, Ng, d], region
         [B, Nr, d]), laid out [B, h, N, d_k] in memory: read at every decoding step, never
         copied again."""
         d = grid.shape[-1]
 
         def split(att: Attention, key: Tensor, value: Tensor) -> KeyValue:
-            return KeyValue(att.split_heads(key).contiguous(), att.split_heads(value).contiguous())
+            return KeyValue(att.split_heads(key), att.split_heads(value)).contiguous()
 
         # One level of the encoder output is a strided view: as [B·N, d] rows it is one matrix
         # product (as [B, N, d] PyTorch copies the weights once per image for a batched one).
         grid_key, grid_value, rcg_key, rcg_value = torch.split(
-            F.linear(grid.reshape(-1, d), *fused.grid_memory).reshape(*grid.shape[:-1], -1), d, dim=-1)
+            F.linear(grid.reshape(-1, d), *groups.grid_memory).reshape(*grid.shape[:-1], -1), d, dim=-1)
         region_key, region_value, gcr_key, gcr_value = torch.split(
-            F.linear(region.reshape(-1, d), *fused.region_memory).reshape(*region.shape[:-1], -1), d, dim=-1)
+            F.linear(region.reshape(-1, d), *groups.region_memory).reshape(*region.shape[:-1], -1), d, dim=-1)
         return LayerMemory(
             grid=split(self.grid_att, grid_key, grid_value),
             region=split(self.region_att, region_key, region_value),
@@ -152,17 +152,17 @@ class DecoderLayer(nn.Module):
             region_cross_grid=split(self.region_cross_grid, rcg_key, rcg_value),
         )
 
-    def fused(self) -> FusedProjections:
+    def projection_groups(self) -> ProjectionGroups:
         """This layer's projections grouped by what they read, from its weights as they are."""
-        return FusedProjections(
+        return ProjectionGroups(
             tokens=_concatenated(self.self_att.q_proj, self.self_att.k_proj, self.self_att.v_proj),
             context=_concatenated(self.grid_att.q_proj, self.region_att.q_proj,
                                   self.pick_direct.q_proj, self.pick_crossed.q_proj),
-            grid=_concatenated(self.grid_cross_region.q_proj, self.pick_direct.k_proj,
+            from_g=_concatenated(self.grid_cross_region.q_proj, self.pick_direct.k_proj,
                                self.pick_direct.v_proj),
-            region=_concatenated(self.region_cross_grid.q_proj, self.pick_direct.k_proj,
+            from_r=_concatenated(self.region_cross_grid.q_proj, self.pick_direct.k_proj,
                                  self.pick_direct.v_proj),
-            crossed=_concatenated(self.pick_crossed.k_proj, self.pick_crossed.v_proj),
+            from_crossed=_concatenated(self.pick_crossed.k_proj, self.pick_crossed.v_proj),
             grid_memory=_concatenated(self.grid_att.k_proj, self.grid_att.v_proj,
                                       self.region_cross_grid.k_proj, self.region_cross_grid.v_proj),
             region_memory=_concatenated(self.region_att.k_proj, self.region_att.v_proj,
@@ -170,7 +170,7 @@ class DecoderLayer(nn.Module):
         )
 
     def forward(self, x: Tensor, keep: Tensor | None, past: KeyValue | None, self_bias: Tensor | None,
-                memory: LayerMemory, region_bias: Tensor, fused: FusedProjections,
+                memory: LayerMemory, region_bias: Tensor, groups: ProjectionGroups,
                 trace: AttentionTrace | None = None) -> tuple[Tensor, KeyValue]:
         """x [B, K, T, d] new tokens; keep [B, K, T, 1] (0 at padding; None: no padding, as
         in most decoding steps, where multiplying by ones is skipped); past: self-attention
@@ -179,36 +179,36 @@ class DecoderLayer(nn.Module):
         tokens). A `trace` receives the direct grid/region attention and the fusion gate z."""
         batch, hyps, steps, d = x.shape
         tokens = x.reshape(batch * hyps, steps, d)
-        q, k, v = torch.split(F.linear(tokens, *fused.tokens), d, dim=-1)
-        heads = self.self_att.split_heads
+        q, k, v = torch.split(F.linear(tokens, *groups.tokens), d, dim=-1)
+        heads = self.self_att.split_heads     # every attention here has the same heads
         kv = KeyValue(heads(k), heads(v))
         if past is not None:
             kv = KeyValue(torch.cat((past.key, kv.key), dim=2), torch.cat((past.value, kv.value), dim=2))
-        s = self.self_att.finish(tokens, attention(heads(q), kv, self_bias))
+        s = self.self_att.finish(tokens, attend_heads(heads(q), kv, self_bias))
         s = s.reshape(batch, hyps * steps, d)     # an image's tokens query its memory together
         kept = _zero_padding(None if keep is None else keep.reshape(batch, hyps * steps, 1))
         s = kept(s)
-        q_grid, q_region, q_direct, q_crossed = torch.split(F.linear(s, *fused.context), d, dim=-1)
-        g = kept(self.grid_att.finish(s, attention(
+        q_grid, q_region, q_direct, q_crossed = torch.split(F.linear(s, *groups.context), d, dim=-1)
+        g = kept(self.grid_att.finish(s, attend_heads(
             heads(q_grid), memory.grid, probabilities=None if trace is None else trace.decoder_grid)))
-        r = kept(self.region_att.finish(s, attention(
+        r = kept(self.region_att.finish(s, attend_heads(
             heads(q_region), memory.region, region_bias,
             probabilities=None if trace is None else trace.decoder_region)))
-        q_gc, k_g, v_g = torch.split(F.linear(g, *fused.grid), d, dim=-1)
-        q_rc, k_r, v_r = torch.split(F.linear(r, *fused.region), d, dim=-1)
-        gc = kept(self.grid_cross_region.finish(g, attention(heads(q_gc), memory.grid_cross_region,
+        q_gc, k_g, v_g = torch.split(F.linear(g, *groups.from_g), d, dim=-1)
+        q_rc, k_r, v_r = torch.split(F.linear(r, *groups.from_r), d, dim=-1)
+        gc = kept(self.grid_cross_region.finish(g, attend_heads(heads(q_gc), memory.grid_cross_region,
                                                              region_bias)))
-        rc = kept(self.region_cross_grid.finish(r, attention(heads(q_rc), memory.region_cross_grid)))
-        crossed_kv = F.linear(torch.stack((gc, rc)), *fused.crossed)
+        rc = kept(self.region_cross_grid.finish(r, attend_heads(heads(q_rc), memory.region_cross_grid)))
+        crossed_kv = F.linear(torch.stack((gc, rc)), *groups.from_crossed)
         k_gc, v_gc = torch.split(crossed_kv[0], d, dim=-1)
         k_rc, v_rc = torch.split(crossed_kv[1], d, dim=-1)
-        direct = kept(self.pick_direct.combine(s, q_direct, (k_g, v_g), (k_r, v_r)))
-        crossed = kept(self.pick_crossed.combine(s, q_crossed, (k_gc, v_gc), (k_rc, v_rc)))
+        direct = kept(self.pick_direct(s, q_direct, (k_g, v_g), (k_r, v_r)))
+        crossed = kept(self.pick_crossed(s, q_crossed, (k_gc, v_gc), (k_rc, v_rc)))
         z = torch.sigmoid(self.gate(s + direct + crossed))
         if trace is not None:
             trace.decoder_gate.append(z.float())
-        fused_out = self.proj_direct(direct) * z + self.proj_crossed(crossed) * (1 - z)
-        y = kept(self.norm(s + self.dropout(fused_out)))
+        fused = self.proj_direct(direct) * z + self.proj_crossed(crossed) * (1 - z)
+        y = kept(self.norm(s + self.dropout(fused)))
         out = kept(self.ff(y))
         return out.reshape(batch, hyps, steps, d), kv
 
@@ -248,9 +248,9 @@ class Decoder(nn.Module):
 
     def init_cache(self, enc: EncoderOutput) -> DecoderCache:
         """Project each level's memory once; start with empty self-attention state."""
-        fused = [layer.fused() for layer in self.bgaf_layers]
-        memory = [layer.project_memory(*enc.level(i), fused[i]) for i, layer in enumerate(self.bgaf_layers)]
-        return DecoderCache(memory, enc.region_bias, [], None, 0, fused)
+        groups = [layer.projection_groups() for layer in self.bgaf_layers]
+        memory = [layer.project_memory(*enc.level(i), groups[i]) for i, layer in enumerate(self.bgaf_layers)]
+        return DecoderCache(memory, enc.region_bias, [], None, 0, groups)
 
     def _embed(self, tokens: Tensor, positions: Tensor, length: int) -> Tensor:
         if length > self.config.max_positions:
@@ -275,9 +275,9 @@ class Decoder(nn.Module):
         keep = keep[..., None].to(x.dtype)
         region_bias = enc.region_bias
         for i, layer in enumerate(self.bgaf_layers):
-            fused = layer.fused()
-            memory = layer.project_memory(*enc.level(i), fused)
-            x, _ = layer(x, keep, None, self_bias, memory, region_bias, fused, trace)
+            groups = layer.projection_groups()
+            memory = layer.project_memory(*enc.level(i), groups)
+            x, _ = layer(x, keep, None, self_bias, memory, region_bias, groups, trace)
         return self._logprobs(x)
 
     def step(self, tokens: Tensor, cache: DecoderCache) -> tuple[Tensor, DecoderCache]:
@@ -303,7 +303,7 @@ class Decoder(nn.Module):
         self_kv = []
         for i, (layer, memory) in enumerate(zip(self.bgaf_layers, cache.memory)):
             x, kv = layer(x, kept, cache.self_kv[i] if cache.self_kv else None, self_bias, memory,
-                          cache.region_bias, cache.fused[i])
+                          cache.region_bias, cache.groups[i])
             self_kv.append(kv)
         logprobs = self._logprobs(x[:, :, 0])
-        return logprobs, DecoderCache(cache.memory, cache.region_bias, self_kv, hidden, length, cache.fused)
+        return logprobs, DecoderCache(cache.memory, cache.region_bias, self_kv, hidden, length, cache.groups)

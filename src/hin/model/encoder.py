@@ -81,10 +81,10 @@ class CTFALayer(nn.Module):
                 trace: AttentionTrace | None = None) -> tuple[Tensor, Tensor]:
         """grid [B, Ng, d], region [B, Nr, d], region_bias [B, 1, 1, Nr] -> same shapes.
         A `trace` receives the global tokens' attention over grid and regions."""
-        g = self.grid_global.ask(self.grid_token, grid,
-                                 probabilities=None if trace is None else trace.encoder_grid)
-        r = self.region_global.ask(self.region_token, region, region_bias,
-                                   probabilities=None if trace is None else trace.encoder_region)
+        g = self.grid_global.shared_query(self.grid_token, grid,
+                                          probabilities=None if trace is None else trace.encoder_grid)
+        r = self.region_global.shared_query(self.region_token, region, region_bias,
+                                            probabilities=None if trace is None else trace.encoder_region)
         a = self.region_asks_grid(r, g)
         b = self.grid_asks_region(g, r)
         w = self.global_gate(torch.cat((a, b), dim=-1)).float().softmax(dim=-1)

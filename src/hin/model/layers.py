@@ -1,8 +1,9 @@
 """HIN's building blocks (docs/model.md §1): attention, feed-forward, and the two-candidate pick.
 
-Attention splits its key/value projection from the attention itself, so that decoding can
-project the constant encoder memory once per image and reuse it at every step and for
-every beam. Nothing here knows about captions, files or checkpoints.
+Attention is split into its parts (projections, `attend_heads`, `finish`), so that the
+decoder can project the constant encoder memory once per image and reuse it at every step
+and for every beam, and project several queries that read one tensor in one product.
+Nothing here knows about captions, files or checkpoints.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class AttentionTrace:
     """Attention probabilities collected for `hin.explain`, each [B, h, Q, N] in float32.
 
     Passed down only when someone asks for the maps; the normal path passes nothing and
-    never forms the probability matrix (it stays inside scaled_dot_product_attention).
+    never forms the decoder's probability matrices (they stay inside
+    scaled_dot_product_attention); the global tokens' weights ([B, h, N], one query) are
+    formed either way.
     """
 
     encoder_grid: list[Tensor] = field(default_factory=list)     # global grid token, per CTFA layer
@@ -114,7 +117,7 @@ class Attention(_HeadProjections):
         """query [B, Q, d] over projected `kv`; `bias` broadcasts to [B, h, Q, N] (additive).
         With a `probabilities` list (the explain path), the attention probabilities
         [B, h, Q, N] are appended to it; the output is computed the same way either way."""
-        return self.finish(query, attention(self.split_heads(self.q_proj(query)), kv, bias, probabilities))
+        return self.finish(query, attend_heads(self.split_heads(self.q_proj(query)), kv, bias, probabilities))
 
     def finish(self, query: Tensor, heads: Tensor) -> Tensor:
         """The attended values of each head [B, h, Q, d_k] -> output projection, dropout,
@@ -128,16 +131,16 @@ class Attention(_HeadProjections):
                 probabilities: list[Tensor] | None = None) -> Tensor:
         return self.attend(query, self.project_kv(memory), bias, probabilities)
 
-    def ask(self, token: Tensor, memory: Tensor, bias: Tensor | None = None,
-            probabilities: list[Tensor] | None = None) -> Tensor:
+    def shared_query(self, token: Tensor, memory: Tensor, bias: Tensor | None = None,
+                     probabilities: list[Tensor] | None = None) -> Tensor:
         """`forward` for one query that every image shares (a learned token [1, 1, d]) over
         memory [B, N, d] -> [B, 1, d], without projecting the memory's keys and values: a
         head's score of x_n is q·(W_k x_n + b_k) = (W_kᵀ q)·x_n + q·b_k, and its output
-        Σ p_n (W_v x_n + b_v) = W_v (Σ p_n x_n) + b_v. Two products of one row per head
-        instead of two of every memory row (CTFA's global tokens). The constant q·b_k, which
-        softmax ignores, is still added: it keeps b_k in the graph as in `forward` (its
-        gradient is then what `forward` gives it, and distributed training expects every
-        parameter to take part)."""
+        Σ p_n (W_v x_n + b_v) = W_v (Σ p_n x_n) + b_v. The memory rows are read against h
+        columns (one per head) instead of being projected to 2·d (CTFA's global tokens). The
+        constant q·b_k, which softmax ignores, is still added: it keeps b_k in the graph as
+        in `forward` (its gradient is then what `forward` gives it, and distributed training
+        expects every parameter to take part)."""
         heads, head_dim = self.num_heads, self.head_dim
         q = self.q_proj(token).reshape(heads, 1, head_dim)
         asked = (q @ self.k_proj.weight.reshape(heads, head_dim, -1)).squeeze(1)       # [h, d]
@@ -155,7 +158,7 @@ class Attention(_HeadProjections):
         return self.finish(token.expand(memory.shape[0], -1, -1), values[:, :, None])
 
 
-def attention(q: Tensor, kv: KeyValue, bias: Tensor | None = None,
+def attend_heads(q: Tensor, kv: KeyValue, bias: Tensor | None = None,
               probabilities: list[Tensor] | None = None) -> Tensor:
     """The attended values of each head: q [B, h, Q, d_k] over `kv` -> [B, h, Q, d_k];
     `bias` broadcasts to [B, h, Q, N]. With a `probabilities` list (the explain path), the
@@ -207,16 +210,11 @@ class PickAttention(_HeadProjections):
     residual and LayerNorm — attention over a sequence of length two per token.
     """
 
-    def forward(self, query: Tensor, first: Tensor, second: Tensor) -> Tensor:
-        """query, first, second: [..., d] -> [..., d]"""
-        return self.combine(query, self.q_proj(query), (self.k_proj(first), self.v_proj(first)),
-                            (self.k_proj(second), self.v_proj(second)))
-
-    def combine(self, query: Tensor, q: Tensor, first: tuple[Tensor, Tensor],
+    def forward(self, query: Tensor, q: Tensor, first: tuple[Tensor, Tensor],
                 second: tuple[Tensor, Tensor]) -> Tensor:
-        """`forward` from the projections already made: q of the query and (key, value) of
-        each candidate, each [..., d] (the decoder makes them together with other
-        projections that read the same tensor)."""
+        """query [..., d], its projected q and each candidate's projected (key, value), each
+        [..., d] -> [..., d]. The caller projects (q_proj, k_proj, v_proj): the decoder makes
+        them in one product with other projections that read the same tensor."""
         heads = (self.num_heads, self.head_dim)
         k = torch.unflatten(torch.stack((first[0], second[0]), dim=-2), -1, heads)   # [..., 2, h, d_k]
         v = torch.unflatten(torch.stack((first[1], second[1]), dim=-2), -1, heads)
