@@ -80,8 +80,8 @@ def main() -> None:
             reference_seconds, reference_fastest, reference_cpu = timed(run_reference, device,
                                                                         args.repeats)
             print(f"batch {batch:4d} reference fp32: {reference_seconds:7.3f} s (min {reference_fastest:.3f}, "
-                  f"CPU {reference_cpu:.3f} s)  {batch / reference_seconds:8.2f} img/s  steps decoded "
-                  f"{reference_best[0].shape[-1]}/{args.max_len}")
+                  f"CPU {reference_cpu:.3f} s)  {batch / reference_seconds:8.2f} img/s  all "
+                  f"{args.max_len} steps (its loop never stops early)")
         best: dict[str, torch.Tensor] = {}
         for precision in precisions(args, device):
             settings = DecodingConfig(beam_size=args.beam, max_len=args.max_len,
@@ -105,9 +105,12 @@ def main() -> None:
                           f"({REFERENCE_MACHINE})")
             else:
                 versus = ""
+            # On a CPU the peak is the process's: with --reference it includes the reference's run.
+            peak = peak_memory_gib(device) + (" incl. the reference" if reference is not None
+                                              and device.type == "cpu" else "")
             print(f"batch {batch:4d} {precision}: {median:7.3f} s (min {fastest:.3f}, CPU {cpu:.3f} s)  "
                   f"{batch / median:8.2f} img/s  steps decoded {best[precision].shape[-1]}/"
-                  f"{args.max_len}  peak {peak_memory_gib(device)}{versus}"
+                  f"{args.max_len}  peak {peak}{versus}"
                   + (f"  (weights cast once before: {cast_seconds:.2f} s)" if models.cast(precision)[0] is not model
                      else ""))
         if len(best) == 2:
@@ -122,7 +125,9 @@ def main() -> None:
             theirs = reference_impl.through_eos(reference_best[0], eos)
             same = sum(a == b for a, b in zip(ours, theirs))
             print(f"batch {batch:4d}: the reference's best caption equals hin fp32's for "
-                  f"{same}/{batch} images" + ("" if same == batch else "  (NOT equal work)"))
+                  f"{same}/{batch} images" + ("" if same == batch else
+                                             "  (captions differ: check the checkout against the "
+                                             "reference's golden outputs, benchmarks/README.md)"))
 
 
 if __name__ == "__main__":

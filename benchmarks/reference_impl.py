@@ -36,6 +36,8 @@ class ReferenceUnavailable(Exception):
 
 def _missing(directory: Path, error: ImportError) -> str:
     name = error.name or str(error)
+    if "cannot import name" in str(error):       # the module is there, without a name it needs
+        return f"--reference {directory}: {error} ({HOW_TO})"
     if name == "models_of":
         return (f"--reference {directory}: no models_of package there; DIR must be a checkout "
                 f"of songchuanle-1/HIN ({HOW_TO})")
@@ -43,7 +45,7 @@ def _missing(directory: Path, error: ImportError) -> str:
         return (f"--reference {directory}: the checkout lacks module {name} (the HIN repository "
                 f"ships it only as .pyc); add it from aimagelab/meshed-memory-transformer "
                 f"({HOW_TO})")
-    if not (directory / name.split(".")[0]).exists() and "cannot import name" not in str(error):
+    if not (directory / name.split(".")[0]).exists():
         return (f"--reference {directory}: the reference needs the package {name}, which is not "
                 f"installed: pip install {name.split('.')[0]}")
     return f"--reference {directory}: {error} ({HOW_TO})"
@@ -92,11 +94,17 @@ def reference_model(models_of: ModuleType, model: HIN) -> nn.Module:
     per_head = config.d_model // config.num_heads
     sizes = dict(d_model=config.d_model, d_k=per_head, d_v=per_head, h=config.num_heads,
                  d_ff=config.d_ff, dropout=config.dropout)
-    encoder = models_of.build_encoder(config.num_layers, device="cpu", **sizes)
-    decoder = models_of.build_decoder(config.vocab_size, config.max_positions, config.num_layers,
-                                      config.pad_id, **sizes)
-    reference = models_of.Transformer(config.bos_id, encoder, decoder)
-    result = reference.load_state_dict(reference_state_dict(model), strict=False)
+    try:
+        encoder = models_of.build_encoder(config.num_layers, device="cpu", **sizes)
+        decoder = models_of.build_decoder(config.vocab_size, config.max_positions, config.num_layers,
+                                          config.pad_id, **sizes)
+        reference = models_of.Transformer(config.bos_id, encoder, decoder)
+        result = reference.load_state_dict(reference_state_dict(model), strict=False)
+    except (TypeError, RuntimeError) as error:    # another signature, or weights of other shapes
+        first_line = str(error).strip().splitlines()[0]
+        raise ReferenceUnavailable(f"the reference's model cannot be built with hin's weights "
+                                   f"({first_line}); is the checkout songchuanle-1/HIN as "
+                                   f"published? ({HOW_TO})") from None
     missing = [key for key in result.missing_keys
                if key.rpartition(".")[2] not in REFERENCE_STATE_BUFFERS]
     if missing or result.unexpected_keys:

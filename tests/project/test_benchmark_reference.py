@@ -93,3 +93,25 @@ def test_a_model_that_does_not_take_hins_weights_is_refused():
     with pytest.raises(reference_impl.ReferenceUnavailable,
                        match=r"does not take hin's weights: missing \['encoder.weight'"):
         reference_impl.reference_model(stand_in, tiny_model())
+
+
+def test_a_module_that_lacks_a_name_is_named_with_the_name(tmp_path):
+    """The checkout has the module (added from M2) but not a name the reference imports from
+    it (the stand-ins the README lists): say which name, not "add the module"."""
+    root = checkout(tmp_path, "from common.models.containers import Module, PolarRPE\n",
+                    containers="Module = 'the reference'\n")
+    with pytest.raises(reference_impl.ReferenceUnavailable,
+                       match=r"cannot import name 'PolarRPE' from 'common.models.containers'"):
+        reference_impl.import_models_of(root)
+
+
+def test_a_model_that_cannot_be_built_or_loaded_is_refused_in_one_line():
+    def build_other_signature(layers):
+        return nn.Linear(2, 2)
+
+    stand_in = SimpleNamespace(build_encoder=build_other_signature,
+                               build_decoder=lambda *args, **kwargs: nn.Linear(2, 2),
+                               Transformer=lambda *args: nn.Linear(2, 2))
+    with pytest.raises(reference_impl.ReferenceUnavailable,
+                       match=r"cannot be built with hin's weights \(.*unexpected keyword"):
+        reference_impl.reference_model(stand_in, tiny_model())

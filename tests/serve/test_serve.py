@@ -227,7 +227,7 @@ def test_batcher_groups_by_key_caps_batches_and_survives_a_failing_batch():
     def run(key, items):
         if key == "slow":
             started.set()
-            release.wait(5)
+            release.wait(DEADLINE_S)
         if key == "broken":
             raise ValueError("this batch fails")
         seen.append((key, list(items)))
@@ -235,16 +235,16 @@ def test_batcher_groups_by_key_caps_batches_and_survives_a_failing_batch():
 
     batcher = DynamicBatcher(run, max_batch=3, max_wait_s=0.0)
     slow = batcher.submit("slow", 0)
-    assert started.wait(5)     # while the worker is busy, the next requests gather
+    assert started.wait(DEADLINE_S)     # while the worker is busy, the next requests gather
     futures = [batcher.submit(key, i) for i, key in enumerate("aabaaab", start=1)]
     broken = batcher.submit("broken", 9)
     release.set()
-    assert slow.result(5) == "slow:0"
-    assert [f.result(5) for f in futures] == ["a:1", "a:2", "b:3", "a:4", "a:5", "a:6", "b:7"]
+    assert slow.result(DEADLINE_S) == "slow:0"
+    assert [f.result(DEADLINE_S) for f in futures] == ["a:1", "a:2", "b:3", "a:4", "a:5", "a:6", "b:7"]
     with pytest.raises(ValueError, match="this batch fails"):
-        broken.result(5)
+        broken.result(DEADLINE_S)
     assert seen[1:] == [("a", [1, 2, 4]), ("b", [3, 7]), ("a", [5, 6])]
-    assert batcher.submit("a", 10).result(5) == "a:10"
+    assert batcher.submit("a", 10).result(DEADLINE_S) == "a:10"
     batcher.close()
     assert batcher.batch_sizes == [1, 3, 2, 2, 1, 1]
 
@@ -252,8 +252,8 @@ def test_batcher_groups_by_key_caps_batches_and_survives_a_failing_batch():
 def test_the_batcher_gathers_requests_within_max_wait_and_runs_a_lone_one():
     batcher = DynamicBatcher(lambda key, items: items, max_batch=8, max_wait_s=0.3)
     first, second = batcher.submit("k", 1), batcher.submit("k", 2)
-    assert (first.result(5), second.result(5)) == (1, 2)
-    assert batcher.submit("k", 3).result(5) == 3      # alone: runs once max_wait has passed
+    assert (first.result(DEADLINE_S), second.result(DEADLINE_S)) == (1, 2)
+    assert batcher.submit("k", 3).result(DEADLINE_S) == 3      # alone: runs once max_wait has passed
     batcher.close()
     assert batcher.batch_sizes == [2, 1]
 
