@@ -180,7 +180,7 @@ def _assembled(config: HINConfig, state: dict[str, Tensor]) -> HIN:
     return model
 
 
-def _reference_state_dict(source: dict[str, Any] | str | Path) -> dict[str, Tensor]:
+def _read_reference_weights(source: dict[str, Any] | str | Path) -> dict[str, Tensor]:
     if isinstance(source, (str, Path)):
         source = read(source)
     if not isinstance(source, dict):
@@ -223,7 +223,7 @@ def import_reference(source: dict[str, Any] | str | Path, *, num_heads: int) -> 
     reference's training script saves it, or a .pth/.pt path holding either). The
     configuration is inferred from tensor shapes, except `num_heads`, which shapes cannot
     tell (the paper uses 8). The model gets copies: `source`'s tensors are never shared."""
-    state = _reference_state_dict(source)
+    state = _read_reference_weights(source)
     config = _infer_reference_config(state, num_heads)
     with torch.device("meta"):
         ours = HIN(config).state_dict()
