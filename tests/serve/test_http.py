@@ -163,6 +163,9 @@ def test_metrics_count_requests_latencies_queue_pixels_and_batches(served, clien
     assert re.search(r'hin_http_requests_total\{method="POST",route="/v1/captions",'
                      r'status="200"\} [1-9]', text)
     assert 'hin_http_request_duration_seconds_count{route="/v1/captions"}' in text
+    assert client.get("/static/app.js").status_code == 200    # counted under its route, not "other"
+    assert re.search(r'hin_http_requests_total\{method="GET",route="/static",status="200"\} [1-9]',
+                     client.get("/metrics").text)
     assert re.search(r"hin_batch_size_count [1-9]", text)
     for gauge in ("hin_requests_in_progress 0.0", "hin_pixels_in_flight 0.0",
                   "hin_body_bytes_in_flight 0.0", "hin_pixels_budget 1e+08"):

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hin.errors import MissingExtraError, pip_install
-from hin.serve.guard import refuse
+from hin.serve.guard import app_path, refuse
 from hin.serve.monitoring import ServerMetrics
 
 try:
@@ -56,6 +56,7 @@ class Envelope:
             await self.app(scope, receive, send)
             return
         began = time.monotonic()
+        path = app_path(scope)
         headers = dict((name.lower(), value) for name, value in scope["headers"])
         rid = request_id(headers)
         answer = {"status": 0, "bytes_out": 0, "bytes_in": 0}
@@ -88,11 +89,10 @@ class Envelope:
         except ClientDisconnect:
             LOG.warning("request %s: the client went away before its body arrived", rid)
         finally:
-            self.log(scope, rid, answer, time.monotonic() - began)
+            self.log(scope, path, rid, answer, time.monotonic() - began)
 
-    def log(self, scope: dict[str, Any], rid: str, answer: dict[str, int], seconds: float) -> None:
-        root = scope.get("root_path", "")
-        path = scope["path"][len(root):] if root and scope["path"].startswith(root) else scope["path"]
+    def log(self, scope: dict[str, Any], path: str, rid: str, answer: dict[str, int],
+            seconds: float) -> None:
         status = answer["status"] or 499        # 499: no answer, the client went away
         self.metrics.observe(path, scope["method"], status, seconds)
         if not ACCESS_LOG.isEnabledFor(logging.INFO):

@@ -98,9 +98,7 @@ class HostAndOriginGuard:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                    for name, value in scope["headers"]}
         method, origin = scope["method"], headers.get("origin")
-        path, root = scope["path"], scope.get("root_path", "")
-        reason = self.refusal(method, headers, scope.get("scheme", "http"),
-                              path[len(root):] if root and path.startswith(root) else path)
+        reason = self.refusal(method, headers, scope.get("scheme", "http"), app_path(scope))
         allowed = self.cors_origin(origin) if origin else None
         if reason is None and method == "OPTIONS" and origin \
                 and "access-control-request-method" in headers:
@@ -133,6 +131,13 @@ class HostAndOriginGuard:
 def _cors_headers(allowed: str) -> list[tuple[bytes, bytes]]:
     return [(b"access-control-allow-origin", allowed.encode("latin-1")), (b"vary", b"Origin"),
             (b"access-control-expose-headers", CORS_EXPOSED.encode())]
+
+
+def app_path(scope: dict[str, Any]) -> str:
+    """The request's path below `--root-path` (the path the app's routes name). Read it before
+    the app runs: Starlette's mounts rewrite the scope's root_path (/static) on the way in."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 async def refuse(send: Callable, status: int, detail: str,
