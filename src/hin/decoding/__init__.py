@@ -61,14 +61,13 @@ def decode(models: Models, grid: Tensor | np.ndarray, region: Tensor | np.ndarra
     hypothesis has emitted <eos>). After <eos> ids are <pad> and log-probs 0. The models are
     cast to `settings.precision` (an `Ensemble` keeps its copies for the next call)."""
     ensemble = as_ensemble(models)
-    cast = ensemble.prepare(settings)
-    grid, region = ensemble.models[0].check_features(grid, region)
-    return _decode(cast, grid, region, settings)
+    return _decode(ensemble.prepare(settings), grid, region, settings)
 
 
-def _decode(models: Sequence[HIN], grid: Tensor, region: Tensor,
+def _decode(models: Sequence[HIN], grid: Tensor | np.ndarray, region: Tensor | np.ndarray,
             settings: DecodingConfig) -> tuple[Tensor, Tensor]:
-    encoded = [model.encode(grid.to(model.device), region.to(model.device)) for model in models]
+    # Each model's encode checks the features, converts them and moves them to its device.
+    encoded = [model.encode(grid, region) for model in models]
     return _search(models, encoded, settings)
 
 
