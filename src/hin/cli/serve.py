@@ -16,35 +16,36 @@ from hin.cli.options import (
     one_checkpoint,
 )
 from hin.errors import UsageError
-from hin.serve.settings import SERVE_THREADS, ServeSettings
+from hin.serve.settings import RANGES, SERVE_THREADS, ServeSettings
 
-# The server's limits: ServeSettings field -> (flag, metavar, help). Each flag's type and
-# default are read from the field, so a default lives in ServeSettings alone.
-LIMIT_FLAGS: dict[str, tuple[str, str | None, str]] = {
-    "max_batch": ("--max-batch", None, "most concurrent requests captioned in one model call"),
-    "max_wait_ms": ("--max-wait-ms", None, "longest a request waits for others to batch with"),
-    "max_upload_mb": ("--max-upload-mb", None, "larger uploads are refused with 413"),
-    "max_body_mb_in_flight": ("--max-body-mb-in-flight", "MB",
+# The server's limits: ServeSettings field -> (metavar, help). Each flag's name is the one its
+# range names (hin.serve.settings.RANGES), its type and default are read from the field, so a
+# default lives in ServeSettings alone.
+LIMIT_FLAGS: dict[str, tuple[str | None, str]] = {
+    "max_batch": (None, "most concurrent requests captioned in one model call"),
+    "max_wait_ms": (None, "longest a request waits for others to batch with"),
+    "max_upload_mb": (None, "larger uploads are refused with 413"),
+    "max_body_mb_in_flight": ("MB",
                               "most MiB of request bodies held at once (each counted whole "
                               "from its Content-Length before it is read); beyond it 503 with "
                               "Retry-After"),
-    "max_pixels_in_flight": ("--max-pixels-in-flight", "PIXELS",
+    "max_pixels_in_flight": ("PIXELS",
                              "most pixels of pictures decoded at once (memory follows pixels, "
                              "about 13 bytes each at the peak); beyond it 503 with Retry-After"),
-    "max_queue": ("--max-queue", None,
+    "max_queue": (None,
                   "most requests in progress at once; beyond it 429 with Retry-After"),
-    "max_connections": ("--max-connections", None,
+    "max_connections": (None,
                         "most connections open at once; one more is answered 503 and closed"),
-    "decode_workers": ("--decode-workers", None,
+    "decode_workers": (None,
                        "threads that decode and prepare pictures, off the batching thread"),
-    "body_timeout_s": ("--body-timeout", "SECONDS",
+    "body_timeout_s": ("SECONDS",
                        "a request body that takes longer to arrive is refused with 408"),
-    "header_timeout_s": ("--header-timeout", "SECONDS",
+    "header_timeout_s": ("SECONDS",
                          "a connection whose request head takes longer to arrive (from its "
                          "opening or its previous answer) is closed"),
-    "idle_timeout_s": ("--idle-timeout", "SECONDS",
+    "idle_timeout_s": ("SECONDS",
                        "a kept-alive connection idle this long after an answer is closed"),
-    "shutdown_timeout_s": ("--shutdown-timeout", "SECONDS",
+    "shutdown_timeout_s": ("SECONDS",
                            "on SIGTERM, SIGHUP or Ctrl-C, requests still running after this "
                            "are cut off (answered 503)"),
 }
@@ -124,8 +125,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--root-path", default="", metavar="PATH",
                    help="the path prefix a reverse proxy serves this server under (e.g. /hin)")
     defaults = {field.name: field.default for field in dataclasses.fields(ServeSettings)}
-    for name, (flag, metavar, help_text) in LIMIT_FLAGS.items():
-        p.add_argument(flag, dest=name, type=type(defaults[name]), default=defaults[name],
+    for name, (metavar, help_text) in LIMIT_FLAGS.items():
+        p.add_argument(RANGES[name][0], dest=name, type=type(defaults[name]), default=defaults[name],
                        metavar=metavar, help=help_text)
     p.add_argument("--keep-uploads", metavar="DIR",
                    help="write every decoded upload to DIR (named by its sha256); by default "

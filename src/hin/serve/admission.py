@@ -27,7 +27,7 @@ RETRY_AFTER_S = 1
 
 
 class Admission:
-    def __init__(self, max_queue: int, max_pixels: int, max_body: int | None = None) -> None:
+    def __init__(self, max_queue: int, max_pixels: int, max_body: int) -> None:
         self.max_queue, self.max_pixels = max_queue, max_pixels
         self.max_body = max_body
         self.requests = self.pixels = self.body = 0
@@ -71,7 +71,7 @@ class Admission:
         """Take `size` more bytes of the body budget (give them back with `release_body`),
         or refuse with 503."""
         with self._lock:
-            if self.max_body is not None and self.body + size > self.max_body:
+            if self.body + size > self.max_body:
                 raise RequestError(503, f"the server holds {self.body / 2**20:.1f} MiB of other "
                                         f"uploads; {size / 2**20:.2f} MiB more would pass its "
                                         f"budget of {self.max_body / 2**20:.1f} MiB "

@@ -106,8 +106,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     app = FastAPI(title="hin serve", summary="Caption pictures with a HIN checkpoint",
                   docs_url=None, redoc_url=None, lifespan=lifespan)
-    metrics = ServerMetrics(service.admission, settings.max_body_bytes_in_flight,
-                            settings.max_pixels_in_flight)
+    metrics = ServerMetrics(service.admission)
     service.batcher.on_batch = metrics.batch_sizes.observe
     readiness = ServerReadiness(service)
     app.state.service, app.state.metrics, app.state.readiness = service, metrics, readiness

@@ -36,7 +36,7 @@ def route_of(path: str) -> str:
 
 
 class ServerMetrics:
-    def __init__(self, admission: Admission, max_body: int, max_pixels: int) -> None:
+    def __init__(self, admission: Admission) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter("hin_http_requests", "HTTP requests answered",
@@ -52,9 +52,10 @@ class ServerMetrics:
                                          "bounds it)", lambda: admission.requests),
             "hin_pixels_in_flight": ("pixels of pictures being decoded",
                                      lambda: admission.pixels),
-            "hin_pixels_budget": ("--max-pixels-in-flight", lambda: max_pixels),
+            "hin_pixels_budget": ("--max-pixels-in-flight", lambda: admission.max_pixels),
             "hin_body_bytes_in_flight": ("bytes of request bodies held", lambda: admission.body),
-            "hin_body_bytes_budget": ("--max-body-mb-in-flight in bytes", lambda: max_body)}
+            "hin_body_bytes_budget": ("--max-body-mb-in-flight in bytes",
+                                      lambda: admission.max_body)}
         for name, (meaning, read) in gauges.items():
             Gauge(name, meaning, registry=registry).set_function(read)
 

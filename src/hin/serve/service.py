@@ -127,10 +127,9 @@ class CaptionService:
 
     def _run_batch(self, options: Options, pictures: list[Prepared]) -> list[dict[str, Any]]:
         captioner = self.captioner
-        grid_extractor, region_extractor = captioner.extractors()
         # Extractors give each picture the features it has alone (DETR runs each size apart).
-        grids = grid_extractor([picture.grid for picture in pictures])
-        regions = region_extractor([picture.region for picture in pictures])
+        grids, regions = captioner.prepared_entries([(picture.grid, picture.region)
+                                                     for picture in pictures])
         grid, region = captioner.batch([entry["features"] for entry in grids],
                                        [entry["features"] for entry in regions])
         captioned = captioner.caption_batch(grid, region, ["upload"] * len(pictures),
