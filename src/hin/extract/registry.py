@@ -85,7 +85,7 @@ def extractor_record(kind: str, spec: Sequence[str], device: str = "cpu"
     `vinvl-x152c4 weights=vinvl_vg_x152c4.pth nms_filter=1`) -> what a checkpoint records of
     it, and its feature size. The extractor is built once, so the record is exactly what it
     writes into feature files (`attributes()`), and rebuilds it later; a `weights` option is
-    kept as an absolute path."""
+    kept as an absolute path (`~` expanded, as the extractor reads it)."""
     if not spec:
         raise UsageError(f"--{kind}-extractor needs a registered extractor name")
     name, *settings = spec
@@ -101,7 +101,7 @@ def extractor_record(kind: str, spec: Sequence[str], device: str = "cpu"
                          f"not {kind} features")
     attributes = dict(extractor.attributes())
     if "weights" in options:
-        attributes["weights"] = str(Path(str(options["weights"])).resolve())
+        attributes["weights"] = str(Path(str(options["weights"])).expanduser().resolve())
     return attributes, extractor.feature_dim
 
 

@@ -16,7 +16,13 @@ from PIL import Image
 from helpers.paths import FIXTURES
 from hin.cli import main
 from hin.errors import UsageError
-from hin.extract import build_extractor, extractor_from_attributes, nms_mode_report, prepare_pictures
+from hin.extract import (
+    build_extractor,
+    extractor_from_attributes,
+    extractor_record,
+    nms_mode_report,
+    prepare_pictures,
+)
 from hin.extract.images import PictureError
 from hin.extract.vinvl.backbone import FrozenBatchNorm2d
 from hin.extract.vinvl.loading import load_detector
@@ -182,3 +188,13 @@ def test_nms_mode_is_told_from_the_boxes(tmp_path):
     with h5py.File(tmp_path / "grid.h5", "w") as handle:
         handle["5_features"] = np.zeros((4, 8), np.float32)
     assert "has no boxes ('5_boxes')" in nms_mode_report(tmp_path / "grid.h5")
+
+
+def test_a_recorded_weights_path_is_the_file_loaded_with_home_expanded(tmp_path, monkeypatch):
+    """`import-checkpoint --region-extractor vinvl-x152c4 weights=~/...` records the file the
+    extractor loaded, not `<cwd>/~/...`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(WEIGHTS, tmp_path / "vinvl.pth")
+    attributes, _ = extractor_record("region", [NAME, "weights=~/vinvl.pth", "nms_filter=2"], "cpu")
+    assert attributes["weights"] == str((tmp_path / "vinvl.pth").resolve())
+    assert attributes["nms_filter"] == 2
