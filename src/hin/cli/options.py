@@ -16,10 +16,9 @@ VOCAB_HELP = ("vocabulary (hin's vocab.json or the reference's vocab.pkl), for c
               "that record none (imported without --vocab); must equal a recorded one")
 
 
-def add_checkpoint_inputs(p: argparse.ArgumentParser, *, vocab: bool = True) -> None:
+def add_checkpoint_inputs(p: argparse.ArgumentParser) -> None:
     """What a command that decodes may add to what its checkpoints record."""
-    if vocab:
-        p.add_argument("--vocab", help=VOCAB_HELP)
+    p.add_argument("--vocab", help=VOCAB_HELP)
     p.add_argument("--extractor-weights", action="append", default=[], metavar="KIND=PATH",
                    help="the weights file of the checkpoint's recorded grid or region "
                         "extractor, where it is not where the checkpoint records it "
@@ -28,8 +27,6 @@ def add_checkpoint_inputs(p: argparse.ArgumentParser, *, vocab: bool = True) -> 
 
 def extractor_weights(args: argparse.Namespace) -> dict[str, str]:
     """--extractor-weights KIND=PATH ... -> {kind: path}."""
-    from hin.errors import UsageError
-
     weights = {}
     for value in args.extractor_weights:
         kind, equals, path = value.partition("=")
@@ -138,7 +135,6 @@ def setting_help(text: str, name_of: Callable[[str], str]) -> str:
 def decoding(args: argparse.Namespace) -> DecodingConfig:
     """The DecodingConfig the decoding flags give; a refusal names the flags as typed."""
     from hin.config import DecodingConfig, SettingError, decoding_settings
-    from hin.errors import UsageError
 
     typed = getattr(args, "typed_flags", {})
     try:

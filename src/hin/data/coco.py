@@ -18,6 +18,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -283,9 +284,9 @@ def _load_json_file(path: Path, names: Sequence[str]) -> dict[str, Split]:
     return splits
 
 
-def _load_karpathy_json(path: Path, names: Sequence[str], content: object) -> dict[str, Split]:
-    if not isinstance(content, dict) or not isinstance(content.get("images"), list):
-        raise DataError(f"{path} is not Karpathy's dataset_coco.json (needs an 'images' list)")
+def _load_karpathy_json(path: Path, names: Sequence[str], content: dict[str, Any]) -> dict[str, Split]:
+    """`content` is what `json_format` recognised as Karpathy's COCO file (a dict with an
+    'images' list)."""
     for number, image in enumerate(content["images"]):
         problem = _karpathy_image_problem(image)
         if problem:
