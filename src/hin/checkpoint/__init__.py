@@ -120,24 +120,36 @@ def read(path: str | Path) -> Any:
     """`torch.load` of a checkpoint file on the CPU, allowing nothing but tensors, plain
     Python data and numpy arrays/dtypes/scalars; the errors say which of "not a file",
     "pickles something we do not load" and "damaged" it is."""
-    return read_with_digest(path)[0]
+    path = _checkpoint_file(path)
+    return _load_safely(path, lambda: path)
 
 
 def read_with_digest(path: str | Path) -> tuple[Any, str]:
-    """`read`, and the sha256 of the very bytes it loaded: the file is read once."""
+    """`read`, and the sha256 of the very bytes it loaded: the file is read once (into
+    memory, which `read` alone does not need)."""
+    path = _checkpoint_file(path)
+    data = path.read_bytes()
+    return _load_safely(path, lambda: io.BytesIO(data)), hashlib.sha256(data).hexdigest()
+
+
+def _checkpoint_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file: give the file "
                               "inside it (a hin run directory holds best.pt and last.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
+    return path
+
+
+def _load_safely(path: Path, source: Callable[[], Path | IO[bytes]]) -> Any:
+    """`read`'s loading and refusals, from `source()` (the file, or its bytes already read;
+    called again to name what the safe loader refused)."""
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), digest
+            return torch.load(source(), map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several unrelated types for unreadable files
-            refused = _refused_globals(io.BytesIO(data), error)
+            refused = _refused_globals(source(), error)
             reason = _reason(error)
     if refused:
         raise CheckpointError(
@@ -149,7 +161,7 @@ def read_with_digest(path: str | Path) -> tuple[Any, str]:
         "truncated or corrupted, or not a checkpoint at all: copy or save it again")
 
 
-def _refused_globals(data: IO[bytes], error: Exception) -> list[str]:
+def _refused_globals(data: Path | IO[bytes], error: Exception) -> list[str]:
     """The pickled classes/functions the safe loader refused: every global the pickle names
     beyond the allowlist, and the class it would have had to build (an object array's dtype)."""
     try:

@@ -85,7 +85,8 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
         announce(context, message)
 
     init = Path(init).resolve() if init else None
-    init_model, init_extra = load_init(init, config.model, model_keys) if init else (None, {})
+    init_model, init_extra, init_digest = (load_init(init, config.model, model_keys) if init
+                                           else (None, {}, ""))
     unused = model_conflicts(config.model, init_model.config, changed_fields(config.model)) \
         if init_model else []
     if unused:
@@ -98,7 +99,7 @@ def build_trainer(config: RunConfig, *, init: str | Path | None = None,
     recorded = (resume_state or {}).get("vocabulary") or init_recorded.vocabulary
     source = resume_state.get("source", "the run") if resume_state else f"--init {init}"
     vocab = run_vocabulary(config.data.vocabulary, recorded, source, say)
-    init_record = ({"path": str(init), "sha256": checkpoint.sha256(init)} if init
+    init_record = ({"path": str(init), "sha256": init_digest} if init
                    else (resume_state or {}).get("init"))
     model_config = init_model.config if init_model else replace(config.model, vocab_size=len(vocab))
     config = replace(config, model=model_config)
@@ -182,10 +183,10 @@ def load_data(config: RunConfig, vocab: Vocabulary, model_from: str | None, *,
 
 
 def load_init(path: str | Path, wanted: HINConfig,
-              model_keys: Collection[str] | None) -> tuple[HIN, dict[str, Any]]:
-    """The --init checkpoint's model and extra record; model settings the user gave
-    (`model_keys`) must agree with it."""
-    model, extra = checkpoint.load(path)
+              model_keys: Collection[str] | None) -> tuple[HIN, dict[str, Any], str]:
+    """The --init checkpoint's model, extra record and sha256 (of the bytes read, once);
+    model settings the user gave (`model_keys`) must agree with it."""
+    model, extra, digest = checkpoint.load_with_digest(path)
     if model_keys is None:
         model_keys = changed_fields(wanted)
     conflicts = model_conflicts(wanted, model.config, model_keys)
@@ -193,7 +194,7 @@ def load_init(path: str | Path, wanted: HINConfig,
         raise ConfigError(f"the model settings come from --init {path}, but "
                           f"{', '.join(conflicts)} differ from it: drop those model.* "
                           "settings (or train from scratch without --init)")
-    return model, extra
+    return model, extra, digest
 
 
 def changed_fields(config: HINConfig) -> list[str]:
