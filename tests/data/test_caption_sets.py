@@ -15,6 +15,7 @@ from helpers.paths import FIXTURES
 from hin.cli import main
 from hin.data.coco import load_splits
 from hin.data.errors import DataError
+from hin.extract.images import ImageListError, list_images
 from hin.files import read_json
 from hin.synth import IMAGES_DIR, generate
 
@@ -140,3 +141,17 @@ def test_flickr_pictures_get_their_ids_from_the_caption_file(tmp_path, capsys):
     shutil.copyfile(drawn[0], pictures / "stray.jpg")
     assert main([*command, "--ids-from", str(CAPTIONS / "dataset_flickr8k.json")]) == 2
     assert "1 picture(s) are not named in" in capsys.readouterr().err
+
+
+def test_two_pictures_given_one_id_by_the_caption_file_are_refused(tmp_path):
+    """Two copies of one Flickr picture in different folders both get its `imgid` from
+    `--ids-from`: refused as two pictures with one id, as names that give one id are."""
+    content = read_json(CAPTIONS / "dataset_flickr8k.json", "fixture")
+    name = content["images"][0]["filename"]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"")
+    listed = tmp_path / "pictures.txt"
+    listed.write_text(f"a/{name}\nb/{name}\n")
+    with pytest.raises(ImageListError, match=r"both give image id 0"):
+        list_images(listed, ids_from=CAPTIONS / "dataset_flickr8k.json")

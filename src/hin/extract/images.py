@@ -41,7 +41,7 @@ import os
 import re
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -141,7 +141,7 @@ def _named_by(paths: Sequence[Path], annotations: Path) -> list[ImageFile]:
     if unknown:
         raise ImageListError(f"{len(unknown)} picture(s) are not named in {annotations} (first: "
                              f"{', '.join(unknown[:5])}); give a folder or list of its pictures only")
-    return sorted((ImageFile(ids[path.name], path) for path in paths), key=lambda file: file.image_id)
+    return _named(paths, id_of=lambda path: ids[path.name])
 
 
 def folder_listing(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -213,11 +213,13 @@ def _read_list_file(list_file: Path) -> list[Path]:
     return [path if path.is_absolute() else list_file.parent / path for path in paths]
 
 
-def _named(paths: Iterable[Path]) -> list[ImageFile]:
+def _named(paths: Iterable[Path], id_of: Callable[[Path], int] | None = None) -> list[ImageFile]:
+    """Pictures with their ids (by `id_of`; by default the number their name ends in), sorted;
+    names that give no id or an id twice are refused together."""
     files, problems, seen = [], [], dict[int, Path]()
     for path in paths:
         try:
-            image_id = image_id_from_name(path.stem)
+            image_id = image_id_from_name(path.stem) if id_of is None else id_of(path)
         except ImageListError as error:
             problems.append(f"{path}: {error}")
             continue
