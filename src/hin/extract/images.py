@@ -347,32 +347,26 @@ def load_rgb(path: str | Path, limit: int | None = None, orientation: str = "exi
 def picture_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header of a picture of READ_FORMATS, without decoding it; None
     when the header cannot be read (`read_picture` then says why)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=READ_FORMATS) as picture:
-                return picture.size
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return None
+    return _header_size(io.BytesIO(data))
 
 
 def is_picture(path: Path) -> bool | None:
     """True for a file of READ_FORMATS, False for one of another known picture or document
     format (AVIF, HEIC, SVG, EPS, PDF, ...), None for anything else (text, perhaps): from the
     header, nothing decoded."""
-    if _opens(path):
+    if _header_size(path) is not None:
         return True
     return False if other_format(_head(path)) else None
 
 
-def _opens(path: Path) -> bool:
+def _header_size(source: Path | BinaryIO) -> tuple[int, int] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=READ_FORMATS):
-                return True
+            with Image.open(source, formats=READ_FORMATS) as picture:
+                return picture.size
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
-        return False
+        return None
 
 
 def _over_limit(name: str, size: str, limit: int, pixels: int | None) -> str:
