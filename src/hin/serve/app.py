@@ -31,8 +31,8 @@ from hin.serve.guard import HostAndOriginGuard
 from hin.serve.inputs import (
     Options,
     RequestError,
-    check_declared_size,
     declared_pixels,
+    declared_size,
     decoding_options,
     parse_options,
     read_upload,
@@ -206,10 +206,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise RequestError(415, f"Content-Encoding {encoding[:40]!r} is not accepted: send "
                                     "the picture's own bytes, unencoded (pictures are "
                                     "compressed already)")
-        check_declared_size(request.headers.get("content-length"), limit)
+        declared = declared_size(request.headers.get("content-length"), limit)
         service.check()
         with service.admission.request(), _BodyBudget(service.admission) as budget:
-            body = await _read_body(request, limit, settings.body_timeout_s, budget)
+            body = await _read_body(request, declared, limit, settings.body_timeout_s, budget)
             upload = await run_in_threadpool(read_upload, body,
                                              request.headers.get("content-type", ""))
             query = request.query_params.multi_items()
@@ -266,14 +266,14 @@ class _BodyBudget:
         self.held = 0
 
 
-async def _read_body(request: Request, limit: int, timeout_s: float, budget: _BodyBudget) -> bytes:
-    """The body, refused past `limit` bytes, past the body budget (a declared length is held
+async def _read_body(request: Request, declared: int | None, limit: int, timeout_s: float,
+                     budget: _BodyBudget) -> bytes:
+    """The body, refused past `limit` bytes, past the body budget (a `declared` length is held
     whole before reading) or when it takes longer than `timeout_s` (a client trickling bytes
     must not hold a request, or the server's shutdown, for long). asyncio.wait_for, not
     asyncio.timeout: Python 3.10 has only the former."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit():
-        budget.hold(int(declared))
+    if declared is not None:
+        budget.hold(declared)
 
     async def read() -> bytes:
         body = bytearray()

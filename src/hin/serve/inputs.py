@@ -80,9 +80,14 @@ class Upload:
     fields: dict[str, str]
 
 
-def check_declared_size(content_length: str | None, limit: int) -> None:
-    if content_length and content_length.isdigit() and int(content_length) > limit:
+def declared_size(content_length: str | None, limit: int) -> int | None:
+    """The body's declared length (None when none is declared in plain ASCII digits), refused
+    with 413 past `limit` before a byte of the body is read."""
+    if not content_length or not (content_length.isascii() and content_length.isdigit()):
+        return None
+    if int(content_length) > limit:
         raise too_large(int(content_length), limit)
+    return int(content_length)
 
 
 def too_large(size: int, limit: int) -> RequestError:
