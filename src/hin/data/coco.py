@@ -79,14 +79,15 @@ class Split:
         return {image_id: list(image.captions) for image_id, image in self.images.items()}
 
 
-def load_splits(source: str | Path, names: Sequence[str] = SPLITS) -> dict[str, Split]:
-    """Load the named splits from an annotation directory or a `dataset_coco.json` file."""
+def load_splits(source: str | Path, names: Sequence[str] | None = SPLITS) -> dict[str, Split]:
+    """Load the named splits (None: every split the source holds) from an annotation
+    directory or a caption file (`dataset_coco.json`, Flickr's, nocaps')."""
     source = Path(source)
-    unknown = [name for name in names if name not in SPLITS]
+    unknown = [name for name in names or () if name not in SPLITS]
     if unknown:
         raise DataError(f"unknown split(s) {unknown}; the splits are {list(SPLITS)}")
     if source.is_dir():
-        return _load_coco_directory(source, names)
+        return _load_coco_directory(source, SPLITS if names is None else names)
     if source.is_file() and source.suffix == ".json":
         return _load_json_file(source, names)
     raise FileNotFoundError(
@@ -95,17 +96,10 @@ def load_splits(source: str | Path, names: Sequence[str] = SPLITS) -> dict[str, 
         f"or Karpathy's dataset_coco.json")
 
 
-class SplitUnavailable(DataError):
-    """A split the caption file does not hold (nocaps' validation file holds only val)."""
-
-
 def image_file_names(source: str | Path) -> dict[str, int]:
     """Picture file name -> image id over every split `source` holds: how pictures whose names
     hold no id (Flickr's) get the ids of their captions. A name given two ids is an error."""
-    try:
-        splits = load_splits(source)
-    except SplitUnavailable:
-        splits = load_splits(source, [NOCAPS_SPLIT])
+    splits = load_splits(source, None)
     ids: dict[str, int] = {}
     for split in splits.values():
         for record in split.images.values():
@@ -259,16 +253,18 @@ def _load_coco_directory(directory: Path, names: Sequence[str]) -> dict[str, Spl
     return splits
 
 
-def _load_json_file(path: Path, names: Sequence[str]) -> dict[str, Split]:
+def _load_json_file(path: Path, names: Sequence[str] | None) -> dict[str, Split]:
     """Karpathy's dataset_coco.json here; his Flickr files and nocaps' validation file through
-    hin.data.caption_sets, into the same splits."""
+    hin.data.caption_sets, into the same splits (names None: the splits the file holds)."""
     content = read_json(path, "annotation file", error=DataError)
     kind = json_format(path, content)
+    if names is None:
+        names = (NOCAPS_SPLIT,) if kind == NOCAPS else SPLITS
     if kind == KARPATHY_COCO:
         return _load_karpathy_json(path, names, content)
     entries = flickr_entries(path, content) if kind == KARPATHY_FLICKR else nocaps_entries(path, content)
     if kind == NOCAPS and set(names) - {NOCAPS_SPLIT}:
-        raise SplitUnavailable(f"{path} is nocaps' validation file: it holds the {NOCAPS_SPLIT} split "
+        raise DataError(f"{path} is nocaps' validation file: it holds the {NOCAPS_SPLIT} split "
                         f"only ({len(entries)} images), for evaluation (`--split {NOCAPS_SPLIT}`); "
                         f"asked for {', '.join(name for name in names if name != NOCAPS_SPLIT)}. "
                         "Train on COCO or Flickr")
